@@ -1,0 +1,78 @@
+"""What the API and the CLI show of a service: plain JSON, computed from the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stagewise.controller import Controller
+from stagewise.core.delivery import Delivery, Phase, desired_world
+from stagewise.core.routes import split_weights
+from stagewise.core.service import ServiceRecord
+
+
+def delivery_view(controller: Controller, d: Delivery) -> dict[str, Any]:
+    plan = controller.plan(d)
+    steps = d.steps(plan)
+    world = desired_world(d, plan)
+    if world is None:
+        weights: dict[str, int] = {}
+    elif world.weights is not None:
+        weights = {r: w for r, w in world.weights.items() if world.instances.get(r, 0) > 0}
+    else:
+        weights = split_weights({r: n for r, n in world.instances.items() if n > 0})
+    if d.phase is Phase.SUCCEEDED:
+        weights = {d.candidate.version: 100}
+    elif d.phase is Phase.ROLLED_BACK and d.stable is not None:
+        weights = {d.stable.version: 100}
+    rolling_back = d.phase in (Phase.ABORTING, Phase.ROLLED_BACK, Phase.FAILED)
+    current = d.step if not d.phase.terminal else len(steps)
+    return {
+        "id": d.id,
+        "service": d.service,
+        "phase": d.phase.value,
+        "strategy": d.strategy,
+        "from": d.stable.version if d.stable else None,
+        "to": d.candidate.version,
+        "undo": d.undo,
+        "attempt": d.attempt,
+        "step": min(current + 1, len(steps)),
+        "steps": len(steps),
+        "step_title": steps[min(d.step, len(steps) - 1)].title if steps else "",
+        "rolling_back": rolling_back,
+        "plan": [
+            {"index": i + 1, "kind": s.kind.value, "title": s.title,
+             "state": "done" if i < current else "current" if i == current else "pending"}
+            for i, s in enumerate(steps)
+        ],
+        "forward_plan": [{"index": i + 1, "kind": s.kind.value, "title": s.title} for i, s in enumerate(plan.steps)],
+        "weights": weights,
+        "paused": d.paused,
+        "message": d.message,
+        "abort_reason": d.abort_reason,
+        "analysis": [
+            {"run": r.key, "templates": r.templates, "background": r.background,
+             "outcome": r.verdict.outcome.value, "message": r.verdict.message,
+             "evidence": r.verdict.evidence, "history": r.history}
+            for r in d.analysis.values()
+        ],
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+        "finished_at": d.finished_at,
+    }
+
+
+def service_view(controller: Controller, record: ServiceRecord, *, events: int = 20) -> dict[str, Any]:
+    latest = controller.store.latest_delivery(record.name)
+    return {
+        "service": record.name,
+        "listen": record.spec.spec.listen,
+        "router": record.spec.spec.router.kind,
+        "platform": record.spec.spec.platform.kind,
+        "replicas": record.spec.spec.replicas,
+        "strategy": record.spec.spec.strategy.name,
+        "stable": record.stable.version if record.stable else None,
+        "previous": record.previous.version if record.previous else None,
+        "phase": latest.phase.value if latest else None,
+        "delivery": delivery_view(controller, latest) if latest else None,
+        "events": [e.model_dump() for e in controller.store.events(record.name, limit=100_000)][-events:],
+    }

@@ -1,0 +1,73 @@
+"""The CLI's HTTP client: finds the server and its token in the state directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from stagewise.errors import StagewiseError
+
+
+class Unreachable(StagewiseError):
+    """No server answers for this state directory (exit code 3)."""
+
+
+class ApiError(StagewiseError):
+    """The server refused a request; `status` is its HTTP status."""
+
+    def __init__(self, status: int, detail: str, body: dict[str, Any] | None = None) -> None:
+        self.status, self.detail, self.body = status, detail, body or {}
+        super().__init__(detail)
+
+
+def default_state() -> Path:
+    return Path(os.environ.get("STAGEWISE_STATE", ".stagewise"))
+
+
+class Client:
+    def __init__(self, state_dir: Path, *, timeout: float = 10.0) -> None:
+        self.state_dir = state_dir
+        info = state_dir / "server.json"
+        try:
+            self.url = json.loads(info.read_text())["url"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise Unreachable(
+                f"no stagewise server for state directory {state_dir} (no {info}); "
+                f"start one with: stagewise server --state {state_dir}"
+            ) from exc
+        token_file = state_dir / "token"
+        self.token = token_file.read_text().strip() if token_file.exists() else ""
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if method != "GET" else {}
+        try:
+            response = self.http.request(method, path, headers=headers, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"the stagewise server at {self.url} does not answer ({exc}); is it running?") from exc
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"detail": response.text}
+            raise ApiError(response.status_code, str(body.get("detail", response.text)), body)
+        return response.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params=params)
+
+    def post(self, path: str, json_body: Any = None, **params: Any) -> Any:
+        return self.request("POST", path, json=json_body, params=params)

@@ -1,0 +1,257 @@
+"""`stagewise`: the command line. Thin: parse, call the server's API, render.
+
+Exit codes: 0 ok, 1 the delivery failed or was rolled back, 2 bad input,
+3 server unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from stagewise.cli import render
+from stagewise.cli.client import ApiError, Client, Unreachable, default_state
+from stagewise.errors import SpecError, StagewiseError
+
+EXIT_OK, EXIT_DELIVERY_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="stagewise",
+    help="Progressive delivery for services on hosts, VMs and single boxes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+StateOpt = Annotated[Path, typer.Option("--state", envvar="STAGEWISE_STATE", help="State directory.")]
+DEFAULT_STATE = default_state()
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def client(state: Path) -> Client:
+    try:
+        return Client(state)
+    except Unreachable as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+
+
+def call(state: Path, method: str, path: str, **kwargs: Any) -> Any:
+    with client(state) as c:
+        try:
+            return c.request(method, path, **kwargs)
+        except Unreachable as exc:
+            fail(str(exc), EXIT_UNREACHABLE)
+        except ApiError as exc:
+            problems = exc.body.get("problems")
+            if problems:
+                for p in problems:
+                    err.print(f"{p['file']}:{p['line']}:{p['column']}: {p['field'] + ': ' if p['field'] else ''}"
+                              f"{p['message']}", highlight=False, markup=False)
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+            fail(exc.detail, EXIT_BAD_INPUT if exc.status < 500 else EXIT_DELIVERY_FAILED)
+
+
+@app.command()
+def init(path: Annotated[Path, typer.Argument(help="Where to write the example spec.")] = Path("stagewise.yaml"),
+         force: bool = typer.Option(False, "--force", help="Overwrite an existing file.")) -> None:
+    """Write a commented example spec."""
+    from stagewise.spec import EXAMPLE_SPEC
+
+    if path.exists() and not force:
+        fail(f"{path} exists; use --force to overwrite it", EXIT_BAD_INPUT)
+    path.write_text(EXAMPLE_SPEC)
+    out.print(f"wrote {path}; check it with: stagewise validate {path}")
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="Spec files.")]) -> None:
+    """Check spec files; print every problem with file:line:column."""
+    from stagewise.spec import load_specs
+
+    bad = False
+    for f in files:
+        try:
+            specs = load_specs(f)
+        except SpecError as exc:
+            bad = True
+            for p in exc.problems:
+                err.print(str(p), highlight=False, markup=False)
+            continue
+        for s in specs:
+            out.print(f"{f}: {s.name} ok ({s.spec.strategy.name}, release {s.spec.release.version})",
+                      highlight=False)
+    if bad:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+def server(state: StateOpt = DEFAULT_STATE,
+           listen: str = typer.Option("127.0.0.1:7420", help="host:port; port 0 picks a free one.")) -> None:
+    """Run the API server and the controller."""
+    from stagewise.api.server import serve
+
+    try:
+        serve(state, listen)
+    except OSError as exc:
+        fail(f"cannot listen on {listen}: {exc.strerror or exc}", EXIT_BAD_INPUT)
+
+
+@app.command()
+def apply(files: Annotated[list[Path], typer.Argument(help="Spec files.")],
+          state: StateOpt = DEFAULT_STATE,
+          wait: bool = typer.Option(False, "--wait", help="Wait until the delivery ends; exit 1 if it did not succeed."),
+          timeout: float = typer.Option(1800, help="With --wait: give up after this many seconds.")) -> None:
+    """Apply specs: a new release starts a delivery."""
+    from stagewise.spec import load_specs
+
+    results = []
+    for f in files:
+        try:
+            specs = load_specs(f)
+        except SpecError as exc:
+            for p in exc.problems:
+                err.print(str(p), highlight=False, markup=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        del specs
+        r = call(state, "POST", "/api/v1/apply", json={"spec": f.read_text(), "filename": str(f)})
+        out.print(f"{r['service']}: {r['result']}" + (f" (delivery #{r['delivery']})" if r["delivery"] else ""))
+        results.append(r)
+    if wait:
+        codes = [_wait(state, r["service"], timeout) for r in results if r["delivery"]]
+        raise typer.Exit(max(codes, default=EXIT_OK))
+
+
+def _wait(state: Path, service: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = call(state, "GET", f"/api/v1/services/{service}")
+        phase = s.get("phase")
+        if phase in ("Succeeded", "RolledBack", "Failed"):
+            out.print(f"{service}: {phase}")
+            return EXIT_OK if phase == "Succeeded" else EXIT_DELIVERY_FAILED
+        time.sleep(0.5)
+    fail(f"{service}: still {phase} after {timeout:.0f}s", EXIT_DELIVERY_FAILED)
+
+
+@app.command()
+def status(service: Annotated[str | None, typer.Argument(help="A service; all when omitted.")] = None,
+           state: StateOpt = DEFAULT_STATE,
+           watch: bool = typer.Option(False, "--watch", "-w", help="Keep the view live."),
+           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Show services and their deliveries."""
+    path = f"/api/v1/services/{service}" if service else "/api/v1/services"
+    if as_json:
+        out.print_json(json.dumps(call(state, "GET", path)))
+        return
+
+    def view() -> Any:
+        data = call(state, "GET", path)
+        return render.status_panel(data) if service else render.services_table(data)
+
+    if not watch:
+        out.print(view())
+        return
+    try:
+        with Live(view(), console=out, refresh_per_second=4) as live:
+            while True:
+                time.sleep(0.5)
+                live.update(view())
+    except KeyboardInterrupt:
+        pass
+
+
+def _verb(verb: str, service: str, state: Path, **params: Any) -> None:
+    d = call(state, "POST", f"/api/v1/services/{service}/{verb}", params=params)
+    out.print(f"{service}: delivery #{d['id']} {d['from'] or '-'} → {d['to']} is {d['phase']}"
+              f" (step {d['step']}/{d['steps']})")
+
+
+ServiceArg = Annotated[str, typer.Argument(help="The service.")]
+
+
+@app.command()
+def promote(service: ServiceArg, state: StateOpt = DEFAULT_STATE,
+            full: bool = typer.Option(False, "--full", help="Skip the remaining steps.")) -> None:
+    """Continue past the current step (a pause, an analysis); --full: promote at once."""
+    _verb("promote", service, state, full=full)
+
+
+@app.command()
+def abort(service: ServiceArg, state: StateOpt = DEFAULT_STATE) -> None:
+    """Roll the delivery back to the stable release."""
+    _verb("abort", service, state)
+
+
+@app.command()
+def pause(service: ServiceArg, state: StateOpt = DEFAULT_STATE) -> None:
+    """Hold the delivery where it is."""
+    _verb("pause", service, state)
+
+
+@app.command()
+def resume(service: ServiceArg, state: StateOpt = DEFAULT_STATE) -> None:
+    """Let a paused delivery go on."""
+    _verb("resume", service, state)
+
+
+@app.command()
+def retry(service: ServiceArg, state: StateOpt = DEFAULT_STATE) -> None:
+    """Start a rolled-back delivery again."""
+    _verb("retry", service, state)
+
+
+@app.command()
+def undo(service: ServiceArg, state: StateOpt = DEFAULT_STATE) -> None:
+    """Deliver the previous stable release again."""
+    _verb("undo", service, state)
+
+
+@app.command()
+def history(service: ServiceArg, state: StateOpt = DEFAULT_STATE,
+            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """The service's deliveries, newest first."""
+    rows = call(state, "GET", f"/api/v1/services/{service}/history")
+    if as_json:
+        out.print_json(json.dumps(rows))
+    else:
+        out.print(render.history_table(service, rows))
+
+
+@app.command()
+def demo(as_json: bool = typer.Option(False, "--json", help="Print the results as JSON.")) -> None:
+    """Watch a good release promoted and bad ones rolled back, on this machine."""
+    from stagewise.cli.demo import run_demo
+
+    code = run_demo(as_json=as_json, console=out)
+    raise typer.Exit(code)
+
+
+@app.command(hidden=True)
+def router(admin_socket: str = typer.Option(..., "--admin-socket"),
+           metrics_listen: str | None = typer.Option(None, "--metrics-listen")) -> None:
+    """Run the builtin router (the controller starts it)."""
+    from stagewise.routers.proxy import main as proxy_main
+
+    argv = ["--admin-socket", admin_socket] + (["--metrics-listen", metrics_listen] if metrics_listen else [])
+    raise typer.Exit(proxy_main(argv))
+
+
+def main() -> None:
+    try:
+        app()
+    except StagewiseError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(EXIT_BAD_INPUT)

@@ -1,0 +1,262 @@
+"""The controller: a level-triggered reconcile loop over services and their deliveries.
+
+Each tick, for each service: observe the world (instances, router counters),
+judge the analysis runs, ask `core.advance` for the delivery's next state,
+**commit it to the store**, and only then make the world match it. A
+controller killed at any moment and started again reads the committed state
+and carries on; since every action is idempotent, repeating the last one
+does no harm. The data plane never runs here: the router and the instances
+are processes of their own, so a controller restart drops no request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from stagewise.controller.analysis import judge_runs
+from stagewise.controller.reconcile import Applied, make_world, note_boot
+from stagewise.core import delivery as machine
+from stagewise.core.delivery import Delivery, Event, Observation, Phase
+from stagewise.core.plan import Plan, World
+from stagewise.core.service import ServiceRecord
+from stagewise.core.spec import ReleaseSpec, ServiceSpec
+from stagewise.errors import ConflictError, NotFoundError, StagewiseError, TemporaryError
+from stagewise.platforms import Platform, get_platform
+from stagewise.routers import Router, get_router
+from stagewise.store import Store, open_store
+from stagewise.strategies import compile_plan
+
+log = logging.getLogger("stagewise.controller")
+
+TICK = 0.25
+"""Seconds between reconcile passes."""
+
+
+class Controller:
+    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time, tick: float = TICK) -> None:
+        self.state_dir = state_dir
+        self.clock = clock
+        self.tick_seconds = tick
+        self.store: Store = open_store("sqlite", state_dir=state_dir)
+        self._routers: dict[str, Router] = {}
+        self._platforms: dict[str, Platform] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._applied = Applied()
+        self._errors: dict[str, str] = {}
+        self.changed = asyncio.Event()
+        """Set whenever a delivery's state changes (for live views)."""
+
+    # --- drivers ------------------------------------------------------------------------
+
+    def router(self, spec: ServiceSpec) -> Router:
+        kind = spec.spec.router.kind
+        if kind not in self._routers:
+            self._routers[kind] = get_router(kind, state_dir=self.state_dir)
+        return self._routers[kind]
+
+    def platform(self, spec: ServiceSpec) -> Platform:
+        kind = spec.spec.platform.kind
+        if kind not in self._platforms:
+            self._platforms[kind] = get_platform(kind, state_dir=self.state_dir)
+        return self._platforms[kind]
+
+    def lock(self, service: str) -> asyncio.Lock:
+        return self._locks.setdefault(service, asyncio.Lock())
+
+    async def close(self) -> None:
+        for r in self._routers.values():
+            await r.close()
+        for p in self._platforms.values():
+            await p.close()
+        self.store.close()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.tick()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.tick_seconds)
+            except TimeoutError:
+                pass
+
+    async def tick(self) -> None:
+        for record in self.store.list_services():
+            async with self.lock(record.name):
+                try:
+                    await self._reconcile(record.name)
+                    self._errors.pop(record.name, None)
+                except StagewiseError as exc:
+                    self._report(record.name, exc)
+
+    def _report(self, service: str, exc: StagewiseError) -> None:
+        message = str(exc)
+        if self._errors.get(service) != message:
+            self._errors[service] = message
+            latest = self.store.latest_delivery(service)
+            event = Event(at=self.clock(), kind="error", message=message)
+            if latest is not None and not latest.phase.terminal:
+                self.store.save_delivery(latest, [event])
+            log.warning("%s: %s", service, message)
+        if not isinstance(exc, TemporaryError):
+            log.error("%s: %s", service, message)
+
+    async def _reconcile(self, name: str) -> None:
+        record = self.store.get_service(name)
+        if record is None:
+            return
+        active = self.store.latest_delivery(name)
+        if active is not None and active.phase.terminal:
+            active = None
+        spec = active.spec if active else record.spec
+        releases = _releases(record, active)
+        platform, router = self.platform(spec), self.router(spec)
+        view = await platform.observe(service=name, releases=releases)
+        stats = await router.stats(service=name)
+        note_boot(self._applied, name, stats.boot)
+        now = self.clock()
+        world: World | None
+        if active is not None:
+            plan = self.plan(active)
+            judged = judge_runs(active, stats, now)
+            obs = Observation(
+                now=now,
+                ready={r: sum(1 for i in view.instances if i.release == r and i.state == "ready") for r in releases},
+                live={r: sum(1 for i in view.instances if i.release == r) for r in releases},
+                failures=view.failures,
+                stats=stats,
+            )
+            moved, events = machine.advance(judged, plan, obs)
+            events = [Event(at=now, kind="instance", message=m) for m in view.events] + events
+            if moved.phase is not active.phase and moved.phase is Phase.ABORTING:
+                plan = self.plan(moved)
+            update = _service_after(record, moved, now)
+            if moved != active or events:
+                self.store.save_delivery(moved, events, update)
+                self.changed.set()
+            world = machine.desired_world(moved, plan)
+            if moved.phase.terminal:
+                record = update or record
+                world = steady_world(record)
+        else:
+            if view.events:
+                self.store.put_service(record, [Event(at=now, kind="instance", message=m) for m in view.events])
+            world = steady_world(record)
+        if world is None:
+            return
+        await make_world(spec=spec, world=world, releases=releases, view=view,
+                         platform=platform, router=router, applied=self._applied)
+
+    def plan(self, delivery: Delivery) -> Plan:
+        return compile_plan(delivery.spec, delivery.stable, abort_world=delivery.abort_world)
+
+    # --- verbs ----------------------------------------------------------------------------
+
+    async def apply(self, spec: ServiceSpec) -> tuple[str, Delivery | None]:
+        """Store `spec`; start a delivery when its release differs from the stable one."""
+        name = spec.name
+        async with self.lock(name):
+            now = self.clock()
+            record = self.store.get_service(name)
+            latest = self.store.latest_delivery(name)
+            if latest is not None and not latest.phase.terminal:
+                if latest.candidate == spec.spec.release:
+                    return "unchanged: this release is being delivered", latest
+                raise ConflictError(
+                    f"{name}: delivery {latest.id} ({latest.stable.version if latest.stable else '-'} → "
+                    f"{latest.candidate.version}) is {latest.phase.value}; promote or abort it first"
+                )
+            if record is None:
+                record = ServiceRecord(name=name, spec=spec, created_at=now, updated_at=now)
+            elif record.stable == spec.spec.release:
+                record = record.model_copy(update={"spec": spec, "updated_at": now})
+                self.store.put_service(record, [Event(at=now, kind="user", message="spec applied; release unchanged")])
+                self.changed.set()
+                return "configured: release unchanged", None
+            else:
+                record = record.model_copy(update={"spec": spec, "updated_at": now})
+            delivery = Delivery(service=name, spec=spec, stable=record.stable, created_at=now,
+                                updated_at=now, progress_at=now)
+            delivery = self.store.create_delivery(
+                delivery, [Event(at=now, kind="user", message=f"applied {spec.spec.release.version}")], record)
+            self.changed.set()
+            return "delivery started", delivery
+
+    async def act(self, name: str, verb: str, *, full: bool = False) -> Delivery:
+        """promote, abort, pause, resume or retry the service's latest delivery."""
+        async with self.lock(name):
+            now = self.clock()
+            latest = self.store.latest_delivery(name)
+            if latest is None:
+                raise NotFoundError(f"service {name!r} has no delivery")
+            if verb == "promote":
+                d, events = machine.promote(latest, self.plan(latest), now=now, full=full)
+            elif verb == "abort":
+                d, events = machine.abort(latest, self.plan(latest), now=now, reason="aborted by a person")
+            elif verb == "pause":
+                d, events = machine.pause(latest, now=now)
+            elif verb == "resume":
+                d, events = machine.resume(latest, now=now)
+            elif verb == "retry":
+                d, events = machine.retry(latest, now=now)
+            else:
+                raise NotFoundError(f"unknown verb {verb!r}")
+            self.store.save_delivery(d, events)
+            self.changed.set()
+            return d
+
+    async def undo(self, name: str) -> Delivery:
+        """Deliver the previous stable release again, with the service's strategy."""
+        async with self.lock(name):
+            now = self.clock()
+            record = self.store.get_service(name)
+            if record is None:
+                raise NotFoundError(f"no service named {name!r}")
+            latest = self.store.latest_delivery(name)
+            if latest is not None and not latest.phase.terminal:
+                raise ConflictError(f"{name}: delivery {latest.id} is {latest.phase.value}; abort it before undo")
+            if record.previous is None:
+                raise ConflictError(f"{name}: there is no previous release to go back to")
+            spec = record.spec.model_copy(
+                update={"spec": record.spec.spec.model_copy(update={"release": record.previous})})
+            record = record.model_copy(update={"spec": spec, "updated_at": now})
+            delivery = Delivery(service=name, spec=spec, stable=record.stable, created_at=now,
+                                updated_at=now, progress_at=now, undo=True)
+            delivery = self.store.create_delivery(
+                delivery, [Event(at=now, kind="user", message=f"undo: back to {record.previous.version}")], record)
+            self.changed.set()
+            return delivery
+
+
+def steady_world(record: ServiceRecord) -> World | None:
+    """With no delivery in flight: the stable release on every instance, nothing else."""
+    if record.stable is None:
+        return None
+    v = record.stable.version
+    return World(instances={v: record.spec.spec.replicas}, stable=v)
+
+
+def _releases(record: ServiceRecord, active: Delivery | None) -> dict[str, ReleaseSpec]:
+    out: dict[str, ReleaseSpec] = {}
+    if record.stable is not None:
+        out[record.stable.version] = record.stable
+    if active is not None:
+        if active.stable is not None:
+            out[active.stable.version] = active.stable
+        out[active.candidate.version] = active.candidate
+    return out
+
+
+def _service_after(record: ServiceRecord, delivery: Delivery, now: float) -> ServiceRecord | None:
+    """The service record once a delivery succeeds: its candidate is the new stable."""
+    if delivery.phase is not Phase.SUCCEEDED or record.stable == delivery.candidate:
+        return None
+    return record.model_copy(update={
+        "stable": delivery.candidate,
+        "previous": record.stable,
+        "updated_at": now,
+    })

@@ -1,0 +1,140 @@
+"""Make the world match a desired World: instances on the platform, routes on the router.
+
+Every action here is idempotent — "keep 3 instances of v2", "serve this
+table" — so running it again after a crash, or on every tick, does no harm.
+Order matters for safety and is always the same:
+
+1. instances to remove leave the route table first (drained), and are
+   stopped only when the router reports no request in flight on them;
+2. the table is applied with every ready instance that stays;
+3. missing instances are started; they join the table once ready, on a later tick.
+
+Removing before adding is what makes `full` a recreate and a phased wave a
+rolling update with no surge; canary and blue-green only add, then remove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from stagewise.core.plan import World
+from stagewise.core.routes import Endpoint, HeaderRoute, RouteTable
+from stagewise.core.spec import ReleaseSpec, ServiceSpec
+from stagewise.platforms import Instance, InstanceState, Platform, PlatformView
+from stagewise.routers import Router
+
+DRAIN_TIMEOUT = 5.0
+"""Longest wait for requests in flight on a removed instance before it is stopped anyway."""
+
+
+@dataclass
+class Applied:
+    """What the controller last applied to a router, so an unchanged table is not re-sent."""
+
+    tables: dict[str, str] = field(default_factory=dict)
+    boots: dict[str, str] = field(default_factory=dict)
+
+
+def choose_victims(instances: list[Instance], want: int) -> list[Instance]:
+    """Which instances to stop to get down to `want`: not-ready ones first, then the newest."""
+    if len(instances) <= want:
+        return []
+    newest_first = sorted(instances, key=lambda i: i.seq, reverse=True)
+    not_ready = [i for i in newest_first if i.state is not InstanceState.READY]
+    ready = [i for i in newest_first if i.state is InstanceState.READY]
+    return (not_ready + ready)[: len(instances) - want]
+
+
+def build_table(spec: ServiceSpec, world: World, endpoints: list[Instance]) -> RouteTable:
+    weights = None
+    present = {i.release for i in endpoints}
+    if world.weights is not None:
+        weights = {r: world.weights.get(r, 0) for r in present | set(world.weights)}
+        if sum(weights.values()) != 100:
+            weights = None
+    header_routes = list(world.header_routes)
+    preview_listen = None
+    preview_release = None
+    bg = spec.spec.strategy.blue_green
+    if world.preview is not None:
+        preview = bg.preview if bg is not None else None
+        if preview is not None and preview.header:
+            (name, value), = preview.header.items()
+            header_routes.append(HeaderRoute(header=name, value=value, release=world.preview))
+        if preview is not None and preview.listen:
+            preview_listen, preview_release = preview.listen, world.preview
+    return RouteTable(
+        service=spec.name,
+        listen=spec.spec.listen,
+        stable=world.stable,
+        endpoints=tuple(
+            Endpoint(id=i.id, release=i.release, address=i.address)
+            for i in sorted(endpoints, key=lambda i: i.seq)
+        ),
+        weights=weights,
+        cohort=world.cohort,
+        header_routes=tuple(header_routes),
+        preview_listen=preview_listen,
+        preview_release=preview_release,
+    )
+
+
+async def make_world(
+    *,
+    spec: ServiceSpec,
+    world: World,
+    releases: dict[str, ReleaseSpec],
+    view: PlatformView,
+    platform: Platform,
+    router: Router,
+    applied: Applied,
+) -> None:
+    """One idempotent pass towards `world` for the service of `spec`."""
+    service = spec.name
+    by_release: dict[str, list[Instance]] = {}
+    for inst in view.instances:
+        by_release.setdefault(inst.release, []).append(inst)
+    victims: list[Instance] = []
+    for release, instances in by_release.items():
+        victims += choose_victims(instances, world.instances.get(release, 0))
+    gone = {v.id for v in victims}
+    serving = [
+        i for i in view.instances
+        if i.state is InstanceState.READY and i.id not in gone and world.instances.get(i.release, 0) > 0
+    ]
+    table = build_table(spec, world, serving)
+    await apply_table(router, table, applied)
+    if victims:
+        await _drain(router, service, gone)
+        await platform.stop(service=service, ids=sorted(gone))
+    for release, want in world.instances.items():
+        have = len(by_release.get(release, [])) - sum(1 for v in victims if v.release == release)
+        if want > have and release in releases:
+            await platform.start(service=service, release=releases[release], count=want - have)
+
+
+async def apply_table(router: Router, table: RouteTable, applied: Applied) -> None:
+    """Send `table` unless the router already serves it (and has not restarted since)."""
+    text = table.model_dump_json()
+    if applied.tables.get(table.service) == text:
+        return
+    await router.apply(table=table)
+    applied.tables[table.service] = text
+
+
+def note_boot(applied: Applied, service: str, boot: str) -> None:
+    """Forget what was applied when the router restarted: its table must be sent again."""
+    if applied.boots.get(service) not in (None, boot):
+        applied.tables.pop(service, None)
+    applied.boots[service] = boot
+
+
+async def _drain(router: Router, service: str, ids: set[str]) -> None:
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while time.monotonic() < deadline:
+        stats = await router.stats(service=service)
+        if not any(stats.inflight.get(i, 0) for i in ids):
+            return
+        await asyncio.sleep(0.02)

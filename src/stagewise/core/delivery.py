@@ -1,0 +1,375 @@
+"""Deliveries and the state machine that moves them.
+
+A delivery moves a service from its stable release to a candidate along a
+plan. `advance` is a pure function: given the delivery, its plan, what the
+world looks like now and the time, it returns the next state of the delivery
+and what happened, in words. It never acts: the controller commits the new
+state first and only then makes the world match it, which is what makes a
+controller crash at any moment harmless.
+
+Phases, after Argo Rollouts: Pending → Progressing ⇄ Paused → Promoting →
+Succeeded, or → Aborting → RolledBack, or Failed when even the rollback
+could not finish (a person must act; the event log says why).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from stagewise.core.durations import format_duration
+from stagewise.core.plan import Plan, Step, World
+from stagewise.core.spec import ReleaseSpec, ServiceSpec
+from stagewise.core.stats import RouterStats
+from stagewise.core.verdict import Outcome, Verdict
+from stagewise.errors import ConflictError
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTING = "Promoting"
+    SUCCEEDED = "Succeeded"
+    ABORTING = "Aborting"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: float
+    kind: str
+    """phase, step, analysis, instance, user, error."""
+    message: str
+
+
+class AnalysisRun(BaseModel):
+    """One analysis against the concurrent baseline; judged by the controller, read here."""
+
+    key: str
+    templates: list[str]
+    started_at: float
+    duration: float | None = None
+    background: bool = False
+    since: RouterStats | None = None
+    """The router's counters when the run started."""
+    last: RouterStats | None = None
+    """The counters the judges last saw (judges take increments)."""
+    judge_state: dict[str, Any] = {}
+    verdict: Verdict = Verdict(outcome=Outcome.RUNNING)
+    history: list[dict[str, Any]] = []
+    """Measurements over time, for charts: t, requests and errors per release."""
+
+
+class Observation(BaseModel):
+    """What the controller saw of the world just before this tick."""
+
+    now: float
+    ready: dict[str, int] = {}
+    """Ready instances per release."""
+    live: dict[str, int] = {}
+    """Live instances (starting or ready) per release."""
+    failures: dict[str, int] = {}
+    """Instances that died or missed readiness, per release, ever."""
+    stats: RouterStats | None = None
+
+
+class Delivery(BaseModel):
+    id: int = 0
+    service: str
+    spec: ServiceSpec
+    """The spec being delivered; its release is the candidate."""
+    stable: ReleaseSpec | None = None
+    """The release serving users before; none for a service's first delivery."""
+    phase: Phase = Phase.PENDING
+    step: int = 0
+    """Cursor into the plan's steps, or into its rollback steps while aborting."""
+    step_started_at: float = 0.0
+    ready_at: float | None = None
+    """When the current step's world was first seen ready."""
+    progress_at: float = 0.0
+    """Last time the delivery moved; the progress deadline counts from here."""
+    paused: bool = False
+    """Paused by a person."""
+    release_gate: bool = False
+    """A person promoted: the current step's remaining gates are skipped."""
+    abort_world: World | None = None
+    abort_reason: str | None = None
+    failures_base: dict[str, int] = {}
+    analysis: dict[str, AnalysisRun] = {}
+    attempt: int = 1
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    message: str = ""
+    undo: bool = False
+    """This delivery restores the previous stable release."""
+
+    @property
+    def candidate(self) -> ReleaseSpec:
+        return self.spec.spec.release
+
+    @property
+    def strategy(self) -> str:
+        return "full" if self.stable is None else self.spec.spec.strategy.name
+
+    def steps(self, plan: Plan) -> tuple[Step, ...]:
+        return plan.rollback if self.phase in (Phase.ABORTING, Phase.FAILED, Phase.ROLLED_BACK) else plan.steps
+
+    def current(self, plan: Plan) -> Step | None:
+        steps = self.steps(plan)
+        return steps[self.step] if 0 <= self.step < len(steps) else None
+
+
+def desired_world(delivery: Delivery, plan: Plan) -> World | None:
+    """The world the controller must make real now; none when nothing is to be done."""
+    if delivery.phase is Phase.PENDING:
+        return None
+    steps = delivery.steps(plan)
+    if not steps:
+        return None
+    return steps[min(delivery.step, len(steps) - 1)].world
+
+
+# --- verbs a person uses -------------------------------------------------------------
+
+
+def _require(delivery: Delivery, verb: str, allowed: set[Phase]) -> None:
+    if delivery.phase not in allowed:
+        raise ConflictError(
+            f"cannot {verb} delivery {delivery.id} of {delivery.service}: it is {delivery.phase.value}"
+            f" (allowed when {', '.join(sorted(p.value for p in allowed))})"
+        )
+
+
+_ACTIVE = {Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING}
+
+
+def promote(delivery: Delivery, plan: Plan, *, now: float, full: bool = False) -> tuple[Delivery, list[Event]]:
+    """Skip the current step's remaining gates, or with `full` go straight to promotion."""
+    _require(delivery, "promote", _ACTIVE)
+    d = delivery.model_copy(deep=True)
+    d.paused = False
+    if full and d.step < plan.promote_from:
+        _enter(d, plan.promote_from, now)
+        d.phase = Phase.PROMOTING
+        return d, [Event(at=now, kind="user", message="promoted fully: skipping to the promotion")]
+    d.release_gate = True
+    return d, [Event(at=now, kind="user", message=f"promoted past step {d.step + 1}")]
+
+
+def abort(delivery: Delivery, plan: Plan, *, now: float, reason: str) -> tuple[Delivery, list[Event]]:
+    """Roll back to the stable release; the rollback plan starts from the world now."""
+    _require(delivery, "abort", _ACTIVE)
+    d = delivery.model_copy(deep=True)
+    if d.stable is None:
+        raise ConflictError(f"cannot abort the first delivery of {d.service}: there is no stable release")
+    d.abort_world = desired_world(d, plan) or plan.steps[0].world
+    d.abort_reason = reason
+    d.phase = Phase.ABORTING
+    d.paused = False
+    _enter(d, 0, now)
+    return d, [Event(at=now, kind="phase", message=f"Aborting: {reason}")]
+
+
+def pause(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
+    _require(delivery, "pause", {Phase.PENDING, Phase.PROGRESSING, Phase.PROMOTING, Phase.PAUSED})
+    d = delivery.model_copy(deep=True)
+    d.paused = True
+    d.phase = Phase.PAUSED
+    return d, [Event(at=now, kind="user", message="paused")]
+
+
+def resume(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
+    _require(delivery, "resume", {Phase.PAUSED, Phase.PROGRESSING, Phase.PROMOTING})
+    d = delivery.model_copy(deep=True)
+    d.paused = False
+    d.progress_at = now
+    return d, [Event(at=now, kind="user", message="resumed")]
+
+
+def retry(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
+    """Start an aborted delivery again from its first step."""
+    _require(delivery, "retry", {Phase.ROLLED_BACK, Phase.FAILED})
+    d = delivery.model_copy(deep=True)
+    d.phase = Phase.PENDING
+    d.abort_world = None
+    d.abort_reason = None
+    d.analysis = {}
+    d.finished_at = None
+    d.attempt += 1
+    _enter(d, 0, now)
+    return d, [Event(at=now, kind="user", message=f"retry: attempt {d.attempt}")]
+
+
+# --- the machine -----------------------------------------------------------------------
+
+
+def _enter(d: Delivery, index: int, now: float) -> None:
+    d.step = index
+    d.step_started_at = now
+    d.ready_at = None
+    d.release_gate = False
+    d.progress_at = now
+    d.analysis = {k: run for k, run in d.analysis.items() if run.background}
+
+
+def _finish(d: Delivery, phase: Phase, now: float, message: str) -> list[Event]:
+    d.phase = phase
+    d.finished_at = now
+    d.message = message
+    return [Event(at=now, kind="phase", message=f"{phase.value}: {message}")]
+
+
+def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery, list[Event]]:
+    """The next state of `delivery`, and what happened; moves at most one step."""
+    if delivery.phase.terminal:
+        return delivery, []
+    d = delivery.model_copy(deep=True)
+    now = obs.now
+    events: list[Event] = []
+
+    if d.phase is Phase.PENDING:
+        _enter(d, 0, now)
+        d.failures_base = dict(obs.failures)
+        d.phase = plan.steps[0].promoting and Phase.PROMOTING or Phase.PROGRESSING
+        what = f"{d.stable.version} → {d.candidate.version}" if d.stable else d.candidate.version
+        return d, [Event(at=now, kind="phase", message=f"Progressing: {plan.strategy} {what}")]
+
+    aborting = d.phase is Phase.ABORTING
+    steps = d.steps(plan)
+    step = steps[d.step]
+
+    deadline = d.spec.spec.progress_deadline
+    waiting_on_person = d.paused or (step.manual and d.ready_at is not None and not aborting)
+    if not waiting_on_person and now - d.progress_at > deadline:
+        reason = _stuck_reason(d, step, obs)
+        if aborting:
+            return d, _finish(d, Phase.FAILED, now, f"the rollback made no progress for "
+                              f"{format_duration(deadline)}: {reason}; a person must act")
+        if d.stable is None:
+            return d, _finish(d, Phase.FAILED, now, f"no progress for {format_duration(deadline)}: "
+                              f"{reason}; there is no earlier release to roll back to")
+        d2, ev = abort(d, plan, now=now, reason=f"progress deadline {format_duration(deadline)} "
+                       f"exceeded: {reason}")
+        return d2, events + ev
+
+    if not aborting:
+        failed = _failed_analysis(d)
+        if failed is not None:
+            d2, ev = abort(d, plan, now=now, reason=failed)
+            return d2, events + ev
+
+    bg = plan.background
+    if bg and not aborting and d.step >= bg.starting_step and "background" not in d.analysis:
+        d.analysis["background"] = AnalysisRun(
+            key="background", templates=list(bg.gate.templates), started_at=now,
+            background=True, since=obs.stats, last=obs.stats,
+        )
+        events.append(Event(at=now, kind="analysis", message="background analysis started: "
+                            + ", ".join(bg.gate.templates)))
+
+    if d.paused:
+        d.phase = Phase.PAUSED
+        return d, events
+
+    # Gate 1: readiness, and instance failures within the step's budget.
+    new_failures = obs.failures.get(d.candidate.version, 0) - d.failures_base.get(d.candidate.version, 0)
+    if not aborting and step.max_failures is not None and new_failures > step.max_failures:
+        d2, ev = abort(d, plan, now=now, reason=f"{new_failures} instance(s) of {d.candidate.version} "
+                       f"failed in this step, more than the {step.max_failures} allowed")
+        return d2, events + ev
+    if d.ready_at is None:
+        if step.wait_ready and not _ready(step.world, obs):
+            return d, events
+        d.ready_at = now
+        d.progress_at = now
+
+    if d.release_gate:
+        return _next(d, plan, now, events, "promoted")
+
+    # Gate 2: analysis.
+    if step.analysis is not None and not aborting:
+        key = f"step-{d.step}"
+        run = d.analysis.get(key)
+        if run is None:
+            d.analysis[key] = AnalysisRun(
+                key=key, templates=list(step.analysis.templates), started_at=now,
+                duration=step.analysis.duration, since=obs.stats, last=obs.stats,
+            )
+            events.append(Event(at=now, kind="analysis", message=f"analysis started: "
+                                f"{', '.join(step.analysis.templates)}"))
+            return d, events
+        outcome = run.verdict.outcome
+        if outcome is Outcome.RUNNING:
+            return d, events
+        if outcome is Outcome.NO_DATA:
+            return d, events  # the judge applies the policy; waiting ends at the deadline
+        if outcome is not Outcome.SUCCESSFUL:
+            d2, ev = abort(d, plan, now=now, reason=f"analysis {outcome.value}: {run.verdict.message}")
+            return d2, events + ev
+        if not run.history or run.history[-1].get("final") is not True:
+            run.history.append({"t": now, "final": True})
+            events.append(Event(at=now, kind="analysis", message=f"analysis Successful: {run.verdict.message}"))
+
+    # Gate 3: pause, timed or until a person promotes.
+    if step.manual and not aborting:
+        if d.phase is not Phase.PAUSED:
+            d.phase = Phase.PAUSED
+            events.append(Event(at=now, kind="phase", message=f"Paused at step {d.step + 1}: "
+                                f"{step.title}; waiting for promote"))
+        return d, events
+    if step.pause and now - d.ready_at < step.pause:
+        return d, events
+    return _next(d, plan, now, events, "")
+
+
+def _next(d: Delivery, plan: Plan, now: float, events: list[Event], why: str) -> tuple[Delivery, list[Event]]:
+    aborting = d.phase is Phase.ABORTING
+    steps = d.steps(plan)
+    done = steps[d.step]
+    events.append(Event(at=now, kind="step", message=f"step {d.step + 1}/{len(steps)} done: {done.title}"
+                        + (f" ({why})" if why else "")))
+    if d.step + 1 >= len(steps):
+        if aborting:
+            return d, events + _finish(d, Phase.ROLLED_BACK, now, d.abort_reason or "aborted")
+        return d, events + _finish(d, Phase.SUCCEEDED, now, f"{d.candidate.version} is stable")
+    _enter(d, d.step + 1, now)
+    if not aborting:
+        upcoming = steps[d.step]
+        d.phase = Phase.PROMOTING if upcoming.promoting else Phase.PROGRESSING
+    return d, events
+
+
+def _failed_analysis(d: Delivery) -> str | None:
+    for run in d.analysis.values():
+        if run.verdict.outcome is Outcome.FAILED:
+            what = "background analysis" if run.background else "analysis"
+            return f"{what} Failed: {run.verdict.message}"
+    return None
+
+
+def _ready(world: World, obs: Observation) -> bool:
+    return all(
+        obs.ready.get(release, 0) >= count and obs.live.get(release, 0) <= count
+        for release, count in world.instances.items()
+    )
+
+
+def _stuck_reason(d: Delivery, step: Step, obs: Observation) -> str:
+    if d.ready_at is None and step.wait_ready:
+        missing = {r: f"{obs.ready.get(r, 0)}/{n} ready" for r, n in step.world.instances.items()
+                   if obs.ready.get(r, 0) < n}
+        return "instances not ready: " + ", ".join(f"{r} {m}" for r, m in missing.items())
+    for run in d.analysis.values():
+        if run.verdict.outcome is Outcome.NO_DATA:
+            return f"analysis has no data: {run.verdict.message}"
+    return f"stuck at step {d.step + 1}: {step.title}"

@@ -1,0 +1,88 @@
+"""The exceptions stagewise raises, in one tree.
+
+    StagewiseError
+    ├── PermanentError            retrying the same thing gives the same failure
+    │   ├── SpecError             a spec file is malformed or invalid (file:line:column)
+    │   ├── NotFoundError         a service or delivery that does not exist
+    │   ├── ConflictError         a verb that does not fit the delivery's phase
+    │   └── UnknownDriverError    a router/platform/judge/provider name with no backend
+    └── TemporaryError(delay=)    worth retrying after `delay` seconds
+        ├── RouterError           the data plane could not be reached or refused a table
+        ├── PlatformError         an instance could not be started, probed or stopped
+        └── ProviderError         a metric provider could not measure
+
+Drivers translate third-party exceptions into these at their boundary
+(`raise RouterError(...) from exc`), so the controller only ever handles this tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class StagewiseError(Exception):
+    """Root of every error stagewise raises on purpose."""
+
+
+class PermanentError(StagewiseError):
+    """Retrying the same operation will fail the same way."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec: where it is, what is wrong, what would be right."""
+
+    file: str
+    line: int
+    column: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        field = f" {self.field}:" if self.field else ""
+        return f"{where}:{field} {self.message}"
+
+
+class SpecError(PermanentError):
+    """A spec could not be read or validated; `problems` says each thing wrong."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class NotFoundError(PermanentError):
+    """The named service or delivery does not exist."""
+
+
+class ConflictError(PermanentError):
+    """The verb does not fit the current phase (promote a finished delivery, ...)."""
+
+
+class UnknownDriverError(PermanentError, ValueError):
+    """A backend name that is not registered; the message lists the valid names."""
+
+    def __init__(self, kind: str, name: str, choices: list[str]) -> None:
+        self.kind, self.name, self.choices = kind, name, choices
+        super().__init__(f"unknown {kind} {name!r}; expected one of: {', '.join(sorted(choices))}")
+
+
+class TemporaryError(StagewiseError):
+    """Worth retrying after `delay` seconds."""
+
+    def __init__(self, message: str, *, delay: float = 1.0) -> None:
+        self.delay = delay
+        super().__init__(message)
+
+
+class RouterError(TemporaryError):
+    """The router could not be reached, or refused a route table."""
+
+
+class PlatformError(TemporaryError):
+    """An instance could not be started, probed or stopped."""
+
+
+class ProviderError(TemporaryError):
+    """A metric provider could not take a measurement."""

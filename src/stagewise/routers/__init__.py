@@ -1,0 +1,42 @@
+"""Routers: the data planes that split a service's traffic between releases.
+
+A router takes the whole desired route table of a service and makes it so,
+atomically (`apply`), and counts requests, errors and latency per release
+(`stats`). Each backend lives in its own module and imports `stagewise.core`
+only — never another driver. The controller picks one by name with `get_router`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from stagewise.core.routes import RouteTable
+from stagewise.core.stats import RouterStats
+from stagewise.errors import UnknownDriverError
+
+
+class Router(Protocol):
+    async def apply(self, *, table: RouteTable) -> None:
+        """Make the data plane serve `table` (starting it if needed); idempotent."""
+
+    async def stats(self, *, service: str) -> RouterStats:
+        """Cumulative per-release counters since the data plane started."""
+
+    async def stop(self, *, service: str) -> None:
+        """Stop serving `service` (and its data plane, if stagewise runs it)."""
+
+    async def close(self) -> None:
+        """Release client resources; the data plane keeps running."""
+
+
+ROUTER_KINDS = ("builtin", "haproxy", "nginx")
+
+
+def get_router(kind: str, *, state_dir: Path) -> Router:
+    """The router backend named `kind`, keeping its files under `state_dir`."""
+    if kind == "builtin":
+        from stagewise.routers.builtin import BuiltinRouter
+
+        return BuiltinRouter(state_dir=state_dir)
+    raise UnknownDriverError("router", kind, ["builtin"])

@@ -1,0 +1,49 @@
+"""Strategies: pure functions from a spec to a plan, and the plan that rolls it back.
+
+Each strategy is a plain function `(spec, stable, candidate) -> Plan` in its own
+module; `compile_plan` picks it by the spec's strategy and adds the rollback
+plan when the delivery is aborting. Nothing here reads a clock or touches the
+world.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from stagewise.core.plan import Plan, Step, StepKind, World
+from stagewise.core.spec import ReleaseSpec, ServiceSpec
+from stagewise.strategies._shared import rollback_steps
+from stagewise.strategies.bluegreen import blue_green
+from stagewise.strategies.canary import canary
+from stagewise.strategies.full import full
+from stagewise.strategies.phased import phased
+
+StrategyFn = Callable[[ServiceSpec, ReleaseSpec, ReleaseSpec], Plan]
+
+STRATEGIES: dict[str, StrategyFn] = {
+    "full": full,
+    "phased": phased,
+    "canary": canary,
+    "blue-green": blue_green,
+}
+
+
+def compile_plan(spec: ServiceSpec, stable: ReleaseSpec | None, *, abort_world: World | None = None) -> Plan:
+    """The plan that delivers `spec`'s release over `stable` (and its rollback, when aborting)."""
+    candidate = spec.spec.release
+    if stable is None:
+        plan = first_delivery(spec)
+    else:
+        plan = STRATEGIES[spec.spec.strategy.name](spec, stable, candidate)
+    if abort_world is not None and stable is not None:
+        plan = plan.model_copy(update={"rollback": rollback_steps(spec, stable, candidate, abort_world)})
+    return plan
+
+
+def first_delivery(spec: ServiceSpec) -> Plan:
+    """A service's first release has nothing to protect: start it, wait until ready."""
+    version = spec.spec.release.version
+    world = World(instances={version: spec.spec.replicas}, stable=version)
+    step = Step(kind=StepKind.DEPLOY, title=f"deploy {version} on {spec.spec.replicas} instance(s)",
+                world=world, promoting=True)
+    return Plan(strategy="full", steps=(step,), promote_from=0)

@@ -1,0 +1,89 @@
+"""Pieces the strategies share: sizes, gates, promotion and rollback steps."""
+
+from __future__ import annotations
+
+import math
+
+from stagewise.core.durations import format_duration
+from stagewise.core.plan import AnalysisGate, Step, StepKind, World
+from stagewise.core.routes import CohortRoute
+from stagewise.core.spec import AnalysisRef, ReleaseSpec, ServiceSpec
+
+
+def fmt(seconds: float | None) -> str:
+    return format_duration(seconds) if seconds is not None else "-"
+
+
+def rollback_steps(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpec, at: World) -> tuple[Step, ...]:
+    """Back to `stable` from the world `at`: traffic first, then instances, newest first.
+
+    If the stable release still has instances, all traffic moves back to them
+    at once (canary, blue-green: fast or instant). Then the candidate's
+    instances give way to stable ones, in batches of `maxUnavailable` for a
+    phased delivery (newest-updated first: the platform's newest instances
+    are stopped first) and all at once otherwise.
+    """
+    s, c = stable.version, candidate.version
+    n = spec.spec.replicas
+    have_stable = at.instances.get(s, 0)
+    have_cand = at.instances.get(c, 0)
+    steps: list[Step] = []
+    if have_stable > 0:
+        steps.append(Step(
+            kind=StepKind.SWITCH, title=f"all traffic back to {s}",
+            world=World(instances=dict(at.instances), stable=s, weights={s: 100}),
+            wait_ready=False,
+        ))
+    phased = spec.spec.strategy.phased
+    batch = have_cand
+    if phased is not None and phased.waves is not None:
+        batch = resolve_size(phased.max_unavailable, n)
+    batch = max(1, batch)
+    while have_cand > 0 or have_stable < n:
+        move = min(batch, have_cand) if have_cand else n - have_stable
+        have_cand -= min(move, have_cand)
+        have_stable = min(n, have_stable + move) if have_cand else n
+        weights = {s: 100} if have_stable else None
+        steps.append(Step(
+            kind=StepKind.SCALE,
+            title=f"{s} on {have_stable} instance(s), {c} on {have_cand}",
+            world=World(instances={s: have_stable, c: have_cand}, stable=s, weights=weights),
+        ))
+    return tuple(steps)
+
+
+def resolve_size(size: int | str, total: int) -> int:
+    """A count or a percentage of `total` (Ansible `serial`): at least 1, at most `total`."""
+    if isinstance(size, str):
+        count = math.floor(total * float(size.rstrip("%").strip()) / 100)
+    else:
+        count = size
+    return max(1, min(total, count))
+
+
+def gate(ref: AnalysisRef | None, default_duration: float | None = None) -> AnalysisGate | None:
+    if ref is None:
+        return None
+    duration = ref.duration if ref.duration is not None else default_duration
+    return AnalysisGate(templates=tuple(ref.templates), duration=duration)
+
+
+def canary_instances(replicas: int, weight: float) -> int:
+    """Instances the candidate needs to take `weight`% of traffic: at least one."""
+    return max(1, min(replicas, math.ceil(replicas * weight / 100)))
+
+
+def promotion_steps(
+    stable: str, candidate: str, replicas: int, *, last_weight: int, cohort: CohortRoute | None = None
+) -> list[Step]:
+    """Candidate to full size, then all traffic to it, then the old release gone."""
+    both = {stable: replicas, candidate: replicas}
+    return [
+        Step(kind=StepKind.SCALE, title=f"scale {candidate} to {replicas}", promoting=True,
+             world=World(instances=both, stable=stable,
+                         weights={stable: 100 - last_weight, candidate: last_weight}, cohort=cohort)),
+        Step(kind=StepKind.PROMOTE, title=f"all traffic to {candidate}", promoting=True,
+             world=World(instances=both, stable=candidate, weights={candidate: 100})),
+        Step(kind=StepKind.SCALE_DOWN, title=f"scale {stable} down", promoting=True,
+             world=World(instances={stable: 0, candidate: replicas}, stable=candidate)),
+    ]

@@ -1,0 +1,100 @@
+"""phased: waves of instances, or growing cohorts of users.
+
+Waves follow Ansible's `serial`: each value is a count or a percentage of the
+fleet, the last value repeats until every instance is updated, and a wave
+holds at least one instance. Within a wave at most `maxUnavailable` instances
+are out of service at once: each is drained from the router, replaced, and
+checked before the next. Cohorts send a fixed, growing share of *users* (by a
+header or cookie key) to the candidate; a user on the candidate stays there.
+"""
+
+from __future__ import annotations
+
+from stagewise.core.plan import Plan, Step, StepKind, World
+from stagewise.core.routes import CohortRoute
+from stagewise.core.spec import PhasedSpec, ReleaseSpec, ServiceSpec
+from stagewise.strategies import _shared
+
+DEFAULT_ANALYSIS_DURATION = 30.0
+
+
+def wave_sizes(waves: list[int | str], total: int) -> list[int]:
+    """Instances per wave for a fleet of `total` (the last value repeats)."""
+    sizes: list[int] = []
+    done = 0
+    i = 0
+    while done < total:
+        size = min(_shared.resolve_size(waves[min(i, len(waves) - 1)], total), total - done)
+        sizes.append(size)
+        done += size
+        i += 1
+    return sizes
+
+
+def phased(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpec) -> Plan:
+    body = spec.spec
+    assert body.strategy.phased is not None
+    cfg = body.strategy.phased
+    if cfg.cohorts is not None:
+        return _cohorts(spec, cfg, stable.version, candidate.version)
+    return _waves(spec, cfg, stable.version, candidate.version)
+
+
+def _waves(spec: ServiceSpec, cfg: PhasedSpec, s: str, c: str) -> Plan:
+    assert cfg.waves is not None
+    n = spec.spec.replicas
+    sizes = wave_sizes(cfg.waves, n)
+    batch = _shared.resolve_size(cfg.max_unavailable, n)
+    steps: list[Step] = []
+    updated = 0
+    for w, size in enumerate(sizes, start=1):
+        allowed = int(size * cfg.max_fail_percent // 100)
+        left = size
+        while left > 0:
+            move = min(batch, left)
+            left -= move
+            updated += move
+            last_of_wave = left == 0
+            world = World(instances={s: n - updated, c: updated}, stable=s)
+            analysis = None
+            if last_of_wave and n - updated > 0:
+                analysis = _shared.gate(cfg.analysis, DEFAULT_ANALYSIS_DURATION)
+            steps.append(Step(
+                kind=StepKind.WAVE,
+                title=f"wave {w}/{len(sizes)}: {c} on {updated}/{n} instance(s)",
+                world=world,
+                analysis=analysis,
+                pause=cfg.bake if last_of_wave and cfg.bake else None,
+                max_failures=allowed,
+            ))
+    promote_from = len(steps)
+    steps.append(Step(kind=StepKind.PROMOTE, title=f"{c} is stable", promoting=True,
+                      world=World(instances={s: 0, c: n}, stable=c)))
+    return Plan(strategy="phased", steps=tuple(steps), promote_from=promote_from)
+
+
+def _cohorts(spec: ServiceSpec, cfg: PhasedSpec, s: str, c: str) -> Plan:
+    assert cfg.cohorts is not None
+    n = spec.spec.replicas
+    key = cfg.cohorts.key
+    steps: list[Step] = []
+    cohort: CohortRoute | None = None
+    for pct in cfg.cohorts.steps:
+        cohort = CohortRoute(release=c, percent=pct, header=key.header, cookie=key.cookie)
+        world = World(
+            instances={s: n, c: _shared.canary_instances(n, pct)},
+            stable=s,
+            weights={s: 100},
+            cohort=cohort,
+        )
+        steps.append(Step(
+            kind=StepKind.SET_COHORT,
+            title=f"setCohort {pct:g}% of users by {'header' if key.header else 'cookie'} "
+                  f"{key.header or key.cookie}",
+            world=world,
+            analysis=_shared.gate(cfg.analysis, DEFAULT_ANALYSIS_DURATION),
+            pause=cfg.bake or None,
+        ))
+    promote_from = len(steps)
+    steps += _shared.promotion_steps(s, c, n, last_weight=0, cohort=cohort)
+    return Plan(strategy="phased", steps=tuple(steps), promote_from=promote_from)
