@@ -112,7 +112,8 @@ def server(state: StateOpt = DEFAULT_STATE,
 @app.command()
 def apply(files: Annotated[list[Path], typer.Argument(help="Spec files.")],
           state: StateOpt = DEFAULT_STATE,
-          wait: bool = typer.Option(False, "--wait", help="Wait until the delivery ends; exit 1 if it did not succeed."),
+          wait: bool = typer.Option(False, "--wait",
+                                    help="Wait until the delivery ends; exit 1 if it did not succeed."),
           timeout: float = typer.Option(1800, help="With --wait: give up after this many seconds.")) -> None:
     """Apply specs: a new release starts a delivery."""
     from stagewise.spec import load_specs

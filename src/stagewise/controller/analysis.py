@@ -8,9 +8,11 @@ interval — never before against after.
 
 from __future__ import annotations
 
+import math
+
 from stagewise.analysis.judges import judge
 from stagewise.core.delivery import AnalysisRun, Delivery, Phase
-from stagewise.core.stats import RouterStats
+from stagewise.core.stats import ReleaseStats, RouterStats
 from stagewise.core.verdict import Outcome, combine
 
 HISTORY_POINTS = 600
@@ -57,9 +59,15 @@ def _record(run: AnalysisRun, stats: RouterStats, now: float, baseline: str, can
     b, c = window.release(baseline), window.release(candidate)
     run.history.append({
         "t": round(now, 3),
-        "baseline": {"requests": b.requests, "errors": b.errors, "p50": b.quantile_ms(0.5), "p99": b.quantile_ms(0.99)},
-        "candidate": {"requests": c.requests, "errors": c.errors, "p50": c.quantile_ms(0.5), "p99": c.quantile_ms(0.99)},
+        "baseline": _point(b),
+        "candidate": _point(c),
         "outcome": run.verdict.outcome.value,
     })
     if len(run.history) > HISTORY_POINTS:
         run.history = run.history[::2]
+
+
+def _point(s: ReleaseStats) -> dict[str, float | None]:
+    p50, p99 = s.quantile_ms(0.5), s.quantile_ms(0.99)
+    return {"requests": s.requests, "errors": s.errors,
+            "p50": p50 if math.isfinite(p50) else None, "p99": p99 if math.isfinite(p99) else None}

@@ -12,6 +12,7 @@ are processes of their own, so a controller restart drops no request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -37,13 +38,21 @@ TICK = 0.25
 
 
 class Controller:
-    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time, tick: float = TICK) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        tick: float = TICK,
+        routers: dict[str, Router] | None = None,
+        platforms: dict[str, Platform] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.clock = clock
         self.tick_seconds = tick
         self.store: Store = open_store("sqlite", state_dir=state_dir)
-        self._routers: dict[str, Router] = {}
-        self._platforms: dict[str, Platform] = {}
+        self._routers: dict[str, Router] = dict(routers or {})
+        self._platforms: dict[str, Platform] = dict(platforms or {})
         self._locks: dict[str, asyncio.Lock] = {}
         self._applied = Applied()
         self._errors: dict[str, str] = {}
@@ -79,10 +88,8 @@ class Controller:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.tick()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.tick_seconds)
-            except TimeoutError:
-                pass
 
     async def tick(self) -> None:
         for record in self.store.list_services():
@@ -219,15 +226,16 @@ class Controller:
             latest = self.store.latest_delivery(name)
             if latest is not None and not latest.phase.terminal:
                 raise ConflictError(f"{name}: delivery {latest.id} is {latest.phase.value}; abort it before undo")
-            if record.previous is None:
+            previous = record.previous
+            if previous is None:
                 raise ConflictError(f"{name}: there is no previous release to go back to")
             spec = record.spec.model_copy(
-                update={"spec": record.spec.spec.model_copy(update={"release": record.previous})})
+                update={"spec": record.spec.spec.model_copy(update={"release": previous})})
             record = record.model_copy(update={"spec": spec, "updated_at": now})
             delivery = Delivery(service=name, spec=spec, stable=record.stable, created_at=now,
                                 updated_at=now, progress_at=now, undo=True)
             delivery = self.store.create_delivery(
-                delivery, [Event(at=now, kind="user", message=f"undo: back to {record.previous.version}")], record)
+                delivery, [Event(at=now, kind="user", message=f"undo: back to {previous.version}")], record)
             self.changed.set()
             return delivery
 

@@ -240,7 +240,7 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
     if d.phase is Phase.PENDING:
         _enter(d, 0, now)
         d.failures_base = dict(obs.failures)
-        d.phase = plan.steps[0].promoting and Phase.PROMOTING or Phase.PROGRESSING
+        d.phase = Phase.PROMOTING if plan.steps[0].promoting else Phase.PROGRESSING
         what = f"{d.stable.version} → {d.candidate.version}" if d.stable else d.candidate.version
         return d, [Event(at=now, kind="phase", message=f"Progressing: {plan.strategy} {what}")]
 

@@ -29,10 +29,9 @@ def parse_duration(value: object) -> float:
 
 def format_duration(seconds: float) -> str:
     """The shortest spec-style spelling of `seconds` (`90` → `1m30s`)."""
-    if seconds < 1 and seconds != 0:
-        return f"{round(seconds * 1000)}ms"
-    whole = int(round(seconds))
+    millis = round(seconds * 1000)
+    whole, ms = divmod(millis, 1000)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
-    out = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
-    return out + (f"{secs}s" if secs or not out else "")
+    out = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{secs}s" if secs else "")
+    return out + (f"{ms}ms" if ms else "") if (out or ms) else "0s"

@@ -7,6 +7,7 @@ to file:line:column; this module only states what is valid.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Annotated, Any, Literal
 
@@ -225,7 +226,7 @@ class CohortsSpec(Model):
     @field_validator("steps")
     @classmethod
     def _growing(cls, value: list[float]) -> list[float]:
-        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError(f"cohort steps must grow strictly, got {value}")
         return value
 

@@ -31,10 +31,7 @@ STRATEGIES: dict[str, StrategyFn] = {
 def compile_plan(spec: ServiceSpec, stable: ReleaseSpec | None, *, abort_world: World | None = None) -> Plan:
     """The plan that delivers `spec`'s release over `stable` (and its rollback, when aborting)."""
     candidate = spec.spec.release
-    if stable is None:
-        plan = first_delivery(spec)
-    else:
-        plan = STRATEGIES[spec.spec.strategy.name](spec, stable, candidate)
+    plan = first_delivery(spec) if stable is None else STRATEGIES[spec.spec.strategy.name](spec, stable, candidate)
     if abort_world is not None and stable is not None:
         plan = plan.model_copy(update={"rollback": rollback_steps(spec, stable, candidate, abort_world)})
     return plan

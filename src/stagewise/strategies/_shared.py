@@ -15,49 +15,46 @@ def fmt(seconds: float | None) -> str:
 
 
 def rollback_steps(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpec, at: World) -> tuple[Step, ...]:
-    """Back to `stable` from the world `at`: traffic first, then instances, newest first.
+    """Back to `stable` from the world `at`: traffic first, then instances.
 
-    If the stable release still has instances, all traffic moves back to them
-    at once (canary, blue-green: fast or instant). Then the candidate's
-    instances give way to stable ones, in batches of `maxUnavailable` for a
-    phased delivery (newest-updated first: the platform's newest instances
-    are stopped first) and all at once otherwise.
+    Canary, cohorts and blue-green keep the stable release at full size, so
+    all traffic moves back to it at once (fast, or instant for a warm slot);
+    then the candidate's instances go. Phased waves replace instances in
+    place: the stable release is redeployed on the updated instances, newest
+    first, `maxUnavailable` at a time, each instance leaving the router before
+    it is replaced (sending all traffic to the few instances not yet updated
+    could overload them). A full delivery redeploys the stable release.
     """
     s, c = stable.version, candidate.version
     n = spec.spec.replicas
     have_stable = at.instances.get(s, 0)
     have_cand = at.instances.get(c, 0)
+    phased = spec.spec.strategy.phased
+    waves = phased is not None and phased.waves is not None
     steps: list[Step] = []
-    if have_stable > 0:
+    if have_stable > 0 and not waves:
         steps.append(Step(
             kind=StepKind.SWITCH, title=f"all traffic back to {s}",
             world=World(instances=dict(at.instances), stable=s, weights={s: 100}),
             wait_ready=False,
         ))
-    phased = spec.spec.strategy.phased
-    batch = have_cand
-    if phased is not None and phased.waves is not None:
-        batch = resolve_size(phased.max_unavailable, n)
-    batch = max(1, batch)
+    batch = resolve_size(phased.max_unavailable, n) if phased is not None and waves else max(1, have_cand)
     while have_cand > 0 or have_stable < n:
         move = min(batch, have_cand) if have_cand else n - have_stable
         have_cand -= min(move, have_cand)
         have_stable = min(n, have_stable + move) if have_cand else n
-        weights = {s: 100} if have_stable else None
         steps.append(Step(
             kind=StepKind.SCALE,
             title=f"{s} on {have_stable} instance(s), {c} on {have_cand}",
-            world=World(instances={s: have_stable, c: have_cand}, stable=s, weights=weights),
+            world=World(instances={s: have_stable, c: have_cand}, stable=s,
+                        weights=None if waves and have_cand else {s: 100}),
         ))
     return tuple(steps)
 
 
 def resolve_size(size: int | str, total: int) -> int:
     """A count or a percentage of `total` (Ansible `serial`): at least 1, at most `total`."""
-    if isinstance(size, str):
-        count = math.floor(total * float(size.rstrip("%").strip()) / 100)
-    else:
-        count = size
+    count = math.floor(total * float(size.rstrip("%").strip()) / 100) if isinstance(size, str) else size
     return max(1, min(total, count))
 
 

@@ -1,0 +1,484 @@
+"""The local platform: instances are detached processes on this machine, on loopback ports.
+
+Why it is built this way:
+
+- Instances must outlive the controller (DESIGN.md: a controller restart never
+  drops a request), so each runs in its own session and its record lives on
+  disk under `state_dir/instances/<service>/`. A new `LocalPlatform` re-adopts
+  them by pid *and* kernel start time, because by then a bare pid may belong to
+  an unrelated process.
+- It never signals a process whose start time does not match its record, and it
+  never runs a shell: `run.command` is an argv list with `{port}` substituted.
+- `observe` stays cheap for ready instances (one small /proc read each); only
+  starting instances are probed, all at once, so a hundred of them cost one probe
+  timeout, not a hundred.
+
+Linux only: liveness and start times come from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from stagewise.core.spec import ReleaseSpec
+from stagewise.errors import PlatformError
+from stagewise.platforms import Instance, InstanceState, PlatformView
+
+PROBE_TIMEOUT = 1.0
+"""Seconds one readiness probe may take; a slow probe just means "not ready yet"."""
+POLL_INTERVAL = 0.05
+"""Seconds between liveness checks while waiting for a stopped instance to exit."""
+KILL_WAIT = 2.0
+"""Seconds to wait for a SIGKILLed process to disappear before giving up on it."""
+
+_META = "_service.json"  # service names are DNS labels, so no instance id can collide
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass
+class _Record:
+    """What survives a controller restart about one instance."""
+
+    id: str
+    seq: int
+    service: str
+    release: str
+    port: int
+    pid: int
+    proc_start: int
+    """Field 22 of /proc/PID/stat: tells this process from a later one with the same pid."""
+    started_at: float
+    ready_at: float | None
+    log: str
+    argv: list[str]
+    readiness_http: str | None
+    readiness_tcp: bool
+    readiness_timeout: float
+    stopping: bool = False
+    """Set before stop() signals it, so its exit is not counted as a failure."""
+
+
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(_Record))
+
+
+@dataclass
+class _Child:
+    """A process spawned by this controller process; kept referenced until reaped.
+
+    A `Popen` collected while its child runs warns and leaves a zombie, and a
+    fresh `LocalPlatform` in the same process must still be able to reap what
+    its predecessor spawned; hence a module-level registry, not an attribute.
+    """
+
+    popen: subprocess.Popen[bytes]
+    proc_start: int
+    record: Path
+
+
+_children: dict[int, _Child] = {}
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time) of a process, or None if there is none with that pid."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError as exc:
+        raise PlatformError(f"cannot read /proc/{pid}/stat: {exc}") from exc
+    # The command name in field 2 may hold spaces and parentheses; it ends at the last ')'.
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[19])
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _free_port(taken: set[int]) -> int:
+    """A loopback port nobody listens on now; not one of ours still coming up."""
+    for _ in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in taken:
+            return port
+    raise PlatformError("could not find a free loopback port")
+
+
+def _atomic_write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _last_line(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    return lines[-1].strip()[:300] if lines else None
+
+
+class LocalPlatform:
+    """Starts instances as detached local processes and finds them again after a restart."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._root = Path(state_dir) / "instances"
+        self._client: httpx.AsyncClient | None = None
+
+    # -- the Platform protocol -------------------------------------------------------------
+
+    async def start(self, *, service: str, release: ReleaseSpec, count: int) -> list[Instance]:
+        """Spawn `count` instances; does not wait for them to be ready.
+
+        If spawning fails midway, the instances already started keep their records,
+        so the next `observe` reports them.
+        """
+        directory = self._service_dir(service)
+        directory.mkdir(parents=True, exist_ok=True)
+        taken = {r.port for r in self._records(service, [])}
+        started = []
+        for _ in range(count):
+            seq = self._next_seq(service)
+            instance_id = f"{service}-{release.version}-{seq}"
+            port = _free_port(taken)
+            taken.add(port)
+            record = self._spawn(service, instance_id, seq, port, release, directory)
+            started.append(self._instance(record))
+        return started
+
+    async def observe(self, *, service: str, releases: dict[str, ReleaseSpec]) -> PlatformView:
+        """Reap the dead, probe the starting, and report the live; ready ones are not re-probed."""
+        events: list[str] = []
+        _sweep_children()
+        alive = []
+        for record in self._records(service, events):
+            ending = _ending(record)
+            if ending is None:
+                alive.append(record)
+                continue
+            self._forget(record)
+            if not record.stopping:
+                self._count_failure(service, record.release)
+                events.append(f"instance {record.id} (pid {record.pid}) {ending}; {self._log_note(record)}")
+
+        starting = [r for r in alive if r.ready_at is None]
+        ready = await asyncio.gather(*(self._probe(r, releases.get(r.release)) for r in starting))
+        now = time.time()
+        killed = []
+        for probed, is_ready in zip(starting, ready, strict=True):
+            current = self._reload(probed)  # a concurrent stop() may have changed or removed it
+            if current is None:
+                alive.remove(probed)
+                continue
+            if is_ready:
+                current.ready_at = now
+                self._save(current)
+                alive[alive.index(probed)] = current
+                continue
+            timeout = self._readiness(current, releases.get(current.release))[2]
+            if now - current.started_at > timeout and not current.stopping:
+                _signal_group(current, signal.SIGKILL)
+                self._forget(current)
+                self._count_failure(service, current.release)
+                alive.remove(probed)
+                killed.append(current)
+                events.append(
+                    f"instance {current.id} (pid {current.pid}) was not ready within {timeout:g}s "
+                    f"and was killed; {self._log_note(current)}"
+                )
+        await _wait_gone(killed, KILL_WAIT)
+
+        return PlatformView(
+            instances=[self._instance(r) for r in sorted(alive, key=lambda r: r.seq)],
+            failures=self._meta(service)["failures"],
+            events=events,
+        )
+
+    async def stop(self, *, service: str, ids: list[str], grace: float = 10.0) -> None:
+        """SIGTERM each process group, SIGKILL what is left after `grace`; unknown ids are fine."""
+        wanted = set(ids)
+        records = [r for r in self._records(service, []) if r.id in wanted]
+        for record in records:
+            record.stopping = True
+            self._save(record)
+            _signal_group(record, signal.SIGTERM)
+        pending = await _wait_gone(records, grace)
+        for record in pending:
+            _signal_group(record, signal.SIGKILL)
+        stuck = await _wait_gone(pending, KILL_WAIT)
+        for record in records:
+            if record not in stuck:
+                self._forget(record)
+        _sweep_children()
+        if stuck:
+            names = ", ".join(f"{r.id} (pid {r.pid})" for r in stuck)
+            raise PlatformError(f"still running after SIGKILL: {names}")
+
+    async def close(self) -> None:
+        """Close the probe client; instances keep running."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- spawning ----------------------------------------------------------------------------
+
+    def _spawn(
+        self, service: str, instance_id: str, seq: int, port: int, release: ReleaseSpec, directory: Path
+    ) -> _Record:
+        def substitute(value: str) -> str:
+            # Plain replace, not str.format: other braces in a command are the user's own.
+            return value.replace("{port}", str(port))
+
+        argv = [substitute(a) for a in release.run.command]
+        env = {k: substitute(v) for k, v in release.run.env.items()}
+        log = directory / f"{instance_id}.log"
+        try:
+            with log.open("ab") as logfile:
+                popen = subprocess.Popen(
+                    argv,
+                    env=os.environ | env,
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logfile,
+                    stderr=subprocess.STDOUT,
+                    close_fds=True,
+                )
+        except FileNotFoundError as exc:
+            log.unlink(missing_ok=True)
+            raise PlatformError(
+                f"cannot start {instance_id}: program {argv[0]!r} not found "
+                "(run.command[0] must be an executable path or a name on PATH)"
+            ) from exc
+        except PermissionError as exc:
+            log.unlink(missing_ok=True)
+            raise PlatformError(f"cannot start {instance_id}: {argv[0]!r} is not executable") from exc
+        except (OSError, ValueError) as exc:
+            log.unlink(missing_ok=True)
+            raise PlatformError(f"cannot start {instance_id}: {exc}") from exc
+        # An unreaped child stays in /proc even if it already exited, so this read succeeds.
+        stat = _proc_stat(popen.pid)
+        http, tcp, timeout = self._readiness(None, release)
+        record = _Record(
+            id=instance_id,
+            seq=seq,
+            service=service,
+            release=release.version,
+            port=port,
+            pid=popen.pid,
+            proc_start=stat[1] if stat else -1,
+            started_at=time.time(),
+            ready_at=None,
+            log=str(log),
+            argv=argv,
+            readiness_http=http,
+            readiness_tcp=tcp,
+            readiness_timeout=timeout,
+        )
+        path = self._record_path(record)
+        _children[popen.pid] = _Child(popen=popen, proc_start=record.proc_start, record=path)
+        self._save(record)
+        return record
+
+    # -- readiness -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _readiness(record: _Record | None, spec: ReleaseSpec | None) -> tuple[str | None, bool, float]:
+        """(http path, tcp, timeout): from the spec when given, else from the record."""
+        if spec is not None:
+            r = spec.readiness
+            return r.http, r.tcp, r.timeout
+        assert record is not None
+        return record.readiness_http, record.readiness_tcp, record.readiness_timeout
+
+    async def _probe(self, record: _Record, spec: ReleaseSpec | None) -> bool:
+        http = self._readiness(record, spec)[0]
+        try:
+            if http is not None:
+                response = await self._http().get(f"http://127.0.0.1:{record.port}{http}")
+                return 200 <= response.status_code < 400
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", record.port), PROBE_TIMEOUT
+            )
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True
+        except (httpx.HTTPError, OSError, TimeoutError):
+            return False
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            # No proxies from the environment (loopback only) and no pooled connections:
+            # an instance is probed until ready and then left alone.
+            self._client = httpx.AsyncClient(
+                timeout=PROBE_TIMEOUT,
+                trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+                headers={"Connection": "close", "User-Agent": "stagewise-probe"},
+            )
+        return self._client
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def _service_dir(self, service: str) -> Path:
+        if not _SAFE_NAME.fullmatch(service):
+            raise PlatformError(f"invalid service name {service!r}")
+        return self._root / service
+
+    def _record_path(self, record: _Record) -> Path:
+        return self._service_dir(record.service) / f"{record.id}.json"
+
+    def _records(self, service: str, events: list[str]) -> list[_Record]:
+        directory = self._service_dir(service)
+        if not directory.is_dir():
+            return []
+        records = []
+        for path in sorted(directory.glob("*.json")):
+            if path.name == _META:
+                continue
+            try:
+                data = json.loads(path.read_text())
+                records.append(_Record(**{k: v for k, v in data.items() if k in _RECORD_FIELDS}))
+            except FileNotFoundError:
+                continue  # stopped meanwhile
+            except (OSError, ValueError, TypeError) as exc:
+                events.append(f"ignoring unreadable instance record {path}: {exc}")
+        return sorted(records, key=lambda r: r.seq)
+
+    def _reload(self, record: _Record) -> _Record | None:
+        try:
+            data = json.loads(self._record_path(record).read_text())
+        except (OSError, ValueError):
+            return None
+        return _Record(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+
+    def _save(self, record: _Record) -> None:
+        _atomic_write(self._record_path(record), dataclasses.asdict(record))
+
+    def _forget(self, record: _Record) -> None:
+        self._record_path(record).unlink(missing_ok=True)
+
+    def _meta(self, service: str) -> dict[str, Any]:
+        path = self._service_dir(service) / _META
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            data = {}
+        except (OSError, ValueError) as exc:
+            raise PlatformError(f"cannot read {path}: {exc}") from exc
+        data.setdefault("next_seq", 1)
+        data.setdefault("failures", {})
+        return data
+
+    def _next_seq(self, service: str) -> int:
+        meta = self._meta(service)
+        # If the meta file was lost, never hand out a number a live record already holds.
+        seq = max([int(meta["next_seq"])] + [r.seq + 1 for r in self._records(service, [])])
+        meta["next_seq"] = seq + 1
+        _atomic_write(self._service_dir(service) / _META, meta)
+        return seq
+
+    def _count_failure(self, service: str, release: str) -> None:
+        meta = self._meta(service)
+        meta["failures"][release] = int(meta["failures"].get(release, 0)) + 1
+        _atomic_write(self._service_dir(service) / _META, meta)
+
+    @staticmethod
+    def _log_note(record: _Record) -> str:
+        line = _last_line(Path(record.log))
+        return f"log {record.log}" + (f", last line: {line}" if line else " (empty)")
+
+    @staticmethod
+    def _instance(record: _Record) -> Instance:
+        return Instance(
+            id=record.id,
+            seq=record.seq,
+            service=record.service,
+            release=record.release,
+            address=f"127.0.0.1:{record.port}",
+            state=InstanceState.READY if record.ready_at is not None else InstanceState.STARTING,
+            pid=record.pid,
+            started_at=record.started_at,
+            ready_at=record.ready_at,
+            log=record.log,
+        )
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+def _ending(record: _Record) -> str | None:
+    """None while the instance's process lives; else how it ended, in words. Reaps our children."""
+    stat = _proc_stat(record.pid)
+    if stat is not None and stat[1] != record.proc_start:
+        return f"is gone: pid {record.pid} now belongs to another process"
+    child = _children.get(record.pid)
+    if child is not None and child.proc_start == record.proc_start:
+        code = child.popen.poll()
+        if code is not None:
+            del _children[record.pid]
+            return _describe_exit(code)
+        return None if stat is not None else "is gone"
+    if stat is None:
+        return "is gone (exit status unknown: another controller process started it)"
+    if stat[0] in "ZX":
+        # Started by an earlier controller process: the waitpid only works if that was us.
+        with contextlib.suppress(ChildProcessError):
+            pid, status = os.waitpid(record.pid, os.WNOHANG)
+            if pid == record.pid:
+                return _describe_exit(os.waitstatus_to_exitcode(status))
+        return "exited (status unknown: another controller process started it)"
+    return None
+
+
+def _signal_group(record: _Record, sig: signal.Signals) -> None:
+    """Signal the instance's process group, unless its pid now names another process."""
+    stat = _proc_stat(record.pid)
+    if stat is None or stat[1] != record.proc_start or stat[0] in "ZX":
+        return
+    try:
+        os.killpg(record.pid, sig)  # start_new_session made the instance its group's leader
+    except ProcessLookupError:
+        pass
+    except PermissionError as exc:
+        raise PlatformError(f"not allowed to signal {record.id} (pid {record.pid}): {exc}") from exc
+
+
+async def _wait_gone(records: list[_Record], timeout: float) -> list[_Record]:
+    """Poll until these processes have exited (reaping ours); returns those still alive."""
+    deadline = time.monotonic() + timeout
+    pending = [r for r in records if _ending(r) is None]
+    while pending and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_INTERVAL)
+        pending = [r for r in pending if _ending(r) is None]
+    return pending
+
+
+def _sweep_children() -> None:
+    """Reap children whose records are gone (stopped or killed), so none lingers as a zombie."""
+    for pid, child in list(_children.items()):
+        if not child.record.exists() and child.popen.poll() is not None:
+            del _children[pid]

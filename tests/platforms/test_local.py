@@ -1,0 +1,386 @@
+"""The local platform against real processes on loopback.
+
+Each test runs its own event loop (`asyncio.run`) and stops every instance it
+started, so no process outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stagewise.core.spec import ReleaseSpec
+from stagewise.errors import PlatformError
+from stagewise.platforms import InstanceState, PlatformView
+from stagewise.platforms.local import LocalPlatform
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+SERVICE = "checkout"
+
+# Listens on $LISTEN_PORT after $DELAY seconds; echoes its argv and env to its log.
+LISTENER = textwrap.dedent(
+    """
+    import os, signal, socket, sys, time
+    if os.environ.get("IGNORE_TERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("argv", sys.argv[1:], "env", os.environ["LISTEN_PORT"], flush=True)
+    time.sleep(float(os.environ.get("DELAY", "0")))
+    s = socket.socket()
+    s.bind(("127.0.0.1", int(os.environ["LISTEN_PORT"])))
+    s.listen()
+    print("listening", flush=True)
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+def sample_release(version: str = "v1", *flags: str, **readiness: object) -> ReleaseSpec:
+    command = [
+        sys.executable,
+        "-m",
+        "stagewise.examples.sample_service",
+        "--port",
+        "{port}",
+        "--version",
+        version,
+        *flags,
+    ]
+    return ReleaseSpec.model_validate(
+        {"version": version, "run": {"command": command}, "readiness": readiness or {"http": "/healthz"}}
+    )
+
+
+def listener_release(
+    version: str = "v1", env: dict[str, str] | None = None, **readiness: object
+) -> ReleaseSpec:
+    return ReleaseSpec.model_validate(
+        {
+            "version": version,
+            "run": {
+                "command": [sys.executable, "-c", LISTENER, "--port={port}", "x{port}y"],
+                "env": {"LISTEN_PORT": "{port}", **(env or {})},
+            },
+            "readiness": readiness or {"tcp": True},
+        }
+    )
+
+
+def sleeper_release(version: str = "v1", timeout: float = 30) -> ReleaseSpec:
+    script = "import time; print('sleeping', flush=True); time.sleep(60)"
+    return ReleaseSpec.model_validate(
+        {
+            "version": version,
+            "run": {"command": [sys.executable, "-c", script]},
+            "readiness": {"tcp": True, "timeout": timeout},
+        }
+    )
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only a zombie waiting for a parent that is not us."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+@asynccontextmanager
+async def local_platform(state_dir: Path) -> AsyncIterator[LocalPlatform]:
+    platform = LocalPlatform(state_dir=state_dir)
+    try:
+        yield platform
+    finally:
+        view = await platform.observe(service=SERVICE, releases={})
+        await platform.stop(service=SERVICE, ids=[i.id for i in view.instances], grace=1.0)
+        await platform.close()
+
+
+async def observe_until(
+    platform: LocalPlatform,
+    condition: Callable[[PlatformView], bool],
+    releases: dict[str, ReleaseSpec],
+    timeout: float = 10.0,
+) -> tuple[PlatformView, list[str]]:
+    """Observe until `condition` holds; returns the last view and every event seen."""
+    events: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        view = await platform.observe(service=SERVICE, releases=releases)
+        events += view.events
+        if condition(view):
+            return view, events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {view}")
+        await asyncio.sleep(0.05)
+
+
+def all_ready(count: int) -> Callable[[PlatformView], bool]:
+    return lambda v: len(v.instances) == count and all(i.state is InstanceState.READY for i in v.instances)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(main())
+
+
+def start_in_other_controller(state_dir: Path, release: ReleaseSpec, count: int) -> list[dict[str, object]]:
+    """Start instances from a separate Python process that then exits, like a crashed controller."""
+    script = textwrap.dedent(
+        """
+        import asyncio, json, sys
+        from pathlib import Path
+        from stagewise.core.spec import ReleaseSpec
+        from stagewise.platforms.local import LocalPlatform
+
+        async def main():
+            platform = LocalPlatform(state_dir=Path(sys.argv[1]))
+            release = ReleaseSpec.model_validate_json(sys.argv[2])
+            started = await platform.start(service=sys.argv[3], release=release, count=int(sys.argv[4]))
+            print(json.dumps([{"id": i.id, "pid": i.pid} for i in started]))
+
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(state_dir), release.model_dump_json(), SERVICE, str(count)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    started: list[dict[str, object]] = json.loads(out.stdout)
+    return started
+
+
+def test_port_is_substituted_in_argv_and_env_and_tcp_readiness(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            release = listener_release(env={"DELAY": "0.3"})
+            [instance] = await platform.start(service=SERVICE, release=release, count=1)
+            assert instance.state is InstanceState.STARTING
+            assert instance.id == f"{SERVICE}-v1-1"
+            port = instance.address.rsplit(":", 1)[1]
+
+            view, _ = await observe_until(platform, all_ready(1), {"v1": release})
+            assert view.instances[0].ready_at is not None
+            assert instance.log is not None
+            log = read(instance.log)
+            assert f"argv ['--port={port}', 'x{port}y'] env {port}" in log
+            assert Path(instance.log).parent == tmp_path / "instances" / SERVICE
+
+    run(main)
+
+
+def test_http_readiness_then_serves(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            release = sample_release("v1", "--startup-delay", "0.3", http="/healthz")
+            await platform.start(service=SERVICE, release=release, count=1)
+            first = await platform.observe(service=SERVICE, releases={"v1": release})
+            assert first.instances[0].state is InstanceState.STARTING
+            view, events = await observe_until(platform, all_ready(1), {"v1": release})
+            assert events == []
+            async with httpx.AsyncClient(trust_env=False) as client:
+                response = await client.get(f"http://{view.instances[0].address}/")
+            assert response.headers["X-Version"] == "v1"
+
+    run(main)
+
+
+def test_probes_run_concurrently(tmp_path: Path) -> None:
+    """Five instances that accept TCP but never answer HTTP cost one probe timeout, not five."""
+
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            release = listener_release(http="/healthz")
+            await platform.start(service=SERVICE, release=release, count=5)
+            deadline = time.monotonic() + 10
+            while _logs(tmp_path).count("listening") < 5:  # all five bound
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            started = time.monotonic()
+            view = await platform.observe(service=SERVICE, releases={"v1": release})
+            assert time.monotonic() - started < 2.5
+            assert [i.state for i in view.instances] == [InstanceState.STARTING] * 5
+
+    run(main)
+
+
+def read(path: str) -> str:
+    return Path(path).read_text()
+
+
+def _logs(state_dir: Path) -> str:
+    return "".join(p.read_text() for p in (state_dir / "instances" / SERVICE).glob("*.log"))
+
+
+def test_readiness_timeout_kills_and_counts_a_failure(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            release = sleeper_release(timeout=0.5)
+            [instance] = await platform.start(service=SERVICE, release=release, count=1)
+            assert instance.pid is not None
+            view, events = await observe_until(platform, lambda v: not v.instances, {"v1": release})
+            assert view.failures == {"v1": 1}
+            [event] = events
+            assert instance.id in event and "not ready within 0.5s" in event
+            assert f"log {instance.log}, last line: sleeping" in event
+            assert gone(instance.pid)
+
+    run(main)
+
+
+def test_missing_program_is_a_platform_error(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            release = ReleaseSpec.model_validate(
+                {"version": "v1", "run": {"command": ["/nonexistent/checkout-server", "{port}"]}}
+            )
+            with pytest.raises(PlatformError, match=r"'/nonexistent/checkout-server' not found"):
+                await platform.start(service=SERVICE, release=release, count=1)
+            view = await platform.observe(service=SERVICE, releases={"v1": release})
+            assert view.instances == [] and view.failures == {}
+
+    run(main)
+
+
+def test_externally_killed_instance_is_reported_with_its_log(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            release = sample_release()
+            await platform.start(service=SERVICE, release=release, count=2)
+            view, _ = await observe_until(platform, all_ready(2), {"v1": release})
+            victim, survivor = view.instances
+            assert victim.pid is not None
+            os.kill(victim.pid, signal.SIGKILL)
+
+            view, events = await observe_until(platform, lambda v: len(v.instances) == 1, {"v1": release})
+            assert [i.id for i in view.instances] == [survivor.id]
+            assert view.failures == {"v1": 1}
+            [event] = events
+            assert victim.id in event and "was killed by SIGKILL" in event
+            assert f"log {victim.log}, last line: sample-service v1 listening on" in event
+            again = await platform.observe(service=SERVICE, releases={"v1": release})
+            assert again.events == [] and again.failures == {"v1": 1}
+
+    run(main)
+
+
+def test_fresh_platform_readopts_instances_of_a_dead_controller(tmp_path: Path) -> None:
+    release = sample_release()
+    started = start_in_other_controller(tmp_path, release, 2)
+
+    async def main() -> None:
+        async with local_platform(tmp_path) as first:
+            view, events = await observe_until(first, all_ready(2), {"v1": release})
+            assert events == []
+            assert [(i.id, i.pid) for i in view.instances] == [(s["id"], s["pid"]) for s in started]
+
+            second = LocalPlatform(state_dir=tmp_path)
+            again = await second.observe(service=SERVICE, releases={})  # readiness comes from the records
+            await second.close()
+            assert again.instances == view.instances
+
+            await first.stop(service=SERVICE, ids=[i.id for i in view.instances], grace=5)
+            assert all(gone(int(str(s["pid"]))) for s in started)
+            after = await first.observe(service=SERVICE, releases={})
+            assert after.instances == [] and after.failures == {} and after.events == []
+
+    run(main)
+
+
+def test_recycled_pid_is_treated_as_dead_and_left_alone(tmp_path: Path) -> None:
+    [started] = start_in_other_controller(tmp_path, sleeper_release(), 1)
+    pid = int(str(started["pid"]))
+    record = tmp_path / "instances" / SERVICE / f"{started['id']}.json"
+    data = json.loads(record.read_text())
+    data["proc_start"] += 1  # as if the pid now named a process started at another time
+    record.write_text(json.dumps(data))
+
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            view = await platform.observe(service=SERVICE, releases={})
+            assert view.instances == [] and view.failures == {"v1": 1}
+            [event] = view.events
+            assert f"pid {pid} now belongs to another process" in event
+
+    try:
+        run(main)
+        assert not gone(pid), "a process that is not ours any more must not be signalled"
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+
+
+def test_stop_sends_sigterm_and_is_idempotent(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            release = sample_release()
+            await platform.start(service=SERVICE, release=release, count=1)
+            view, _ = await observe_until(platform, all_ready(1), {"v1": release})
+            [instance] = view.instances
+            assert instance.pid is not None and instance.log is not None
+
+            started = time.monotonic()
+            await platform.stop(service=SERVICE, ids=[instance.id], grace=10)
+            assert time.monotonic() - started < 3  # it exited on SIGTERM, long before the grace
+            assert gone(instance.pid)
+            assert "stopped after" in read(instance.log)  # a graceful exit, not a kill
+
+            await platform.stop(service=SERVICE, ids=[instance.id, "no-such-instance"], grace=1)
+            view = await platform.observe(service=SERVICE, releases={"v1": release})
+            assert view.instances == [] and view.failures == {} and view.events == []
+
+    run(main)
+
+
+def test_stop_kills_after_grace_when_sigterm_is_ignored(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            release = listener_release(env={"IGNORE_TERM": "1"})
+            await platform.start(service=SERVICE, release=release, count=1)
+            view, _ = await observe_until(platform, all_ready(1), {"v1": release})
+            [instance] = view.instances
+            assert instance.pid is not None
+
+            started = time.monotonic()
+            await platform.stop(service=SERVICE, ids=[instance.id], grace=0.5)
+            assert 0.5 <= time.monotonic() - started < 3
+            assert gone(instance.pid)
+            view = await platform.observe(service=SERVICE, releases={"v1": release})
+            assert view.instances == [] and view.failures == {}
+
+    run(main)
+
+
+def test_seq_only_grows_across_stops_and_restarts(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            first = await platform.start(service=SERVICE, release=sleeper_release("v1"), count=2)
+            assert [(i.seq, i.id) for i in first] == [(1, f"{SERVICE}-v1-1"), (2, f"{SERVICE}-v1-2")]
+            await platform.stop(service=SERVICE, ids=[first[1].id], grace=1)
+            [third] = await platform.start(service=SERVICE, release=sleeper_release("v1"), count=1)
+            assert third.seq == 3
+
+            fresh = LocalPlatform(state_dir=tmp_path)
+            [fourth] = await fresh.start(service=SERVICE, release=sleeper_release("v2"), count=1)
+            await fresh.close()
+            assert (fourth.seq, fourth.id) == (4, f"{SERVICE}-v2-4")
+            view = await platform.observe(service=SERVICE, releases={})
+            assert [i.seq for i in view.instances] == [1, 3, 4]
+
+    run(main)
