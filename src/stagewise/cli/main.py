@@ -29,8 +29,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 StateOpt = Annotated[Path, typer.Option("--state", envvar="STAGEWISE_STATE", help="State directory.")]
 DEFAULT_STATE = default_state()

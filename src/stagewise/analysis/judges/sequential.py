@@ -1,0 +1,284 @@
+"""sequential: an anytime-valid test that the candidate fails more often than the baseline.
+
+Why sequential. The controller looks at an analysis every second or so and acts
+on the first "Failed". A fixed-sample test (a z-test, a chi-square) checked that
+often false-alarms far more often than its alpha: every look is one more chance.
+This judge keeps an *e-process* instead: a running likelihood ratio that, while
+the candidate is no worse, is a nonnegative supermartingale starting at 1.
+Ville's inequality bounds the chance that it *ever* reaches 1/α by α — over
+the whole run, however often it is looked at and whatever decides when to stop.
+That is what "anytime-valid" means, and why the judge may fail the candidate
+after any increment.
+
+The model. Errors in each release arrive as Poisson processes, the candidate's
+at ρ times the baseline's rate per request. In one increment with n_b and n_c
+requests the traffic split p = n_c / (n_b + n_c) is known, so each error
+belongs to the candidate with probability q(ρ) = pρ / (pρ + 1 − p) whatever
+the baseline's own rate is: counting only which arm the errors fell in removes
+that unknown (and drifting) rate. The increment's likelihood ratio of ρ1
+against ρ0 is (q(ρ1)/q(ρ0))^e_c · ((1 − q(ρ1))/(1 − q(ρ0)))^e_b; its
+expectation is 1 under ρ0 and below 1 under any ρ < ρ0 (it grows with e_c),
+for any split — even one that changes between increments, as long as it does
+not depend on the errors. The product over increments is the supermartingale.
+The null is ρ ≤ ρ0 = 1 + margin.
+
+The mixture. How much worse a bad candidate is, is unknown, so the e-value is
+the equal-weight mean of the ratios for a fixed log-spaced grid of ρ1 above ρ0
+(a mixture of supermartingales is one). The state keeps one log-likelihood-
+ratio sum per grid point; the mean is taken with log-sum-exp so that neither
+thousands of errors nor none at all overflow.
+
+Bernoulli, not Poisson. A request fails or does not: given the number of
+errors, which arm they fell in is hypergeometric rather than binomial. At ρ = 1
+(identical releases) drawing without replacement is less spread than with it
+(Hoeffding 1963), so the ratio's expectation stays at most 1 and the guarantee
+is exact. With a margin (ρ0 > 1) and common events (tens of percent) ρ acts a
+little like an odds ratio, which exceeds the rate ratio: the judge is then
+slightly quicker to call an increase than its margin says. For error rates of
+a few percent the difference is negligible.
+
+This module never reads a clock or does I/O: time and counts are arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from stagewise.core.spec import AnalysisTemplate
+from stagewise.core.stats import ReleaseStats
+from stagewise.core.verdict import Outcome, Verdict
+
+KIND = "sequential/error-rate"
+DEFAULT_MARGIN = 0.0
+"""Error-rate margin when the template gives none: any increase counts."""
+GRID_SIZE = 12
+GRID_LOW = 1.1
+GRID_HIGH = 50.0
+"""The alternatives mixed: ρ1 from ρ0·1.1 to ρ0·50, log-spaced."""
+_MAX_EXP = 700.0
+"""exp() of more than this overflows a float; e-values are reported capped there."""
+
+ARMS = ("baseline", "candidate")
+
+
+# ---- the e-process, shared with the latency judge ---------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def rho_grid(rho0: float) -> tuple[float, ...]:
+    """The alternatives ρ1 of the mixture, log-spaced above ρ0."""
+    step = math.log(GRID_HIGH / GRID_LOW) / (GRID_SIZE - 1)
+    return tuple(rho0 * GRID_LOW * math.exp(step * i) for i in range(GRID_SIZE))
+
+
+@functools.lru_cache(maxsize=4096)
+def event_weights(p: float, rho0: float) -> tuple[tuple[float, float], ...] | None:
+    """Per ρ1 of the grid, the log-likelihood ratio of one candidate event and of one baseline event.
+
+    `p` is the candidate's share of the increment's requests. None when the
+    increment carries no information (no requests, or all on one side).
+    In closed form: with d = log(pρ0 + 1 − p) − log(pρ1 + 1 − p),
+    log(q1/q0) = log(ρ1/ρ0) + d and log((1 − q1)/(1 − q0)) = d.
+    (Cached: splits of small increments repeat, and the answer depends on nothing else.)
+    """
+    if not 0.0 < p < 1.0:
+        return None
+    base = math.log(p * rho0 + 1.0 - p)
+    weights = []
+    for rho1 in rho_grid(rho0):
+        d = base - math.log(p * rho1 + 1.0 - p)
+        weights.append((math.log(rho1 / rho0) + d, d))
+    return tuple(weights)
+
+
+def add_events(
+    llr: Sequence[float], weights: Sequence[tuple[float, float]], baseline_events: int, candidate_events: int
+) -> list[float]:
+    """The log-likelihood-ratio sums after an increment with these event counts."""
+    if baseline_events == 0 and candidate_events == 0:
+        return list(llr)
+    return [s + candidate_events * a + baseline_events * b for s, (a, b) in zip(llr, weights, strict=True)]
+
+
+def log_mean_exp(values: Sequence[float]) -> float:
+    """log(mean(exp(values))) without overflow or underflow."""
+    top = max(values)
+    return top + math.log(math.fsum([math.exp(v - top) for v in values]) / len(values))
+
+
+def split(baseline_requests: int, candidate_requests: int) -> float:
+    """The candidate's share of an increment's requests (0 when there were none)."""
+    total = baseline_requests + candidate_requests
+    return candidate_requests / total if total > 0 else 0.0
+
+
+def rho_hat(llr: Sequence[float], rho0: float, grid: Sequence[float]) -> tuple[float, str]:
+    """The most likely ρ among ρ0 and the grid, and whether it is a bound: "≤", "≈" or "≥"."""
+    best = max(range(len(llr)), key=llr.__getitem__)
+    if llr[best] <= 0.0:
+        return rho0, "≤"
+    return grid[best], "≥" if best == len(grid) - 1 else "≈"
+
+
+def e_value(log_e: float) -> float:
+    return math.exp(min(log_e, _MAX_EXP))
+
+
+def p_value(max_log_e: float) -> float:
+    """Always-valid p-value: 1 / the largest e-value seen so far (Ville), at most 1."""
+    return math.exp(-max(0.0, max_log_e))
+
+
+# ---- deciding ----------------------------------------------------------------------------------
+
+
+def decide(
+    template: AnalysisTemplate,
+    *,
+    detected: bool,
+    requests: tuple[int, int],
+    elapsed: float,
+    duration: float | None,
+) -> tuple[Outcome, str]:
+    """The outcome every judge shares, and the sentence about missing data ('' when none is missing).
+
+    Failed on detection, else Running until the deadline. At the deadline:
+    Successful when both arms saw `min_requests`, otherwise the template's
+    `no_data` policy — and the sentence says which arm lacked what, so a service
+    without traffic never passes silently.
+    """
+    if detected:
+        return Outcome.FAILED, ""
+    if duration is None or elapsed < duration:
+        return Outcome.RUNNING, ""
+    need = template.min_requests
+    if min(requests) >= need:
+        return Outcome.SUCCESSFUL, ""
+    parts = [f"{arm} {n:,} of {need:,}" for arm, n in zip(ARMS, requests, strict=True) if n < need]
+    parts[0] += " requests needed"
+    lack = f"too little traffic to judge after {elapsed:g}s: {', '.join(parts)}"
+    if template.no_data == "fail":
+        return Outcome.FAILED, f"{lack}; failing (noData: fail)"
+    if template.no_data == "pass":
+        return Outcome.SUCCESSFUL, f"{lack}; passing without evidence (noData: pass)"
+    return Outcome.NO_DATA, f"{lack}; waiting for more (noData: wait)"
+
+
+def finished(outcome: Outcome) -> bool:
+    """Failed and Successful are final: later calls repeat them (NoData under `wait` is not)."""
+    return outcome in (Outcome.FAILED, Outcome.SUCCESSFUL)
+
+
+def fmt_e(value: float) -> str:
+    if value >= 1e6:
+        return f"{value:.1e}"
+    if value >= 10:
+        return f"{value:,.0f}"
+    return f"{value:.2g}"
+
+
+def fmt_rho(rho: float, relation: str) -> str:
+    return f"ρ̂ {relation} {rho:.3g}×"
+
+
+def counts(stats: ReleaseStats) -> tuple[int, int]:
+    """Requests and errors of an increment, never negative."""
+    return max(0, stats.requests), max(0, stats.errors)
+
+
+# ---- the error-rate judge ----------------------------------------------------------------------
+
+
+def judge_error_rate(
+    template: AnalysisTemplate,
+    state: dict[str, Any],
+    baseline: ReleaseStats,
+    candidate: ReleaseStats,
+    *,
+    elapsed: float,
+    duration: float | None,
+) -> tuple[dict[str, Any], Verdict]:
+    """Fold one increment into the error-rate e-process and say what it shows.
+
+    State (JSON): the cumulative requests and errors per arm, one log-likelihood-
+    ratio sum per ρ1 of the grid, and the largest log e-value seen (for the
+    p-value). A state made for another margin is started afresh, since its sums
+    test another null.
+    """
+    rho0 = 1.0 + (template.margin if template.margin is not None else DEFAULT_MARGIN)
+    fresh = state.get("kind") != KIND or state.get("rho0") != rho0
+    if not fresh and "verdict" in state:
+        return dict(state), Verdict.model_validate(state["verdict"])
+    llr: list[float] = [0.0] * GRID_SIZE if fresh else [float(x) for x in state["llr"]]
+    total_n = [0, 0] if fresh else [int(x) for x in state["requests"]]
+    total_e = [0, 0] if fresh else [int(x) for x in state["errors"]]
+    max_log_e = 0.0 if fresh else float(state["max_log_e"])
+
+    (n_b, e_b), (n_c, e_c) = counts(baseline), counts(candidate)
+    weights = event_weights(split(n_b, n_c), rho0)
+    if weights is not None:
+        llr = add_events(llr, weights, e_b, e_c)
+    total_n = [total_n[0] + n_b, total_n[1] + n_c]
+    total_e = [total_e[0] + e_b, total_e[1] + e_c]
+    log_e = log_mean_exp(llr)
+    max_log_e = max(max_log_e, log_e)
+
+    bound = 1.0 / template.alpha
+    rate_b = total_e[0] / total_n[0] if total_n[0] else 0.0
+    rate_c = total_e[1] / total_n[1] if total_n[1] else 0.0
+    rho, relation = rho_hat(llr, rho0, rho_grid(rho0))
+    ev = e_value(log_e)
+    requests = sum(total_n)
+    evidence: dict[str, Any] = {
+        "judge": "sequential",
+        "metric": "error-rate",
+        "e_value": ev,
+        "threshold": bound,
+        "p_value": p_value(max_log_e),
+        "alpha": template.alpha,
+        "rho0": rho0,
+        "rho_hat": round(rho, 4),
+        "rho_hat_relation": relation,
+        "error_rate": {"baseline": rate_b, "candidate": rate_c},
+        "requests": {"baseline": total_n[0], "candidate": total_n[1]},
+        "errors": {"baseline": total_e[0], "candidate": total_e[1]},
+        "min_requests": template.min_requests,
+    }
+    outcome, lack = decide(
+        template,
+        detected=log_e >= math.log(bound),
+        requests=(total_n[0], total_n[1]),
+        elapsed=elapsed,
+        duration=duration,
+    )
+    rates = f"candidate error rate {rate_c:.1%} vs baseline {rate_b:.1%}"
+    if lack:
+        message = lack
+        evidence["no_data"] = template.no_data
+    elif outcome is Outcome.FAILED:
+        message = (
+            f"{rates} ({fmt_rho(rho, relation)}), e-value {fmt_e(ev)} ≥ 1/α = {bound:g} after {requests:,} requests"
+        )
+    elif outcome is Outcome.SUCCESSFUL:
+        allowed = f"more than {rho0:g}× the baseline's" if rho0 > 1.0 else "higher than the baseline's"
+        message = (
+            f"{rates}: no evidence of an error rate {allowed} "
+            f"(e-value {fmt_e(ev)} < 1/α = {bound:g}) after {requests:,} requests"
+        )
+    else:
+        message = f"{rates}, e-value {fmt_e(ev)} (fails at {bound:g}) after {requests:,} requests"
+    verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
+    new_state: dict[str, Any] = {
+        "kind": KIND,
+        "rho0": rho0,
+        "requests": total_n,
+        "errors": total_e,
+        "llr": llr,
+        "max_log_e": max_log_e,
+    }
+    if finished(outcome):
+        new_state["verdict"] = verdict.model_dump(mode="json")
+    return new_state, verdict

@@ -1,0 +1,205 @@
+"""sequential, latency: the error-rate e-process applied to "slower than T" events.
+
+Latency regressions often live in the tail: every twentieth response waits on
+a lock while the median does not move, so a test of means or medians misses
+them. This judge turns latency into events instead — for each threshold T of a
+fixed ladder, "a request slower than T" — and runs the error-rate judge's
+ρ-mixture test (see `sequential`) on each ladder rung: under the null the
+candidate's rate of requests slower than T is at most ρ0 = 1 + margin times the
+baseline's (default margin 0.5: half again as many slow requests).
+
+The rungs are the histogram bounds of `LATENCY_BOUNDS_MS` at or above a floor
+(default 5 ms), every third one (each about twice the previous), up to the
+last bound: about sixteen rungs. Below the floor there are no rungs at all —
+two processes on one box differ by fractions of a millisecond for reasons
+nobody would roll back for, and at 2 ms "0.5 ms slower" is a 25 % shift that a
+rung at 2 ms would report with great confidence.
+
+One decision for all rungs. The e-values of the K rungs are averaged: the mean
+of supermartingales over the same data is a supermartingale, so Ville's bound
+still gives a false-alarm rate of at most α for the question "is any rung
+worse?", looked at after every increment. The mean is never below
+max/K, so this fails whenever Bonferroni (each rung at α/K) would, and
+sometimes sooner, when several rungs move together.
+
+The state keeps the per-rung sums and the cumulative histogram of each arm,
+for the p50/p95/p99 in the evidence. Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+from stagewise.analysis.judges import sequential as seq
+from stagewise.core.spec import AnalysisTemplate
+from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats
+from stagewise.core.verdict import Outcome, Verdict
+
+KIND = "sequential/latency"
+DEFAULT_MARGIN = 0.5
+"""Latency margin when the template gives none: 50 % more slow requests are tolerated."""
+DEFAULT_FLOOR_MS = 5.0
+RUNG_STRIDE = 3
+"""Every third histogram bound: 1.25³ ≈ 2, so each rung is about twice the one below."""
+BUCKETS = len(LATENCY_BOUNDS_MS) + 1
+QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+
+
+def rungs(floor_ms: float = DEFAULT_FLOOR_MS) -> list[int]:
+    """Indices into LATENCY_BOUNDS_MS of the thresholds tested: at or above the floor, about doubling."""
+    first = next((i for i, b in enumerate(LATENCY_BOUNDS_MS) if b >= floor_ms), len(LATENCY_BOUNDS_MS))
+    return list(range(first, len(LATENCY_BOUNDS_MS), RUNG_STRIDE))
+
+
+def buckets(stats: ReleaseStats) -> list[int]:
+    """The increment's histogram at full length, never negative."""
+    raw = stats.latency_buckets[:BUCKETS]
+    return [n if n > 0 else 0 for n in raw] + [0] * (BUCKETS - len(raw))
+
+
+def slower_than(hist: list[int]) -> list[int]:
+    """Per bound index i, the requests in `hist` slower than LATENCY_BOUNDS_MS[i]."""
+    tails = list(itertools.accumulate(reversed(hist)))
+    tails.reverse()
+    return tails[1:]
+
+
+def _quantiles(hist: list[int]) -> dict[str, float | None]:
+    stats = ReleaseStats(latency_buckets=hist)
+    out: dict[str, float | None] = {}
+    for name, q in QUANTILES:
+        value = stats.quantile_ms(q)
+        out[name] = value if math.isfinite(value) else None
+    return out
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g} ms"
+
+
+def judge_latency(
+    template: AnalysisTemplate,
+    state: dict[str, Any],
+    baseline: ReleaseStats,
+    candidate: ReleaseStats,
+    *,
+    elapsed: float,
+    duration: float | None,
+    floor_ms: float = DEFAULT_FLOOR_MS,
+) -> tuple[dict[str, Any], Verdict]:
+    """Fold one increment's latency histograms into the per-rung e-processes.
+
+    Requests are counted from the histograms (requests with a latency); the
+    split p of each increment is the candidate's share of them.
+    """
+    rho0 = 1.0 + (template.margin if template.margin is not None else DEFAULT_MARGIN)
+    ladder = rungs(floor_ms)
+    fresh = state.get("kind") != KIND or state.get("rho0") != rho0 or state.get("rungs") != ladder
+    if not fresh and "verdict" in state:
+        return dict(state), Verdict.model_validate(state["verdict"])
+    if fresh:
+        llr = [[0.0] * seq.GRID_SIZE for _ in ladder]
+        hist_b, hist_c = [0] * BUCKETS, [0] * BUCKETS
+        max_log_e = 0.0
+    else:
+        llr = [[float(x) for x in sums] for sums in state["llr"]]
+        hist_b = [int(x) for x in state["hist"][0]]
+        hist_c = [int(x) for x in state["hist"][1]]
+        max_log_e = float(state["max_log_e"])
+
+    inc_b, inc_c = buckets(baseline), buckets(candidate)
+    weights = seq.event_weights(seq.split(sum(inc_b), sum(inc_c)), rho0)
+    if weights is not None:
+        slow_b, slow_c = slower_than(inc_b), slower_than(inc_c)
+        llr = [seq.add_events(sums, weights, slow_b[i], slow_c[i]) for sums, i in zip(llr, ladder, strict=True)]
+    hist_b = [a + b for a, b in zip(hist_b, inc_b, strict=True)]
+    hist_c = [a + b for a, b in zip(hist_c, inc_c, strict=True)]
+
+    # A rung that never saw an event has every sum at 0: its e-value is 1, no need to add it up.
+    per_rung = [seq.log_mean_exp(sums) if any(sums) else 0.0 for sums in llr]
+    log_e = seq.log_mean_exp(per_rung) if per_rung else 0.0
+    max_log_e = max(max_log_e, log_e)
+    n_b, n_c = sum(hist_b), sum(hist_c)
+    bound = 1.0 / template.alpha
+    ev = seq.e_value(log_e)
+    q_b, q_c = _quantiles(hist_b), _quantiles(hist_c)
+    evidence: dict[str, Any] = {
+        "judge": "sequential",
+        "metric": "latency",
+        "e_value": ev,
+        "threshold": bound,
+        "p_value": seq.p_value(max_log_e),
+        "alpha": template.alpha,
+        "rho0": rho0,
+        "floor_ms": floor_ms,
+        "thresholds_ms": [LATENCY_BOUNDS_MS[i] for i in ladder],
+        "requests": {"baseline": n_b, "candidate": n_c},
+        "latency_ms": {"baseline": q_b, "candidate": q_c},
+        "min_requests": template.min_requests,
+    }
+    outcome, lack = seq.decide(
+        template,
+        detected=log_e >= math.log(bound),
+        requests=(n_b, n_c),
+        elapsed=elapsed,
+        duration=duration,
+    )
+    summary = f"p99 candidate {_ms(q_c['p99'])} vs baseline {_ms(q_b['p99'])}"
+    if per_rung:
+        evidence["worst"] = _worst(per_rung, llr, ladder, hist_b, hist_c, rho0)
+    if lack:
+        message = lack
+        evidence["no_data"] = template.no_data
+    elif outcome is Outcome.FAILED:
+        worst = evidence["worst"]
+        share_b = worst["slow"]["baseline"] / n_b if n_b else 0.0
+        share_c = worst["slow"]["candidate"] / n_c if n_c else 0.0
+        message = (
+            f"candidate requests slower than {worst['threshold_ms']:.3g} ms: {share_c:.1%} vs baseline "
+            f"{share_b:.1%} ({seq.fmt_rho(worst['rho_hat'], worst['rho_hat_relation'])}), "
+            f"e-value {seq.fmt_e(ev)} ≥ 1/α = {bound:g} after {n_b + n_c:,} requests; {summary}"
+        )
+    elif outcome is Outcome.SUCCESSFUL:
+        lowest = _ms(LATENCY_BOUNDS_MS[ladder[0]] if ladder else None)
+        message = (
+            f"no threshold from {lowest} up shows {rho0:g}× the baseline's "
+            f"share of slower requests (e-value {seq.fmt_e(ev)} < 1/α = {bound:g}) "
+            f"after {n_b + n_c:,} requests; {summary}"
+        )
+    else:
+        message = f"{summary}, e-value {seq.fmt_e(ev)} (fails at {bound:g}) after {n_b + n_c:,} requests"
+    verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
+    new_state: dict[str, Any] = {
+        "kind": KIND,
+        "rho0": rho0,
+        "rungs": ladder,
+        "hist": [hist_b, hist_c],
+        "llr": llr,
+        "max_log_e": max_log_e,
+    }
+    if seq.finished(outcome):
+        new_state["verdict"] = verdict.model_dump(mode="json")
+    return new_state, verdict
+
+
+def _worst(
+    per_rung: list[float],
+    llr: list[list[float]],
+    ladder: list[int],
+    hist_b: list[int],
+    hist_c: list[int],
+    rho0: float,
+) -> dict[str, Any]:
+    """The rung with the most evidence against the candidate, for the message and the evidence."""
+    top = max(range(len(ladder)), key=per_rung.__getitem__)
+    index = ladder[top]
+    rho, relation = seq.rho_hat(llr[top], rho0, seq.rho_grid(rho0))
+    return {
+        "threshold_ms": LATENCY_BOUNDS_MS[index],
+        "e_value": seq.e_value(per_rung[top]),
+        "slow": {"baseline": sum(hist_b[index + 1 :]), "candidate": sum(hist_c[index + 1 :])},
+        "rho_hat": round(rho, 4),
+        "rho_hat_relation": relation,
+    }

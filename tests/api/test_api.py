@@ -1,0 +1,118 @@
+"""The HTTP API: tokens on every mutating route, clear errors, verbs that reach the controller."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from stagewise.api.server import bind, create_app, read_token
+from stagewise.controller import Controller
+from stagewise.testing import FakePlatform, FakeRouter
+from tests.controller.conftest import make_spec
+
+
+def spec_text(version: str, strategy: dict[str, object]) -> str:
+    return json.dumps(make_spec(version, strategy).model_dump(mode="json", by_alias=True))
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[httpx.Client]:
+    platform = FakePlatform(time.time, startup=0.05)
+    router = FakeRouter(time.time, rate=500)
+    controller = Controller(tmp_path, tick=0.02, routers={"builtin": router}, platforms={"local": platform})
+    app = create_app(tmp_path, controller=controller)
+    sock = bind("127.0.0.1:0")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    host, port = sock.getsockname()
+    try:
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as c:
+            deadline = time.monotonic() + 10
+            while not server.started and time.monotonic() < deadline:
+                time.sleep(0.01)
+            c.headers["Authorization"] = f"Bearer {read_token(tmp_path)}"
+            yield c
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def wait_phase(client: httpx.Client, phases: set[str], timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        phase = client.get("/api/v1/services/shop").json()["phase"]
+        if phase in phases:
+            return str(phase)
+        time.sleep(0.05)
+    raise AssertionError(f"still {phase}")
+
+
+def mutating_routes(client: httpx.Client) -> list[str]:
+    doc = client.get("/openapi.json").json()
+    return [path for path, ops in doc["paths"].items() if "post" in ops]
+
+
+def test_every_mutating_route_refuses_a_missing_or_wrong_token(client: httpx.Client, tmp_path: Path) -> None:
+    assert client.post("/api/v1/apply", json={"spec": spec_text("v1", {"full": {}})}).status_code == 200
+    wait_phase(client, {"Succeeded"})
+    before = client.get("/api/v1/services/shop").json()
+    routes = mutating_routes(client)
+    assert len(routes) >= 7
+    for path in routes:
+        url = path.replace("{name}", "shop")
+        for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
+            r = client.post(url, headers=headers, json={"spec": spec_text("v2", {"full": {}})})
+            assert r.status_code == 401, (url, headers, r.text)
+            assert "token" in r.json()["detail"]
+    after = client.get("/api/v1/services/shop").json()
+    assert after["delivery"]["id"] == before["delivery"]["id"]
+    assert after["stable"] == before["stable"]
+
+
+def test_the_openapi_document_names_every_verb(client: httpx.Client) -> None:
+    paths = set(client.get("/openapi.json").json()["paths"])
+    for verb in ("promote", "abort", "pause", "resume", "retry", "undo"):
+        assert f"/api/v1/services/{{name}}/{verb}" in paths
+    assert "/api/v1/apply" in paths
+
+
+def test_a_bad_spec_is_refused_with_its_position(client: httpx.Client) -> None:
+    r = client.post("/api/v1/apply", json={"spec": "apiVersion: x\nkind: Service\n", "filename": "bad.yaml"})
+    assert r.status_code == 400
+    problems = r.json()["problems"]
+    assert problems and all(p["file"] == "bad.yaml" and p["line"] >= 1 for p in problems)
+
+
+def test_verbs_drive_a_delivery(client: httpx.Client) -> None:
+    client.post("/api/v1/apply", json={"spec": spec_text("v1", {"full": {}})})
+    wait_phase(client, {"Succeeded"})
+    strategy = {"canary": {"steps": [{"setWeight": 30}, {"pause": {}}]}}
+    r = client.post("/api/v1/apply", json={"spec": spec_text("v2", strategy)})
+    assert r.json()["result"] == "delivery started"
+    wait_phase(client, {"Paused"})
+    status = client.get("/api/v1/services/shop").json()
+    assert status["delivery"]["weights"] == {"v1": 70, "v2": 30}
+    assert status["delivery"]["step"] == 2
+    conflict = client.post("/api/v1/apply", json={"spec": spec_text("v3", strategy)})
+    assert conflict.status_code == 409
+    client.post("/api/v1/services/shop/abort")
+    wait_phase(client, {"RolledBack"})
+    client.post("/api/v1/services/shop/retry")
+    wait_phase(client, {"Paused"})
+    client.post("/api/v1/services/shop/promote")
+    wait_phase(client, {"Succeeded"})
+    history = client.get("/api/v1/services/shop/history").json()
+    assert [d["phase"] for d in history] == ["Succeeded", "Succeeded"]
+    assert client.post("/api/v1/services/shop/promote").status_code == 409
+    assert client.get("/api/v1/services/nope").status_code == 404
+    events = client.get("/api/v1/services/shop/events").json()
+    assert any("retry" in e["message"] for e in events)
