@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stagewise.controller.analysis import judge_runs
+from stagewise.analysis.judges.runs import judge_runs
 from stagewise.controller.reconcile import Applied, make_world, note_boot
 from stagewise.core import delivery as machine
 from stagewise.core.delivery import Delivery, Event, Observation, Phase

@@ -92,7 +92,8 @@ def _cohorts(spec: ServiceSpec, cfg: PhasedSpec, s: str, c: str) -> Plan:
             title=f"setCohort {pct:g}% of users by {'header' if key.header else 'cookie'} "
                   f"{key.header or key.cookie}",
             world=world,
-            analysis=_shared.gate(cfg.analysis, DEFAULT_ANALYSIS_DURATION),
+            # with every keyed user on the candidate there is no concurrent baseline to judge against
+            analysis=_shared.gate(cfg.analysis, DEFAULT_ANALYSIS_DURATION) if pct < 100 else None,
             pause=cfg.bake or None,
         ))
     promote_from = len(steps)

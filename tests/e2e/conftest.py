@@ -1,0 +1,175 @@
+"""End-to-end fixtures: a real `stagewise server` process, real instances, real HTTP traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stagewise.cli.client import Client, Unreachable
+from stagewise.core.stats import RouterStats
+from stagewise.platforms.local import LocalPlatform
+from stagewise.routers.builtin import BuiltinRouter
+
+SERVICE = "shop"
+TERMINAL = {"Succeeded", "RolledBack", "Failed"}
+BAD_FLAGS = {"v3": ["--fail-rate", "0.2"], "v4": ["--slow-every", "10", "--slow-ms", "100"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def spec_json(listen: str, version: str, strategy: dict[str, Any], *, replicas: int = 2,
+              deadline: str = "30s", command: list[str] | None = None) -> str:
+    command = command or [sys.executable, "-m", "stagewise.examples.sample_service", "--port", "{port}",
+                          "--version", version, *BAD_FLAGS.get(version, [])]
+    return json.dumps({
+        "apiVersion": "stagewise.dev/v1alpha1", "kind": "Service", "metadata": {"name": SERVICE},
+        "spec": {
+            "listen": listen, "replicas": replicas,
+            "release": {"version": version, "run": {"command": command},
+                        "readiness": {"http": "/healthz", "timeout": "10s"}},
+            "strategy": strategy,
+            "analysis": {"errors": {"metric": "error-rate"}, "latency": {"metric": "latency"}},
+            "progressDeadline": deadline,
+        },
+    })
+
+
+class Stagewise:
+    """A state directory, a server process on it that can be killed and restarted, and its service."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / "state"
+        self.state.mkdir(parents=True)
+        self.listen = f"127.0.0.1:{free_port()}"
+        self.url = f"http://{self.listen}/"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client: Client | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        (self.state / "server.json").unlink(missing_ok=True)
+        with open(self.root / f"server-{self.starts}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stagewise", "server", "--state", str(self.state), "--listen", "127.0.0.1:0"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            try:
+                client = Client(self.state)
+            except Unreachable:
+                time.sleep(0.05)
+                continue
+            try:
+                client.get("/api/v1/health")
+            except Unreachable:
+                client.close()
+                time.sleep(0.05)
+                continue
+            self.client = client
+            return
+        raise AssertionError("the server did not start:\n" + self.log())
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no last words."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.root.glob("server-*.log")))
+
+    def apply(self, version: str, strategy: dict[str, Any], **options: Any) -> dict[str, Any]:
+        assert self.client is not None
+        result: dict[str, Any] = self.client.post(
+            "/api/v1/apply", {"spec": spec_json(self.listen, version, strategy, **options),
+                              "filename": f"{version}.yaml"})
+        return result
+
+    def status(self) -> dict[str, Any]:
+        assert self.client is not None
+        result: dict[str, Any] = self.client.get(f"/api/v1/services/{SERVICE}")
+        return result
+
+    def wait(self, phases: set[str] = TERMINAL, timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status["phase"] in phases:
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"phase still {status.get('phase')} after {timeout}s:\n"
+                             + json.dumps(status, indent=1)[:3000] + "\n" + self.log())
+
+    def router_stats(self) -> RouterStats:
+        async def get() -> RouterStats:
+            router = BuiltinRouter(state_dir=self.state)
+            try:
+                return await router.stats(service=SERVICE)
+            finally:
+                await router.close()
+        return asyncio.run(get())
+
+    def cleanup(self) -> None:
+        self.stop()
+
+        async def stop_all() -> None:
+            platform = LocalPlatform(state_dir=self.state)
+            router = BuiltinRouter(state_dir=self.state)
+            try:
+                view = await platform.observe(service=SERVICE, releases={})
+                await platform.stop(service=SERVICE, ids=[i.id for i in view.instances], grace=2)
+                await router.stop(service=SERVICE)
+            finally:
+                await platform.close()
+                await router.close()
+        asyncio.run(stop_all())
+
+
+@pytest.fixture
+def stagewise() -> Iterator[Stagewise]:
+    root = Path(tempfile.mkdtemp(prefix="sw-e2e-", dir="/tmp"))
+    sw = Stagewise(root)
+    try:
+        sw.start()
+        yield sw
+    finally:
+        sw.cleanup()
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,129 @@
+"""Every strategy's success and rollback path with real processes and real HTTP traffic.
+
+A `stagewise server` process drives the builtin router and local instances of
+the sample service while a bounded load generator plays the users.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from stagewise.examples.load import LoadInBackground, LoadReport
+from tests.e2e.conftest import Stagewise
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+CANARY: dict[str, Any] = {"canary": {"steps": [
+    {"setWeight": 50}, {"analysis": {"templates": ["errors", "latency"], "duration": "3s"}},
+    {"setHeaderRoute": {"match": [{"headerName": "X-Canary", "headerValue": {"exact": "1"}}]}},
+    {"pause": {"duration": "1s"}},
+]}, }
+BLUE_GREEN: dict[str, Any] = {"blueGreen": {
+    "prePromotionAnalysis": {"templates": ["errors", "latency"], "duration": "3s"},
+    "autoPromotion": {"after": "500ms"}, "scaleDownDelay": "1s",
+}}
+WAVES: dict[str, Any] = {"phased": {"waves": [1, "100%"], "bake": "500ms",
+                                    "analysis": {"templates": ["errors"], "duration": "3s"}}}
+COHORTS: dict[str, Any] = {"phased": {"cohorts": {"key": {"header": "X-User"}, "steps": [30, 100]},
+                                      "analysis": {"templates": ["errors"], "duration": "3s"}}}
+FULL: dict[str, Any] = {"full": {}}
+STRATEGIES = {"canary": CANARY, "blue-green": BLUE_GREEN, "waves": WAVES, "cohorts": COHORTS, "full": FULL}
+
+
+def headers(i: int) -> dict[str, str]:
+    """A quarter of requests on the preview route; every request from one of 500 users."""
+    h = {"X-User": f"user-{i % 500}"}
+    if i % 4 == 0:
+        h["X-Preview"] = "1"
+    return h
+
+
+def users(sw: Stagewise) -> LoadInBackground:
+    return LoadInBackground(sw.url, connections=4, rate=300, max_seconds=120, max_requests=40_000,
+                            headers_for=headers).start()
+
+
+def first_release(sw: Stagewise) -> None:
+    sw.apply("v1", FULL)
+    assert sw.wait()["phase"] == "Succeeded"
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_a_good_release_is_delivered(stagewise: Stagewise, name: str) -> None:
+    first_release(stagewise)
+    load = users(stagewise)
+    try:
+        stagewise.apply("v2", STRATEGIES[name])
+        status = stagewise.wait()
+        time.sleep(0.5)
+    finally:
+        report = load.stop()
+    assert status["phase"] == "Succeeded", status["delivery"]
+    assert status["stable"] == "v2"
+    assert report.by_version.get("v2", 0) > 0
+    if name != "full":  # full recreates: users see the gap between the two releases
+        assert_no_failures(report)
+    before = stagewise.router_stats().release("v1").requests
+    after = burst(stagewise, 200)
+    assert after.by_version == {"v2": 200}
+    assert stagewise.router_stats().release("v1").requests == before
+
+
+@pytest.mark.parametrize("name", ["canary", "blue-green", "waves", "cohorts"])
+def test_a_release_that_fails_requests_is_rolled_back(stagewise: Stagewise, name: str) -> None:
+    first_release(stagewise)
+    load = users(stagewise)
+    try:
+        stagewise.apply("v3", STRATEGIES[name])
+        status = stagewise.wait()
+    finally:
+        report = load.stop()
+    assert status["phase"] == "RolledBack", status["delivery"]
+    assert "Failed" in status["delivery"]["abort_reason"]
+    assert status["stable"] == "v1"
+    assert report.by_version.get("v3", 0) > 0, "the bad release was never tried"
+    assert_no_more_requests_to(stagewise, "v3")
+
+
+def test_a_tail_latency_regression_is_rolled_back(stagewise: Stagewise) -> None:
+    first_release(stagewise)
+    load = users(stagewise)
+    try:
+        stagewise.apply("v4", CANARY)
+        status = stagewise.wait()
+    finally:
+        load.stop()
+    assert status["phase"] == "RolledBack", status["delivery"]
+    assert "slower" in status["delivery"]["abort_reason"]
+    assert_no_more_requests_to(stagewise, "v4")
+
+
+def test_full_rolls_back_when_the_release_never_gets_ready(stagewise: Stagewise) -> None:
+    first_release(stagewise)
+    broken = [sys.executable, "-c", "import sys; sys.exit(3)", "{port}"]
+    stagewise.apply("v5", FULL, command=broken, deadline="4s")
+    status = stagewise.wait()
+    assert status["phase"] == "RolledBack"
+    assert "not ready" in status["delivery"]["abort_reason"]
+    assert burst(stagewise, 100).by_version == {"v1": 100}
+
+
+def burst(sw: Stagewise, n: int) -> LoadReport:
+    """`n` requests from many users, some on the preview and header routes; waits for all."""
+    return LoadInBackground(sw.url, connections=4, max_requests=n, max_seconds=20, headers_for=headers).start().join(30)
+
+
+def assert_no_failures(report: LoadReport) -> None:
+    assert report.non_2xx == 0 and report.socket_errors == 0, (
+        report.status_counts, report.socket_error_kinds, report.socket_error_sample)
+
+
+def assert_no_more_requests_to(sw: Stagewise, bad: str) -> None:
+    served = sw.router_stats().release(bad).requests
+    after = burst(sw, 400)
+    assert after.by_version.get(bad, 0) == 0 and after.responses == 400
+    assert sw.router_stats().release(bad).requests == served, "the router sent requests to the bad release"
