@@ -39,7 +39,8 @@ class Model(BaseModel):
     """Base of spec models: camelCase in YAML, unknown fields rejected, frozen."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True,
+        use_attribute_docstrings=True,
     )
 
 
@@ -158,6 +159,14 @@ class CanaryStep(Model):
     pause: PauseSpec | None = None
     analysis: AnalysisRef | None = None
     set_header_route: HeaderRouteSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_pause(cls, data: Any) -> Any:
+        # `- pause:` with nothing after it reads as null; it means "wait for promote", as `pause: {}` does
+        if isinstance(data, dict) and "pause" in data and data["pause"] is None:
+            return {**data, "pause": {}}
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> CanaryStep:
