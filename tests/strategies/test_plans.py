@@ -153,3 +153,11 @@ def test_phased_rollback_restores_newest_first_in_batches_of_max_unavailable() -
         {"v1": 2, "v2": 2}, {"v1": 3, "v2": 1}, {"v1": 4, "v2": 0},
     ]
     assert [r.world.weights for r in rollback] == [None, None, {"v1": 100}]
+
+
+@settings(max_examples=100, deadline=None)
+@given(strategy=strategies)
+def test_a_spec_survives_a_json_round_trip(strategy: dict[str, Any]) -> None:
+    s = spec(strategy)
+    assert ServiceSpec.model_validate_json(s.model_dump_json()) == s
+    assert ServiceSpec.model_validate_json(s.model_dump_json(by_alias=True)) == s

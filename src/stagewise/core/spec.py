@@ -165,7 +165,9 @@ class CanaryStep(Model):
     def _bare_pause(cls, data: Any) -> Any:
         # `- pause:` with nothing after it reads as null; it means "wait for promote", as `pause: {}` does
         if isinstance(data, dict) and "pause" in data and data["pause"] is None:
-            return {**data, "pause": {}}
+            others = [v for k, v in data.items() if k != "pause" and v is not None]
+            if not others:
+                return {**data, "pause": {}}
         return data
 
     @model_validator(mode="after")
@@ -321,6 +323,13 @@ class StrategySpec(Model):
 StrategyName = Literal["full", "phased", "canary", "blue-green"]
 
 
+class ThresholdRange(Model):
+    min: float | None = None
+    """The lowest acceptable value; none: no lower limit."""
+    max: float | None = None
+    """The highest acceptable value; none: no upper limit."""
+
+
 class AnalysisTemplate(Model):
     provider: Literal["router", "prometheus", "http", "command"] = "router"
     metric: Literal["error-rate", "latency"] = "error-rate"
@@ -334,11 +343,47 @@ class AnalysisTemplate(Model):
     no_data: Literal["wait", "fail", "pass"] = "wait"
     """What too little traffic means: wait until the deadline, fail, or pass."""
     query: str | None = None
-    """prometheus: the PromQL query."""
+    """prometheus: a PromQL query giving one value per release ({{service}}, {{release}}, {{window}} filled in)."""
     args: list[str] = []
     """command: argv."""
     url: str | None = None
     """http: the URL probed."""
+    interval: Duration | None = None
+    """How often threshold and mannwhitney judge, and prometheus, http and command measure (default 60s)."""
+    failure_limit: Annotated[int, Field(ge=1)] = 1
+    """threshold, mannwhitney: failed checks that fail the run (Flagger's threshold, Argo's failureLimit + 1)."""
+    threshold_range: ThresholdRange | None = None
+    """threshold: the range the value must stay in (error rate as a fraction, latency in ms; http, command: {max: 0})."""
+    quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    """threshold, latency from counts: which latency quantile is held to thresholdRange."""
+    allowed_increase: Annotated[float, Field(ge=1)] = 1.0
+    """mannwhitney: Kayenta's effect size a significant increase must exceed (candidate/baseline mean)."""
+    critical: bool = False
+    """mannwhitney: one worse interval fails at once, and no data at the end fails (Kayenta's critical metric)."""
+    floor: Duration | None = None
+    """sequential latency: latencies below this are never judged (default 5ms)."""
+    address: str | None = None
+    """prometheus: base URL of the server, such as http://127.0.0.1:9090."""
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    """http: the probe's method."""
+    expected_status: Annotated[list[int], Field(min_length=1)] = [200]
+    """http: statuses that pass."""
+    latency_limit: Duration | None = None
+    """http: a probe slower than this fails (default 5s, the probe's timeout); command: its timeout (default 60s)."""
+
+    @model_validator(mode="after")
+    def _provider_fits(self) -> AnalysisTemplate:
+        if self.provider in ("http", "command") or self.query:
+            if self.judge != "threshold":
+                source = "a PromQL query" if self.query else f"the {self.provider} provider"
+                raise ValueError(f"{source} gives one value per check: use judge: threshold with a thresholdRange")
+        if self.provider == "http" and not self.url:
+            raise ValueError("provider http needs url")
+        if self.provider == "command" and not self.args:
+            raise ValueError("provider command needs args: the argv to run")
+        if self.provider == "prometheus" and not self.address:
+            raise ValueError("provider prometheus needs address, such as http://127.0.0.1:9090")
+        return self
 
 
 class ServiceBody(Model):
