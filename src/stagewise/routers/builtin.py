@@ -1,0 +1,257 @@
+"""The builtin router driver: one `stagewise.routers.proxy` process per service.
+
+The proxy runs detached (its own session, output to a log file), not as a
+child that lives and dies with the controller: a controller restart must never
+drop a request. So the driver keeps no state that matters — everything it
+needs is on disk under `<state_dir>/routers/<service>/`:
+
+    admin.sock        the proxy's admin API (HTTP over a Unix socket, mode 0600)
+    admin.sock.lock   held by the running proxy, so two can never serve one socket
+    pid               the proxy's pid, as the proxy itself reports it
+    router.log        the proxy's stdout and stderr (kept after stop, for post-mortems)
+
+A new `BuiltinRouter` (say, after a controller restart) re-attaches by just
+talking to the socket; if nothing answers, `apply` starts a proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from stagewise.core.routes import RouteTable
+from stagewise.core.stats import RouterStats
+from stagewise.errors import RouterError
+
+START_TIMEOUT = 10.0
+"""Seconds a new proxy gets to answer /healthz."""
+STOP_TIMEOUT = 10.0
+"""Seconds a proxy gets to drain after SIGTERM before SIGKILL."""
+_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_PROXY_MODULE = "stagewise.routers.proxy"
+_SRC_DIR = str(Path(__file__).resolve().parents[2])
+
+
+class BuiltinRouter:
+    """Runs and drives the builtin proxy; implements `stagewise.routers.Router`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir).absolute()
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def apply(self, *, table: RouteTable) -> None:
+        service = table.service
+        async with self._lock(service):
+            health = await self._health(service)
+            if health is None:
+                health = await self._start(service)
+            self._record_pid(service, health)
+            try:
+                response = await self._client(service).put(
+                    "/table", content=table.model_dump_json(), headers={"Content-Type": "application/json"}
+                )
+            except httpx.HTTPError as exc:
+                raise RouterError(f"router of {service} did not take the table: {exc!r}") from exc
+            if response.status_code != 204:
+                why = response.text.strip()
+                raise RouterError(f"router of {service} refused the table ({response.status_code}): {why}", delay=5.0)
+
+    async def stats(self, *, service: str) -> RouterStats:
+        if not self._socket(service).exists() and self._running_pid(service) is None:
+            return RouterStats()
+        try:
+            response = await self._client(service).get("/stats")
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            if self._running_pid(service) is None:
+                return RouterStats()  # no data plane, so nothing was counted
+            raise RouterError(f"router of {service} did not answer /stats: {exc!r}") from exc
+        return RouterStats.model_validate_json(response.content)
+
+    async def stop(self, *, service: str) -> None:
+        async with self._lock(service):
+            pid = self._running_pid(service)
+            if pid is None:
+                health = await self._health(service)
+                if health is not None and self._is_proxy(int(health["pid"]), service):
+                    pid = int(health["pid"])
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                if not await _wait_exit(pid, STOP_TIMEOUT):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    if not await _wait_exit(pid, 5.0):
+                        raise RouterError(f"router of {service} (pid {pid}) did not exit")
+            client = self._clients.pop(service, None)
+            if client is not None:
+                await client.aclose()
+            folder = self._folder(service)
+            for name in ("admin.sock", "admin.sock.lock", "pid"):
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / name).unlink()
+
+    async def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.aclose()
+
+    # -- the proxy process ---------------------------------------------------------
+
+    async def _start(self, service: str) -> dict[str, Any]:
+        """Start a proxy for `service` and wait until it answers; its /healthz."""
+        folder = self._folder(service)
+        folder.mkdir(parents=True, exist_ok=True)
+        sock = self._socket(service)
+        env = dict(os.environ)
+        # the child runs the code this process runs, however stagewise was found here
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC_DIR, env.get("PYTHONPATH")) if p)
+        log_path = str(folder / "router.log")
+        try:
+            # posix_spawn rather than subprocess.Popen: the proxy must outlive this process, and a
+            # Popen object of a running child warns (ResourceWarning) when collected. We reap by pid.
+            pid = os.posix_spawn(  # noqa: ASYNC221 -- returns once the child exists, no waiting
+                sys.executable,
+                [sys.executable, "-m", _PROXY_MODULE, "--admin-socket", str(sock)],
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                    (os.POSIX_SPAWN_DUP2, 1, 2),
+                ],
+                setsid=True,
+            )
+        except OSError as exc:
+            raise RouterError(f"cannot start the router of {service}: {exc}") from exc
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            health = await self._health(service)
+            if health is not None:
+                return health
+            if not _alive(pid):
+                # it may have lost the lock to a proxy started at the same moment: ask once more
+                health = await self._health(service)
+                if health is not None:
+                    return health
+                raise RouterError(f"router of {service} exited at start: {_tail(folder / 'router.log')}")
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await _wait_exit(pid, 2.0)
+        raise RouterError(f"router of {service} did not answer within {START_TIMEOUT:.0f} s")
+
+    async def _health(self, service: str) -> dict[str, Any] | None:
+        """The proxy's /healthz, or None when nothing answers on its socket."""
+        if not self._socket(service).exists():
+            return None
+        try:
+            response = await self._client(service).get("/healthz", timeout=1.0)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        health: dict[str, Any] = response.json()
+        return health
+
+    def _record_pid(self, service: str, health: dict[str, Any]) -> None:
+        pid = str(health["pid"])
+        path = self._folder(service) / "pid"
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_text().strip() == pid:
+                return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(pid + "\n")
+        tmp.replace(path)
+
+    def _running_pid(self, service: str) -> int | None:
+        """The pid in the pid file, if that process is alive and is this service's proxy."""
+        try:
+            pid = int((self._folder(service) / "pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) and self._is_proxy(pid, service) else None
+
+    def _is_proxy(self, pid: int, service: str) -> bool:
+        """Whether `pid` runs our proxy on this service's socket (and not a process that reused the pid)."""
+        try:
+            argv = [os.fsdecode(a) for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            return False
+        if _PROXY_MODULE not in argv or "--admin-socket" not in argv[:-1]:
+            return False
+        sock = argv[argv.index("--admin-socket") + 1]
+        return os.path.realpath(sock) == os.path.realpath(self._socket(service))
+
+    # -- files and clients -----------------------------------------------------------
+
+    def _folder(self, service: str) -> Path:
+        if not _SERVICE_NAME.fullmatch(service):
+            raise RouterError(f"service name {service!r} cannot name a router directory", delay=60.0)
+        return self.state_dir / "routers" / service
+
+    def _socket(self, service: str) -> Path:
+        return self._folder(service) / "admin.sock"
+
+    def _client(self, service: str) -> httpx.AsyncClient:
+        client = self._clients.get(service)
+        if client is None:
+            sock = self._socket(service)
+            if len(os.fsencode(sock)) > _SOCKET_PATH_MAX:
+                raise RouterError(
+                    f"{sock} is too long for a Unix socket ({_SOCKET_PATH_MAX} bytes at most): "
+                    "use a state directory with a shorter path",
+                    delay=60.0,
+                )
+            client = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=str(sock)),
+                base_url="http://stagewise-router",
+                timeout=httpx.Timeout(5.0, connect=1.0),
+            )
+            self._clients[service] = client
+        return client
+
+    def _lock(self, service: str) -> asyncio.Lock:
+        return self._locks.setdefault(service, asyncio.Lock())
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs; reaps it first if it is our exited child."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: someone else reaps it
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def _wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    try:
+        data = path.read_bytes()[-size:]
+    except OSError:
+        return "(no log)"
+    return data.decode("utf-8", "replace").strip() or "(empty log)"

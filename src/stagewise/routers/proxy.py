@@ -1,0 +1,356 @@
+"""The builtin router's data plane: one reverse-proxy process per service.
+
+    python -m stagewise.routers.proxy --admin-socket PATH [--metrics-listen HOST:PORT]
+
+It runs apart from the controller, so a controller restart or crash never
+drops a request: the controller (through `BuiltinRouter`) only talks to its
+admin API, HTTP over a Unix socket readable by the owner alone:
+
+    PUT /table    a whole RouteTable as JSON; 204, 400 if invalid, 409 if a listener cannot bind
+    GET /table    the table being served
+    GET /stats    RouterStats JSON: per-release counters since `boot`, in-flight per endpoint
+    GET /metrics  the same counters in Prometheus text format (also on --metrics-listen)
+    GET /healthz  liveness, with pid, boot id and service
+
+A table is compiled once and swapped in by one reference assignment; requests
+already running finish on the table they started with. Listeners are bound,
+rebound and closed as the table says; a new listener is bound before the table
+is swapped, so a table that cannot be served is refused whole.
+
+SIGTERM or SIGINT stops accepting, lets in-flight requests finish (at most
+DRAIN_TIMEOUT seconds) and exits 0. A lock file beside the socket makes sure
+one process serves it; a second one exits 1.
+
+This module must import nothing of stagewise above `core` (the controller
+imports it, not the other way round), and nothing here runs per request except
+in `_forward`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from stagewise.core.routes import RouteTable
+from stagewise.routers._counters import Counters
+from stagewise.routers._forward import CLIENT_IDLE_TIMEOUT, Traffic
+from stagewise.routers._http import (
+    CHUNKED,
+    MAX_HEAD,
+    BodyReader,
+    HttpError,
+    build_head,
+    parse_head,
+    plain_response,
+    request_framing,
+)
+from stagewise.routers._plan import Endpoint, RoutePlan, split_address
+
+log = logging.getLogger("stagewise.router")
+
+DRAIN_TIMEOUT = 10.0
+"""Seconds in-flight requests get to finish after SIGTERM."""
+SWEEP_INTERVAL = 5.0
+MAX_TABLE_BYTES = 16 * 1024 * 1024
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+
+class ListenError(Exception):
+    """A listener of the table could not be bound; the table is refused (409)."""
+
+
+class Proxy:
+    """Listeners, the current route plan, counters and the admin API of one process."""
+
+    def __init__(self, admin_socket: Path, metrics_listen: str | None) -> None:
+        self.admin_socket = admin_socket
+        self.metrics_listen = metrics_listen
+        self.boot = secrets.token_hex(8)
+        self.counters = Counters(self.boot)
+        self.traffic = Traffic(self.counters)
+        self.table: RouteTable | None = None
+        self.main: tuple[str, asyncio.Server] | None = None
+        self.preview: tuple[str, asyncio.Server] | None = None
+        self.retired: set[Endpoint] = set()
+        """Endpoints gone from the table that still have requests in flight (for stats)."""
+        self._apply_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+
+    # -- route tables ------------------------------------------------------------
+
+    async def apply(self, table: RouteTable) -> None:
+        """Serve `table`; ValueError if it is unusable, ListenError if a listener cannot bind."""
+        split_address(table.listen)
+        if table.preview_listen:
+            split_address(table.preview_listen)
+        for e in table.endpoints:
+            split_address(e.address)
+        async with self._apply_lock:
+            opened: list[asyncio.Server] = []
+            try:
+                main = await self._listener(table.listen, self.main, False, opened)
+                preview = None
+                if table.preview_listen:
+                    preview = await self._listener(table.preview_listen, self.preview, True, opened)
+            except OSError as exc:
+                for server in opened:
+                    server.close()
+                raise ListenError(f"cannot listen on {exc.filename}: {exc.strerror or exc}") from exc
+            old = self.traffic.plan
+            known = old.endpoints if old is not None else {}
+            plan = RoutePlan(table, known)
+            self.traffic.plan = plan  # the swap: requests from now on see the new table whole
+            self.table = table
+            for before, after in ((self.main, main), (self.preview, preview)):
+                if before is not None and (after is None or before[1] is not after[1]):
+                    before[1].close()  # stops accepting; its open connections carry on
+            self.main, self.preview = main, preview
+            for key, ep in known.items():
+                if key not in plan.endpoints:
+                    ep.pool.retire()
+                    self.retired.add(ep)
+        log.info(
+            "serving table of %s: listen %s, %d endpoints, weights %s, cohort %s, %d header routes, preview %s",
+            table.service,
+            table.listen,
+            len(table.endpoints),
+            table.weights,
+            table.cohort,
+            len(table.header_routes),
+            table.preview_listen,
+        )
+
+    async def _listener(
+        self,
+        address: str,
+        current: tuple[str, asyncio.Server] | None,
+        preview: bool,
+        opened: list[asyncio.Server],
+    ) -> tuple[str, asyncio.Server]:
+        if current is not None and current[0] == address:
+            return current
+        host, port = split_address(address)
+
+        def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Coroutine[Any, Any, None]:
+            return self.traffic.serve(reader, writer, preview=preview)
+
+        try:
+            server = await asyncio.start_server(
+                serve, host or None, port, reuse_address=True, limit=MAX_HEAD, backlog=1024
+            )
+        except OSError as exc:
+            exc.filename = address
+            raise
+        opened.append(server)
+        return address, server
+
+    def endpoints(self) -> list[Endpoint]:
+        """Endpoints of the table, and retired ones while requests to them run."""
+        self.retired = {ep for ep in self.retired if ep.inflight > 0}
+        plan = self.traffic.plan
+        current = list(plan.everyone) if plan is not None else []
+        return current + sorted(self.retired, key=lambda ep: ep.id)
+
+    # -- admin API ---------------------------------------------------------------
+
+    async def admin(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, public: bool) -> None:
+        """Serve admin requests on one connection (keep-alive). `public`: only /metrics and /healthz."""
+        try:
+            while True:
+                try:
+                    data = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+                    return
+                try:
+                    head = parse_head(data, request=True)
+                    body = await _read_body(reader, *request_framing(head.index))
+                    method, target, _ = head.start
+                    path = target.split(b"?", 1)[0].decode("latin-1")
+                    status, content_type, payload = await self._answer(method, path, body, public)
+                    close = False
+                except HttpError as exc:
+                    status, content_type, payload, close = exc.status, b"text/plain", str(exc), True
+                if status == 204:
+                    writer.write(build_head(b"HTTP/1.1 204 No Content", []))
+                else:
+                    writer.write(plain_response(status, payload, close=close, content_type=content_type))
+                await writer.drain()
+                if close:
+                    return
+        except OSError:
+            return
+        finally:
+            writer.close()
+
+    async def _answer(self, method: bytes, path: str, body: bytes, public: bool) -> tuple[int, bytes, str]:
+        routes = {"/healthz", "/metrics"} if public else {"/healthz", "/metrics", "/stats", "/table"}
+        if path not in routes:
+            return 404, b"text/plain", f"no such path: {path}"
+        if method == b"PUT" and path == "/table":
+            if self._stopping.is_set():
+                return 503, b"text/plain", "the router is stopping"
+            try:
+                table = RouteTable.model_validate_json(body)
+                await self.apply(table)
+            except (ValidationError, ValueError) as exc:
+                return 400, b"text/plain", f"invalid route table: {exc}"
+            except ListenError as exc:
+                return 409, b"text/plain", str(exc)
+            return 204, b"", ""
+        if method != b"GET":
+            return 405, b"text/plain", f"{method.decode('latin-1')} is not allowed on {path}"
+        plan = self.traffic.plan
+        service = plan.service if plan is not None else ""
+        if path == "/healthz":
+            health = {"status": "ok", "pid": os.getpid(), "boot": self.boot, "service": service}
+            return 200, b"application/json", json.dumps(health)
+        if path == "/metrics":
+            text = self.counters.metrics(service, self.endpoints())
+            return 200, b"text/plain; version=0.0.4", text
+        if path == "/stats":
+            return 200, b"application/json", self.counters.stats(self.endpoints()).model_dump_json()
+        if self.table is None:
+            return 404, b"text/plain", "no route table applied yet"
+        return 200, b"application/json", self.table.model_dump_json()
+
+    # -- process life ------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; the process exit code."""
+        lock = _lock(self.admin_socket)
+        if lock is None:
+            log.error("another router already serves %s", self.admin_socket)
+            return 1
+        try:
+            return await self._run()
+        finally:
+            os.close(lock)
+
+    async def _run(self) -> int:
+        with contextlib.suppress(FileNotFoundError):
+            self.admin_socket.unlink()  # stale: whoever made it no longer holds the lock
+        old_umask = os.umask(0o177)
+        try:
+            admin = await asyncio.start_unix_server(
+                lambda r, w: self.admin(r, w, public=False), path=str(self.admin_socket), limit=MAX_HEAD
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.admin_socket, 0o600)
+        servers = [admin]
+        if self.metrics_listen:
+            host, port = split_address(self.metrics_listen)
+            try:
+                metrics = await asyncio.start_server(
+                    lambda r, w: self.admin(r, w, public=True), host or None, port, reuse_address=True
+                )
+            except OSError as exc:
+                log.error("cannot serve metrics on %s: %s", self.metrics_listen, exc.strerror or exc)
+                admin.close()
+                self.admin_socket.unlink()
+                return 2
+            servers.append(metrics)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        sweeper = asyncio.create_task(self._sweep())
+        log.info("router pid %d boot %s listening on %s", os.getpid(), self.boot, self.admin_socket)
+        await self._stopping.wait()
+        log.info("stopping: %d requests in flight", self.traffic.busy)
+        for listener in (self.main, self.preview):
+            if listener is not None:
+                listener[1].close()
+        self.traffic.drain()
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                await self.traffic.quiet.wait()
+        except TimeoutError:
+            log.warning("cutting %d requests still running after %.0f s", self.traffic.busy, DRAIN_TIMEOUT)
+        for client in list(self.traffic.clients):
+            client.writer.transport.abort()
+        for ep in self.endpoints():
+            ep.pool.close_idle()
+        sweeper.cancel()
+        for server in servers:
+            server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.admin_socket.unlink()
+        await asyncio.sleep(0.05)  # let aborted connections run their cleanup
+        log.info("stopped")
+        return 0
+
+    async def _sweep(self) -> None:
+        """Close idle upstream and client connections that outstayed their welcome."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for ep in self.endpoints():
+                ep.pool.sweep(now)
+            self.traffic.close_idle_clients(older_than=CLIENT_IDLE_TIMEOUT)
+
+
+async def _read_body(reader: asyncio.StreamReader, kind: int, length: int) -> bytes:
+    """A whole admin request body (route tables are small; traffic bodies never come here)."""
+    if length > MAX_TABLE_BYTES:
+        raise HttpError(413, "body too large")
+    body = BodyReader(reader, kind, length)
+    parts: list[bytes] = []
+    size = 0
+    while piece := await body.read():
+        size += len(piece)
+        if kind == CHUNKED and size > MAX_TABLE_BYTES:
+            raise HttpError(413, "body too large")
+        parts.append(piece)
+    return b"".join(parts)
+
+
+def _lock(admin_socket: Path) -> int | None:
+    """Hold `<socket>.lock` for the life of the process; None if another process holds it."""
+    fd = os.open(f"{admin_socket}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a router process; the exit code (0 after a clean stop)."""
+    parser = argparse.ArgumentParser(prog="stagewise router", description="The stagewise builtin router.")
+    parser.add_argument("--admin-socket", required=True, type=Path, help="Unix socket of the admin API")
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="also serve /metrics over TCP here")
+    args = parser.parse_args(argv)
+    if args.metrics_listen:
+        try:
+            split_address(args.metrics_listen)
+        except ValueError as exc:
+            parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(Proxy(args.admin_socket, args.metrics_listen).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
