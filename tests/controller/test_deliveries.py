@@ -159,3 +159,11 @@ async def test_a_router_restart_gets_the_table_back(world: World) -> None:
     await world.controller.tick()
     assert "shop" in world.router.tables
     assert await world.run() is Phase.SUCCEEDED
+
+
+async def test_long_pauses_and_analyses_are_not_cut_short_by_the_progress_deadline(world: World) -> None:
+    strategy = {"canary": {"steps": [
+        {"setWeight": 10}, {"pause": {"duration": "3m"}},
+        {"analysis": {"templates": ["errors"], "duration": "3m"}},
+    ]}}
+    assert await world.deliver("v2", strategy, progressDeadline="1m") is Phase.SUCCEEDED

@@ -310,6 +310,7 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
             return d, events
         outcome = run.verdict.outcome
         if outcome is Outcome.RUNNING:
+            d.progress_at = now  # a running analysis is progress; only a stuck one (NoData) is not
             return d, events
         if outcome is Outcome.NO_DATA:
             return d, events  # the judge applies the policy; waiting ends at the deadline
@@ -328,6 +329,7 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
                                 f"{step.title}; waiting for promote"))
         return d, events
     if step.pause and now - d.ready_at < step.pause:
+        d.progress_at = now  # a timed pause is planned waiting, not a stuck delivery
         return d, events
     return _next(d, plan, now, events, "")
 
