@@ -127,3 +127,30 @@ def assert_no_more_requests_to(sw: Stagewise, bad: str) -> None:
     after = burst(sw, 400)
     assert after.by_version.get(bad, 0) == 0 and after.responses == 400
     assert sw.router_stats().release(bad).requests == served, "the router sent requests to the bad release"
+
+
+def test_an_instance_that_dies_is_reported_and_replaced(stagewise: Stagewise) -> None:
+    import json
+    import os
+    import signal
+
+    first_release(stagewise)
+    records = sorted((stagewise.state / "instances" / "shop").glob("shop-*.json"))
+    victim = json.loads(records[0].read_text())
+    os.kill(victim["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status = stagewise.status()
+        if any(victim["id"] in e["message"] for e in status["events"]):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the death was never reported")
+    while time.monotonic() < deadline:
+        live = [json.loads(p.read_text()) for p in (stagewise.state / "instances" / "shop").glob("shop-*.json")]
+        if len(live) == 2 and all(r.get("ready_at") for r in live) and victim["id"] not in {r["id"] for r in live}:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the instance was not replaced")
+    assert burst(stagewise, 100).by_version == {"v1": 100}
