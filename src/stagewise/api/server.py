@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from stagewise.api.dashboard import install_dashboard
 from stagewise.api.views import delivery_view, service_view
 from stagewise.controller import Controller
 from stagewise.errors import ConflictError, NotFoundError, SpecError, StagewiseError
@@ -138,6 +139,7 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
         c = ctl(request)
         return delivery_view(c, await c.undo(name))
 
+    install_dashboard(app)
     return app
 
 
@@ -179,6 +181,7 @@ def serve(state_dir: Path, listen: str = DEFAULT_LISTEN) -> None:
     app = create_app(state_dir)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
+    app.state.stopping = lambda: server.should_exit  # ends the dashboard's event streams on shutdown
     print(f"stagewise server on {url} (state {state_dir})", flush=True)
     try:
         server.run(sockets=[sock])

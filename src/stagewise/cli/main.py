@@ -240,6 +240,16 @@ def demo(as_json: bool = typer.Option(False, "--json", help="Print the results a
     raise typer.Exit(code)
 
 
+def _register_analyze() -> None:
+    """`stagewise analyze`: replay recorded requests through a judge (stagewise.cli.analyze)."""
+    from stagewise.cli.analyze import analyze
+
+    app.command(name="analyze")(analyze)
+
+
+_register_analyze()
+
+
 @app.command(hidden=True)
 def router(admin_socket: str = typer.Option(..., "--admin-socket"),
            metrics_listen: str | None = typer.Option(None, "--metrics-listen")) -> None:

@@ -99,6 +99,9 @@ class Controller:
                     self._errors.pop(record.name, None)
                 except StagewiseError as exc:
                     self._report(record.name, exc)
+                except Exception as exc:  # a bug must not stop the other services' deliveries
+                    log.exception("%s: unexpected error in reconcile", record.name)
+                    self._report(record.name, StagewiseError(f"internal error: {type(exc).__name__}: {exc}"))
 
     def _report(self, service: str, exc: StagewiseError) -> None:
         message = str(exc)

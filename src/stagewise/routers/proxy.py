@@ -90,6 +90,8 @@ class Proxy:
         """Endpoints gone from the table that still have requests in flight (for stats)."""
         self._apply_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
+        """Every open connection (traffic, admin, metrics) and the task serving it."""
 
     # -- route tables ------------------------------------------------------------
 
@@ -147,7 +149,7 @@ class Proxy:
         host, port = split_address(address)
 
         def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Coroutine[Any, Any, None]:
-            return self.traffic.serve(reader, writer, preview=preview)
+            return self._connection(writer, self.traffic.serve(reader, writer, preview=preview))
 
         try:
             server = await asyncio.start_server(
@@ -247,7 +249,9 @@ class Proxy:
         old_umask = os.umask(0o177)
         try:
             admin = await asyncio.start_unix_server(
-                lambda r, w: self.admin(r, w, public=False), path=str(self.admin_socket), limit=MAX_HEAD
+                lambda r, w: self._connection(w, self.admin(r, w, public=False)),
+                path=str(self.admin_socket),
+                limit=MAX_HEAD,
             )
         finally:
             os.umask(old_umask)
@@ -257,7 +261,10 @@ class Proxy:
             host, port = split_address(self.metrics_listen)
             try:
                 metrics = await asyncio.start_server(
-                    lambda r, w: self.admin(r, w, public=True), host or None, port, reuse_address=True
+                    lambda r, w: self._connection(w, self.admin(r, w, public=True)),
+                    host or None,
+                    port,
+                    reuse_address=True,
                 )
             except OSError as exc:
                 log.error("cannot serve metrics on %s: %s", self.metrics_listen, exc.strerror or exc)
@@ -281,18 +288,33 @@ class Proxy:
                 await self.traffic.quiet.wait()
         except TimeoutError:
             log.warning("cutting %d requests still running after %.0f s", self.traffic.busy, DRAIN_TIMEOUT)
-        for client in list(self.traffic.clients):
-            client.writer.transport.abort()
+        for server in servers:
+            server.close()
+        for writer in list(self._connections):
+            writer.transport.abort()
+        if self._connections:
+            await asyncio.wait(self._connections.values(), timeout=1.0)
         for ep in self.endpoints():
             ep.pool.close_idle()
         sweeper.cancel()
-        for server in servers:
-            server.close()
         with contextlib.suppress(FileNotFoundError):
             self.admin_socket.unlink()
-        await asyncio.sleep(0.05)  # let aborted connections run their cleanup
         log.info("stopped")
         return 0
+
+    async def _connection(self, writer: asyncio.StreamWriter, handler: Coroutine[Any, Any, None]) -> None:
+        """Run the handler of one connection, known to shutdown so it can end it cleanly."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[writer] = task
+        try:
+            await handler
+        except asyncio.CancelledError:
+            # the loop is closing; ending quietly here matters: asyncio 3.11 logs a handler task
+            # that ends cancelled as an error ("Exception in callback ... connection_made")
+            pass
+        finally:
+            del self._connections[writer]
 
     async def _sweep(self) -> None:
         """Close idle upstream and client connections that outstayed their welcome."""

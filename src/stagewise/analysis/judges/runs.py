@@ -62,9 +62,20 @@ def _record(run: AnalysisRun, stats: RouterStats, now: float, baseline: str, can
         "baseline": _point(b),
         "candidate": _point(c),
         "outcome": run.verdict.outcome.value,
+        "e_value": _e_values(run),
     })
     if len(run.history) > HISTORY_POINTS:
         run.history = run.history[::2]
+
+
+def _e_values(run: AnalysisRun) -> dict[str, float]:
+    """Each metric's e-value at this point, so a chart can draw it against the judge's bound."""
+    out: dict[str, float] = {}
+    for metric in run.verdict.evidence.get("metrics", []):
+        evidence = metric.get("evidence") or {}
+        if "e_value" in evidence:
+            out[str(evidence.get("metric", "metric"))] = round(float(evidence["e_value"]), 6)
+    return out
 
 
 def _point(s: ReleaseStats) -> dict[str, float | None]:

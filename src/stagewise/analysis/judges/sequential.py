@@ -103,6 +103,40 @@ def add_events(
     return [s + candidate_events * a + baseline_events * b for s, (a, b) in zip(llr, weights, strict=True)]
 
 
+PENDING_INCREMENT_MAX = 8
+"""A one-sided increment of more requests than this is dropped, not held (see `gather`)."""
+PENDING_MAX = 5_000
+"""A held block that reaches this many requests without the other arm is dropped."""
+
+
+def gather(pending: Sequence[int], increment: Sequence[int]) -> tuple[list[int] | None, list[int]]:
+    """The block to fold now (None: nothing yet) and what stays pending.
+
+    Vectors are `[baseline requests, candidate requests, payload...]`, added
+    elementwise. The test learns only from blocks holding requests of both
+    arms (the split p must be strictly between 0 and 1). A caller that looks
+    after every request — `stagewise analyze`, a quiet service polled often —
+    hands over one-request increments, which alone carry nothing; so a small
+    one-sided increment is held and folded with the next ones until the other
+    arm shows up. Whether to hold, fold or drop depends only on request
+    counts, never on the errors, so the blocks are chosen without looking at
+    the outcomes and the e-process stays valid. A large one-sided increment
+    means one arm got no traffic for a while: there is no concurrent
+    baseline, and it is dropped with whatever was held (as before holding).
+    """
+    n_b, n_c = increment[0], increment[1]
+    if n_b <= 0 and n_c <= 0:
+        return None, list(pending)
+    if (n_b <= 0 or n_c <= 0) and n_b + n_c > PENDING_INCREMENT_MAX:
+        return None, []
+    merged = [a + b for a, b in zip(pending, increment, strict=True)] if pending else list(increment)
+    if merged[0] > 0 and merged[1] > 0:
+        return merged, []
+    if merged[0] + merged[1] > PENDING_MAX:
+        return None, []
+    return None, merged
+
+
 def log_mean_exp(values: Sequence[float]) -> float:
     """log(mean(exp(values))) without overflow or underflow."""
     top = max(values)
@@ -216,11 +250,14 @@ def judge_error_rate(
     total_n = [0, 0] if fresh else [int(x) for x in state["requests"]]
     total_e = [0, 0] if fresh else [int(x) for x in state["errors"]]
     max_log_e = 0.0 if fresh else float(state["max_log_e"])
+    held: list[int] = [] if fresh else [int(x) for x in state.get("pending", [])]
 
     (n_b, e_b), (n_c, e_c) = counts(baseline), counts(candidate)
-    weights = event_weights(split(n_b, n_c), rho0)
-    if weights is not None:
-        llr = add_events(llr, weights, e_b, e_c)
+    block, held = gather(held, [n_b, n_c, e_b, e_c])
+    if block is not None:
+        weights = event_weights(split(block[0], block[1]), rho0)
+        if weights is not None:
+            llr = add_events(llr, weights, block[2], block[3])
     total_n = [total_n[0] + n_b, total_n[1] + n_c]
     total_e = [total_e[0] + e_b, total_e[1] + e_c]
     log_e = log_mean_exp(llr)
@@ -278,6 +315,7 @@ def judge_error_rate(
         "errors": total_e,
         "llr": llr,
         "max_log_e": max_log_e,
+        "pending": held,
     }
     if finished(outcome):
         new_state["verdict"] = verdict.model_dump(mode="json")

@@ -87,7 +87,7 @@ def judge_latency(
     *,
     elapsed: float,
     duration: float | None,
-    floor_ms: float = DEFAULT_FLOOR_MS,
+    floor_ms: float | None = None,
 ) -> tuple[dict[str, Any], Verdict]:
     """Fold one increment's latency histograms into the per-rung e-processes.
 
@@ -95,6 +95,8 @@ def judge_latency(
     split p of each increment is the candidate's share of them.
     """
     rho0 = 1.0 + (template.margin if template.margin is not None else DEFAULT_MARGIN)
+    if floor_ms is None:
+        floor_ms = template.floor * 1000 if template.floor is not None else DEFAULT_FLOOR_MS
     ladder = rungs(floor_ms)
     fresh = state.get("kind") != KIND or state.get("rho0") != rho0 or state.get("rungs") != ladder
     if not fresh and "verdict" in state:
@@ -108,12 +110,20 @@ def judge_latency(
         hist_b = [int(x) for x in state["hist"][0]]
         hist_c = [int(x) for x in state["hist"][1]]
         max_log_e = float(state["max_log_e"])
+    held: list[int] = [] if fresh else [int(x) for x in state.get("pending", [])]
 
     inc_b, inc_c = buckets(baseline), buckets(candidate)
-    weights = seq.event_weights(seq.split(sum(inc_b), sum(inc_c)), rho0)
-    if weights is not None:
-        slow_b, slow_c = slower_than(inc_b), slower_than(inc_c)
-        llr = [seq.add_events(sums, weights, slow_b[i], slow_c[i]) for sums, i in zip(llr, ladder, strict=True)]
+    # held blocks keep only the per-rung slow counts: that is all the test reads
+    slow_inc_b, slow_inc_c = slower_than(inc_b), slower_than(inc_c)
+    block, held = seq.gather(
+        held, [sum(inc_b), sum(inc_c), *(slow_inc_b[i] for i in ladder), *(slow_inc_c[i] for i in ladder)]
+    )
+    if block is not None:
+        weights = seq.event_weights(seq.split(block[0], block[1]), rho0)
+        if weights is not None:
+            k = len(ladder)
+            slow_b, slow_c = block[2 : 2 + k], block[2 + k :]
+            llr = [seq.add_events(sums, weights, slow_b[r], slow_c[r]) for r, sums in enumerate(llr)]
     hist_b = [a + b for a, b in zip(hist_b, inc_b, strict=True)]
     hist_c = [a + b for a, b in zip(hist_c, inc_c, strict=True)]
 
@@ -178,6 +188,7 @@ def judge_latency(
         "hist": [hist_b, hist_c],
         "llr": llr,
         "max_log_e": max_log_e,
+        "pending": held,
     }
     if seq.finished(outcome):
         new_state["verdict"] = verdict.model_dump(mode="json")
