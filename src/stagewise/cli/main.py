@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from stagewise.cli import render
+from stagewise.cli import advise, render
 from stagewise.cli.client import ApiError, Client, Unreachable, default_state
 from stagewise.errors import SpecError, StagewiseError
 
@@ -258,6 +258,9 @@ def router(admin_socket: str = typer.Option(..., "--admin-socket"),
 
     argv = ["--admin-socket", admin_socket] + (["--metrics-listen", metrics_listen] if metrics_listen else [])
     raise typer.Exit(proxy_main(argv))
+
+
+advise.register(app)  # recommend, compare
 
 
 def main() -> None:

@@ -1,0 +1,167 @@
+"""Which strategy fits: scores from the team's inputs, each point with its reason.
+
+Every strategy starts at 50. Each input that matters moves a strategy's
+score up or down, and says why in a sentence that names the input — so the
+ranking can be argued with. Two facts rule a strategy out instead of
+weakening it: without spare capacity blue-green cannot run its second slot,
+and a zero-downtime requirement excludes full, which stops every instance
+before starting the new ones. Missing metrics only weaken canary (a canary
+nobody measures is a slow manual rollout, but still a small one).
+
+The weights are deliberate and few; they encode the usual guidance (the
+table of DESIGN.md and the delivery-strategies guide) and what stagewise's
+own planner does — a canary's promotion, for one, briefly runs the candidate
+at full size beside the stable release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stagewise.advisor.inputs import Inputs
+from stagewise.core.spec import StrategyName
+
+STRATEGIES: tuple[StrategyName, ...] = ("full", "phased", "canary", "blue-green")
+BASE = 50
+LARGE_USER_BASE = 100_000
+SMALL_USER_BASE = 1_000
+
+SCHEMA_ADVICE = (
+    "--schema-change: keep every release backward compatible, whatever the strategy — "
+    "old and new code meet the same data during a delivery and again after a rollback. "
+    "Expand (add the new columns or tables; write both shapes), migrate (backfill; move reads "
+    "to the new shape in a later release), contract (drop the old shape only once no release "
+    "that needs it can come back)."
+)
+
+
+@dataclass
+class Ranked:
+    strategy: StrategyName
+    score: int = BASE
+    reasons: list[str] = field(default_factory=list)
+    ruled_out: bool = False
+
+    def add(self, points: int, why: str) -> None:
+        self.score += points
+        self.reasons.append(f"{points:+d} {why}" if points else why)
+
+    def rule_out(self, why: str) -> None:
+        self.ruled_out = True
+        self.reasons.insert(0, f"ruled out: {why}")
+
+
+@dataclass
+class Recommendation:
+    recommendation: StrategyName
+    ranking: list[Ranked]
+    advice: list[str]
+    """Advice that holds whatever the strategy (schema changes)."""
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "recommendation": self.recommendation,
+            "ranking": [{"strategy": r.strategy, "score": r.score, "reasons": r.reasons, "ruled_out": r.ruled_out}
+                        for r in self.ranking],
+        }
+
+
+def recommend(inputs: Inputs) -> Recommendation:
+    """The strategies ranked for `inputs`, best first, with the reasons for and against each."""
+    rank = {name: Ranked(name) for name in STRATEGIES}
+    full, phased, canary, bg = rank["full"], rank["phased"], rank["canary"], rank["blue-green"]
+    g = inputs.given
+
+    if inputs.risk_tolerance == "low":
+        full.add(-25, f"{g('risk_tolerance')}: full sends every user to the new release at once")
+        canary.add(15, f"{g('risk_tolerance')}: canary tries a small share of requests first and takes it back "
+                       "by setting the weight to 0")
+        phased.add(10, f"{g('risk_tolerance')}: phased moves a wave or a cohort at a time")
+        bg.add(10, f"{g('risk_tolerance')}: blue-green validates the release before any user reaches it")
+    elif inputs.risk_tolerance == "medium":
+        phased.add(5, f"{g('risk_tolerance')}: phased limits a bad release to the first wave or cohort")
+        canary.add(5, f"{g('risk_tolerance')}: canary limits a bad release to a share of requests")
+    else:
+        full.add(15, f"{g('risk_tolerance')}: the simplest, cheapest strategy is acceptable")
+        canary.add(-5, f"{g('risk_tolerance')}: canary's steps and analysis buy safety this team does not need")
+
+    if inputs.user_impact == "high":
+        full.add(-20, f"{g('user_impact')}: a failure would reach every user at once with full")
+        canary.add(10, f"{g('user_impact')}: canary compares with the stable release on live traffic, "
+                       "suited to critical systems")
+        bg.add(10, f"{g('user_impact')}: blue-green switches back at once while the old slot is warm")
+        phased.add(5, f"{g('user_impact')}: phased keeps most users on the stable release until a wave proves out")
+    elif inputs.user_impact == "low":
+        full.add(10, f"{g('user_impact')}: a brief failure costs little, so a plain recreate will do")
+        canary.add(-5, f"{g('user_impact')}: the machinery of a canary is hard to justify")
+        bg.add(-5, f"{g('user_impact')}: a second environment is hard to justify")
+
+    if inputs.complexity == "low":
+        full.add(10, f"{g('complexity')}: a small system is what full suits; few ways to fail unseen")
+        canary.add(-5, f"{g('complexity')}: a canary's weights and analysis outweigh the system itself")
+        bg.add(-5, f"{g('complexity')}: a second slot doubles a small system")
+    elif inputs.complexity == "medium":
+        phased.add(5, f"{g('complexity')}: phased adds few moving parts (waves, bake time)")
+    else:
+        full.add(-10, f"{g('complexity')}: a complex system fails in ways only live traffic shows; full "
+                      "shows them to everyone")
+        canary.add(10, f"{g('complexity')}: canary finds what tests miss on a small share of live traffic")
+        bg.add(5, f"{g('complexity')}: blue-green validates a complex deployment before the switch")
+        phased.add(5, f"{g('complexity')}: phased surfaces problems wave by wave")
+
+    if inputs.rollback == "low":
+        full.add(-15, f"{g('rollback')}: full's rollback is a redeploy of the old release, with downtime")
+        phased.add(-5, f"{g('rollback')}: phased rolls back by redeploying the updated instances")
+        canary.add(10, f"{g('rollback')}: canary rolls back by itself, by moving the weight to 0")
+        bg.add(10, f"{g('rollback')}: blue-green rolls back by switching to the warm old slot")
+    elif inputs.rollback == "high":
+        full.add(5, f"{g('rollback')}: the team can redeploy quickly if full goes wrong")
+
+    if inputs.zero_downtime:
+        full.rule_out(f"{g('zero_downtime')}: full stops every instance before the new ones are ready")
+        bg.add(20, f"{g('zero_downtime')}: blue-green switches all traffic at once to a slot already running")
+        canary.add(5, f"{g('zero_downtime')}: canary keeps the stable release at full size throughout")
+        phased.add(5, f"{g('zero_downtime')}: phased takes at most maxUnavailable instances out at once")
+
+    if inputs.spare_capacity is False:
+        bg.rule_out(f"{g('spare_capacity')}: blue-green needs a second full set of instances")
+        canary.add(0, f"note ({g('spare_capacity')}): a canary step needs only ceil(replicas × weight) extra "
+                      "instances, but stagewise's promotion starts the candidate at full size before the "
+                      "switch — plan for that brief peak")
+        phased.add(5, f"{g('spare_capacity')}: phased waves replace instances in place: no extra capacity")
+    elif inputs.spare_capacity:
+        bg.add(10, f"{g('spare_capacity')}: there is room for blue-green's second slot")
+
+    if inputs.metrics:
+        canary.add(15, f"{g('metrics')}: live metrics let the analysis judge the canary against the stable "
+                       "release serving beside it, and roll back by itself")
+        phased.add(5, f"{g('metrics')}: each wave can be gated by analysis")
+        bg.add(5, f"{g('metrics')}: pre-promotion analysis can check the preview slot")
+    elif inputs.metrics is False:
+        canary.add(-25, f"weakened: {g('metrics')} — nothing can judge the canary; it becomes a slow manual "
+                        "rollout, and a bad release stays until someone notices")
+        phased.add(10, f"{g('metrics')}: phased waves gate on readiness and bake time, which need no metrics")
+        bg.add(-5, f"{g('metrics')}: without metrics the preview slot is validated by hand")
+
+    if inputs.users is not None and inputs.users >= LARGE_USER_BASE:
+        phased.add(15, f"{g('users')}: a large user base — phased cohorts expose a fixed share of users, "
+                       "and a user keeps the release they got")
+        canary.add(5, f"{g('users')}: enough traffic to judge a small canary quickly")
+        full.add(-10, f"{g('users')}: a bad full release reaches all of them at once")
+    elif inputs.users is not None and inputs.users < SMALL_USER_BASE:
+        full.add(5, f"{g('users')}: few users: a staged rollout gains little")
+        phased.add(-5, f"{g('users')}: cohorts of a few percent are a handful of people")
+        canary.add(-5, f"{g('users')}: little traffic: analysis needs long to tell anything")
+
+    advice: list[str] = []
+    if inputs.schema_change:
+        advice.append(SCHEMA_ADVICE)
+        bg.add(-5, f"{g('schema_change')}: both slots share the data: the schema must serve both, and a "
+                   "switch back must find data the old release can read")
+        for ranked in rank.values():
+            ranked.reasons.append(SCHEMA_ADVICE)
+
+    for r in rank.values():
+        r.score = max(0, min(100, r.score))
+    ranking = sorted(rank.values(), key=lambda r: (r.ruled_out, -r.score, STRATEGIES.index(r.strategy)))
+    return Recommendation(recommendation=ranking[0].strategy, ranking=ranking, advice=advice)
