@@ -176,6 +176,7 @@ def serve(state_dir: Path, listen: str = DEFAULT_LISTEN) -> None:
     import uvicorn
 
     state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_token(state_dir)  # before server.json: a client that finds the address must find the token too
     sock = bind(listen)
     url = write_server_file(state_dir, sock)
     app = create_app(state_dir)

@@ -53,7 +53,7 @@ class Client:
         self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if method != "GET" else {}
+        headers = {"Authorization": f"Bearer {self.token}"} if method != "GET" and self.token else {}
         try:
             response = self.http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as exc:
