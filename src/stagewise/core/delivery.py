@@ -112,6 +112,10 @@ class Delivery(BaseModel):
     message: str = ""
     undo: bool = False
     """This delivery restores the previous stable release."""
+    past_analysis: list[AnalysisRun] = []
+    """Step analysis runs the delivery moved past, for the record (verdict, evidence, chart history).
+
+    Never judged again; kept without the judges' working state to stay small."""
 
     @property
     def candidate(self) -> ReleaseSpec:
@@ -127,6 +131,18 @@ class Delivery(BaseModel):
     def current(self, plan: Plan) -> Step | None:
         steps = self.steps(plan)
         return steps[self.step] if 0 <= self.step < len(steps) else None
+
+
+def evolve(delivery: Delivery) -> Delivery:
+    """A copy safe to change: the parts this module and the judges change are copied, frozen parts shared.
+
+    A deep copy would also copy the spec on every tick, which is most of the cost of a tick.
+    """
+    runs = {
+        key: run.model_copy(update={"judge_state": dict(run.judge_state), "history": list(run.history)})
+        for key, run in delivery.analysis.items()
+    }
+    return delivery.model_copy(update={"analysis": runs, "failures_base": dict(delivery.failures_base)})
 
 
 def desired_world(delivery: Delivery, plan: Plan) -> World | None:
@@ -156,7 +172,7 @@ _ACTIVE = {Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING}
 def promote(delivery: Delivery, plan: Plan, *, now: float, full: bool = False) -> tuple[Delivery, list[Event]]:
     """Skip the current step's remaining gates, or with `full` go straight to promotion."""
     _require(delivery, "promote", _ACTIVE)
-    d = delivery.model_copy(deep=True)
+    d = evolve(delivery)
     d.paused = False
     if full and d.step < plan.promote_from:
         _enter(d, plan.promote_from, now)
@@ -169,7 +185,7 @@ def promote(delivery: Delivery, plan: Plan, *, now: float, full: bool = False) -
 def abort(delivery: Delivery, plan: Plan, *, now: float, reason: str) -> tuple[Delivery, list[Event]]:
     """Roll back to the stable release; the rollback plan starts from the world now."""
     _require(delivery, "abort", _ACTIVE)
-    d = delivery.model_copy(deep=True)
+    d = evolve(delivery)
     if d.stable is None:
         raise ConflictError(f"cannot abort the first delivery of {d.service}: there is no stable release")
     d.abort_world = desired_world(d, plan) or plan.steps[0].world
@@ -182,7 +198,7 @@ def abort(delivery: Delivery, plan: Plan, *, now: float, reason: str) -> tuple[D
 
 def pause(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
     _require(delivery, "pause", {Phase.PENDING, Phase.PROGRESSING, Phase.PROMOTING, Phase.PAUSED})
-    d = delivery.model_copy(deep=True)
+    d = evolve(delivery)
     d.paused = True
     d.phase = Phase.PAUSED
     return d, [Event(at=now, kind="user", message="paused")]
@@ -190,7 +206,7 @@ def pause(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
 
 def resume(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
     _require(delivery, "resume", {Phase.PAUSED, Phase.PROGRESSING, Phase.PROMOTING})
-    d = delivery.model_copy(deep=True)
+    d = evolve(delivery)
     d.paused = False
     d.progress_at = now
     return d, [Event(at=now, kind="user", message="resumed")]
@@ -199,7 +215,7 @@ def resume(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
 def retry(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
     """Start an aborted delivery again from its first step."""
     _require(delivery, "retry", {Phase.ROLLED_BACK, Phase.FAILED})
-    d = delivery.model_copy(deep=True)
+    d = evolve(delivery)
     d.phase = Phase.PENDING
     d.abort_world = None
     d.abort_reason = None
@@ -219,6 +235,9 @@ def _enter(d: Delivery, index: int, now: float) -> None:
     d.ready_at = None
     d.release_gate = False
     d.progress_at = now
+    left = [run.model_copy(update={"judge_state": {}, "since": None, "last": None})
+            for run in d.analysis.values() if not run.background]
+    d.past_analysis = [*d.past_analysis, *left]
     d.analysis = {k: run for k, run in d.analysis.items() if run.background}
 
 
@@ -233,7 +252,7 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
     """The next state of `delivery`, and what happened; moves at most one step."""
     if delivery.phase.terminal:
         return delivery, []
-    d = delivery.model_copy(deep=True)
+    d = evolve(delivery)
     now = obs.now
     events: list[Event] = []
 
