@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from openapi_spec_validator import validate
 
 from stagewise.api.server import bind, create_app, read_token
 from stagewise.controller import Controller
@@ -76,6 +77,14 @@ def test_every_mutating_route_refuses_a_missing_or_wrong_token(client: httpx.Cli
     after = client.get("/api/v1/services/shop").json()
     assert after["delivery"]["id"] == before["delivery"]["id"]
     assert after["stable"] == before["stable"]
+
+
+def test_the_openapi_document_is_valid_and_posts_are_its_only_writes(client: httpx.Client) -> None:
+    doc = client.get("/openapi.json").json()
+    validate(doc)  # raises with the offending part of the document
+    methods = {method for ops in doc["paths"].values() for method in ops}
+    # The token test above posts to every POST route: a PUT, PATCH or DELETE would escape it.
+    assert methods == {"get", "post"}, methods
 
 
 def test_the_openapi_document_names_every_verb(client: httpx.Client) -> None:

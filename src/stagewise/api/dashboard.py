@@ -1,0 +1,129 @@
+"""The web dashboard's routes: the overview, a service's delivery page, their partials, the event stream.
+
+Why this shape. The pages are HTML rendered here with Jinja2; htmx swaps in
+fresh partials when the event stream (`live`) says something changed, and
+uPlot draws the charts from JSON embedded in those partials. There is no front-end build
+step and nothing is fetched from the internet: both libraries are vendored
+under `static/vendor/` (see `scripts/vendor-frontend`).
+
+What it must never do: change state. The dashboard's routes are all GETs;
+every button posts to the documented API routes (`/api/v1/services/{name}/
+promote` and the rest), which check the token. Page handlers are plain
+functions, so Starlette runs them in its thread pool and a page for hundreds
+of services never stalls the controller loop that shares the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from stagewise.api.delivery_page import delivery_page
+from stagewise.api.live import event_stream
+from stagewise.api.overview import PHASE_ORDER, filter_rows, overview_rows, phase_counts
+from stagewise.api.security import SecurityHeaders
+from stagewise.controller import Controller
+from stagewise.errors import NotFoundError
+
+HERE = Path(__file__).parent
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _clock(at: float | None) -> str:
+    return datetime.fromtimestamp(at).strftime("%H:%M:%S") if at else "–"
+
+
+def _when(at: float | None) -> str:
+    return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S") if at else "–"
+
+
+def _iso(at: float | None) -> str:
+    return datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds") if at else ""
+
+
+_env.filters.update(clock=_clock, when=_when, iso=_iso, slug=lambda s: str(s).lower())
+
+
+def render(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    # Pages change with every state change; a cached copy would show a stale phase.
+    return HTMLResponse(_env.get_template(template).render(**context), status_code=status_code,
+                        headers={"Cache-Control": "no-store"})
+
+
+def _controller(request: Request) -> Controller:
+    c: Controller = request.app.state.controller
+    return c
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    def overview(request: Request, phase: str = "", q: str = "") -> HTMLResponse:
+        # htmx asks for the same URL it pushes into the address bar, and gets the table only;
+        # a reload, or htmx restoring history, gets the whole page.
+        partial = "HX-Request" in request.headers and "HX-History-Restore-Request" not in request.headers
+        response = render("_overview_table.html" if partial else "overview.html", **_overview(request, phase, q))
+        response.headers["Vary"] = "HX-Request"
+        return response
+
+    @router.get("/partials/overview", include_in_schema=False)
+    def overview_partial(request: Request, phase: str = "", q: str = "") -> HTMLResponse:
+        return render("_overview_table.html", **_overview(request, phase, q))
+
+    @router.get("/services/{name}", include_in_schema=False)
+    def delivery(name: str, request: Request, delivery: int | None = None) -> HTMLResponse:
+        try:
+            page = delivery_page(_controller(request), name, delivery)
+        except NotFoundError as exc:
+            return render("not_found.html", 404, message=str(exc))
+        return render("delivery.html", page=page, selected=delivery)
+
+    @router.get("/partials/services/{name}", include_in_schema=False)
+    def delivery_partial(name: str, request: Request, delivery: int | None = None) -> HTMLResponse:
+        try:
+            page = delivery_page(_controller(request), name, delivery)
+        except NotFoundError as exc:
+            return render("not_found.html", 404, message=str(exc))
+        return render("_delivery_live.html", page=page, selected=delivery)
+
+    @router.get("/api/v1/events/stream", summary="Server-sent events: a `change` event when the view changes",
+                description="Without `service`: when a delivery starts, moves a step, pauses or ends (the "
+                            "overview). With `service`: when anything its delivery page shows changes.",
+                response_class=StreamingResponse,
+                responses={200: {"content": {"text/event-stream": {}},
+                                 "description": "An event stream; with `service`, only that service's changes"}})
+    async def events_stream(request: Request, service: str | None = None) -> StreamingResponse:
+        return StreamingResponse(event_stream(request, service), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    return router
+
+
+def _overview(request: Request, phase: str, query: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    rows = overview_rows(_controller(request))
+    shown = filter_rows(rows, phase=phase, query=query)
+    return {"rows": shown, "counts": phase_counts(rows), "phase": phase, "q": query, "phases": PHASE_ORDER,
+            "total": len(rows), "elapsed_ms": (time.perf_counter() - started) * 1000}
+
+
+def install_dashboard(app: FastAPI) -> None:
+    """Mount the dashboard on `app`: its pages, its static files and the security headers."""
+    app.include_router(build_router())
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(SecurityHeaders)
