@@ -366,54 +366,12 @@ def test_uniformly_half_a_millisecond_slower_at_two_ms_passes_thanks_to_the_floo
     assert verdict.outcome is Outcome.FAILED
 
 
-def test_latency_rungs_start_at_the_floor_and_double() -> None:
+def test_latency_rungs_start_at_the_floor_and_take_every_bound() -> None:
+    # every bound, 25 % apart: a doubling ladder stepped over the narrow band where a tail-only shift shows
     ladder = [LATENCY_BOUNDS_MS[i] for i in rungs()]
     assert 5.0 <= ladder[0] < 7.0
-    assert all(1.9 < b / a < 2.0 for a, b in itertools.pairwise(ladder))
+    assert all(1.24 < b / a < 1.26 for a, b in itertools.pairwise(ladder))
     assert ladder[-1] == LATENCY_BOUNDS_MS[-1]
-
-
-# ---- other judges ---------------------------------------------------------------------------------
-
-
-def test_mannwhitney_is_inconclusive_until_it_exists() -> None:
-    template = AnalysisTemplate(judge="mannwhitney")
-    state, verdict = judge(
-        template, {"x": 1}, ReleaseStats(requests=5), ReleaseStats(requests=5), elapsed=60, duration=60
-    )
-    assert verdict.outcome is Outcome.INCONCLUSIVE
-    assert "judge mannwhitney is not available yet" in verdict.message
-    assert state == {"x": 1}
-
-
-def test_threshold_fails_above_its_limit_and_passes_below() -> None:
-    template = AnalysisTemplate(judge="threshold", margin=0.05, min_requests=50)
-    state, verdict = judge(
-        template, {}, ReleaseStats(requests=100), ReleaseStats(requests=20, errors=5), elapsed=1, duration=10
-    )
-    assert verdict.outcome is Outcome.RUNNING  # 25% of 20 requests: too few to judge
-    state, verdict = judge(
-        template,
-        state,
-        ReleaseStats(requests=100),
-        ReleaseStats(requests=40, errors=0),
-        elapsed=2,
-        duration=10,
-    )
-    assert verdict.outcome is Outcome.FAILED and "limit 5.0%" in verdict.message
-    state, verdict = judge(
-        template,
-        {},
-        ReleaseStats(requests=100),
-        ReleaseStats(requests=100, errors=2),
-        elapsed=10,
-        duration=10,
-    )
-    assert verdict.outcome is Outcome.SUCCESSFUL
-    _, verdict = judge(
-        AnalysisTemplate(judge="threshold"), {}, ReleaseStats(), ReleaseStats(), elapsed=1, duration=None
-    )
-    assert verdict.outcome is Outcome.INCONCLUSIVE and "needs margin" in verdict.message
 
 
 # ---- properties ---------------------------------------------------------------------------------

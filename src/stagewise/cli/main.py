@@ -232,11 +232,18 @@ def history(service: ServiceArg, state: StateOpt = DEFAULT_STATE,
 
 
 @app.command()
-def demo(as_json: bool = typer.Option(False, "--json", help="Print the results as JSON.")) -> None:
+def demo(
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    router: str = typer.Option("builtin", "--router", help="The data plane: builtin, haproxy or nginx."),
+) -> None:
     """Watch a good release promoted and bad ones rolled back, on this machine."""
     from stagewise.cli.demo import run_demo
+    from stagewise.routers import ROUTER_KINDS
 
-    code = run_demo(as_json=as_json, console=out)
+    if router not in ROUTER_KINDS:
+        err.print(f"--router {router}: expected one of {', '.join(ROUTER_KINDS)}")
+        raise typer.Exit(2)
+    code = run_demo(as_json=as_json, console=out, router=router)
     raise typer.Exit(code)
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stagewise.analysis.judges.runs import judge_runs
+from stagewise.controller.measure import Measurer, measure_and_judge
 from stagewise.controller.reconcile import Applied, make_world, note_boot
 from stagewise.core import delivery as machine
 from stagewise.core.delivery import Delivery, Event, Observation, Phase
@@ -56,16 +56,21 @@ class Controller:
         self._locks: dict[str, asyncio.Lock] = {}
         self._applied = Applied()
         self._errors: dict[str, str] = {}
+        self._measurer = Measurer()
+        """Measurements of prometheus, http and command providers in flight (controller/measure.py)."""
         self.changed = asyncio.Event()
         """Set whenever a delivery's state changes (for live views)."""
 
     # --- drivers ------------------------------------------------------------------------
 
     def router(self, spec: ServiceSpec) -> Router:
-        kind = spec.spec.router.kind
-        if kind not in self._routers:
-            self._routers[kind] = get_router(kind, state_dir=self.state_dir)
-        return self._routers[kind]
+        options = spec.spec.router
+        # an external HAProxy (socket + backend) is a router of its own; every other kind is one per controller
+        key = options.kind if options.socket is None else f"{options.kind}:{options.socket}:{options.backend}"
+        if key not in self._routers:
+            self._routers[key] = get_router(options.kind, state_dir=self.state_dir, socket=options.socket,
+                                            backend=options.backend)
+        return self._routers[key]
 
     def platform(self, spec: ServiceSpec) -> Platform:
         kind = spec.spec.platform.kind
@@ -81,6 +86,7 @@ class Controller:
             await r.close()
         for p in self._platforms.values():
             await p.close()
+        await self._measurer.close()
         self.store.close()
 
     # --- the loop -------------------------------------------------------------------------
@@ -132,7 +138,7 @@ class Controller:
         world: World | None
         if active is not None:
             plan = self.plan(active)
-            judged = judge_runs(active, stats, now)
+            judged = await measure_and_judge(self._measurer, active, stats, now)
             obs = Observation(
                 now=now,
                 ready={r: sum(1 for i in view.instances if i.release == r and i.state == "ready") for r in releases},

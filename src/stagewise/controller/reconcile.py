@@ -78,6 +78,7 @@ def build_table(spec: ServiceSpec, world: World, endpoints: list[Instance]) -> R
         header_routes=tuple(header_routes),
         preview_listen=preview_listen,
         preview_release=preview_release,
+        metrics_listen=spec.spec.router.metrics_listen,
     )
 
 

@@ -74,6 +74,8 @@ class RouteTable(Frozen):
     header_routes: tuple[HeaderRoute, ...] = ()
     preview_listen: str | None = None
     preview_release: str | None = None
+    metrics_listen: str | None = None
+    """Where the data plane also serves its /metrics over TCP (builtin: when it starts); none: not at all."""
 
     @model_validator(mode="after")
     def _weights_sum(self) -> RouteTable:

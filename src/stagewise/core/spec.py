@@ -73,9 +73,21 @@ class RouterSpec(Model):
     kind: Literal["builtin", "haproxy", "nginx"] = "builtin"
     """Which data plane splits the traffic."""
     socket: str | None = None
-    """haproxy, external mode: the admin socket of a running HAProxy."""
+    """haproxy, external mode: the admin socket (level admin) of an HAProxy you run; with `backend`.
+    Without both, stagewise runs an HAProxy of its own for the service (managed mode)."""
     backend: str | None = None
-    """haproxy, external mode: the backend stagewise manages."""
+    """haproxy, external mode: the backend whose servers and weights stagewise manages (weights only:
+    header routes, cohorts and a preview listener need managed mode)."""
+    metrics_listen: Listen | None = None
+    """builtin: also serve the router's /metrics over TCP at this host:port, for Prometheus to scrape."""
+
+    @model_validator(mode="after")
+    def _external_haproxy(self) -> RouterSpec:
+        if (self.socket is None) != (self.backend is None):
+            raise ValueError("socket and backend go together: they attach to an HAProxy you run")
+        if self.socket is not None and self.kind != "haproxy":
+            raise ValueError(f"socket and backend are for kind: haproxy, not {self.kind}")
+        return self
 
 
 class PlatformSpec(Model):
@@ -353,7 +365,7 @@ class AnalysisTemplate(Model):
     failure_limit: Annotated[int, Field(ge=1)] = 1
     """threshold, mannwhitney: failed checks that fail the run (Flagger's threshold, Argo's failureLimit + 1)."""
     threshold_range: ThresholdRange | None = None
-    """threshold: the range the value must stay in (error rate as a fraction, latency in ms; http, command: {max: 0})."""
+    """threshold: the range the value stays in (error rate as a fraction, latency in ms; http, command: {max: 0})."""
     quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99
     """threshold, latency from counts: which latency quantile is held to thresholdRange."""
     allowed_increase: Annotated[float, Field(ge=1)] = 1.0
@@ -373,10 +385,9 @@ class AnalysisTemplate(Model):
 
     @model_validator(mode="after")
     def _provider_fits(self) -> AnalysisTemplate:
-        if self.provider in ("http", "command") or self.query:
-            if self.judge != "threshold":
-                source = "a PromQL query" if self.query else f"the {self.provider} provider"
-                raise ValueError(f"{source} gives one value per check: use judge: threshold with a thresholdRange")
+        if (self.provider in ("http", "command") or self.query) and self.judge != "threshold":
+            source = "a PromQL query" if self.query else f"the {self.provider} provider"
+            raise ValueError(f"{source} gives one value per check: use judge: threshold with a thresholdRange")
         if self.provider == "http" and not self.url:
             raise ValueError("provider http needs url")
         if self.provider == "command" and not self.args:

@@ -1,31 +1,64 @@
-"""Feed the router's counters to the judges of a delivery's analysis runs.
+"""Feed measurements to the judges of a delivery's analysis runs.
 
-Each run remembers the counters it last saw; the judges get what arrived
-since (increments), so a check after every tick costs the same however long
-the run has been going. Baseline and candidate are measured over the same
-interval — never before against after.
+Each run remembers the router counters it last saw; the judges get what
+arrived since (increments), so a check after every tick costs the same however
+long the run has been going. Baseline and candidate are measured over the same
+interval — never before against after. Templates with another provider
+(prometheus, http, command) get what the controller measured for them on this
+tick (`Measured`: increments, or one value per release), and nothing on the
+ticks in between; the last thing the provider said stays in the evidence.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from stagewise.analysis.judges import judge
-from stagewise.core.delivery import AnalysisRun, Delivery, Phase
+from stagewise.analysis.judges import Values, judge
+from stagewise.core.delivery import AnalysisRun, Delivery, Phase, evolve
+from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import ReleaseStats, RouterStats
-from stagewise.core.verdict import Outcome, combine
+from stagewise.core.verdict import Outcome, Verdict, combine
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a provider measured for one template of one run, on this tick."""
+
+    baseline: ReleaseStats = field(default_factory=ReleaseStats)
+    """Increment since the provider's previous measurement."""
+    candidate: ReleaseStats = field(default_factory=ReleaseStats)
+    values: Values | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    """The provider could not measure: why, in its words."""
+
+
+PROVIDER_NOTE = "@provider"
+"""judge_state key suffix under which the last measurement of a template is kept."""
 
 HISTORY_POINTS = 600
 """Points kept per run for charts; older ones are thinned out."""
 
 
-def judge_runs(delivery: Delivery, stats: RouterStats | None, now: float) -> Delivery:
-    """The delivery with every undecided analysis run judged on the counters in `stats`."""
+def judge_runs(
+    delivery: Delivery,
+    stats: RouterStats | None,
+    now: float,
+    measured: Mapping[tuple[str, str], Measured] | None = None,
+) -> Delivery:
+    """The delivery with every undecided analysis run judged on `stats` and what providers `measured`.
+
+    `measured` is keyed by (run key, template name).
+    """
     if stats is None or delivery.stable is None or delivery.phase is Phase.ABORTING:
         return delivery
+    measured = measured or {}
     if not any(_open(run) for run in delivery.analysis.values()):
         return delivery
-    d = delivery.model_copy(deep=True)
+    d = evolve(delivery)
     baseline, candidate = d.stable.version if d.stable else "", d.candidate.version
     for run in d.analysis.values():
         if not _open(run):
@@ -38,8 +71,11 @@ def judge_runs(delivery: Delivery, stats: RouterStats | None, now: float) -> Del
         verdicts = []
         for name in run.templates:
             template = d.spec.spec.analysis[name]
-            state, verdict = judge(template, run.judge_state.get(name, {}), b, c,
-                                   elapsed=now - run.started_at, duration=run.duration)
+            if template.provider == "router":
+                state, verdict = judge(template, run.judge_state.get(name, {}), b, c,
+                                       elapsed=now - run.started_at, duration=run.duration)
+            else:
+                state, verdict = _judge_measured(run, name, template, measured.get((run.key, name)), now)
             run.judge_state[name] = state
             verdicts.append(verdict)
         run.verdict = combine(verdicts)
@@ -48,13 +84,38 @@ def judge_runs(delivery: Delivery, stats: RouterStats | None, now: float) -> Del
     return d
 
 
+def _judge_measured(
+    run: AnalysisRun, name: str, template: AnalysisTemplate, m: Measured | None, now: float
+) -> tuple[dict[str, Any], Verdict]:
+    """Judge a template whose numbers come from a provider; keep its last word in the evidence."""
+    template_state = run.judge_state.get(name, {})
+    note_key = name + PROVIDER_NOTE
+    if m is not None:
+        run.judge_state[note_key] = {"at": round(now, 3), "evidence": m.evidence, "error": m.error}
+    values = m.values if m is not None else None
+    if m is not None and m.error is not None and values is None:
+        values = (None, None)  # a check without data, so the deadline and noData apply
+    empty = ReleaseStats()
+    state, verdict = judge(template, template_state, m.baseline if m else empty, m.candidate if m else empty,
+                           elapsed=now - run.started_at, duration=run.duration, values=values)
+    note = run.judge_state.get(note_key)
+    if note:
+        evidence = {**verdict.evidence, "measurement": note}
+        message = verdict.message
+        if note.get("error") and verdict.outcome is not Outcome.SUCCESSFUL:
+            message = f"{message}; last measurement failed: {note['error']}"
+        verdict = verdict.model_copy(update={"evidence": evidence, "message": message})
+    return state, verdict
+
+
 def _open(run: AnalysisRun) -> bool:
     return run.verdict.outcome in (Outcome.RUNNING, Outcome.NO_DATA)
 
 
 def _record(run: AnalysisRun, stats: RouterStats, now: float, baseline: str, candidate: str) -> None:
-    if run.history and now - run.history[-1]["t"] < 1.0:
-        return
+    final = run.verdict.outcome in (Outcome.FAILED, Outcome.SUCCESSFUL)
+    if run.history and now - run.history[-1]["t"] < 1.0 and not final:
+        return  # thinned to a point a second; the deciding point is always kept, for the charts
     window = stats.since(run.since)
     b, c = window.release(baseline), window.release(candidate)
     run.history.append({

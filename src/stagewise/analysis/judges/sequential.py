@@ -193,12 +193,17 @@ def decide(
         return Outcome.SUCCESSFUL, ""
     parts = [f"{arm} {n:,} of {need:,}" for arm, n in zip(ARMS, requests, strict=True) if n < need]
     parts[0] += " requests needed"
-    lack = f"too little traffic to judge after {elapsed:g}s: {', '.join(parts)}"
+    lack = f"too little traffic to judge after {fmt_seconds(elapsed)}: {', '.join(parts)}"
     if template.no_data == "fail":
         return Outcome.FAILED, f"{lack}; failing (noData: fail)"
     if template.no_data == "pass":
         return Outcome.SUCCESSFUL, f"{lack}; passing without evidence (noData: pass)"
     return Outcome.NO_DATA, f"{lack}; waiting for more (noData: wait)"
+
+
+def fmt_seconds(seconds: float) -> str:
+    """`2.2s`, `60s`, `1234.5s`: a tenth of a second is as precise as a person needs here."""
+    return f"{seconds:.1f}".rstrip("0").rstrip(".") + "s"
 
 
 def finished(outcome: Outcome) -> bool:

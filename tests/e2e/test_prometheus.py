@@ -1,0 +1,72 @@
+"""A canary judged by a real Prometheus scraping the builtin router's /metrics, rolled back on a bad release.
+
+The whole chain is real: `stagewise server` starts the builtin router with
+`metricsListen`, Prometheus (Debian's package, on loopback) scrapes it every
+second, and the analysis asks Prometheus — not the router — for the
+candidate's error ratio over `{{window}}`. v3 fails a fifth of its requests.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stagewise.examples.load import LoadInBackground
+from tests.e2e.conftest import BAD_FLAGS, SERVICE, Stagewise
+from tests.providers.prom import free_port, running_prometheus, wait_for_series
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+ERROR_RATIO = (
+    'sum(rate(stagewise_router_errors_total{service="{{service}}",release="{{release}}"}[{{window}}]))'
+    ' / sum(rate(stagewise_router_requests_total{service="{{service}}",release="{{release}}"}[{{window}}]))'
+)
+
+
+def spec(sw: Stagewise, version: str, strategy: dict[str, Any], metrics: str, prometheus: str) -> str:
+    command = [sys.executable, "-m", "stagewise.examples.sample_service", "--port", "{port}",
+               "--version", version, *BAD_FLAGS.get(version, [])]
+    return json.dumps({
+        "apiVersion": "stagewise.dev/v1alpha1", "kind": "Service", "metadata": {"name": SERVICE},
+        "spec": {
+            "listen": sw.listen, "replicas": 2,
+            "router": {"kind": "builtin", "metricsListen": metrics},
+            "release": {"version": version, "run": {"command": command},
+                        "readiness": {"http": "/healthz", "timeout": "10s"}},
+            "strategy": strategy,
+            "analysis": {"errors": {
+                "provider": "prometheus", "address": prometheus, "query": ERROR_RATIO,
+                "judge": "threshold", "thresholdRange": {"max": 0.05}, "interval": "4s", "failureLimit": 2,
+            }},
+            "progressDeadline": "60s",
+        },
+    })
+
+
+def test_a_canary_judged_by_prometheus_is_rolled_back(stagewise: Stagewise, tmp_path: Path) -> None:
+    metrics = f"127.0.0.1:{free_port()}"
+    with running_prometheus(tmp_path / "prometheus", [metrics]) as prometheus:
+        assert stagewise.client is not None
+        stagewise.client.post("/api/v1/apply", {"spec": spec(stagewise, "v1", {"full": {}}, metrics, prometheus),
+                                                "filename": "v1.yaml"})
+        assert stagewise.wait()["phase"] == "Succeeded"
+        load = LoadInBackground(stagewise.url, connections=4, rate=200, max_seconds=120, max_requests=30_000).start()
+        try:
+            wait_for_series(prometheus, f'stagewise_router_requests_total{{service="{SERVICE}",release="v1"}}')
+            canary = {"canary": {"steps": [{"setWeight": 50},
+                                           {"analysis": {"templates": ["errors"], "duration": "40s"}}]}}
+            stagewise.client.post("/api/v1/apply", {"spec": spec(stagewise, "v3", canary, metrics, prometheus),
+                                                    "filename": "v3.yaml"})
+            status = stagewise.wait(timeout=120)
+        finally:
+            report = load.stop()
+    delivery = status["delivery"]
+    print("abort reason:", delivery.get("abort_reason"))  # shown with -s: what Prometheus made the judge say
+    assert status["phase"] == "RolledBack", json.dumps(delivery, indent=1)[:3000] + stagewise.log()
+    assert "the candidate's query value out of range" in delivery["abort_reason"]
+    assert status["stable"] == "v1"
+    assert report.by_version.get("v3", 0) > 0, "the bad release was never tried"

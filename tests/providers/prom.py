@@ -1,0 +1,93 @@
+"""A real Prometheus (Debian's `prometheus` package) on a loopback port, for the tests that need one.
+
+The test starts it with a config of its own and its storage in a temporary
+folder, and stops it at the end. Where the binary is missing the test skips —
+except under CI (CI=true), where a missing Prometheus fails: CI installs it
+through scripts/system-packages, and a test that silently skips there proves
+nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+SCRAPE_INTERVAL = "1s"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus") else None)
+    if found is None:
+        message = "prometheus is not installed (Debian package `prometheus`, listed in scripts/system-packages)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@contextmanager
+def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.0) -> Iterator[str]:
+    """A Prometheus scraping `targets` (host:port, path /metrics) every second; yields its base URL."""
+    binary = prometheus_binary()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "prometheus.yml"
+    listed = ", ".join(f'"{t}"' for t in targets)
+    config.write_text(
+        f"global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n"
+        f"scrape_configs:\n  - job_name: stagewise\n    static_configs:\n      - targets: [{listed}]\n"
+    )
+    address = f"127.0.0.1:{free_port()}"
+    with open(folder / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
+             f"--web.listen-address={address}", "--storage.tsdb.retention.time=1h"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://{address}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, "prometheus exited:\n" + (folder / "prometheus.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            log_tail = (folder / "prometheus.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "prometheus not ready:\n" + log_tail
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def wait_for_series(url: str, promql: str, *, timeout: float = 20.0) -> None:
+    """Until `promql` returns a sample: the first scrapes have landed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=2.0).json()
+        if body.get("status") == "success" and body["data"]["result"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no samples for {promql} after {timeout}s")

@@ -1,0 +1,178 @@
+"""The providers against the real thing: a real Prometheus scraping a real exporter, a real HTTP
+server, real programs. No provider is faked here."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from stagewise.analysis.providers import Target, fill, get_provider
+from stagewise.analysis.providers.router import RouterProvider
+from stagewise.core.spec import AnalysisTemplate
+from stagewise.core.stats import ReleaseStats, RouterStats
+from stagewise.errors import ProviderError, UnknownDriverError
+from tests.providers.prom import free_port, running_prometheus, wait_for_series
+
+pytestmark = pytest.mark.timeout(90)
+
+TARGET = Target(service="shop", baseline="v1", candidate="v2", window=30)
+EXPOSITION = """\
+# TYPE stagewise_router_requests_total counter
+stagewise_router_requests_total{service="shop",release="v1"} 1000
+stagewise_router_requests_total{service="shop",release="v2"} 200
+# TYPE stagewise_router_errors_total counter
+stagewise_router_errors_total{service="shop",release="v1"} 10
+stagewise_router_errors_total{service="shop",release="v2"} 30
+# TYPE stagewise_router_request_duration_seconds histogram
+stagewise_router_request_duration_seconds_bucket{service="shop",release="v1",le="0.0138778"} 900
+stagewise_router_request_duration_seconds_bucket{service="shop",release="v1",le="+Inf"} 1000
+stagewise_router_request_duration_seconds_sum{service="shop",release="v1"} 9.5
+stagewise_router_request_duration_seconds_count{service="shop",release="v1"} 1000
+stagewise_router_request_duration_seconds_bucket{service="shop",release="v2",le="0.0138778"} 100
+stagewise_router_request_duration_seconds_bucket{service="shop",release="v2",le="+Inf"} 200
+stagewise_router_request_duration_seconds_sum{service="shop",release="v2"} 4.0
+stagewise_router_request_duration_seconds_count{service="shop",release="v2"} 200
+"""
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path == "/metrics":
+            body, status = EXPOSITION.encode(), 200
+        elif self.path.startswith("/status/"):
+            body, status = b"as asked", int(self.path.rsplit("/", 1)[1])
+        elif self.path == "/slow":
+            threading.Event().wait(0.5)
+            body, status = b"late", 200
+        else:
+            body, status = b"v2 ok", 200 if self.path == "/v2/healthz" else 404
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def prometheus(web: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), [web]) as url:
+        wait_for_series(url, "stagewise_router_requests_total")
+        yield url
+
+
+def measure(template: AnalysisTemplate, target: Target = TARGET):  # type: ignore[no-untyped-def]
+    return asyncio.run(get_provider(template.provider).measure(template=template, target=target))
+
+
+def test_prometheus_query_gives_one_value_per_release(prometheus: str) -> None:
+    template = AnalysisTemplate(
+        provider="prometheus", address=prometheus, judge="threshold", threshold_range={"max": 0.05},
+        query='sum(stagewise_router_errors_total{service="{{service}}",release="{{release}}"})'
+              ' / sum(stagewise_router_requests_total{service="{{service}}",release="{{release}}"})',
+    )
+    m = measure(template)
+    assert m.values == (pytest.approx(0.01), pytest.approx(0.15))
+    assert 'release="v2"' in m.evidence["queries"]["v2"]
+
+
+def test_prometheus_counts_mode_reads_the_router_metrics(prometheus: str) -> None:
+    m = measure(AnalysisTemplate(provider="prometheus", address=prometheus, metric="latency"))
+    assert m.counts is not None
+    baseline, candidate = m.counts
+    assert (baseline.requests, baseline.errors, candidate.requests, candidate.errors) == (1000, 10, 200, 30)
+    assert sum(baseline.latency_buckets) == 1000 and sum(candidate.latency_buckets) == 200
+    assert candidate.quantile_ms(0.4) == pytest.approx(13.8778)  # the le="0.0138778" bucket
+
+
+def test_prometheus_empty_result_is_no_data(prometheus: str) -> None:
+    template = AnalysisTemplate(provider="prometheus", address=prometheus, judge="threshold",
+                                query='sum(no_such_metric{release="{{release}}"})')
+    assert measure(template).values == (None, None)
+
+
+def test_prometheus_errors_are_reported_in_its_words(prometheus: str) -> None:
+    template = AnalysisTemplate(provider="prometheus", address=prometheus, judge="threshold", query="sum(rate(x[",)
+    with pytest.raises(ProviderError, match="bad_data"):
+        measure(template)
+
+
+def test_prometheus_unreachable_is_a_provider_error() -> None:
+    template = AnalysisTemplate(provider="prometheus", address=f"http://127.0.0.1:{free_port()}",
+                                judge="threshold", query="up")
+    with pytest.raises(ProviderError, match="did not answer"):
+        measure(template)
+
+
+def test_http_probe_passes_on_expected_status_and_fails_otherwise(web: str) -> None:
+    ok = measure(AnalysisTemplate(provider="http", judge="threshold", url=f"http://{web}/{{{{release}}}}/healthz"))
+    assert ok.values == (None, 0.0) and ok.evidence["status"] == 200 and ok.evidence["url"].endswith("/v2/healthz")
+    bad = measure(AnalysisTemplate(provider="http", judge="threshold", url=f"http://{web}/status/503"))
+    assert bad.values == (None, 1.0) and bad.evidence["status"] == 503
+    allowed = measure(AnalysisTemplate(provider="http", judge="threshold", url=f"http://{web}/status/503",
+                                       expected_status=[503]))
+    assert allowed.values == (None, 0.0)
+
+
+def test_http_probe_slower_than_its_limit_or_refused_fails(web: str) -> None:
+    slow = measure(AnalysisTemplate(provider="http", judge="threshold", url=f"http://{web}/slow", latency_limit=0.1))
+    assert slow.values == (None, 1.0) and "Timeout" in slow.evidence["error"]
+    refused = measure(AnalysisTemplate(provider="http", judge="threshold", url=f"http://127.0.0.1:{free_port()}/"))
+    assert refused.values == (None, 1.0) and "Connect" in refused.evidence["error"]
+
+
+def test_command_exit_status_decides_and_output_is_kept() -> None:
+    ok = measure(AnalysisTemplate(provider="command", judge="threshold",
+                                  args=[sys.executable, "-c", "import os; print(os.environ['STAGEWISE_CANDIDATE'])"]))
+    assert ok.values == (None, 0.0) and ok.evidence["output"].strip() == "v2"
+    bad = measure(AnalysisTemplate(provider="command", judge="threshold",
+                                   args=[sys.executable, "-c", "print('smoke: cart is empty'); raise SystemExit(3)",
+                                         "{{release}}"]))
+    assert bad.values == (None, 1.0) and bad.evidence["exit_status"] == 3
+    assert "cart is empty" in bad.evidence["output"] and bad.evidence["argv"][-1] == "v2"
+
+
+def test_command_past_its_timeout_is_killed_and_fails() -> None:
+    m = measure(AnalysisTemplate(provider="command", judge="threshold", latency_limit=0.3,
+                                 args=[sys.executable, "-c", "import time; time.sleep(30)"]))
+    assert m.values == (None, 1.0) and m.evidence["timed_out"] is True and m.evidence["seconds"] < 10
+
+
+def test_command_that_cannot_start_is_a_provider_error(tmp_path: Path) -> None:
+    with pytest.raises(ProviderError, match="cannot run"):
+        measure(AnalysisTemplate(provider="command", judge="threshold", args=[str(tmp_path / "missing")]))
+
+
+def test_router_provider_picks_the_two_releases() -> None:
+    stats = RouterStats(boot="b", releases={"v1": ReleaseStats(requests=5), "v2": ReleaseStats(requests=7)})
+    m = asyncio.run(RouterProvider(stats).measure(template=AnalysisTemplate(), target=TARGET))
+    assert m.counts is not None and (m.counts[0].requests, m.counts[1].requests) == (5, 7)
+    with pytest.raises(ProviderError):
+        asyncio.run(RouterProvider(None).measure(template=AnalysisTemplate(), target=TARGET))
+
+
+def test_placeholders_and_unknown_providers() -> None:
+    assert fill("{{ service }}/{{release}}[{{window}}] {{baseline}}>{{candidate}}", target=TARGET,
+                release="v2") == "shop/v2[30s] v1>v2"
+    with pytest.raises(UnknownDriverError, match="expected one of: command, http, prometheus"):
+        get_provider("graphite")
