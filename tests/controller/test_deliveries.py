@@ -167,3 +167,13 @@ async def test_long_pauses_and_analyses_are_not_cut_short_by_the_progress_deadli
         {"analysis": {"templates": ["errors"], "duration": "3m"}},
     ]}}
     assert await world.deliver("v2", strategy, progressDeadline="1m") is Phase.SUCCEEDED
+
+
+async def test_analysis_measurements_are_stored(world: World) -> None:
+    assert await world.deliver("v2", CANARY) is Phase.SUCCEEDED
+    latest = world.controller.store.latest_delivery("shop")
+    assert latest is not None
+    rows = world.controller.store.measurements(latest.id)
+    assert {r.release for r in rows} == {"v1", "v2"}
+    assert {"requests", "errors"} <= {r.metric for r in rows}
+    assert max(r.value for r in rows if r.metric == "requests" and r.release == "v2") > 100

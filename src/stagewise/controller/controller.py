@@ -28,7 +28,7 @@ from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.errors import ConflictError, NotFoundError, StagewiseError, TemporaryError
 from stagewise.platforms import Platform, get_platform
 from stagewise.routers import Router, get_router
-from stagewise.store import Store, open_store
+from stagewise.store import Measurement, Store, open_store
 from stagewise.strategies import compile_plan
 
 log = logging.getLogger("stagewise.controller")
@@ -153,6 +153,7 @@ class Controller:
             update = _service_after(record, moved, now)
             if moved != active or events:
                 self.store.save_delivery(moved, events, update)
+                self.store.add_measurements(_new_measurements(active, moved))
                 self.changed.set()
             world = machine.desired_world(moved, plan)
             if moved.phase.terminal:
@@ -247,6 +248,26 @@ class Controller:
                 delivery, [Event(at=now, kind="user", message=f"undo: back to {previous.version}")], record)
             self.changed.set()
             return delivery
+
+
+def _new_measurements(before: Delivery, after: Delivery) -> list[Measurement]:
+    """Rows for the analysis points taken this tick: requests, errors and latency per release."""
+    rows: list[Measurement] = []
+    if after.stable is None:
+        return rows
+    names = {"baseline": after.stable.version, "candidate": after.candidate.version}
+    for key, run in after.analysis.items():
+        seen = len(before.analysis[key].history) if key in before.analysis else 0
+        for point in run.history[seen:]:
+            for arm, release in names.items():
+                values = point.get(arm)
+                if not isinstance(values, dict):
+                    continue
+                for metric, value in values.items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        rows.append(Measurement(delivery_id=after.id, at=float(point["t"]), run=key,
+                                                release=release, metric=metric, value=float(value)))
+    return rows
 
 
 def steady_world(record: ServiceRecord) -> World | None:
