@@ -21,7 +21,8 @@ import pytest
 from stagewise.cli.client import Client, Unreachable
 from stagewise.core.stats import RouterStats
 from stagewise.platforms.local import LocalPlatform
-from stagewise.routers.builtin import BuiltinRouter
+from stagewise.routers import get_router
+from tests.routers.programs import need_router
 
 SERVICE = "shop"
 TERMINAL = {"Succeeded", "RolledBack", "Failed"}
@@ -36,13 +37,13 @@ def free_port() -> int:
 
 
 def spec_json(listen: str, version: str, strategy: dict[str, Any], *, replicas: int = 2,
-              deadline: str = "30s", command: list[str] | None = None) -> str:
+              deadline: str = "30s", command: list[str] | None = None, router: str = "builtin") -> str:
     command = command or [sys.executable, "-m", "stagewise.examples.sample_service", "--port", "{port}",
                           "--version", version, *BAD_FLAGS.get(version, [])]
     return json.dumps({
         "apiVersion": "stagewise.dev/v1alpha1", "kind": "Service", "metadata": {"name": SERVICE},
         "spec": {
-            "listen": listen, "replicas": replicas,
+            "listen": listen, "replicas": replicas, "router": {"kind": router},
             "release": {"version": version, "run": {"command": command},
                         "readiness": {"http": "/healthz", "timeout": "10s"}},
             "strategy": strategy,
@@ -55,8 +56,10 @@ def spec_json(listen: str, version: str, strategy: dict[str, Any], *, replicas: 
 class Stagewise:
     """A state directory, a server process on it that can be killed and restarted, and its service."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, router: str = "builtin") -> None:
         self.root = root
+        self.router = router
+        """The kind of router the service's specs ask for (builtin, haproxy, nginx)."""
         self.state = root / "state"
         self.state.mkdir(parents=True)
         self.listen = f"127.0.0.1:{free_port()}"
@@ -118,7 +121,7 @@ class Stagewise:
     def apply(self, version: str, strategy: dict[str, Any], **options: Any) -> dict[str, Any]:
         assert self.client is not None
         result: dict[str, Any] = self.client.post(
-            "/api/v1/apply", {"spec": spec_json(self.listen, version, strategy, **options),
+            "/api/v1/apply", {"spec": spec_json(self.listen, version, strategy, **{"router": self.router, **options}),
                               "filename": f"{version}.yaml"})
         return result
 
@@ -140,7 +143,7 @@ class Stagewise:
 
     def router_stats(self) -> RouterStats:
         async def get() -> RouterStats:
-            router = BuiltinRouter(state_dir=self.state)
+            router = get_router(self.router, state_dir=self.state)
             try:
                 return await router.stats(service=SERVICE)
             finally:
@@ -152,7 +155,7 @@ class Stagewise:
 
         async def stop_all() -> None:
             platform = LocalPlatform(state_dir=self.state)
-            router = BuiltinRouter(state_dir=self.state)
+            router = get_router(self.router, state_dir=self.state)
             try:
                 view = await platform.observe(service=SERVICE, releases={})
                 await platform.stop(service=SERVICE, ids=[i.id for i in view.instances], grace=2)
@@ -164,9 +167,12 @@ class Stagewise:
 
 
 @pytest.fixture
-def stagewise() -> Iterator[Stagewise]:
+def stagewise(request: pytest.FixtureRequest) -> Iterator[Stagewise]:
+    """A running server; its services use the builtin router, or the kind given by indirect parametrisation."""
+    router = getattr(request, "param", "builtin")
+    need_router(router)
     root = Path(tempfile.mkdtemp(prefix="sw-e2e-", dir="/tmp"))
-    sw = Stagewise(root)
+    sw = Stagewise(root, router)
     try:
         sw.start()
         yield sw

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -32,6 +33,9 @@ COHORTS: dict[str, Any] = {"phased": {"cohorts": {"key": {"header": "X-User"}, "
                                       "analysis": {"templates": ["errors"], "duration": "3s"}}}
 FULL: dict[str, Any] = {"full": {}}
 STRATEGIES = {"canary": CANARY, "blue-green": BLUE_GREEN, "waves": WAVES, "cohorts": COHORTS, "full": FULL}
+ROUTERS = ["builtin", "haproxy", "nginx"]
+"""Every strategy runs through each router (the `stagewise` fixture starts the service on that kind)."""
+by_router = pytest.mark.parametrize("stagewise", ROUTERS, indirect=True)
 
 
 def headers(i: int) -> dict[str, str]:
@@ -50,8 +54,30 @@ def users(sw: Stagewise) -> LoadInBackground:
 def first_release(sw: Stagewise) -> None:
     sw.apply("v1", FULL)
     assert sw.wait()["phase"] == "Succeeded"
+    wait_serving(sw, "v1")
 
 
+def wait_serving(sw: Stagewise, version: str, timeout: float = 10.0, steady: float = 0.3) -> None:
+    """Until the router has answered with `version` for `steady` seconds: a delivery succeeds once its
+    instances are ready, and the controller applies the route table right after — nginx takes a
+    reload to follow, during which its old worker still accepts connections for 100 ms."""
+    deadline = time.monotonic() + timeout
+    since: float | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(sw.url, timeout=2) as response:
+                ok = response.headers.get("X-Version") == version
+        except OSError:
+            ok = False
+        now = time.monotonic()
+        since = (since or now) if ok else None
+        if since is not None and now - since >= steady:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the router did not serve {version} steadily within {timeout} s")
+
+
+@by_router
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_a_good_release_is_delivered(stagewise: Stagewise, name: str) -> None:
     first_release(stagewise)
@@ -73,6 +99,7 @@ def test_a_good_release_is_delivered(stagewise: Stagewise, name: str) -> None:
     assert stagewise.router_stats().release("v1").requests == before
 
 
+@by_router
 @pytest.mark.parametrize("name", ["canary", "blue-green", "waves", "cohorts"])
 def test_a_release_that_fails_requests_is_rolled_back(stagewise: Stagewise, name: str) -> None:
     first_release(stagewise)
@@ -89,6 +116,7 @@ def test_a_release_that_fails_requests_is_rolled_back(stagewise: Stagewise, name
     assert_no_more_requests_to(stagewise, "v3")
 
 
+@by_router
 def test_a_tail_latency_regression_is_rolled_back(stagewise: Stagewise) -> None:
     first_release(stagewise)
     load = users(stagewise)

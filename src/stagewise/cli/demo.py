@@ -1,7 +1,7 @@
 """`stagewise demo`: five deliveries of a sample service, on this machine, in about a minute.
 
-Everything is real: a stagewise server in its own process, the builtin
-router, the bundled sample service's instances as local processes, and a
+Everything is real: a stagewise server in its own process, a router (the
+builtin one, or HAProxy or nginx with `--router`), the bundled sample service's instances as local processes, and a
 bounded load generator on loopback. It cleans up every process it started,
 also on Ctrl-C.
 """
@@ -29,7 +29,7 @@ from rich.table import Table
 from stagewise.cli.client import Client, Unreachable
 from stagewise.examples.load import LoadInBackground
 from stagewise.platforms.local import LocalPlatform
-from stagewise.routers.builtin import BuiltinRouter
+from stagewise.routers import get_router
 
 SERVICE = "demo"
 REPLICAS = 4
@@ -79,13 +79,13 @@ class Result:
         return out
 
 
-def spec(listen: str, version: str, strategy: dict[str, Any]) -> str:
+def spec(listen: str, version: str, strategy: dict[str, Any], router: str = "builtin") -> str:
     command = [sys.executable, "-m", "stagewise.examples.sample_service", "--port", "{port}",
                "--version", version, *BAD.get(version, [])]
     doc = {
         "apiVersion": "stagewise.dev/v1alpha1", "kind": "Service", "metadata": {"name": SERVICE},
         "spec": {
-            "listen": listen, "replicas": REPLICAS,
+            "listen": listen, "replicas": REPLICAS, "router": {"kind": router},
             "release": {"version": version, "run": {"command": command},
                         "readiness": {"http": "/healthz", "timeout": "15s"}},
             "strategy": strategy,
@@ -107,8 +107,9 @@ def free_port() -> int:
 
 
 class Demo:
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, router: str = "builtin") -> None:
         self.console = console
+        self.router = router
         self.tmp = Path(tempfile.mkdtemp(prefix="stagewise-demo-"))
         self.state = self.tmp / "state"
         self.server: subprocess.Popen[bytes] | None = None
@@ -137,7 +138,8 @@ class Demo:
         raise RuntimeError("the server did not come up within 20 s")
 
     def deliver(self, client: Client, version: str, strategy: dict[str, Any], timeout: float = 120) -> str:
-        client.post("/api/v1/apply", {"spec": spec(self.listen, version, strategy), "filename": f"{version}.yaml"})
+        client.post("/api/v1/apply", {"spec": spec(self.listen, version, strategy, self.router),
+                                      "filename": f"{version}.yaml"})
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -157,7 +159,8 @@ class Demo:
     def run(self) -> list[Result]:
         client = self.start_server()
         try:
-            self.console.print(f"[bold]stagewise demo[/] — state in {self.state}, service on http://{self.listen}")
+            self.console.print(f"[bold]stagewise demo[/] — state in {self.state}, service on http://{self.listen}"
+                               f" through the {self.router} router")
             self.console.print("first release v1 on 4 instances")
             self.deliver(client, "v1", CANARY)
             results = []
@@ -193,13 +196,13 @@ class Demo:
                 self.server.kill()
                 self.server.wait()
         if self.state.exists():
-            asyncio.run(_stop_everything(self.state))
+            asyncio.run(_stop_everything(self.state, self.router))
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-async def _stop_everything(state: Path) -> None:
+async def _stop_everything(state: Path, kind: str = "builtin") -> None:
     platform = LocalPlatform(state_dir=state)
-    router = BuiltinRouter(state_dir=state)
+    router = get_router(kind, state_dir=state)
     try:
         view = await platform.observe(service=SERVICE, releases={})
         await platform.stop(service=SERVICE, ids=[i.id for i in view.instances], grace=3)
@@ -224,9 +227,9 @@ EXPECTED = {"canary v1→v2": "Succeeded", "canary v2→v3": "RolledBack", "blue
             "phased v2→v1": "Succeeded", "full v1→v2": "Succeeded"}
 
 
-def run_demo(*, as_json: bool, console: Console) -> int:
+def run_demo(*, as_json: bool, console: Console, router: str = "builtin") -> int:
     quiet = Console(file=open(os.devnull, "w")) if as_json else console  # noqa: SIM115
-    demo = Demo(quiet)
+    demo = Demo(quiet, router)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         results = demo.run()

@@ -33,10 +33,21 @@ class Router(Protocol):
 ROUTER_KINDS = ("builtin", "haproxy", "nginx")
 
 
-def get_router(kind: str, *, state_dir: Path) -> Router:
-    """The router backend named `kind`, keeping its files under `state_dir`."""
+def get_router(kind: str, *, state_dir: Path, socket: str | None = None, backend: str | None = None) -> Router:
+    """The router backend named `kind`, keeping its files under `state_dir`.
+
+    `socket` and `backend` (haproxy only) attach to an HAProxy someone else runs instead of running one.
+    """
     if kind == "builtin":
         from stagewise.routers.builtin import BuiltinRouter
 
         return BuiltinRouter(state_dir=state_dir)
-    raise UnknownDriverError("router", kind, ["builtin"])
+    if kind == "haproxy":
+        from stagewise.routers.haproxy import HaproxyRouter
+
+        return HaproxyRouter(state_dir=state_dir, socket=socket, backend=backend)
+    if kind == "nginx":
+        from stagewise.routers.nginx import NginxRouter
+
+        return NginxRouter(state_dir=state_dir)
+    raise UnknownDriverError("router", kind, list(ROUTER_KINDS))

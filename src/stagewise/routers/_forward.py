@@ -322,6 +322,10 @@ class Traffic:
         self.counters.record(release, error=True, latency_ms=_ms(started))
         return keep
 
+    # the fast path (`_fast`) finishes here the exchanges it began but cannot end itself
+    relay = _relay
+    refuse = _refuse
+
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:

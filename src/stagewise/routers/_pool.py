@@ -14,7 +14,9 @@ request ends — in-flight requests are never cut.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import Any, Protocol
 
 from stagewise.routers._http import MAX_HEAD
 
@@ -44,16 +46,47 @@ class Upstream:
         self.writer.transport.abort()
 
 
-class EndpointPool:
-    """Idle keep-alive connections to one endpoint address."""
+class FastConnection(Protocol):
+    """A fast-path upstream connection (`_fast.FastUpstream`), as the pool sees it."""
 
-    __slots__ = ("_idle", "host", "port", "retired")
+    idle_since: float
+    deadline: float
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class EndpointPool:
+    """Idle keep-alive connections to one endpoint address: stream ones, and the fast path's."""
+
+    __slots__ = ("_fast", "_idle", "busy_fast", "host", "port", "retired")
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
         self.retired = False
         self._idle: list[Upstream] = []
+        self._fast: list[FastConnection] = []
+        self.busy_fast: set[FastConnection] = set()
+        """Fast-path connections in an exchange now (the sweep cuts those past their deadline)."""
+
+    def take_fast(self) -> Any:
+        """The newest idle fast-path connection, or None (a closed one has left the list by itself)."""
+        return self._fast.pop() if self._fast else None
+
+    def give_fast(self, conn: FastConnection) -> None:
+        if self.retired or len(self._fast) >= MAX_IDLE:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._fast.append(conn)
+
+    def discard_fast(self, conn: FastConnection) -> None:
+        """A fast-path connection closed: forget it."""
+        self.busy_fast.discard(conn)
+        with contextlib.suppress(ValueError):
+            self._fast.remove(conn)
 
     async def connect(self, timeout: float) -> Upstream:
         """A fresh connection; raises OSError or TimeoutError when the endpoint does not accept."""
@@ -81,7 +114,13 @@ class EndpointPool:
         self._idle.append(conn)
 
     def sweep(self, now: float) -> None:
-        """Close connections idle for longer than IDLE_TIMEOUT."""
+        """Close connections idle for longer than IDLE_TIMEOUT, cut fast exchanges past their deadline."""
+        stale = [c for c in self._fast if now - c.idle_since > IDLE_TIMEOUT]
+        for fast in stale:
+            self._fast.remove(fast)
+            fast.close()
+        for late in [c for c in self.busy_fast if now > c.deadline]:
+            late.abort()
         if self._idle and now - self._idle[0].idle_since > IDLE_TIMEOUT:
             keep = [c for c in self._idle if now - c.idle_since <= IDLE_TIMEOUT]
             for conn in self._idle:
@@ -98,6 +137,9 @@ class EndpointPool:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+        fast, self._fast = self._fast, []
+        for f in fast:
+            f.close()
 
     @property
     def idle_count(self) -> int:

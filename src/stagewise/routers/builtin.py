@@ -55,7 +55,7 @@ class BuiltinRouter:
         async with self._lock(service):
             health = await self._health(service)
             if health is None:
-                health = await self._start(service)
+                health = await self._start(service, metrics_listen=table.metrics_listen)
             self._record_pid(service, health)
             try:
                 response = await self._client(service).put(
@@ -109,7 +109,7 @@ class BuiltinRouter:
 
     # -- the proxy process ---------------------------------------------------------
 
-    async def _start(self, service: str) -> dict[str, Any]:
+    async def _start(self, service: str, *, metrics_listen: str | None = None) -> dict[str, Any]:
         """Start a proxy for `service` and wait until it answers; its /healthz."""
         folder = self._folder(service)
         folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,8 @@ class BuiltinRouter:
             # Popen object of a running child warns (ResourceWarning) when collected. We reap by pid.
             pid = os.posix_spawn(  # noqa: ASYNC221 -- returns once the child exists, no waiting
                 sys.executable,
-                [sys.executable, "-m", _PROXY_MODULE, "--admin-socket", str(sock)],
+                [sys.executable, "-m", _PROXY_MODULE, "--admin-socket", str(sock),
+                 *(["--metrics-listen", metrics_listen] if metrics_listen else [])],
                 env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

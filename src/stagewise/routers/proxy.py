@@ -23,7 +23,7 @@ one process serves it; a second one exits 1.
 
 This module must import nothing of stagewise above `core` (the controller
 imports it, not the other way round), and nothing here runs per request except
-in `_forward`.
+in `_fast` (plain requests, by protocol callbacks) and `_forward` (the rest).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from pydantic import ValidationError
 
 from stagewise.core.routes import RouteTable
 from stagewise.routers._counters import Counters
+from stagewise.routers._fast import FastClient, finish_on_streams, stream_pair
+from stagewise.routers._fast_upstream import Pending
 from stagewise.routers._forward import CLIENT_IDLE_TIMEOUT, Traffic
 from stagewise.routers._http import (
     CHUNKED,
@@ -90,6 +92,8 @@ class Proxy:
         """Endpoints gone from the table that still have requests in flight (for stats)."""
         self._apply_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._handed_over: set[asyncio.Task[None]] = set()
+        """Tasks of connections the fast path handed to the stream path, until they run."""
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
         """Every open connection (traffic, admin, metrics) and the task serving it."""
 
@@ -147,13 +151,25 @@ class Proxy:
         if current is not None and current[0] == address:
             return current
         host, port = split_address(address)
+        loop = asyncio.get_running_loop()
 
-        def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Coroutine[Any, Any, None]:
-            return self._connection(writer, self.traffic.serve(reader, writer, preview=preview))
+        def to_streams(transport: asyncio.Transport, data: bytes, upstream_data: bytes | None,
+                       pending: Pending | None) -> None:
+            """A connection the fast path cannot serve goes on with the stream path (`_fast`)."""
+            reader, writer = stream_pair(transport, data)
+            if pending is None or pending.upstream is None:
+                serving = self.traffic.serve(reader, writer, preview=preview)
+            else:
+                upstream = pending.upstream.as_stream(loop, upstream_data or b"")
+                serving = finish_on_streams(self.traffic, reader, writer, upstream, pending, preview=preview)
+            task = loop.create_task(self._connection(writer, serving))
+            self._handed_over.add(task)
+            task.add_done_callback(self._handed_over.discard)
 
         try:
-            server = await asyncio.start_server(
-                serve, host or None, port, reuse_address=True, limit=MAX_HEAD, backlog=1024
+            server = await loop.create_server(
+                lambda: FastClient(self.traffic, preview, to_streams), host or None, port, reuse_address=True,
+                backlog=1024,
             )
         except OSError as exc:
             exc.filename = address

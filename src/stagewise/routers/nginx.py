@@ -1,0 +1,175 @@
+"""The nginx router: a whole configuration per route table, checked, then a graceful reload.
+
+One nginx per service (`worker_processes 1` by default), run detached as the
+current user with everything under `<state_dir>/nginx/<service>/` — its prefix,
+pid file, logs and temp paths — so it needs no root and touches nothing of a
+system nginx. `apply` renders the table (`_nginx_config`), and:
+
+- when nothing runs: starts nginx on it (the access log begins anew);
+- when the configuration is unchanged: does nothing (no reload);
+- else: writes `nginx.conf.new`, runs `nginx -t` on it — a refusal raises a
+  `RouterError` with nginx's words and leaves the running configuration alone —
+  then moves it in place and sends SIGHUP to the master. It waits for the new
+  workers (or reports the reload failed), then for the old workers to finish
+  the requests they hold: when `apply` returns, no request is in flight on an
+  endpoint the table dropped, so the controller may stop it (nginx reports no
+  per-endpoint in-flight count; `stats().inflight` stays empty).
+
+Counters come from the JSON access log (`_nginx_logs`); `boot` names the
+master (pid and start time), which survives reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+from stagewise.core.routes import RouteTable
+from stagewise.core.stats import RouterStats
+from stagewise.errors import RouterError
+from stagewise.routers import _process
+from stagewise.routers._nginx_config import Paths, render
+from stagewise.routers._nginx_logs import AccessLog
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+RELOAD_TIMEOUT = 10.0
+OLD_WORKER_TIMEOUT = 12.0
+"""Old workers get `worker_shutdown_timeout` (10 s) to finish; this is a little more."""
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class NginxRouter:
+    """Runs and reloads one nginx per service; implements `stagewise.routers.Router`."""
+
+    def __init__(self, state_dir: Path, *, workers: int = 1) -> None:
+        self.state_dir = Path(state_dir).absolute()
+        self.workers = workers
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._logs: dict[str, AccessLog] = {}
+
+    async def apply(self, *, table: RouteTable) -> None:
+        async with self._lock(table.service):
+            paths = self._paths(table.service)
+            for folder in (paths.folder, paths.temp):
+                folder.mkdir(parents=True, exist_ok=True)
+            config = render(table, paths, workers=self.workers)
+            master = _process.read_pid(paths.pid)
+            if master is None:
+                await self._check(paths, config)
+                paths.candidate.replace(paths.config)
+                await self._start(paths)
+                return
+            with contextlib.suppress(FileNotFoundError):
+                if paths.config.read_text() == config:
+                    return
+            await self._check(paths, config)
+            paths.candidate.replace(paths.config)
+            await self._reload(paths, master)
+
+    async def stats(self, *, service: str) -> RouterStats:
+        async with self._lock(service):
+            paths = self._paths(service)
+            master = _process.read_pid(paths.pid)
+            if master is None:
+                return RouterStats()  # nothing runs, so nothing was counted; the next apply starts it
+            boot = f"{master}-{_process.start_time(master)}"
+            log = self._logs.get(service)
+            if log is None or log.boot != boot:
+                log = self._logs[service] = AccessLog(paths.access_log, boot)
+            tallies = log.read()
+            return RouterStats(boot=boot, releases={r: t.stats() for r, t in sorted(tallies.items())})
+
+    async def stop(self, *, service: str) -> None:
+        async with self._lock(service):
+            paths = self._paths(service)
+            master = _process.read_pid(paths.pid)
+            if master is not None:
+                # SIGQUIT: a graceful shutdown, requests in flight finish
+                await _process.terminate(master, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
+            with contextlib.suppress(FileNotFoundError):
+                paths.pid.unlink()
+            self._logs.pop(service, None)
+
+    async def close(self) -> None:
+        self._logs.clear()
+
+    # -- the nginx process ----------------------------------------------------------------
+
+    async def _check(self, paths: Paths, config: str) -> None:
+        """Write the candidate configuration and have `nginx -t` judge it; RouterError if refused."""
+        paths.candidate.write_text(config)
+        code, out = await _run(self._command(paths, paths.candidate, "-t", "-q"))
+        if code != 0:
+            raise RouterError(f"nginx refused the configuration (the running one is unchanged): {out.strip()}",
+                              delay=30.0)
+
+    async def _start(self, paths: Paths) -> None:
+        # workers outlive a master killed with SIGKILL and keep the listeners: end them gracefully first
+        for orphan in _process.holders(paths.access_log):
+            await _process.terminate(orphan, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
+        paths.access_log.write_bytes(b"")  # one log per master: counters start from zero with a new boot
+        # output to a file, not a pipe: the daemon it forks may hold the pipe open long after
+        code, _ = await _run(self._command(paths, paths.config), output=paths.output)
+        if code != 0:
+            raise RouterError(f"nginx did not start (exit {code}): {_process.tail(paths.output)} "
+                              f"{_process.tail(paths.error_log)}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            master = _process.read_pid(paths.pid)
+            if master is not None and _process.children(master):
+                return
+            if time.monotonic() > deadline:
+                raise RouterError(f"nginx did not start within {START_TIMEOUT:.0f} s: "
+                                  f"{_process.tail(paths.error_log)}")
+            await asyncio.sleep(0.01)
+
+    async def _reload(self, paths: Paths, master: int) -> None:
+        """SIGHUP; wait for new workers, then for the old ones to finish their requests."""
+        old = set(_process.children(master))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(master, signal.SIGHUP)
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        while not set(_process.children(master)) - old:
+            if time.monotonic() > deadline or not _process.alive(master):
+                raise RouterError(f"nginx did not reload: {_process.tail(paths.error_log)}")
+            await asyncio.sleep(0.005)
+        deadline = time.monotonic() + OLD_WORKER_TIMEOUT
+        while any(_process.alive(pid) for pid in old):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.005)
+
+    def _command(self, paths: Paths, config: Path, *flags: str) -> list[str]:
+        nginx = _process.binary("nginx", "nginx-light")
+        return [nginx, *flags, "-p", f"{paths.folder}/", "-c", str(config), "-e", str(paths.error_log)]
+
+    def _paths(self, service: str) -> Paths:
+        if not _SERVICE_NAME.fullmatch(service):
+            raise RouterError(f"service name {service!r} cannot name a router directory", delay=60.0)
+        return Paths(self.state_dir / "nginx" / service)
+
+    def _lock(self, service: str) -> asyncio.Lock:
+        return self._locks.setdefault(service, asyncio.Lock())
+
+
+async def _run(argv: list[str], output: Path | None = None) -> tuple[int, str]:
+    """Run a program to its end; its exit code and output (kept in `output` instead, if given)."""
+    try:
+        with open(output, "ab") if output else contextlib.nullcontext(asyncio.subprocess.PIPE) as out_to:  # noqa: ASYNC230
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_to,
+                                                        stderr=asyncio.subprocess.STDOUT)
+    except OSError as exc:
+        raise RouterError(f"cannot run {argv[0]}: {exc}") from exc
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), START_TIMEOUT)
+    except TimeoutError as exc:
+        proc.kill()
+        await proc.wait()
+        raise RouterError(f"{' '.join(argv)} did not finish within {START_TIMEOUT:.0f} s") from exc
+    return proc.returncode or 0, (out or b"").decode(errors="replace")

@@ -1,0 +1,161 @@
+"""The nginx router against a real nginx (Debian's package) and real upstream servers.
+
+Each test gets its own nginx, run as the current user with every file under a
+fresh state directory, on loopback ports the kernel picks. What the driver
+promises: each table is a checked configuration and a graceful reload; one
+nginx refuses leaves the running one serving; a removed endpoint has no
+request in flight when `apply` returns; counters come from the access log,
+grow within one master, and read the same from a second driver object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from stagewise.core.routes import CohortRoute, HeaderRoute
+from stagewise.errors import RouterError
+from stagewise.routers import _process
+from stagewise.routers.nginx import NginxRouter
+from tests.routers.balancers import Client, each_user, slow_request, table, versions
+from tests.routers.conftest import Upstream, free_port, short_dir, wait_until
+from tests.routers.programs import need
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(autouse=True)
+def _nginx_installed() -> None:
+    need("nginx")
+
+
+@pytest_asyncio.fixture
+async def nginx() -> AsyncIterator[NginxRouter]:
+    state = short_dir()
+    router = NginxRouter(state)
+    try:
+        yield router
+    finally:
+        for folder in sorted((state / "nginx").glob("*")):
+            await router.stop(service=folder.name)
+        await router.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def pick(upstreams: dict[str, Upstream], *names: str) -> dict[str, Upstream]:
+    return {n: upstreams[n] for n in names}
+
+
+def master(router: NginxRouter, service: str = "shop") -> int:
+    pid = _process.read_pid(router.state_dir / "nginx" / service / "nginx.pid")
+    assert pid is not None
+    return pid
+
+
+async def test_weights_headers_and_preview(nginx: NginxRouter, upstreams: Any) -> None:
+    port, preview = free_port(), free_port()
+    await nginx.apply(table=table(port, upstreams, weights={"v1": 80, "v2": 20}))
+    assert await versions(port, 100) == {"v1": 80, "v2": 20}  # smooth weighted round-robin: exact
+    routes = (HeaderRoute(header="X-Canary", value="1", release="v2"),
+              HeaderRoute(header="X-Tester", value="default", release="v2"))
+    await nginx.apply(table=table(port, upstreams, weights={"v1": 100, "v2": 0}, header_routes=routes,
+                                  preview_listen=f"127.0.0.1:{preview}", preview_release="v2"))
+    assert await versions(port, 20) == {"v1": 20}
+    assert await versions(port, 10, lambda i: {"X-Canary": "1"}) == {"v2": 10}
+    assert await versions(port, 10, lambda i: {"X-Tester": "default"}) == {"v2": 10}, "a keyword, taken literally"
+    assert await versions(port, 10, lambda i: {"X-Canary": "2"}) == {"v1": 10}
+    assert await versions(preview, 10) == {"v2": 10}
+    await nginx.apply(table=table(port, upstreams))  # no weights: every endpoint alike
+    assert await versions(port, 100) == {"v1": 50, "v2": 50}
+
+
+async def test_cohort_is_sticky_and_only_grows(nginx: NginxRouter, upstreams: Any) -> None:
+    port = free_port()
+    users = [f"user-{i}" for i in range(300)]
+    before: set[str] = set()
+    for percent in (0, 10, 30, 100):
+        cohort = CohortRoute(release="v2", percent=percent, header="X-User")
+        await nginx.apply(table=table(port, upstreams, weights={"v1": 100, "v2": 0}, cohort=cohort))
+        seen = await each_user(port, users)
+        inside = {u for u, v in seen.items() if v == "v2"}
+        assert before <= inside, "a user in the cohort left it as it grew"
+        assert abs(len(inside) - 3 * percent) <= 25, (percent, len(inside))
+        assert seen == await each_user(port, users), "not sticky"
+        before = inside
+    assert await versions(port, 20) == {"v1": 20}, "requests without the key go to stable"
+
+
+async def test_a_configuration_nginx_refuses_leaves_the_running_one(nginx: NginxRouter, upstreams: Any) -> None:
+    port = free_port()
+    await nginx.apply(table=table(port, upstreams, weights={"v1": 100, "v2": 0}))
+    pid, config = master(nginx), (nginx.state_dir / "nginx" / "shop" / "nginx.conf").read_text()
+    with pytest.raises(RouterError, match="nginx refused the configuration"):
+        await nginx.apply(table=table(port, upstreams, preview_listen="127.0.0.1:99999", preview_release="v2"))
+    assert (nginx.state_dir / "nginx" / "shop" / "nginx.conf").read_text() == config
+    assert master(nginx) == pid
+    assert await versions(port, 10) == {"v1": 10}
+
+
+async def test_an_unchanged_table_does_not_reload(nginx: NginxRouter, upstreams: Any) -> None:
+    port = free_port()
+    await nginx.apply(table=table(port, upstreams))
+    workers = _process.children(master(nginx))
+    await nginx.apply(table=table(port, upstreams))
+    assert _process.children(master(nginx)) == workers
+    await nginx.apply(table=table(port, pick(upstreams, "a1")))
+    assert _process.children(master(nginx)) != workers
+
+
+async def test_apply_returns_once_a_removed_endpoint_has_nothing_in_flight(
+    nginx: NginxRouter, upstreams: Any
+) -> None:
+    port = free_port()
+    await nginx.apply(table=table(port, pick(upstreams, "a1")))
+    async with slow_request(port, 500) as request:
+        assert await wait_until(lambda: upstreams["a1"].requests == 1)
+        started = time.monotonic()
+        await nginx.apply(table=table(port, pick(upstreams, "a2")))
+        assert request.done(), "apply returned while a request to the removed endpoint ran"
+        assert time.monotonic() - started >= 0.3
+        assert (await request).status == 200
+    assert await versions(port, 10) == {"v1": 10}
+    assert upstreams["a1"].requests == 1
+
+
+async def test_counters_from_the_access_log(nginx: NginxRouter, upstreams: Any) -> None:
+    port = free_port()
+    await nginx.apply(table=table(port, upstreams))
+    client = Client(port)
+    try:
+        for i in range(40):
+            assert (await client.get("/?status=500" if i % 4 == 0 else "/")).status in (200, 500)
+    finally:
+        await client.close()
+    stats = await nginx.stats(service="shop")
+    assert stats.release("v1").requests + stats.release("v2").requests == 40
+    assert stats.release("v1").errors + stats.release("v2").errors == 10
+    assert sum(stats.release("v1").latency_buckets) == stats.release("v1").requests
+    # a reload keeps the master, so the counters go on; another driver object reads the same
+    await nginx.apply(table=table(port, pick(upstreams, "a1", "b1")))
+    other = NginxRouter(nginx.state_dir)
+    again = await other.stats(service="shop")
+    assert again == await nginx.stats(service="shop") and again.boot == stats.boot
+    assert again.release("v1").requests == stats.release("v1").requests
+    # a new master starts counting from zero, under a new boot
+    pid = master(nginx)
+    os.kill(pid, signal.SIGKILL)
+    assert await wait_until(lambda: not _process.alive(pid))
+    await asyncio.sleep(0.1)  # the workers notice their master is gone
+    assert (await nginx.stats(service="shop")).boot == ""
+    await nginx.apply(table=table(port, pick(upstreams, "a1", "b1")))
+    fresh = await nginx.stats(service="shop")
+    assert fresh.boot not in ("", stats.boot) and fresh.releases == {}
+    assert await versions(port, 10) == {"v1": 5, "v2": 5}
