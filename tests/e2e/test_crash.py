@@ -56,7 +56,8 @@ def test_a_killed_server_changes_nothing_users_see(stagewise: Stagewise, name: s
     assert status["phase"] == "Succeeded", (status["delivery"], stagewise.log())
     assert report.requests > 100
     assert report.non_2xx == 0 and report.socket_errors == 0, (
-        report.status_counts, report.socket_error_kinds, report.socket_error_sample)
+        report.status_counts, report.socket_error_kinds, report.socket_error_sample, report.refusal_sample,
+        stagewise.status()["events"][-15:])
     assert set(report.by_version) <= {"v1", "v2"} and report.by_version.get("v2", 0) > 0
 
 

@@ -50,6 +50,8 @@ class LoadReport:
     socket_error_kinds: dict[str, int] = field(default_factory=dict)
     """refused, reset, closed, timeout, protocol, os-error."""
     socket_error_sample: str | None = None
+    refusal_sample: str | None = None
+    """The first 5xx the server under test answered itself (no X-Version): a proxy saying why."""
     """The first socket error's message, to say what went wrong."""
     latencies: list[float] = field(default_factory=list)
     """Seconds from sending a request to the end of its response, per response."""
@@ -130,6 +132,9 @@ class _Connection:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
+    last_refusal: str | None = None
+    """The last answer the server gave itself (a proxy's 5xx without X-Version), for diagnosis."""
+
     async def exchange(self, request: bytes) -> tuple[int, str]:
         """Send one request, read the whole response; (status, X-Version)."""
         if self._writer is None or self._reader is None:
@@ -166,7 +171,9 @@ class _Connection:
                     break
                 await reader.readexactly(size + 2)
         elif "content-length" in headers:
-            await reader.readexactly(int(headers["content-length"]))
+            body = await reader.readexactly(int(headers["content-length"]))
+            if status >= 500 and "x-version" not in headers:
+                self.last_refusal = f"{status} {body[:300].decode('utf-8', 'replace').strip()}"
         elif status not in (204, 304) and not 100 <= status < 200:
             await reader.read()  # the body runs until the server closes
             keep_alive = False
@@ -236,6 +243,8 @@ async def run_load(
                     await asyncio.sleep(0.005)  # a refusing server must not turn us into a busy loop
                     continue
                 report._response(status, version, time.monotonic() - sent)
+                if conn.last_refusal is not None and report.refusal_sample is None:
+                    report.refusal_sample = conn.last_refusal
         finally:
             await conn.close()
 
