@@ -117,7 +117,7 @@ def test_the_first_delivery_cannot_be_aborted_and_fails_at_the_deadline() -> Non
 VERBS = ["promote", "promote-full", "abort", "pause", "resume", "retry", "tick", "tick", "tick", "tick"]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(script=st.lists(st.tuples(st.sampled_from(VERBS), st.sampled_from(list(Outcome)), st.booleans()),
                        max_size=60),
        strategy=st.sampled_from([CANARY, {"blueGreen": {"prePromotionAnalysis": {"templates": ["errors"]}}},

@@ -22,7 +22,7 @@ from stagewise.spec import load_spec_text
 
 pytestmark = pytest.mark.timeout(60)
 
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 YAML_PUNCTUATION = [
     *":-?[]{},&*!|>'\"#%@`~ \t\n\r", "---", "...", "<<", "!!", "%YAML 1.", "\ufeff", "\x00", "é", "0x",

@@ -75,7 +75,7 @@ def traffic_share(world: World, release: str) -> bool:
     return world.receives_traffic(release)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(strategy=strategies, replicas=st.integers(1, 30))
 def test_every_plan_keeps_its_invariants(strategy: dict[str, Any], replicas: int) -> None:
     s = spec(strategy, replicas)
@@ -155,7 +155,7 @@ def test_phased_rollback_restores_newest_first_in_batches_of_max_unavailable() -
     assert [r.world.weights for r in rollback] == [None, None, {"v1": 100}]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(strategy=strategies)
 def test_a_spec_survives_a_json_round_trip(strategy: dict[str, Any]) -> None:
     s = spec(strategy)
