@@ -31,6 +31,7 @@ import httpx
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
 from stagewise.errors import RouterError
+from stagewise.routers import _process
 
 START_TIMEOUT = 10.0
 """Seconds a new proxy gets to answer /healthz."""
@@ -89,10 +90,10 @@ class BuiltinRouter:
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-                if not await _wait_exit(pid, STOP_TIMEOUT):
+                if not await _process.wait_exit(pid, STOP_TIMEOUT):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    if not await _wait_exit(pid, 5.0):
+                    if not await _process.wait_exit(pid, 5.0):
                         raise RouterError(f"router of {service} (pid {pid}) did not exit")
             client = self._clients.pop(service, None)
             if client is not None:
@@ -140,16 +141,16 @@ class BuiltinRouter:
             health = await self._health(service)
             if health is not None:
                 return health
-            if not _alive(pid):
+            if not _process.alive(pid):
                 # it may have lost the lock to a proxy started at the same moment: ask once more
                 health = await self._health(service)
                 if health is not None:
                     return health
-                raise RouterError(f"router of {service} exited at start: {_tail(folder / 'router.log')}")
+                raise RouterError(f"router of {service} exited at start: {_process.tail(folder / 'router.log')}")
             await asyncio.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        await _wait_exit(pid, 2.0)
+        await _process.wait_exit(pid, 2.0)
         raise RouterError(f"router of {service} did not answer within {START_TIMEOUT:.0f} s")
 
     async def _health(self, service: str) -> dict[str, Any] | None:
@@ -181,7 +182,7 @@ class BuiltinRouter:
             pid = int((self._folder(service) / "pid").read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _alive(pid) and self._is_proxy(pid, service) else None
+        return pid if _process.alive(pid) and self._is_proxy(pid, service) else None
 
     def _is_proxy(self, pid: int, service: str) -> bool:
         """Whether `pid` runs our proxy on this service's socket (and not a process that reused the pid)."""
@@ -224,35 +225,3 @@ class BuiltinRouter:
 
     def _lock(self, service: str) -> asyncio.Lock:
         return self._locks.setdefault(service, asyncio.Lock())
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` still runs; reaps it first if it is our exited child."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child: someone else reaps it
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-async def _wait_exit(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
-def _tail(path: Path, size: int = 2000) -> str:
-    try:
-        data = path.read_bytes()[-size:]
-    except OSError:
-        return "(no log)"
-    return data.decode("utf-8", "replace").strip() or "(empty log)"
