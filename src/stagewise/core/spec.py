@@ -79,7 +79,8 @@ class RouterSpec(Model):
     """haproxy, external mode: the backend whose servers and weights stagewise manages (weights only:
     header routes, cohorts and a preview listener need managed mode)."""
     metrics_listen: Listen | None = None
-    """builtin: also serve the router's /metrics over TCP at this host:port, for Prometheus to scrape."""
+    """builtin: also serve the router's /metrics over TCP at this host:port, for Prometheus to scrape;
+    haproxy (managed): HAProxy's own Prometheus exporter at this host:port, path /metrics."""
 
     @model_validator(mode="after")
     def _external_haproxy(self) -> RouterSpec:

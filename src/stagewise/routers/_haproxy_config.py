@@ -3,9 +3,9 @@
 HAProxy changes servers, weights and map entries at run time, but not
 frontends, rules or backends. So a route table splits into two parts:
 
-- the `Layout`: listeners, the header names and cohort key the rules look at,
-  and how many release slots exist — changing it means a new configuration
-  and a reload;
+- the `Layout`: listeners (traffic, preview, and the Prometheus exporter's
+  `metrics_listen`), the header names and cohort key the rules look at, and how
+  many release slots exist — changing it means a new configuration and a reload;
 - the `Desired` state: servers with weights, and map entries — changed through
   the Runtime API with no reload, and also written into the configuration and
   map files so a reload or restart comes back with the same routes.
@@ -18,6 +18,9 @@ How requests pick a release (the rules of `stagewise.core.routes`):
 
     frontend main: header maps (h<i>.map: value → backend), then the cohort
     (vars.map: threshold, cohort and stable backends), else `all`.
+    frontend metrics (with `metrics_listen`): HAProxy's own Prometheus exporter
+    at /metrics — per server `haproxy_server_http_responses_total{proxy,server,code}`,
+    servers named `<release>:<endpoint id>` — and 404 for any other path.
 
 Cohort buckets: HAProxy cannot compute the builtin router's blake2b bucket, so
 here a key's bucket is `crc32(key) mod 10000` (`cohort_bucket_crc32`), fixed
@@ -64,6 +67,8 @@ class Layout:
     cohort_header: str | None = None
     cohort_cookie: str | None = None
     slots: int = MIN_SLOTS
+    metrics_listen: str | None = None
+    """Where HAProxy's Prometheus exporter serves /metrics; none: no exporter."""
 
     def maps(self) -> list[str]:
         """The map files the configuration reads (HAProxy knows no other)."""
@@ -136,7 +141,8 @@ def layout_for(table: RouteTable, previous: Layout | None, slots: dict[str, int]
     while size < needed:
         size *= 2
     return Layout(listen=table.listen, preview_listen=table.preview_listen, header_names=tuple(names),
-                  cohort_header=cohort_header, cohort_cookie=cohort_cookie, slots=size)
+                  cohort_header=cohort_header, cohort_cookie=cohort_cookie, slots=size,
+                  metrics_listen=table.metrics_listen)
 
 
 def assign_slots(table: RouteTable, previous: dict[str, int]) -> dict[str, int]:
@@ -270,6 +276,14 @@ def render(layout: Layout, desired: Desired, paths: Paths, *, threads: int = 1) 
             f"    {log_format}",
             "    http-request set-var(txn.sw_t0) date(0,us)",
             f"    use_backend %[str(preview),map({vars_map},{NONE})]",
+        ]
+    if layout.metrics_listen:
+        lines += [
+            "frontend metrics",
+            f"    bind {layout.metrics_listen}",
+            "    no log",  # scrapes are no request of the service: keep them out of the latency log
+            "    http-request use-service prometheus-exporter if { path /metrics }",
+            "    http-request return status 404",
         ]
     for backend in [ALL, *(slot_backend(i) for i in range(layout.slots))]:
         lines += [f"backend {backend}", "    balance roundrobin"]

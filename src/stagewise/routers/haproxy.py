@@ -16,6 +16,11 @@ Two modes:
   one backend (so weights only: header routes, cohorts and a preview listener
   need managed mode).
 
+With `metricsListen`, a managed HAProxy also serves its own Prometheus exporter
+(`frontend metrics`, part of the layout: setting or moving it reloads). An
+external HAProxy's exporter is configured by whoever runs it, so there the field
+is refused.
+
 Instances come and go as dynamic servers: added with `add server`; removed by
 `set server … state drain` (no new request), reported in flight through
 `stats().inflight` until their sessions end, then `maint` and `del server`
@@ -295,6 +300,11 @@ class HaproxyRouter:
             raise RouterError(
                 "an external HAProxy is driven by weights only: header routes, cohorts and a preview "
                 "listener need managed mode (router: {kind: haproxy} without socket)", delay=60.0)
+        if table.metrics_listen:
+            raise RouterError(
+                "metricsListen is not supported with an external HAProxy: its Prometheus exporter is configured "
+                "by whoever runs it (a frontend with `http-request use-service prometheus-exporter`); "
+                "remove metricsListen, or use managed mode (router: {kind: haproxy} without socket)", delay=60.0)
         backend = self.external_backend
         assert backend is not None
         weights = endpoint_weights(table, MAX_WEIGHT)
