@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagewise.analysis.judges import judge
-from stagewise.analysis.judges.sequential_latency import judge_latency, rungs
+from stagewise.analysis.judges.sequential_latency import active, judge_latency, rungs
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats, bucket_of
 from stagewise.core.verdict import Outcome, Verdict
@@ -345,6 +345,31 @@ def test_identical_heavy_tailed_latencies_false_alarm_at_most_alpha() -> None:
         _, verdict, _ = run(LATENCY, increments, looks=40)
         alarms += verdict.outcome is Outcome.FAILED
     assert alarms <= 3  # 10%: alpha plus the noise of 30 replications
+
+
+def test_rungs_count_once_requests_fall_on_both_sides_of_them() -> None:
+    # seen: 10 requests so far; per rung, how many of them were slower than it
+    assert active([10, 10, 7, 3, 0, 0]) == [1, 2]
+    assert active([0, 0, 0]) == []
+
+
+def test_rungs_far_from_the_traffic_do_not_dilute_the_evidence() -> None:
+    # The same regression judged with rungs from 5 ms and from 0.1 ms (more rungs below every request):
+    # idle rungs get no weight, so both decide at the same look.
+    def slower(rng: random.Random, i: int) -> float:
+        return rng.lognormvariate(math.log(40.0), 0.3) * 1.3
+
+    def base(rng: random.Random, _: int) -> float:
+        return rng.lognormvariate(math.log(40.0), 0.3)
+
+    looks = []
+    for floor in (0.005, 0.0001):
+        increments = latency_increments(random.Random(1), baseline=base, candidate=slower, share=0.5, size=10)
+        template = AnalysisTemplate(metric="latency", judge="sequential", floor=floor)
+        _, verdict, look = run(template, increments, looks=200)
+        assert verdict.outcome is Outcome.FAILED, verdict.message
+        looks.append(look)
+    assert looks[0] == looks[1]
 
 
 def test_uniformly_half_a_millisecond_slower_at_two_ms_passes_thanks_to_the_floor() -> None:

@@ -170,6 +170,7 @@ CASES: list[tuple[str, int, int, str]] = [
      "blueGreen; got full and canary"),
     ("weight_above_100.yaml", 15, 22, "[1].setWeight: expected a number at most 100, got the number 150"),
     ("weight_negative.yaml", 13, 27, "steps[0].setWeight: expected a number at least 0, got the number -5"),
+    ("metrics_listen_with_nginx.yaml", 7, 3, "metricsListen is for kind: builtin or haproxy"),
     ("wave_zero.yaml", 14, 18, "waves[1]: a wave holds at least one instance, got 0"),
     ("wave_negative.yaml", 16, 11, "waves[1]: a wave holds at least one instance, got -2"),
     ("wave_above_100_percent.yaml", 14, 20, "a wave percentage is above 0% and at most 100%, got '150%'"),

@@ -88,6 +88,12 @@ class RouterSpec(Model):
             raise ValueError("socket and backend go together: they attach to an HAProxy you run")
         if self.socket is not None and self.kind != "haproxy":
             raise ValueError(f"socket and backend are for kind: haproxy, not {self.kind}")
+        if self.metrics_listen is not None and self.kind == "nginx":
+            raise ValueError("metricsListen is for kind: builtin or haproxy; nginx has no Prometheus exporter "
+                             "of its own (its JSON access log feeds the router provider)")
+        if self.metrics_listen is not None and self.socket is not None:
+            raise ValueError("metricsListen is for a managed HAProxy; the exporter of an HAProxy you run "
+                             "(socket, backend) is configured by you")
         return self
 
 

@@ -137,6 +137,12 @@ def gather(pending: Sequence[int], increment: Sequence[int]) -> tuple[list[int] 
     return None, merged
 
 
+def log_sum_exp(values: Sequence[float]) -> float:
+    """log(sum(exp(values))) without overflow or underflow."""
+    top = max(values)
+    return top + math.log(math.fsum([math.exp(v - top) for v in values]))
+
+
 def log_mean_exp(values: Sequence[float]) -> float:
     """log(mean(exp(values))) without overflow or underflow."""
     top = max(values)
