@@ -356,7 +356,8 @@ class AnalysisTemplate(Model):
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """False-alarm rate the judge keeps, however often it looks."""
     margin: Annotated[float, Field(ge=0)] | None = None
-    """Allowed relative increase before the candidate counts as worse (0.5 = 50%)."""
+    """Allowed relative increase before the candidate counts as worse (0.5 = 50%): of the error rate, or
+    (sequential latency) of the odds of a request slower than a threshold. Default 0 for errors, 0.5 for latency."""
     min_requests: Annotated[int, Field(ge=1)] = 50
     """Requests each release needs before the analysis can pass."""
     no_data: Literal["wait", "fail", "pass"] = "wait"
