@@ -180,7 +180,7 @@ CASES: list[tuple[str, int, int, str]] = [
     ("bad_duration.yaml", 15, 29, "pause.duration: expected a duration such as 500ms, 30s"),
     ("duplicate_analysis_names.yaml", 14, 5, "duplicate key 'errors': first at line 12, column 5, "
      "again at line 14, column 5"),
-    ("unknown_analysis_template.yaml", 5, 1, "analysis template 'erors' is not defined in spec.analysis"),
+    ("unknown_analysis_template.yaml", 15, 22, "analysis template 'erors' is not defined in spec.analysis"),
     ("bad_listen.yaml", 6, 11, "spec.listen: expected host:port such as 127.0.0.1:8080, got 'localhost'"),
     ("not_a_mapping.yaml", 2, 1, "expected a mapping with apiVersion, kind, metadata and spec"),
     ("bad_api_version.yaml", 1, 13, "apiVersion: expected 'stagewise.dev/v1alpha1', got the text"),

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -146,6 +147,18 @@ class AnalysisRef(Model):
     """Names of entries in `spec.analysis`."""
     duration: Duration | None = None
     """How long the analysis runs before it can pass; none: until the step or delivery ends."""
+
+    @field_validator("templates")
+    @classmethod
+    def _defined(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # The spec loader passes the names spec.analysis defines, so that an unknown one is reported
+        # here, at the reference; without them ServiceBody checks the same at the end.
+        known = (info.context or {}).get(TEMPLATES_CONTEXT)
+        if isinstance(known, frozenset):
+            missing = [t for t in value if t not in known]
+            if missing:
+                raise ValueError(_undefined(missing, known))
+        return value
 
 
 class BackgroundAnalysis(AnalysisRef):
@@ -423,11 +436,17 @@ class ServiceBody(Model):
         for ref in _analysis_refs(self.strategy):
             missing = [t for t in ref.templates if t not in known]
             if missing:
-                raise ValueError(
-                    f"analysis template {', '.join(map(repr, missing))} is not defined in spec.analysis"
-                    + (f" (defined: {', '.join(sorted(known))})" if known else " (none defined)")
-                )
+                raise ValueError(_undefined(missing, known))
         return self
+
+
+TEMPLATES_CONTEXT = "analysis_templates"
+"""Validation-context key: the template names spec.analysis defines (a frozenset)."""
+
+
+def _undefined(missing: list[str], known: set[str] | frozenset[str]) -> str:
+    return (f"analysis template {', '.join(map(repr, missing))} is not defined in spec.analysis"
+            + (f" (defined: {', '.join(sorted(known))})" if known else " (none defined)"))
 
 
 def _analysis_refs(strategy: StrategySpec) -> list[AnalysisRef]:

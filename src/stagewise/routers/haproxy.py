@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import signal
 import time
@@ -70,6 +71,8 @@ from stagewise.routers._shares import endpoint_weights
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 RELOAD_TIMEOUT = 10.0
+RELOAD_ASK_AGAIN = 2.5
+"""Seconds without a new worker after which a reload is asked for again."""
 OLD_WORKER_TIMEOUT = 5.0
 """After a reload, how long to wait for the old worker to finish its requests."""
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -246,9 +249,15 @@ class HaproxyRouter:
     async def _reload(self, paths: Paths, api: RuntimeApi) -> None:
         """Load the new configuration through the master CLI; wait for the new worker, then the old one's end."""
         old = (await api.info())["Pid"]
-        await master_command(paths.master, "reload")
         deadline = time.monotonic() + RELOAD_TIMEOUT
+        asked = -math.inf
         while True:
+            if time.monotonic() - asked > RELOAD_ASK_AGAIN:
+                # a master still settling after its own start can drop a reload (seen on a loaded
+                # machine, right after the first start): ask again; a reload more is harmless
+                asked = time.monotonic()
+                with contextlib.suppress(RouterError):  # not listening yet: the next round asks again
+                    await master_command(paths.master, "reload", timeout=RELOAD_ASK_AGAIN)
             with contextlib.suppress(RouterError):
                 if (await api.info())["Pid"] != old:
                     break

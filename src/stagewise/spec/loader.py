@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import codecs
 import os
+from typing import Any
 
 from pydantic import ValidationError
 
-from stagewise.core.spec import ServiceSpec
+from stagewise.core.spec import TEMPLATES_CONTEXT, ServiceSpec
 from stagewise.errors import Problem, SpecError
 from stagewise.spec.messages import describe, problems_from
 from stagewise.spec.yamltree import Document, compose_documents
@@ -145,9 +146,19 @@ def _validate(doc: Document, filename: str) -> ServiceSpec:
         )
     try:
         # by_name=False: the YAML spelling is camelCase only; `progress_deadline` is a typo to report.
-        return ServiceSpec.model_validate(doc.data, by_alias=True, by_name=False)
+        return ServiceSpec.model_validate(doc.data, by_alias=True, by_name=False,
+                                          context={TEMPLATES_CONTEXT: _template_names(doc.data)})
     except ValidationError as exc:
         raise SpecError(problems_from(exc, ServiceSpec, doc, filename)) from exc
+
+
+def _template_names(data: dict[Any, Any]) -> frozenset[str] | None:
+    """The names under spec.analysis, so that a reference to another is reported where it is made."""
+    spec = data.get("spec")
+    analysis = spec.get("analysis", {}) if isinstance(spec, dict) else None
+    if not isinstance(analysis, dict) or not all(isinstance(k, str) for k in analysis):
+        return None  # malformed: the model reports that, and checks references at the end if it can
+    return frozenset(analysis)
 
 
 def _at_start(filename: str, message: str) -> SpecError:
