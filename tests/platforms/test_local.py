@@ -384,3 +384,48 @@ def test_seq_only_grows_across_stops_and_restarts(tmp_path: Path) -> None:
             assert [i.seq for i in view.instances] == [1, 3, 4]
 
     run(main)
+
+
+# Listens on $LISTEN_PORT, then writes numbered lines of 100 bytes, slowly enough that rotation interleaves.
+CHATTY = textwrap.dedent(
+    """
+    import os, socket, time
+    s = socket.socket()
+    s.bind(("127.0.0.1", int(os.environ["LISTEN_PORT"])))
+    s.listen()
+    for i in range(100_000):
+        print(f"{i:08d} " + "x" * 90, flush=True)
+        if i % 200 == 0:
+            time.sleep(0.01)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_growing_log_is_rotated_in_place_and_the_instance_keeps_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("stagewise.platforms.local.LOG_MAX_BYTES", 200_000)
+    release = ReleaseSpec.model_validate({
+        "version": "v1",
+        "run": {"command": [sys.executable, "-c", CHATTY], "env": {"LISTEN_PORT": "{port}"}},
+        "readiness": {"tcp": True},
+    })
+
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            await platform.start(service=SERVICE, release=release, count=1)
+            view, _ = await observe_until(platform, all_ready(1), {"v1": release})
+            log = Path(view.instances[0].log)
+            old = log.with_name(log.name + ".1")
+            await observe_until(platform, lambda _: old.exists(), {"v1": release})
+            for _ in range(40):  # rotated again and again while the instance writes
+                await platform.observe(service=SERVICE, releases={"v1": release})
+                await asyncio.sleep(0.02)
+            # the rotated copy was over the limit; the live log restarted from its beginning, no hole of NULs
+            assert old.stat().st_size > 200_000
+            head = log.read_bytes()[:4096]
+            assert b"\0" not in head and head[:8].isdigit()
+            assert int(head[:8]) > 0, "the live log continues the numbering, it does not start over"
+
+    run(main)

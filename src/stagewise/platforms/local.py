@@ -12,6 +12,11 @@ Why it is built this way:
 - `observe` stays cheap for ready instances (one small /proc read each); only
   starting instances are probed, all at once, so a hundred of them cost one probe
   timeout, not a hundred.
+- An instance writes its output to its own log file, opened for appending; a
+  log that grows past `LOG_MAX_BYTES` is copied to `<log>.1` and truncated in
+  place (logrotate's copytruncate: the process keeps its file descriptor, and
+  with O_APPEND its next write lands at the new end). Lines written between
+  the copy and the truncation are lost — the usual price of copytruncate.
 
 Linux only: liveness and start times come from /proc.
 """
@@ -24,6 +29,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +48,8 @@ PROBE_TIMEOUT = 1.0
 """Seconds one readiness probe may take; a slow probe just means "not ready yet"."""
 POLL_INTERVAL = 0.05
 """Seconds between liveness checks while waiting for a stopped instance to exit."""
+LOG_MAX_BYTES = 16 << 20
+"""An instance log larger than this is rotated (one old file kept) when the instance is next observed."""
 KILL_WAIT = 2.0
 """Seconds to wait for a SIGKILLed process to disappear before giving up on it."""
 
@@ -125,6 +133,17 @@ def _free_port(taken: set[int]) -> int:
     raise PlatformError("could not find a free loopback port")
 
 
+def _rotate(log: Path, max_bytes: int) -> None:
+    """Copy a log grown past `max_bytes` to `<log>.1` and truncate it in place (see the module's notes)."""
+    try:
+        if log.stat().st_size <= max_bytes:
+            return
+        shutil.copyfile(log, log.with_name(log.name + ".1"))
+        os.truncate(log, 0)
+    except OSError:
+        return  # a log that cannot be rotated now is tried again at the next observe
+
+
 def _atomic_write(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -184,6 +203,8 @@ class LocalPlatform:
                 self._count_failure(service, record.release)
                 events.append(f"instance {record.id} (pid {record.pid}) {ending}; {self._log_note(record)}")
 
+        for record in alive:
+            _rotate(Path(record.log), LOG_MAX_BYTES)
         starting = [r for r in alive if r.ready_at is None]
         ready = await asyncio.gather(*(self._probe(r, releases.get(r.release)) for r in starting))
         now = time.time()
