@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagewise.analysis.judges import judge
-from stagewise.analysis.judges.sequential_latency import active, judge_latency, rungs
+from stagewise.analysis.judges.sequential import log_sum_exp
+from stagewise.analysis.judges.sequential_latency import active, judge_latency, log_choose, log_z, rungs
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats, bucket_of
 from stagewise.core.verdict import Outcome, Verdict
@@ -370,6 +371,18 @@ def test_rungs_far_from_the_traffic_do_not_dilute_the_evidence() -> None:
         assert verdict.outcome is Outcome.FAILED, verdict.message
         looks.append(look)
     assert looks[0] == looks[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_b=st.integers(1, 2_000), n_c=st.integers(1, 2_000), share=st.floats(0.001, 0.999),
+       log_psi=st.floats(-2.0, 5.0))
+def test_the_normaliser_walked_from_its_peak_equals_the_full_sum(
+    n_b: int, n_c: int, share: float, log_psi: float
+) -> None:
+    slow = min(n_b + n_c - 1, max(1, round(share * (n_b + n_c))))
+    ys = range(max(0, slow - n_b), min(slow, n_c) + 1)
+    full = log_sum_exp([log_choose(n_c, y) + log_choose(n_b, slow - y) + y * log_psi for y in ys])
+    assert log_z(n_b, n_c, slow, math.exp(log_psi)) == pytest.approx(full, rel=1e-12, abs=1e-9)
 
 
 def test_uniformly_half_a_millisecond_slower_at_two_ms_passes_thanks_to_the_floor() -> None:

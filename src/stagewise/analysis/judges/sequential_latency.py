@@ -94,18 +94,52 @@ def odds_weights(n_b: int, n_c: int, slow: int, psi0: float) -> tuple[tuple[floa
     """
     if n_b <= 0 or n_c <= 0 or not 0 < slow < n_b + n_c:
         return None
-    ys = range(max(0, slow - n_b), min(slow, n_c) + 1)
-    terms = [_log_choose(n_c, y) + _log_choose(n_b, slow - y) for y in ys]
-
-    def log_z(psi: float) -> float:
-        lp = math.log(psi)
-        return seq.log_sum_exp([t + y * lp for t, y in zip(terms, ys, strict=True)])
-
-    z0 = log_z(psi0)
-    return tuple((math.log(psi1 / psi0), z0 - log_z(psi1)) for psi1 in seq.rho_grid(psi0))
+    z0 = log_z(n_b, n_c, slow, psi0)
+    return tuple((math.log(psi1 / psi0), z0 - log_z(n_b, n_c, slow, psi1)) for psi1 in seq.rho_grid(psi0))
 
 
-def _log_choose(n: int, k: int) -> float:
+NEGLIGIBLE = 1e-17
+"""Terms of Z below this share of the sum so far end the walk: beyond them they only shrink."""
+
+
+def log_z(n_b: int, n_c: int, slow: int, psi: float) -> float:
+    """log Σ_y C(n_c, y) C(n_b, slow − y) ψ^y, the normaliser of Fisher's noncentral hypergeometric law.
+
+    Summed outward from the largest term with the ratio of neighbours,
+    t(y+1)/t(y) = ψ (n_c − y)(slow − y) / ((y + 1)(n_b − slow + y + 1)), which
+    falls as y grows: the terms rise to one peak and fall away on both sides,
+    so the walk stops once they are negligible — about ten standard deviations
+    of the law, not all min(slow, n_c) + 1 terms of a large increment.
+    """
+    lo, hi = max(0, slow - n_b), min(slow, n_c)
+
+    def ratio(y: int) -> float:
+        return psi * (n_c - y) * (slow - y) / ((y + 1) * (n_b - slow + y + 1))
+
+    a, b = lo, hi  # the peak: the first y whose ratio to the next is below 1
+    while a < b:
+        mid = (a + b) // 2
+        if ratio(mid) < 1.0:
+            b = mid
+        else:
+            a = mid + 1
+    peak = a
+    total, term = 1.0, 1.0
+    for y in range(peak, hi):
+        term *= ratio(y)
+        total += term
+        if term < NEGLIGIBLE * total:
+            break
+    term = 1.0
+    for y in range(peak - 1, lo - 1, -1):
+        term /= ratio(y)
+        total += term
+        if term < NEGLIGIBLE * total:
+            break
+    return log_choose(n_c, peak) + log_choose(n_b, slow - peak) + peak * math.log(psi) + math.log(total)
+
+
+def log_choose(n: int, k: int) -> float:
     return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
 
 
