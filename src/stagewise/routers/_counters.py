@@ -11,18 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats, RouterStats, bucket_of
+from stagewise.core.stats import LATENCY_BOUNDS_MS, RouterStats, bucket_of
 from stagewise.routers._plan import Endpoint
-
-
-class ReleaseCounter:
-    __slots__ = ("buckets", "errors", "requests", "sum_ms")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
-        self.sum_ms = 0.0
+from stagewise.routers._tally import Tallies, Tally
 
 
 class Counters:
@@ -30,12 +21,13 @@ class Counters:
 
     def __init__(self, boot: str) -> None:
         self.boot = boot
-        self.releases: dict[str, ReleaseCounter] = {}
+        self.releases: Tallies = {}
 
     def record(self, release: str, *, error: bool, latency_ms: float) -> None:
         counter = self.releases.get(release)
         if counter is None:
-            counter = self.releases[release] = ReleaseCounter()
+            counter = self.releases[release] = Tally()
+        # Tally.add inlined: this runs once per proxied request
         counter.requests += 1
         if error:
             counter.errors += 1
@@ -49,13 +41,7 @@ class Counters:
         return RouterStats(
             boot=self.boot,
             releases={
-                name: ReleaseStats(
-                    requests=c.requests,
-                    errors=c.errors,
-                    latency_buckets=list(c.buckets),
-                    latency_sum_ms=c.sum_ms,
-                )
-                for name, c in sorted(self.releases.items())
+                name: c.stats() for name, c in sorted(self.releases.items())
             },
             inflight=inflight,
         )

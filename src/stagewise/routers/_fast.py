@@ -263,17 +263,6 @@ class FastClient(asyncio.Protocol):
         self._to_streams(upstream_bytes, pending)
 
 
-def stream_pair(transport: asyncio.Transport, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A client connection switched to streams, with `data` already received fed in."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport.set_protocol(protocol)
-    protocol.connection_made(transport)
-    if data:
-        reader.feed_data(data)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-
 
 
 async def finish_on_streams(traffic: Traffic, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

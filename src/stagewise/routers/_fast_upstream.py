@@ -226,13 +226,7 @@ class FastUpstream(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         transport.resume_reading()
-        reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        if data:
-            reader.feed_data(data)
-        upstream = Upstream(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+        upstream = Upstream(*stream_pair(transport, data, loop))
         upstream.reused = self.reused
         return upstream
 
@@ -272,3 +266,17 @@ def plain_response_head(head: bytes) -> tuple[int, int, bytes] | None:
         at = line_end + connection.start()
         head = head[:at] + head[at + connection.end() - connection.start() - 2:]
     return status, int(length.group(1)), head
+
+
+def stream_pair(
+    transport: asyncio.Transport, data: bytes, loop: asyncio.AbstractEventLoop | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection (client's or upstream's) switched to streams, with `data` already received fed in."""
+    loop = loop or asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if data:
+        reader.feed_data(data)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

@@ -47,8 +47,8 @@ from pydantic import ValidationError
 
 from stagewise.core.routes import RouteTable
 from stagewise.routers._counters import Counters
-from stagewise.routers._fast import FastClient, finish_on_streams, stream_pair
-from stagewise.routers._fast_upstream import Pending
+from stagewise.routers._fast import FastClient, finish_on_streams
+from stagewise.routers._fast_upstream import Pending, stream_pair
 from stagewise.routers._forward import CLIENT_IDLE_TIMEOUT, Traffic
 from stagewise.routers._http import (
     CHUNKED,

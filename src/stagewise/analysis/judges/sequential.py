@@ -145,8 +145,7 @@ def log_sum_exp(values: Sequence[float]) -> float:
 
 def log_mean_exp(values: Sequence[float]) -> float:
     """log(mean(exp(values))) without overflow or underflow."""
-    top = max(values)
-    return top + math.log(math.fsum([math.exp(v - top) for v in values]) / len(values))
+    return log_sum_exp(values) - math.log(len(values))
 
 
 def split(baseline_requests: int, candidate_requests: int) -> float:
