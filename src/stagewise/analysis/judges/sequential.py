@@ -68,10 +68,10 @@ ARMS = ("baseline", "candidate")
 
 
 @functools.lru_cache(maxsize=16)
-def rho_grid(rho0: float) -> tuple[float, ...]:
-    """The alternatives ρ1 of the mixture, log-spaced above ρ0."""
-    step = math.log(GRID_HIGH / GRID_LOW) / (GRID_SIZE - 1)
-    return tuple(rho0 * GRID_LOW * math.exp(step * i) for i in range(GRID_SIZE))
+def rho_grid(rho0: float, high: float = GRID_HIGH, size: int = GRID_SIZE) -> tuple[float, ...]:
+    """The alternatives ρ1 of the mixture, log-spaced from ρ0·GRID_LOW to ρ0·high."""
+    step = math.log(high / GRID_LOW) / (size - 1)
+    return tuple(rho0 * GRID_LOW * math.exp(step * i) for i in range(size))
 
 
 @functools.lru_cache(maxsize=4096)
