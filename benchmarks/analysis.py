@@ -39,6 +39,12 @@ more often than α when checked every interval, and a judge that alarms more
 often also "detects" sooner. So its runs are also replayed at the level that
 gives it a 5 % A/A false-positive rate here (`mw@5%FPR`: each check's p-value
 is kept, so no judge call is repeated), and `sequential` is compared with both.
+
+What no test can do. For the error-rate regressions the comparison also
+prints a bound: the power of the most powerful test there is, given a third
+of the requests mannwhitney needed, at mannwhitney's false-positive rate (see
+`best_possible`). Where that bound is below mannwhitney's power, "3× fewer
+requests" is out of reach of every judge, not only of this one.
 """
 
 from __future__ import annotations
@@ -54,8 +60,7 @@ from typing import Any
 import numpy as np
 
 from stagewise.analysis.judges import judge
-from stagewise.analysis.judges import sequential as seq
-from stagewise.analysis.judges.sequential_latency import DEFAULT_FLOOR_MS, rungs
+from stagewise.analysis.judges.sequential_latency import DEFAULT_FLOOR_MS, odds_grid, rungs
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats
 from stagewise.core.verdict import Outcome
@@ -74,6 +79,8 @@ CROSSCHECK = 1
 """Replications per latency scenario also run through the real latency judge, block by block."""
 CROSSCHECK_REQUESTS = 6_000
 """The cross-check replays this many requests of the run (the real judge takes ~1 ms a block)."""
+STRIDE = 50
+"""Error events are also counted every this many requests, for the bound on any test (`best_possible`)."""
 
 ERRORS_SEQ = AnalysisTemplate(metric="error-rate", judge="sequential", alpha=0.05)
 LATENCY_SEQ = AnalysisTemplate(metric="latency", judge="sequential", alpha=0.05, margin=0.05)
@@ -195,7 +202,7 @@ def log_choose(n: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 def odds_llr(n_b: np.ndarray, n_c: np.ndarray, slow: np.ndarray, x: np.ndarray, psi0: float) -> np.ndarray:
     """Per block and ψ1 of the grid, the log-likelihood ratio of the noncentral hypergeometric law (as the judge)."""
-    grid = np.array(seq.rho_grid(psi0))
+    grid = np.array(odds_grid(psi0))
     # small blocks repeat: the normalisers are computed once per distinct (n_b, n_c, slow)
     distinct, which = np.unique(np.stack([n_b, n_c, slow], axis=1), axis=0, return_inverse=True)
     u_b, u_c, u_s = distinct[:, 0], distinct[:, 1], distinct[:, 2]
@@ -380,6 +387,7 @@ def run_job(job: tuple[int, int, int, int]) -> dict[str, Any]:
     found: dict[tuple[str, str], list[int | None]] = {(j, m): [] for j in run for m in metrics}
     events: dict[tuple[str, str], list[int]] = {(j, m): [] for j in run for m in metrics}
     mw_checks: dict[str, list[list[Check]]] = {m: [] for m in metrics}
+    totals: list[list[int]] = []
     started = time.perf_counter()
     crosschecked = 0
     for rep in range(reps):
@@ -389,6 +397,7 @@ def run_job(job: tuple[int, int, int, int]) -> dict[str, Any]:
                 mw, checks = interval_judge(traffic, ERRORS_MW)
                 hits = {"sequential": sequential_errors(traffic), "mannwhitney": mw,
                         "threshold": interval_judge(traffic, ERRORS_THRESHOLD)[0]}
+                totals.append(np.cumsum(traffic.error)[STRIDE - 1 :: STRIDE].tolist())
             else:
                 fast = sequential_latency(traffic)
                 if rep < CROSSCHECK:
@@ -408,6 +417,8 @@ def run_job(job: tuple[int, int, int, int]) -> dict[str, Any]:
     rows = []
     for (j, metric), hits in found.items():
         rows.append(summarize(scenario, share, j, metric, hits, events[j, metric]))
+        if j == "sequential" and metric == "error-rate":
+            rows[-1]["error_totals"] = totals
     return {"rows": rows, "seconds": time.perf_counter() - started, "crosschecked": crosschecked,
             "scenario": index, "split": split_index, "checks": mw_checks}
 
@@ -520,6 +531,49 @@ def at_power(a: float, b: float) -> float:
     return next((p for p in (0.8, 0.5) if both >= p), both)
 
 
+def np_power(m: int, q0: float, q1: float, level: float) -> float:
+    """Power of the most powerful level-`level` test of Binomial(m, q0) against Binomial(m, q1 > q0).
+
+    Neyman–Pearson: reject when k > c, and with probability γ when k = c
+    (randomised, so that the level is spent exactly, to the test's favour).
+    """
+    if m == 0:
+        return level
+
+    def pmf(k: int, q: float) -> float:
+        return math.exp(math.lgamma(m + 1) - math.lgamma(k + 1) - math.lgamma(m - k + 1)
+                        + k * math.log(q) + (m - k) * math.log1p(-q))
+
+    above0 = above1 = 0.0  # P(K > c) under q0 and q1, for c from m down
+    for c in range(m, -1, -1):
+        p0, p1 = pmf(c, q0), pmf(c, q1)
+        if above0 + p0 > level:
+            gamma = (level - above0) / p0
+            return above1 + gamma * p1
+        above0, above1 = above0 + p0, above1 + p1
+    return 1.0
+
+
+def best_possible(totals: list[list[int]], requests: float, share: float, ratio: float, level: float) -> float:
+    """The power, after `requests` requests, that no test of error rates at that false-positive rate exceeds.
+
+    An error event falls on the candidate with probability q = sρ / (sρ + 1 − s)
+    (s the candidate's share of traffic, ρ its error-rate ratio) whatever the
+    shared, drifting rate is; given the m events so far, the count on the
+    candidate is Binomial(m, q). A test that must hold its level whatever the
+    baseline's rate does can use no more than that (conditioning on m, the
+    rate's sufficient statistic); the Neyman–Pearson test of q0 = s against the
+    true q1 — a test that knows the effect in advance — is the most powerful one
+    there. Averaged over the runs' own m at that many requests (rounded up to
+    STRIDE: in the test's favour). It ignores what a request without an error
+    says about the split (next to nothing at a 1 % error rate) and the 5 %
+    spread between instances.
+    """
+    at = min(len(totals[0]), math.ceil(requests / STRIDE)) - 1
+    q1 = share * ratio / (share * ratio + 1 - share)
+    return float(np.mean([np_power(run[at], share, q1, level) for run in totals]))
+
+
 def print_comparisons(rows: list[dict[str, Any]]) -> None:
     """sequential against mannwhitney, as Kayenta runs it and calibrated: requests to the power both reach."""
 
@@ -533,12 +587,16 @@ def print_comparisons(rows: list[dict[str, Any]]) -> None:
           " each judge's A/A FPR beside it. mannwhitney as Kayenta runs it (98%), and calibrated to a 5% FPR.")
     met: list[str] = []
     missed: list[str] = []
+    impossible: list[str] = []
+    undetected: list[str] = []
     for s in rows:
         if s["judge"] != "sequential" or s["scenario"] == "A/A":
             continue
         key = (s["scenario"], s["metric"], s["split"])
         fpr_seq = by[("A/A", key[1], key[2], "sequential")]["rate"]
         parts = []
+        bounds: list[str] = []
+        out_of_reach = blind = 0
         best = 0.0
         for name in ("mannwhitney", CALIBRATED):
             r = by[(*key, name)]
@@ -546,17 +604,45 @@ def print_comparisons(rows: list[dict[str, Any]]) -> None:
             power = at_power(r["rate"], s["rate"])
             n_mw, n_seq = requests_to_power(r["hits"], power), requests_to_power(s["hits"], power)
             ratio = n_mw / n_seq if n_mw and n_seq else None
-            if ratio is not None and fpr_seq <= fpr:
+            if ratio is not None and fpr_seq <= fpr and power >= 2 * fpr:  # else "detections" are mostly noise
                 best = max(best, ratio)
+            blind += r["rate"] <= fpr
             parts.append(f"{name} {f(n_mw):>6} (power {r['rate']:4.0%}, FPR {fpr:4.1%}) "
                          f"{'-' if ratio is None else f'{ratio:.1f}×':>5} at {power:4.0%}")
+            if "error_totals" in s:
+                own = at_power(r["rate"], r["rate"])
+                n_own = requests_to_power(r["hits"], own)
+                if n_own is not None:
+                    share = 0.5 if key[2] == "50/50" else 0.05
+                    ratio_true = next(sc.error_ratio for sc in SCENARIOS if sc.name == key[0])
+                    bound = best_possible(s["error_totals"], n_own / 3, share, ratio_true, max(fpr, fpr_seq))
+                    bounds.append(f"{name} reaches {own:.0%} at {n_own:,.0f}; any test at {n_own / 3:,.0f}: "
+                                  f"≤ {bound:.0%}")
+                    if bound < own:
+                        out_of_reach += 1
         label = f"{key[0]} {key[2]}"
-        (met if best >= 3.0 else missed).append(label)
+        if best >= 3.0:
+            met.append(label)
+        elif blind == 2:
+            undetected.append(f"{label} (sequential {s['rate']:.0%})")
+        else:
+            missed.append(label)
+        if out_of_reach == 2:
+            impossible.append(label)
         print(f"  {key[0]:<15} {key[2]:<5} sequential power {s['rate']:4.0%} (FPR {fpr_seq:4.1%}) | "
               + " | ".join(parts))
-    print(f"\n≥3× fewer requests than mannwhitney at an equal or lower FPR: {len(met)} of {len(met) + len(missed)} "
-          f"regressions: {', '.join(met) or 'none'}")
+        if bounds:
+            print(f"  {'':<21} {' | '.join(bounds)}")
+    total = len(met) + len(missed) + len(undetected)
+    print(f"\n≥3× fewer requests than mannwhitney at an equal or lower FPR, at a power at least twice that FPR: "
+          f"{len(met)} of {total} regressions: {', '.join(met) or 'none'}")
+    print(f"mannwhitney does not detect them (power no higher than its A/A FPR): {', '.join(undetected) or 'none'}")
     print(f"not met: {', '.join(missed) or 'none'}")
+    print("error rates, second line: the power of the most powerful test there is (Neyman–Pearson, knowing the\n"
+          "effect, valid whatever the baseline's error rate does) after a third of mannwhitney's requests, at\n"
+          "mannwhitney's false-positive rate: below mannwhitney's power, no judge can be 3× faster.")
+    print(f"out of reach of any test, against both mannwhitney runs: {len(impossible)} of {len(missed)} not met: "
+          f"{', '.join(impossible) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -165,6 +165,18 @@ def test_slightly_worse_candidate_within_the_margin_passes() -> None:
     assert "more than 2× the baseline's" in verdict.message
 
 
+def test_a_state_kept_for_another_grid_starts_afresh() -> None:
+    """A delivery in flight across an upgrade that changed the grid of alternatives restarts its e-process."""
+    increments = error_increments(random.Random(5), baseline_rate=0.01, candidate_rate=0.01, share=0.5, size=40)
+    state, _, _ = run(ERRORS, increments, looks=5)
+    old = {**state, "llr": [0.5] * (len(state["llr"]) + 4), "max_log_e": 2.0}
+    baseline, candidate = next(increments)
+    new, verdict = judge(ERRORS, old, baseline, candidate, elapsed=6, duration=None)
+    assert verdict.outcome is Outcome.RUNNING
+    assert len(new["llr"]) == len(state["llr"])
+    assert new["requests"] == [baseline.requests, candidate.requests]
+
+
 def test_good_candidate_is_successful_at_the_deadline_and_running_before() -> None:
     increments = error_increments(random.Random(3), baseline_rate=0.01, candidate_rate=0.01, share=0.2, size=40)
     state, verdict, look = run(ERRORS, increments, looks=59, duration=60)
