@@ -52,15 +52,15 @@ sit far above or below the traffic, saves their share of the prior (log 50/15
 ≈ 1.2 in log e-value with fifteen active rungs).
 
 Where the prior goes. The odds ratios mixed at each rung run from ψ0·1.1 to
-ψ0·5, not to ψ0·50 as the error-rate judge's do. A "slower than T" event is
+ψ0·5 (they once ran to ψ0·50; the error-rate judge's run to ρ0·10). A "slower than T" event is
 common near the median, so an odds ratio above five there means the
 candidate's whole distribution has moved: any grid decides that within a few
-dozen requests (the benchmark's +50 ms: 24 requests at the median with the
-wider grid, 33 with this one). The prior mass is better spent where decisions
+dozen requests (the benchmark's +50 ms: 25 requests at the median with the
+wider grid, 37 with this one). The prior mass is better spent where decisions
 take thousands of requests — a tail-only regression doubles the odds of a
 request slower than the baseline's p99 — and six alternatives instead of
 twelve leave each of them twice the weight (the benchmark's "p99 +20 %" case:
-power 91 % → 95 % over the same 300 runs).
+power 90.7 % → 95.3 %, same runs).
 
 The state keeps the per-rung sums and the cumulative histogram of each arm,
 for the p50/p95/p99 in the evidence. Pure: no clock, no I/O.
