@@ -42,6 +42,29 @@ async def test_a_good_release_is_promoted(world: World, strategy: dict[str, Any]
     assert table.receiving() == {"v2"}
 
 
+@pytest.mark.parametrize("strategy", [BLUE_GREEN, {"full": {}}], ids=["blue-green", "full"])
+async def test_every_step_ends_only_once_the_router_serves_its_ready_instances(
+    world: World, strategy: dict[str, Any]
+) -> None:
+    """Whoever sees a step end (the API, a script waiting for Succeeded) finds its instances reachable."""
+    store = world.controller.store
+    seen: list[tuple[str, int, int]] = []
+    save = store.save_delivery
+
+    def watching(delivery: Any, *args: Any, **kwargs: Any) -> None:
+        table = world.router.tables["shop"]
+        candidate = delivery.candidate.version
+        seen.append((delivery.phase.value, sum(1 for e in table.endpoints if e.release == candidate),
+                     world.platform.count("shop", candidate, ready=True)))
+        save(delivery, *args, **kwargs)
+
+    store.save_delivery = watching  # type: ignore[method-assign]
+    assert await world.deliver("v2", strategy) is Phase.SUCCEEDED
+    # the candidate only grows on the way to success: every instance ready is already served
+    assert [s for s in seen if s[1] != s[2]] == [], seen
+    assert seen[-1] == ("Succeeded", 4, 4)
+
+
 @pytest.mark.parametrize("strategy", [CANARY, BLUE_GREEN, WAVES, COHORTS],
                          ids=["canary", "blue-green", "waves", "cohorts"])
 async def test_a_release_that_fails_requests_is_rolled_back(world: World, strategy: dict[str, Any]) -> None:

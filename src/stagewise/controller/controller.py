@@ -1,8 +1,10 @@
 """The controller: a level-triggered reconcile loop over services and their deliveries.
 
 Each tick, for each service: observe the world (instances, router counters),
-judge the analysis runs, ask `core.advance` for the delivery's next state,
-**commit it to the store**, and only then make the world match it. A
+route to the instances ready now (in the world already committed, so that a
+step waiting for them ends only once traffic reaches them), judge the
+analysis runs, ask `core.advance` for the delivery's next state, **commit it
+to the store**, and only then make the world match it. A
 controller killed at any moment and started again reads the committed state
 and carries on; since every action is idempotent, repeating the last one
 does no harm. The data plane never runs here: the router and the instances
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stagewise.controller.measure import Measurer, measure_and_judge
-from stagewise.controller.reconcile import Applied, make_world, note_boot
+from stagewise.controller.reconcile import Applied, make_world, note_boot, serve_ready
 from stagewise.core import delivery as machine
 from stagewise.core.delivery import Delivery, Event, Observation, Phase
 from stagewise.core.plan import Plan, World
@@ -138,6 +140,9 @@ class Controller:
         world: World | None
         if active is not None:
             plan = self.plan(active)
+            committed = machine.desired_world(active, plan)
+            if committed is not None:
+                await serve_ready(spec=spec, world=committed, view=view, router=router, applied=self._applied)
             judged = await measure_and_judge(self._measurer, active, stats, now)
             obs = Observation(
                 now=now,

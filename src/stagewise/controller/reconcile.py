@@ -82,6 +82,39 @@ def build_table(spec: ServiceSpec, world: World, endpoints: list[Instance]) -> R
     )
 
 
+def _victims(world: World, view: PlatformView) -> tuple[dict[str, list[Instance]], list[Instance]]:
+    """The observed instances per release, and those `world` has no place for."""
+    by_release: dict[str, list[Instance]] = {}
+    for inst in view.instances:
+        by_release.setdefault(inst.release, []).append(inst)
+    victims: list[Instance] = []
+    for release, instances in by_release.items():
+        victims += choose_victims(instances, world.instances.get(release, 0))
+    return by_release, victims
+
+
+def _table(spec: ServiceSpec, world: World, view: PlatformView, victims: list[Instance]) -> RouteTable:
+    """The table of `world` over every ready instance that stays."""
+    gone = {v.id for v in victims}
+    serving = [
+        i for i in view.instances
+        if i.state is InstanceState.READY and i.id not in gone and world.instances.get(i.release, 0) > 0
+    ]
+    return build_table(spec, world, serving)
+
+
+async def serve_ready(*, spec: ServiceSpec, world: World, view: PlatformView, router: Router,
+                      applied: Applied) -> None:
+    """Route to the instances ready now, in `world` as committed; start and stop nothing.
+
+    The controller calls this before it judges a step by those instances: a
+    step that is done "once they are ready" is then done only when traffic
+    already reaches them, so no one sees Succeeded (or the next step) while
+    the router still serves the table of a moment before.
+    """
+    await apply_table(router, _table(spec, world, view, _victims(world, view)[1]), applied)
+
+
 async def make_world(
     *,
     spec: ServiceSpec,
@@ -94,19 +127,9 @@ async def make_world(
 ) -> None:
     """One idempotent pass towards `world` for the service of `spec`."""
     service = spec.name
-    by_release: dict[str, list[Instance]] = {}
-    for inst in view.instances:
-        by_release.setdefault(inst.release, []).append(inst)
-    victims: list[Instance] = []
-    for release, instances in by_release.items():
-        victims += choose_victims(instances, world.instances.get(release, 0))
+    by_release, victims = _victims(world, view)
     gone = {v.id for v in victims}
-    serving = [
-        i for i in view.instances
-        if i.state is InstanceState.READY and i.id not in gone and world.instances.get(i.release, 0) > 0
-    ]
-    table = build_table(spec, world, serving)
-    await apply_table(router, table, applied)
+    await apply_table(router, _table(spec, world, view, victims), applied)
     if victims:
         await _drain(router, service, gone)
         await platform.stop(service=service, ids=sorted(gone))
