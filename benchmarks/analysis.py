@@ -61,6 +61,7 @@ import numpy as np
 
 from stagewise.analysis.judges import judge
 from stagewise.analysis.judges.sequential_latency import DEFAULT_FLOOR_MS, odds_grid, rungs
+from stagewise.analysis.judges.sequential_latency import log_choose as log_comb
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats
 from stagewise.core.verdict import Outcome
@@ -453,6 +454,7 @@ def summarize(scenario: Scenario, share: float, judge_name: str, metric: str, hi
     ev = [e for e, h in zip(events, hits, strict=True) if h is not None]
     return {
         "scenario": scenario.name, "metric": metric, "split": f"{share * 100:g}/{100 - share * 100:g}",
+        "share": share, "error_ratio": scenario.error_ratio,
         "judge": judge_name, "reps": reps, "rate": len(detected) / reps,
         "requests_p50": float(np.median(requests)) if detected else None,
         "requests_p90": float(np.percentile(requests, 90)) if detected else None,
@@ -541,8 +543,7 @@ def np_power(m: int, q0: float, q1: float, level: float) -> float:
         return level
 
     def pmf(k: int, q: float) -> float:
-        return math.exp(math.lgamma(m + 1) - math.lgamma(k + 1) - math.lgamma(m - k + 1)
-                        + k * math.log(q) + (m - k) * math.log1p(-q))
+        return math.exp(log_comb(m, k) + k * math.log(q) + (m - k) * math.log1p(-q))
 
     above0 = above1 = 0.0  # P(K > c) under q0 and q1, for c from m down
     for c in range(m, -1, -1):
@@ -572,6 +573,18 @@ def best_possible(totals: list[list[int]], requests: float, share: float, ratio:
     at = min(len(totals[0]), math.ceil(requests / STRIDE)) - 1
     q1 = share * ratio / (share * ratio + 1 - share)
     return float(np.mean([np_power(run[at], share, q1, level) for run in totals]))
+
+
+def bound_for(seq_row: dict[str, Any], mw_row: dict[str, Any], level: float) -> tuple[str, bool]:
+    """For an error-rate regression: mannwhitney's power and requests, the bound at a third of them, and
+    whether that bound is below mannwhitney's power (3× fewer requests out of reach of any test)."""
+    own = at_power(mw_row["rate"], mw_row["rate"])
+    n_own = requests_to_power(mw_row["hits"], own)
+    if n_own is None:
+        return "", False
+    bound = best_possible(seq_row["error_totals"], n_own / 3, seq_row["share"], seq_row["error_ratio"], level)
+    text = f"{mw_row['judge']} reaches {own:.0%} at {n_own:,.0f}; any test at {n_own / 3:,.0f}: ≤ {bound:.0%}"
+    return text, bound < own
 
 
 def print_comparisons(rows: list[dict[str, Any]]) -> None:
@@ -610,16 +623,9 @@ def print_comparisons(rows: list[dict[str, Any]]) -> None:
             parts.append(f"{name} {f(n_mw):>6} (power {r['rate']:4.0%}, FPR {fpr:4.1%}) "
                          f"{'-' if ratio is None else f'{ratio:.1f}×':>5} at {power:4.0%}")
             if "error_totals" in s:
-                own = at_power(r["rate"], r["rate"])
-                n_own = requests_to_power(r["hits"], own)
-                if n_own is not None:
-                    share = 0.5 if key[2] == "50/50" else 0.05
-                    ratio_true = next(sc.error_ratio for sc in SCENARIOS if sc.name == key[0])
-                    bound = best_possible(s["error_totals"], n_own / 3, share, ratio_true, max(fpr, fpr_seq))
-                    bounds.append(f"{name} reaches {own:.0%} at {n_own:,.0f}; any test at {n_own / 3:,.0f}: "
-                                  f"≤ {bound:.0%}")
-                    if bound < own:
-                        out_of_reach += 1
+                text, beyond = bound_for(s, r, max(fpr, fpr_seq))
+                bounds += [text] if text else []
+                out_of_reach += beyond
         label = f"{key[0]} {key[2]}"
         if best >= 3.0:
             met.append(label)
