@@ -30,8 +30,8 @@ thousands of errors nor none at all overflow. The grid stops at ρ0·10: a
 release ten times worse is caught within a dozen or so errors whatever the
 grid, so the prior's weight is better spent on the ratios that take thousands
 of requests to tell (with the grid once running to ρ0·50, twelve points, a
-doubled error rate on a 50/50 split took a median 73 error events in the
-benchmark's traffic; with this one, 65).
+doubled error rate on a 50/50 split took a median 75 error events in the
+benchmark's traffic; with this one, 66).
 
 Bernoulli, not Poisson. A request fails or does not: given the number of
 errors, which arm they fell in is hypergeometric rather than binomial. At ρ = 1
