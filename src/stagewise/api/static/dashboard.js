@@ -274,9 +274,21 @@
     });
     draw(el, "evidence:" + metrics.join(","), function () {
       return baseOptions(el, series, {}, { distr: 3, range: function (u, min, max) {
-        return [Math.min(0.1, min), Math.max(max * 2, 100)];
+        return wholeDecades(Math.min(0.1, min), Math.max(max * 2, 100));
       } });
     }, data);
+  }
+
+  // A log scale must start and end on powers of ten: uPlot's log ticks step from the scale's
+  // minimum, and from a minimum between decades (an e-value of 0.0999, say) they never reach
+  // the maximum — the page hangs and throws "Invalid array length".
+  var MAX_DECADE = 300;
+  function wholeDecades(low, high) {
+    var from = low > 0 ? Math.floor(Math.log10(low)) : -3;
+    var to = high > 0 && isFinite(high) ? Math.ceil(Math.log10(high)) : MAX_DECADE;
+    from = Math.max(-MAX_DECADE, Math.min(from, MAX_DECADE - 1));
+    to = Math.max(from + 1, Math.min(to, MAX_DECADE));
+    return [Math.pow(10, from), Math.pow(10, to)];
   }
 
   function drawLatency(el, run) {
