@@ -263,8 +263,6 @@ class FastClient(asyncio.Protocol):
         self._to_streams(upstream_bytes, pending)
 
 
-
-
 async def finish_on_streams(traffic: Traffic, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                             upstream: Upstream, pending: Pending, *, preview: bool) -> None:
     """Finish on the stream path an exchange the fast path began, then serve the connection on."""

@@ -254,6 +254,8 @@
     }, data);
   }
 
+  var E_FLOOR = 1e-3; // e-values are drawn from here up: a log axis has no place for 0
+
   function drawEvidence(el, run) {
     if (!run.bounds) { el.textContent = "this judge reports no e-value"; return; }
     var metrics = Object.keys(run.bounds).sort();
@@ -261,7 +263,7 @@
     var data = [run.t];
     var series = [];
     metrics.forEach(function (m, i) {
-      data.push(run.e_value[m].map(function (v) { return v == null ? null : Math.max(1e-3, v); }));
+      data.push(run.e_value[m].map(function (v) { return v == null ? null : Math.max(E_FLOOR, v); }));
       series.push({ label: m, stroke: palette[i % palette.length], width: 2, spanGaps: true,
                     value: function (u, v) { return v == null ? "–" : v.toPrecision(3); } });
     });
@@ -284,7 +286,7 @@
   // the maximum — the page hangs and throws "Invalid array length".
   var MAX_DECADE = 300;
   function wholeDecades(low, high) {
-    var from = low > 0 ? Math.floor(Math.log10(low)) : -3;
+    var from = Math.floor(Math.log10(low > 0 ? low : E_FLOOR));
     var to = high > 0 && isFinite(high) ? Math.ceil(Math.log10(high)) : MAX_DECADE;
     from = Math.max(-MAX_DECADE, Math.min(from, MAX_DECADE - 1));
     to = Math.max(from + 1, Math.min(to, MAX_DECADE));
