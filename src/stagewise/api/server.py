@@ -153,13 +153,42 @@ def _add_verb(app: FastAPI, verb: str, ctl: Any, authorised: Any) -> None:
 
 
 def bind(listen: str) -> socket.socket:
+    """The server's listening socket, close-on-exec like every socket Python makes.
+
+    Never inheritable: the server starts processes that outlive it (routers, instances), and a
+    copy of this socket in one of them keeps the port taken after the server exits, so the
+    server could not start again. uvicorn serves it in this process (`sockets=`); only its
+    multi-process mode, which stagewise does not use, hands a socket to children.
+    """
     host, _, port = listen.rpartition(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host or "127.0.0.1", int(port)))
     sock.listen(128)
-    sock.set_inheritable(True)
     return sock
+
+
+def disinherit_descriptors() -> list[int]:
+    """Make every descriptor above stderr close-on-exec; the ones that were inheritable.
+
+    Whatever this process inherited from whoever started it (a supervisor's socket, a
+    shell's pipe) is not for the data plane. Not every way the drivers start a process
+    closes descriptors in the child (posix_spawn does not, nor do uvloop's subprocesses),
+    and a daemon that holds a copy keeps it for as long as it runs: so the server, which is
+    the parent of them all, keeps nothing inheritable.
+    """
+    changed = []
+    for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                os.set_inheritable(fd, False)
+                changed.append(fd)
+        except OSError:
+            continue  # the directory listing's own descriptor, closed by now
+    return changed
 
 
 def write_server_file(state_dir: Path, sock: socket.socket) -> str:
@@ -175,6 +204,7 @@ def serve(state_dir: Path, listen: str = DEFAULT_LISTEN) -> None:
     """Run the server until SIGINT/SIGTERM: API plus the controller loop."""
     import uvicorn
 
+    disinherit_descriptors()
     state_dir.mkdir(parents=True, exist_ok=True)
     ensure_token(state_dir)  # before server.json: a client that finds the address must find the token too
     sock = bind(listen)
