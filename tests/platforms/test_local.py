@@ -429,3 +429,117 @@ def test_a_growing_log_is_rotated_in_place_and_the_instance_keeps_writing(
             assert int(head[:8]) > 0, "the live log continues the numbering, it does not start over"
 
     run(main)
+
+
+# Starts one instance like a controller, but is stopped by the test (SIGKILL) at the moment named in argv[4]:
+# "spawned" once the instance's process exists and before its pid is recorded, "intent" just before the spawn.
+KILLED_WHILE_STARTING = textwrap.dedent(
+    """
+    import asyncio, subprocess, sys, time
+    from pathlib import Path
+    from stagewise.core.spec import ReleaseSpec
+    from stagewise.platforms.local import LocalPlatform
+
+    def hang(what):
+        print(what, flush=True)
+        time.sleep(60)
+
+    if sys.argv[4] == "spawned":
+        save = LocalPlatform._save
+        def save_or_hang(self, record):
+            if record.pid:  # the record of a running process: the controller dies before it lands
+                hang(record.pid)
+            save(self, record)
+        LocalPlatform._save = save_or_hang
+    else:
+        subprocess.Popen = lambda *args, **kwargs: hang("spawning")
+
+    async def main():
+        platform = LocalPlatform(state_dir=Path(sys.argv[1]))
+        await platform.start(service=sys.argv[3], release=ReleaseSpec.model_validate_json(sys.argv[2]), count=1)
+
+    asyncio.run(main())
+    """
+)
+
+
+def kill_while_starting(state_dir: Path, release: ReleaseSpec, moment: str) -> str:
+    """Run KILLED_WHILE_STARTING until it reaches `moment`, then SIGKILL it; what it said there."""
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_STARTING, str(state_dir), release.model_dump_json(),
+                             SERVICE, moment], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        said = proc.stdout.readline().strip()
+        assert said, "the controller process ended before the moment to kill it"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    return said
+
+
+def processes_naming(marker: str) -> set[int]:
+    """Live processes with `marker` in their command line."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes() and not gone(
+                    int(entry.name)):
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def marked_release(marker: str) -> ReleaseSpec:
+    """A tcp listener whose command line carries `marker`, so the test finds its processes whoever started them."""
+    return ReleaseSpec.model_validate({
+        "version": "v1", "run": {"command": [sys.executable, "-c", LISTENER, marker], "env": {"LISTEN_PORT": "{port}"}},
+        "readiness": {"tcp": True},
+    })
+
+
+def test_an_instance_spawned_but_not_recorded_when_the_controller_is_killed_is_adopted(tmp_path: Path) -> None:
+    release = marked_release(str(tmp_path))
+    try:
+        pid = int(kill_while_starting(tmp_path, release, "spawned"))
+        assert processes_naming(str(tmp_path)) == {pid}, "the instance outlives its controller, as it must"
+
+        async def main() -> None:
+            async with local_platform(tmp_path) as platform:
+                view = await platform.observe(service=SERVICE, releases={"v1": release})
+                assert [i.pid for i in view.instances] == [pid], "the instance must be known, not an orphan"
+                assert view.failures == {}
+                [event] = view.events
+                assert f"{SERVICE}-v1-1 (pid {pid})" in event and "adopted" in event
+                view, _ = await observe_until(platform, all_ready(1), {"v1": release})
+                assert processes_naming(str(tmp_path)) == {pid}, "no duplicate"
+                # a fresh controller sees the same instance: the record is complete now
+                again = await LocalPlatform(state_dir=tmp_path).observe(service=SERVICE, releases={})
+                assert again.instances == view.instances and again.events == []
+
+        run(main)
+        assert processes_naming(str(tmp_path)) == set(), "the adopted instance is stopped like any other"
+    finally:
+        for orphan in processes_naming(str(tmp_path)):
+            os.killpg(orphan, signal.SIGKILL)
+
+
+def test_an_instance_intended_but_never_spawned_is_forgotten(tmp_path: Path) -> None:
+    release = marked_release(str(tmp_path))
+    assert kill_while_starting(tmp_path, release, "intent") == "spawning"
+    assert processes_naming(str(tmp_path)) == set()
+
+    async def main() -> None:
+        async with local_platform(tmp_path) as platform:
+            view = await platform.observe(service=SERVICE, releases={"v1": release})
+            assert view.instances == [] and view.failures == {}
+            [event] = view.events
+            assert f"{SERVICE}-v1-1 was being started" in event and "forgotten" in event
+            assert not list((tmp_path / "instances" / SERVICE).glob(f"{SERVICE}-*.json"))
+            [instance] = await platform.start(service=SERVICE, release=release, count=1)
+            assert instance.seq == 2, "an intent's number is never handed out again"
+            await observe_until(platform, all_ready(1), {"v1": release})
+
+    run(main)

@@ -9,6 +9,12 @@ Why it is built this way:
   an unrelated process.
 - It never signals a process whose start time does not match its record, and it
   never runs a shell: `run.command` is an argv list with `{port}` substituted.
+- An instance's record is written *before* its process is spawned (id, release,
+  port, command and a launch token, no pid yet: the intent), and completed with
+  the pid and start time right after. A controller killed in between leaves an
+  intent; the next one finds the process by the token in its environment and
+  adopts it, or, with no such process, forgets the intent. So a crash never
+  leaves an instance running unknown, holding its port beside a duplicate.
 - `observe` stays cheap for ready instances (one small /proc read each); only
   starting instances are probed, all at once, so a hundred of them cost one probe
   timeout, not a hundred.
@@ -29,6 +35,7 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -43,11 +50,21 @@ import httpx
 from stagewise.core.spec import ReleaseSpec
 from stagewise.errors import PlatformError
 from stagewise.platforms import Instance, InstanceState, PlatformView
+from stagewise.platforms._local_processes import (
+    LAUNCH_VARIABLE,
+    Child,
+    children,
+    ending,
+    find_launched,
+    proc_stat,
+    runs,
+    signal_group,
+    sweep_children,
+    wait_gone,
+)
 
 PROBE_TIMEOUT = 1.0
 """Seconds one readiness probe may take; a slow probe just means "not ready yet"."""
-POLL_INTERVAL = 0.05
-"""Seconds between liveness checks while waiting for a stopped instance to exit."""
 LOG_MAX_BYTES = 16 << 20
 """An instance log larger than this is rotated (one old file kept) when the instance is next observed."""
 KILL_WAIT = 2.0
@@ -78,48 +95,13 @@ class _Record:
     readiness_timeout: float
     stopping: bool = False
     """Set before stop() signals it, so its exit is not counted as a failure."""
+    launch: str = ""
+    """The token in the instance's environment (LAUNCH_VARIABLE), to find it if its pid was never recorded."""
 
 
 _RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(_Record))
-
-
-@dataclass
-class _Child:
-    """A process spawned by this controller process; kept referenced until reaped.
-
-    A `Popen` collected while its child runs warns and leaves a zombie, and a
-    fresh `LocalPlatform` in the same process must still be able to reap what
-    its predecessor spawned; hence a module-level registry, not an attribute.
-    """
-
-    popen: subprocess.Popen[bytes]
-    proc_start: int
-    record: Path
-
-
-_children: dict[int, _Child] = {}
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time) of a process, or None if there is none with that pid."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError as exc:
-        raise PlatformError(f"cannot read /proc/{pid}/stat: {exc}") from exc
-    # The command name in field 2 may hold spaces and parentheses; it ends at the last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[19])
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"
+_INTENT_OWNER = "intent_of"
+"""Key of an intent (a record written before its process exists): [pid, start time] of the writer."""
 
 
 def _free_port(taken: set[int]) -> int:
@@ -142,6 +124,25 @@ def _rotate(log: Path, max_bytes: int) -> None:
         os.truncate(log, 0)
     except OSError:
         return  # a log that cannot be rotated now is tried again at the next observe
+
+
+def _record_of(data: dict[str, Any]) -> _Record:
+    return _Record(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+
+
+def _this_process() -> tuple[int, int]:
+    """(pid, start time) of this controller process."""
+    stat = proc_stat(os.getpid())
+    return os.getpid(), stat[1] if stat else -1
+
+
+def _spawn_failure(instance_id: str, program: str, exc: OSError | ValueError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return (f"cannot start {instance_id}: program {program!r} not found "
+                "(run.command[0] must be an executable path or a name on PATH)")
+    if isinstance(exc, PermissionError):
+        return f"cannot start {instance_id}: {program!r} is not executable"
+    return f"cannot start {instance_id}: {exc}"
 
 
 def _atomic_write(path: Path, data: dict[str, Any]) -> None:
@@ -191,17 +192,17 @@ class LocalPlatform:
     async def observe(self, *, service: str, releases: dict[str, ReleaseSpec]) -> PlatformView:
         """Reap the dead, probe the starting, and report the live; ready ones are not re-probed."""
         events: list[str] = []
-        _sweep_children()
+        sweep_children()
         alive = []
         for record in self._records(service, events):
-            ending = _ending(record)
-            if ending is None:
+            ended = ending(record)
+            if ended is None:
                 alive.append(record)
                 continue
             self._forget(record)
             if not record.stopping:
                 self._count_failure(service, record.release)
-                events.append(f"instance {record.id} (pid {record.pid}) {ending}; {self._log_note(record)}")
+                events.append(f"instance {record.id} (pid {record.pid}) {ended}; {self._log_note(record)}")
 
         for record in alive:
             _rotate(Path(record.log), LOG_MAX_BYTES)
@@ -221,7 +222,7 @@ class LocalPlatform:
                 continue
             timeout = self._readiness(current, releases.get(current.release))[2]
             if now - current.started_at > timeout and not current.stopping:
-                _signal_group(current, signal.SIGKILL)
+                signal_group(current, signal.SIGKILL, current.id)
                 self._forget(current)
                 self._count_failure(service, current.release)
                 alive.remove(probed)
@@ -230,7 +231,7 @@ class LocalPlatform:
                     f"instance {current.id} (pid {current.pid}) was not ready within {timeout:g}s "
                     f"and was killed; {self._log_note(current)}"
                 )
-        await _wait_gone(killed, KILL_WAIT)
+        await wait_gone(killed, KILL_WAIT)
 
         return PlatformView(
             instances=[self._instance(r) for r in sorted(alive, key=lambda r: r.seq)],
@@ -245,15 +246,15 @@ class LocalPlatform:
         for record in records:
             record.stopping = True
             self._save(record)
-            _signal_group(record, signal.SIGTERM)
-        pending = await _wait_gone(records, grace)
+            signal_group(record, signal.SIGTERM, record.id)
+        pending = await wait_gone(records, grace)
         for record in pending:
-            _signal_group(record, signal.SIGKILL)
-        stuck = await _wait_gone(pending, KILL_WAIT)
+            signal_group(record, signal.SIGKILL, record.id)
+        stuck = await wait_gone(pending, KILL_WAIT)
         for record in records:
             if record not in stuck:
                 self._forget(record)
-        _sweep_children()
+        sweep_children()
         if stuck:
             names = ", ".join(f"{r.id} (pid {r.pid})" for r in stuck)
             raise PlatformError(f"still running after SIGKILL: {names}")
@@ -276,50 +277,33 @@ class LocalPlatform:
         argv = [substitute(a) for a in release.run.command]
         env = {k: substitute(v) for k, v in release.run.env.items()}
         log = directory / f"{instance_id}.log"
+        http, tcp, timeout = self._readiness(None, release)
+        record = _Record(
+            id=instance_id, seq=seq, service=service, release=release.version, port=port, pid=0, proc_start=-1,
+            started_at=time.time(), ready_at=None, log=str(log), argv=argv, readiness_http=http,
+            readiness_tcp=tcp, readiness_timeout=timeout, launch=secrets.token_hex(16),
+        )
+        path = self._record_path(record)
+        self._save_intent(record)
         try:
             with log.open("ab") as logfile:
                 popen = subprocess.Popen(
                     argv,
-                    env=os.environ | env,
+                    env=os.environ | env | {LAUNCH_VARIABLE: record.launch},
                     start_new_session=True,
                     stdin=subprocess.DEVNULL,
                     stdout=logfile,
                     stderr=subprocess.STDOUT,
                     close_fds=True,
                 )
-        except FileNotFoundError as exc:
-            log.unlink(missing_ok=True)
-            raise PlatformError(
-                f"cannot start {instance_id}: program {argv[0]!r} not found "
-                "(run.command[0] must be an executable path or a name on PATH)"
-            ) from exc
-        except PermissionError as exc:
-            log.unlink(missing_ok=True)
-            raise PlatformError(f"cannot start {instance_id}: {argv[0]!r} is not executable") from exc
         except (OSError, ValueError) as exc:
             log.unlink(missing_ok=True)
-            raise PlatformError(f"cannot start {instance_id}: {exc}") from exc
+            path.unlink(missing_ok=True)
+            raise PlatformError(_spawn_failure(instance_id, argv[0], exc)) from exc
         # An unreaped child stays in /proc even if it already exited, so this read succeeds.
-        stat = _proc_stat(popen.pid)
-        http, tcp, timeout = self._readiness(None, release)
-        record = _Record(
-            id=instance_id,
-            seq=seq,
-            service=service,
-            release=release.version,
-            port=port,
-            pid=popen.pid,
-            proc_start=stat[1] if stat else -1,
-            started_at=time.time(),
-            ready_at=None,
-            log=str(log),
-            argv=argv,
-            readiness_http=http,
-            readiness_tcp=tcp,
-            readiness_timeout=timeout,
-        )
-        path = self._record_path(record)
-        _children[popen.pid] = _Child(popen=popen, proc_start=record.proc_start, record=path)
+        stat = proc_stat(popen.pid)
+        record.pid, record.proc_start = popen.pid, stat[1] if stat else -1
+        children[popen.pid] = Child(popen=popen, proc_start=record.proc_start, record=path)
         self._save(record)
         return record
 
@@ -382,22 +366,52 @@ class LocalPlatform:
                 continue
             try:
                 data = json.loads(path.read_text())
-                records.append(_Record(**{k: v for k, v in data.items() if k in _RECORD_FIELDS}))
+                record = _record_of(data) if data.get("pid") is not None else self._settle_intent(data, events)
             except FileNotFoundError:
                 continue  # stopped meanwhile
             except (OSError, ValueError, TypeError) as exc:
                 events.append(f"ignoring unreadable instance record {path}: {exc}")
+                continue
+            if record is not None:
+                records.append(record)
         return sorted(records, key=lambda r: r.seq)
+
+    def _settle_intent(self, data: dict[str, Any], events: list[str]) -> _Record | None:
+        """The record of an instance whose spawn was never recorded: adopted if its process runs, else forgotten.
+
+        None while the controller process that wrote the intent still runs (it is spawning it
+        now), and when there is no process to adopt.
+        """
+        writer = data.get(_INTENT_OWNER) or [0, -1]
+        if (writer[0], writer[1]) != _this_process() and runs(int(writer[0]), int(writer[1])):
+            return None
+        record = _record_of({**data, "pid": 0, "proc_start": -1})
+        found = find_launched(record.launch) if record.launch else None
+        if found is None:
+            self._forget(record)
+            events.append(f"instance {record.id} was being started when its controller stopped, and does not run; "
+                          "forgotten")
+            return None
+        record.pid, record.proc_start = found
+        self._save(record)
+        events.append(f"instance {record.id} (pid {record.pid}) was started but not recorded when its controller "
+                      "stopped; adopted")
+        return record
 
     def _reload(self, record: _Record) -> _Record | None:
         try:
             data = json.loads(self._record_path(record).read_text())
         except (OSError, ValueError):
             return None
-        return _Record(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+        return _record_of(data) if data.get("pid") is not None else None
 
     def _save(self, record: _Record) -> None:
         _atomic_write(self._record_path(record), dataclasses.asdict(record))
+
+    def _save_intent(self, record: _Record) -> None:
+        """The record before its process exists: no pid, no start time; who writes it."""
+        _atomic_write(self._record_path(record), dataclasses.asdict(record) | {
+            "pid": None, "proc_start": None, _INTENT_OWNER: list(_this_process())})
 
     def _forget(self, record: _Record) -> None:
         self._record_path(record).unlink(missing_ok=True)
@@ -446,60 +460,3 @@ class LocalPlatform:
             ready_at=record.ready_at,
             log=record.log,
         )
-
-
-# -- processes -------------------------------------------------------------------------------------
-
-
-def _ending(record: _Record) -> str | None:
-    """None while the instance's process lives; else how it ended, in words. Reaps our children."""
-    stat = _proc_stat(record.pid)
-    if stat is not None and stat[1] != record.proc_start:
-        return f"is gone: pid {record.pid} now belongs to another process"
-    child = _children.get(record.pid)
-    if child is not None and child.proc_start == record.proc_start:
-        code = child.popen.poll()
-        if code is not None:
-            del _children[record.pid]
-            return _describe_exit(code)
-        return None if stat is not None else "is gone"
-    if stat is None:
-        return "is gone (exit status unknown: another controller process started it)"
-    if stat[0] in "ZX":
-        # Started by an earlier controller process: the waitpid only works if that was us.
-        with contextlib.suppress(ChildProcessError):
-            pid, status = os.waitpid(record.pid, os.WNOHANG)
-            if pid == record.pid:
-                return _describe_exit(os.waitstatus_to_exitcode(status))
-        return "exited (status unknown: another controller process started it)"
-    return None
-
-
-def _signal_group(record: _Record, sig: signal.Signals) -> None:
-    """Signal the instance's process group, unless its pid now names another process."""
-    stat = _proc_stat(record.pid)
-    if stat is None or stat[1] != record.proc_start or stat[0] in "ZX":
-        return
-    try:
-        os.killpg(record.pid, sig)  # start_new_session made the instance its group's leader
-    except ProcessLookupError:
-        pass
-    except PermissionError as exc:
-        raise PlatformError(f"not allowed to signal {record.id} (pid {record.pid}): {exc}") from exc
-
-
-async def _wait_gone(records: list[_Record], timeout: float) -> list[_Record]:
-    """Poll until these processes have exited (reaping ours); returns those still alive."""
-    deadline = time.monotonic() + timeout
-    pending = [r for r in records if _ending(r) is None]
-    while pending and time.monotonic() < deadline:
-        await asyncio.sleep(POLL_INTERVAL)
-        pending = [r for r in pending if _ending(r) is None]
-    return pending
-
-
-def _sweep_children() -> None:
-    """Reap children whose records are gone (stopped or killed), so none lingers as a zombie."""
-    for pid, child in list(_children.items()):
-        if not child.record.exists() and child.popen.poll() is not None:
-            del _children[pid]
