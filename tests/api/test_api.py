@@ -57,9 +57,9 @@ def wait_phase(client: httpx.Client, phases: set[str], timeout: float = 20) -> s
     raise AssertionError(f"still {phase}")
 
 
-def mutating_routes(client: httpx.Client) -> list[str]:
+def mutating_routes(client: httpx.Client) -> list[tuple[str, str]]:
     doc = client.get("/openapi.json").json()
-    return [path for path, ops in doc["paths"].items() if "post" in ops]
+    return [(method, path) for path, ops in doc["paths"].items() for method in ops if method in ("post", "delete")]
 
 
 def test_every_mutating_route_refuses_a_missing_or_wrong_token(client: httpx.Client, tmp_path: Path) -> None:
@@ -67,24 +67,28 @@ def test_every_mutating_route_refuses_a_missing_or_wrong_token(client: httpx.Cli
     wait_phase(client, {"Succeeded"})
     before = client.get("/api/v1/services/shop").json()
     routes = mutating_routes(client)
-    assert len(routes) >= 7
-    for path in routes:
+    assert len(routes) >= 8 and ("delete", "/api/v1/services/{name}") in routes
+    for method, path in routes:
         url = path.replace("{name}", "shop")
         for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
-            r = client.post(url, headers=headers, json={"spec": spec_text("v2", {"full": {}})})
-            assert r.status_code == 401, (url, headers, r.text)
+            body = {"spec": spec_text("v2", {"full": {}})} if method == "post" else None
+            r = client.request(method, url, headers=headers, json=body)
+            assert r.status_code == 401, (method, url, headers, r.text)
             assert "token" in r.json()["detail"]
     after = client.get("/api/v1/services/shop").json()
     assert after["delivery"]["id"] == before["delivery"]["id"]
     assert after["stable"] == before["stable"]
 
 
-def test_the_openapi_document_is_valid_and_posts_are_its_only_writes(client: httpx.Client) -> None:
+def test_the_openapi_document_is_valid_and_posts_and_deletes_are_its_only_writes(client: httpx.Client) -> None:
     doc = client.get("/openapi.json").json()
     validate(doc)  # raises with the offending part of the document
     methods = {method for ops in doc["paths"].values() for method in ops}
-    # The token test above posts to every POST route: a PUT, PATCH or DELETE would escape it.
-    assert methods == {"get", "post"}, methods
+    # The token test above calls every POST and DELETE route: a PUT or PATCH would escape it.
+    assert methods == {"get", "post", "delete"}, methods
+    delete = doc["paths"]["/api/v1/services/{name}"]["delete"]
+    assert set(delete["responses"]) >= {"200", "401", "404", "409"}
+    assert {p["name"] for p in delete["parameters"]} >= {"name", "keep_running", "force"}
 
 
 def test_the_openapi_document_names_every_verb(client: httpx.Client) -> None:
@@ -125,3 +129,28 @@ def test_verbs_drive_a_delivery(client: httpx.Client) -> None:
     assert client.get("/api/v1/services/nope").status_code == 404
     events = client.get("/api/v1/services/shop/events").json()
     assert any("retry" in e["message"] for e in events)
+
+
+def test_delete_forgets_a_service_and_keeps_its_history(client: httpx.Client) -> None:
+    client.post("/api/v1/apply", json={"spec": spec_text("v1", {"full": {}})})
+    wait_phase(client, {"Succeeded"})
+    client.post("/api/v1/apply", json={"spec": spec_text("v2", {"canary": {"steps": [{"setWeight": 30},
+                                                                                      {"pause": {}}]}})})
+    wait_phase(client, {"Paused"})
+    refused = client.delete("/api/v1/services/shop")
+    assert refused.status_code == 409 and "abort it" in refused.json()["detail"]
+
+    r = client.delete("/api/v1/services/shop", params={"force": "true"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["service"] == "shop" and body["kept_running"] is False and body["ended_delivery"] == 2
+    assert {i["release"] for i in body["instances"]} == {"v1", "v2"}
+    assert body["router"]["addresses"] == ["127.0.0.1:18080"]
+
+    assert client.get("/api/v1/services/shop").status_code == 404
+    assert [s["service"] for s in client.get("/api/v1/services").json()] == []
+    history = client.get("/api/v1/services/shop/history").json()
+    assert [d["phase"] for d in history] == ["Failed", "Succeeded"]
+    assert client.delete("/api/v1/services/shop").status_code == 404
+    assert client.get("/api/v1/services/nope/history").status_code == 404
+    assert client.post("/api/v1/apply", json={"spec": spec_text("v1", {"full": {}})}).json()["delivery"] == 3

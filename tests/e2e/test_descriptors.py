@@ -21,13 +21,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import SERVICE, Stagewise, spec_json
-from tests.e2e.sockets import held_by
+from tests.e2e.dataplane import descendants, held_by, router_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-ROUTER_PIDS = {"builtin": "routers/{service}/pid", "haproxy": "haproxy/{service}/haproxy.pid",
-               "nginx": "nginx/{service}/nginx.pid"}
-"""Where each router kind keeps its (master) process's pid, under the state directory."""
 
 # The `command` provider's program: writes the listening sockets it holds, as `ss` reports them.
 REPORT_LISTENERS = textwrap.dedent(
@@ -41,25 +37,10 @@ REPORT_LISTENERS = textwrap.dedent(
 )
 
 
-def descendants(pid: int) -> set[int]:
-    """`pid` and every process below it."""
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        found.add(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-    return found
-
-
 def started_by_server(sw: Stagewise) -> dict[int, set[str]]:
     """Each process of the service's data plane, with the listening addresses it may hold."""
     allowed: dict[int, set[str]] = {}
-    router_pid = int((sw.state / ROUTER_PIDS[sw.router].format(service=SERVICE)).read_text().split()[0])
-    for pid in descendants(router_pid):
+    for pid in descendants(router_pid(sw.state, sw.router, SERVICE)):
         allowed[pid] = {sw.listen}
     records = sorted((sw.state / "instances" / SERVICE).glob(f"{SERVICE}-*.json"))
     assert records, "no instance records"

@@ -34,7 +34,7 @@ import httpx
 import pytest
 
 from stagewise.examples.load import LoadInBackground
-from tests.e2e.sockets import listening_on, ss_lines
+from tests.e2e.dataplane import listening_on, ss_lines
 
 pytestmark = [pytest.mark.integration, pytest.mark.default_port, pytest.mark.timeout(180)]
 
@@ -163,6 +163,11 @@ def test_the_server_restarts_on_its_default_port_while_the_service_serves(
         time.sleep(0.3)  # the service serves on without a server for a moment
         holders = listening_on(DEFAULT[1], DEFAULT[0])
         assert not holders, f"the stopped server's port is still held:\n{ss_lines(DEFAULT[1])}"
+        if stop_with is signal.SIGTERM:  # its last words: what runs on, by pid and port
+            router = listening_on(8080, SERVICE_LISTEN.split(":")[0])[0].pids
+            last = (PROJECT / "server-1.log").read_text()
+            assert f"sample: router builtin on {SERVICE_LISTEN} (pid {', '.join(map(str, sorted(router)))})" in last
+            assert "instances: sample-v1-1 pid " in last and "stagewise delete SERVICE" in last
         project.start()
         status = stagewise("status", "sample", "--json")
         assert status.returncode == 0, status.stderr

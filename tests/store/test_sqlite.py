@@ -316,7 +316,58 @@ def test_saving_an_unknown_delivery_lands_nothing(store: SqliteStore) -> None:
     assert (store.events(), store.list_services()) == before
 
 
+# --- deleting a service ----------------------------------------------------------------------
+
+
+def test_a_deleted_service_is_forgotten_and_its_history_kept(store: SqliteStore) -> None:
+    record = make_service()
+    running = store.create_delivery(make_delivery(), [ev("started")], record)
+    store.save_delivery(running.model_copy(update={"phase": Phase.PROGRESSING}), [ev("step 1", 101)])
+    ended = running.model_copy(update={"phase": Phase.FAILED, "finished_at": 200.0, "updated_at": 200.0})
+    store.delete_service("web", at=200.0, events=[ev("deleted", 200.0, "user")], delivery=ended)
+
+    assert store.get_service("web") is None and store.list_services() == []
+    assert store.active_deliveries() == []
+    assert store.deliveries("web") == [ended]
+    assert [(e.message, e.delivery_id) for e in store.events("web")] == [
+        ("started", running.id), ("step 1", running.id), ("deleted", running.id)]
+    [gone] = store.deleted_services("web")
+    assert (gone.record, gone.deleted_at) == (record, 200.0)
+
+    # the name is free again: a new service of that name, beside the old one's history
+    again = make_service(at=300.0)
+    second = store.create_delivery(make_delivery(at=300.0), [ev("again", 300.0)], again)
+    assert store.get_service("web") == again
+    assert [d.id for d in store.deliveries("web")] == [second.id, running.id]
+    store.delete_service("web", at=400.0)
+    assert [d.deleted_at for d in store.deleted_services("web")] == [200.0, 400.0]
+    with pytest.raises(NotFoundError, match="no service named 'web'"):
+        store.delete_service("web", at=500.0)
+
+
+def test_a_failed_delete_changes_nothing(store: SqliteStore) -> None:
+    store.put_service(make_service())
+    ghost = make_delivery().model_copy(update={"id": 999})
+    with pytest.raises(NotFoundError):
+        store.delete_service("web", at=200.0, events=[ev("deleted")], delivery=ghost)
+    assert store.get_service("web") == make_service()
+    assert store.deleted_services("web") == [] and store.events() == []
+
+
 # --- schema versions -------------------------------------------------------------------------
+
+
+def test_migrates_a_v2_database_to_one_that_keeps_deleted_services(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    with raw(db) as conn:
+        assert migrate(conn, upto=2) == 2
+        conn.execute("INSERT INTO services (name, record, created_at, updated_at) VALUES ('web', ?, 100, 100)",
+                     (make_service().model_dump_json(),))
+    with SqliteStore(db) as s:
+        assert s.get_service("web") == make_service()
+        s.delete_service("web", at=200.0)
+        assert [d.record.name for d in s.deleted_services("web")] == ["web"]
+    assert stored_version(db) == SCHEMA_VERSION >= 3
 
 
 def test_migrates_a_v1_database_keeping_its_rows(db: Path) -> None:
@@ -346,11 +397,11 @@ def test_migrates_a_v1_database_keeping_its_rows(db: Path) -> None:
 def test_a_failing_migration_leaves_the_previous_version(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     SqliteStore(db).close()
 
-    def v3_broken(conn: sqlite3.Connection) -> None:
+    def next_broken(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE half_done (x)")
         conn.execute("THIS IS NOT SQL")
 
-    monkeypatch.setattr(sqlite_store, "MIGRATIONS", (*sqlite_store.MIGRATIONS, v3_broken))
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", (*sqlite_store.MIGRATIONS, next_broken))
     with pytest.raises(StoreError, match="syntax error"):
         SqliteStore(db)
     assert stored_version(db) == SCHEMA_VERSION

@@ -12,24 +12,32 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from stagewise.api.dashboard import install_dashboard
 from stagewise.api.views import delivery_view, service_view
 from stagewise.controller import Controller
+from stagewise.controller.lifecycle import DataPlane, Deletion, in_words
 from stagewise.errors import ConflictError, NotFoundError, SpecError, StagewiseError
 from stagewise.spec import load_spec_text
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
+log = logging.getLogger("stagewise.server")
+
+
+class Problem(BaseModel):
+    detail: str
+    """What was wrong, and what would be right."""
 
 
 class ApplyBody(BaseModel):
@@ -58,7 +66,9 @@ def ensure_token(state_dir: Path) -> str:
     return token
 
 
-def create_app(state_dir: Path, *, controller: Controller | None = None, run_loop: bool = True) -> FastAPI:
+def create_app(state_dir: Path, *, controller: Controller | None = None, run_loop: bool = True,
+               at_exit: Callable[[list[DataPlane]], None] | None = None) -> FastAPI:
+    """The API and dashboard over a controller; `at_exit` is told what data plane runs on when it stops."""
     token = ensure_token(state_dir)
 
     @contextlib.asynccontextmanager
@@ -73,6 +83,11 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
             stop.set()
             if task is not None:
                 await task
+            if at_exit is not None:
+                try:
+                    at_exit(await ctl.data_planes())
+                except StagewiseError as exc:
+                    log.warning("cannot tell what runs on after the server: %s", exc)
             await ctl.close()
 
     app = FastAPI(title="stagewise", version="0.1.0", lifespan=lifespan,
@@ -117,8 +132,8 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
     @app.get("/api/v1/services/{name}/history")
     async def history(name: str, request: Request, limit: int = 50) -> list[dict[str, Any]]:
         c = ctl(request)
-        if c.store.get_service(name) is None:
-            raise NotFoundError(f"no service named {name!r}")
+        if c.store.get_service(name) is None and not c.store.deleted_services(name):
+            raise NotFoundError(f"no service named {name!r}, now or before")
         return [delivery_view(c, d) for d in c.store.deliveries(name, limit=limit)]
 
     @app.get("/api/v1/services/{name}/events")
@@ -138,6 +153,28 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
     async def undo(name: str, request: Request) -> dict[str, Any]:
         c = ctl(request)
         return delivery_view(c, await c.undo(name))
+
+    @app.delete(
+        "/api/v1/services/{name}", dependencies=[Depends(authorised)], response_model=Deletion,
+        summary="Delete a service: drain and stop its router, stop its instances, forget it",
+        description="The router stops taking requests and finishes the ones in flight before the instances "
+                    "stop. The service's deliveries and events stay readable (history, events); applying its "
+                    "name again makes a new service. The answer names the processes stopped (or left running).",
+        responses={200: {"description": "Deleted: the processes stopped (or, with keep_running, left running)"},
+                   400: {"model": Problem, "description": "A router or an instance could not be stopped; the "
+                                                          "service is kept, and the controller restores it"},
+                   401: {"model": Problem, "description": "Missing or wrong token; nothing was changed"},
+                   404: {"model": Problem, "description": "No service of that name"},
+                   409: {"model": Problem, "description": "A delivery is in flight: abort it first, or use force"}},
+    )
+    async def delete(
+        name: str, request: Request,
+        keep_running: Annotated[bool, Query(description="Forget the service but leave its router and "
+                                                        "instances running, unmanaged")] = False,
+        force: Annotated[bool, Query(description="Delete even with a delivery in flight; it ends Failed "
+                                                 "where it stands")] = False,
+    ) -> Deletion:
+        return await ctl(request).delete(name, keep_running=keep_running, force=force)
 
     install_dashboard(app)
     return app
@@ -209,7 +246,8 @@ def serve(state_dir: Path, listen: str = DEFAULT_LISTEN) -> None:
     ensure_token(state_dir)  # before server.json: a client that finds the address must find the token too
     sock = bind(listen)
     url = write_server_file(state_dir, sock)
-    app = create_app(state_dir)
+    # Said from the app's shutdown: on SIGTERM uvicorn ends this process by the signal right after it.
+    app = create_app(state_dir, at_exit=lambda planes: print(left_running(planes, state_dir), flush=True))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     app.state.stopping = lambda: server.should_exit  # ends the dashboard's event streams on shutdown
@@ -219,3 +257,14 @@ def serve(state_dir: Path, listen: str = DEFAULT_LISTEN) -> None:
     finally:
         with contextlib.suppress(OSError):
             (state_dir / "server.json").unlink()
+
+
+def left_running(planes: list[DataPlane], state_dir: Path) -> str:
+    """The server's last words: the data plane it leaves running, by design, and how to stop it."""
+    if not planes:
+        return "stagewise server stopped; no router or instance of any service runs."
+    lines = [f"stagewise server stopped; the data plane runs on by design (a server on {state_dir} takes it "
+             "up again):"]
+    lines += [f"  {p.service}: {in_words(p)}" for p in planes]
+    lines.append("stop a service's router and instances with a server running: stagewise delete SERVICE")
+    return "\n".join(lines)

@@ -221,6 +221,18 @@ def undo(service: ServiceArg, state: StateOpt = DEFAULT_STATE) -> None:
 
 
 @app.command()
+def delete(service: ServiceArg, state: StateOpt = DEFAULT_STATE,
+           keep_running: bool = typer.Option(False, "--keep-running",
+                                             help="Forget the service but leave its router and instances running."),
+           force: bool = typer.Option(False, "--force",
+                                      help="Delete even with a delivery in flight; it ends Failed where it stands.")
+           ) -> None:
+    """Drain and stop the service's router, stop its instances, forget it; its history stays."""
+    d = call(state, "DELETE", f"/api/v1/services/{service}", params={"keep_running": keep_running, "force": force})
+    out.print(render.deletion_text(d), highlight=False, markup=False)
+
+
+@app.command()
 def history(service: ServiceArg, state: StateOpt = DEFAULT_STATE,
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """The service's deliveries, newest first."""

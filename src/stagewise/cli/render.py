@@ -90,3 +90,20 @@ def history_table(service: str, rows: list[dict[str, Any]]) -> Table:
                       d["strategy"], phase_text(d["phase"]),
                       time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["created_at"])), took, note)
     return table
+
+
+def deletion_text(d: dict[str, Any]) -> str:
+    """What `delete` did, in words: the processes it stopped or left running, by pid and address."""
+    router = d["router"]
+    addresses = ", ".join(router["addresses"])
+    if router["external"]:
+        where = f"router {router['kind']} (external: only this service's servers) for {addresses}"
+    else:
+        pids = f" (pid {', '.join(map(str, router['pids']))})" if router["pids"] else " (was not running)"
+        where = f"router {router['kind']} on {addresses}{pids}"
+    instances = [f"  {i['id']}: pid {i['pid']} on {i['address']}" for i in d["instances"]] or ["  (no instance)"]
+    head = (f"{d['service']}: forgotten; still running, managed by no one:" if d["kept_running"]
+            else f"{d['service']}: deleted; stopped:")
+    ended = [f"delivery #{d['ended_delivery']} ended Failed where it stood"] if d.get("ended_delivery") else []
+    return "\n".join([head, f"  {where}", *instances, *ended,
+                      f"its deliveries and events stay: stagewise history {d['service']}"])

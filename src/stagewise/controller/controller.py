@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from stagewise.controller import lifecycle
+from stagewise.controller.lifecycle import DataPlane, Deletion
 from stagewise.controller.measure import Measurer, measure_and_judge
 from stagewise.controller.reconcile import Applied, make_world, note_boot, serve_ready
 from stagewise.core import delivery as machine
@@ -253,6 +255,60 @@ class Controller:
                 delivery, [Event(at=now, kind="user", message=f"undo: back to {previous.version}")], record)
             self.changed.set()
             return delivery
+
+    async def delete(self, name: str, *, keep_running: bool = False, force: bool = False) -> Deletion:
+        """Stop the service's router (drained first) and instances, then forget it; its history stays.
+
+        Refused while a delivery is in flight, unless `force`: that delivery then ends Failed where
+        it stands. With `keep_running` the data plane is left running, unmanaged. Stopping comes
+        before forgetting: a delete that fails midway leaves the service known, and the controller
+        brings back what was stopped.
+        """
+        async with self.lock(name):
+            record = self.store.get_service(name)
+            if record is None:
+                raise NotFoundError(f"no service named {name!r}")
+            latest = self.store.latest_delivery(name)
+            active = latest if latest is not None and not latest.phase.terminal else None
+            if active is not None and not force:
+                raise ConflictError(
+                    f"{name}: delivery {active.id} ({active.stable.version if active.stable else '-'} → "
+                    f"{active.candidate.version}) is {active.phase.value}; abort it and let it roll back "
+                    "before deleting, or delete with force to stop it where it stands")
+            spec = active.spec if active else record.spec
+            platform = self.platform(spec)
+            plane, news = await lifecycle.describe(name, spec, platform, _releases(record, active))
+            if not keep_running:
+                await lifecycle.stop(plane, platform=platform, router=self.router(spec))
+            now = self.clock()
+            ended = lifecycle.ended_by_deletion(active, now=now) if active else None
+            events = [Event(at=now, kind="instance", message=m) for m in news]
+            if ended is not None:
+                events.append(Event(at=now, kind="phase", message=f"Failed: {ended.message}"))
+            done = "kept running (unmanaged from now on)" if keep_running else "stopped"
+            events.append(Event(at=now, kind="user", message=f"deleted; {done}: {lifecycle.in_words(plane)}"))
+            self.store.delete_service(name, at=now, events=events, delivery=ended)
+            self._measurer.forget(name)
+            self._applied.tables.pop(name, None)
+            self._applied.boots.pop(name, None)
+            self._errors.pop(name, None)
+            self.changed.set()
+            return Deletion(**plane.model_dump(), kept_running=keep_running,
+                            ended_delivery=ended.id if ended else None)
+
+    async def data_planes(self) -> list[DataPlane]:
+        """What runs of every service's data plane now: what a server that stops leaves running."""
+        planes = []
+        for record in self.store.list_services():
+            async with self.lock(record.name):
+                latest = self.store.latest_delivery(record.name)
+                active = latest if latest is not None and not latest.phase.terminal else None
+                spec = active.spec if active else record.spec
+                plane, _ = await lifecycle.describe(record.name, spec, self.platform(spec),
+                                                    _releases(record, active))
+            if plane.runs:
+                planes.append(plane)
+        return planes
 
 
 def _new_measurements(before: Delivery, after: Delivery) -> list[Measurement]:

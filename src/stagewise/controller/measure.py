@@ -100,6 +100,10 @@ class Measurer:
         return Measured(baseline=m.counts[0].minus(before[0]), candidate=m.counts[1].minus(before[1]),
                         values=m.values, evidence=m.evidence)
 
+    def forget(self, service: str) -> None:
+        """Drop everything of `service` (deleted): its measurements in flight are cancelled."""
+        self._forget(service, set())
+
     def _forget(self, service: str, live: set[Key]) -> None:
         """Drop what belongs to runs of `service` that ended; cancel their measurements."""
         for key in [k for k in self._pending if k[0] == service and k not in live]:

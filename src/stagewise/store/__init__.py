@@ -38,10 +38,30 @@ class Measurement(BaseModel):
     extra: dict[str, Any] = {}
 
 
+class DeletedService(BaseModel):
+    """A service forgotten by `delete`: its last record, and when."""
+
+    record: ServiceRecord
+    deleted_at: float
+
+
 class Store(Protocol):
-    def get_service(self, name: str) -> ServiceRecord | None: ...
+    def get_service(self, name: str) -> ServiceRecord | None:
+        """The service named `name`; None if there is none (or it was deleted)."""
+        ...
+
     def list_services(self) -> list[ServiceRecord]: ...
     def put_service(self, record: ServiceRecord, events: list[Event] = ...) -> None: ...
+    def delete_service(self, name: str, *, at: float, events: list[Event] = ...,
+                       delivery: Delivery | None = None) -> None:
+        """Forget a service, keeping its record as deleted, its deliveries and its events; also save its
+        last `delivery` (ended by the deletion) and append `events`, in one transaction."""
+        ...
+
+    def deleted_services(self, name: str) -> list[DeletedService]:
+        """Services once named `name` that were deleted, oldest first."""
+        ...
+
     def create_delivery(
         self, delivery: Delivery, events: list[Event], service: ServiceRecord | None = None
     ) -> Delivery:

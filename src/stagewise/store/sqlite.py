@@ -29,7 +29,7 @@ from types import TracebackType
 from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.errors import NotFoundError, PermanentError, TemporaryError
-from stagewise.store import Measurement, StoredEvent  # the interface; it imports us lazily
+from stagewise.store import DeletedService, Measurement, StoredEvent  # the interface; it imports us lazily
 
 
 class StoreError(PermanentError):
@@ -84,7 +84,17 @@ def _v2_measurements(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX events_by_delivery ON events (delivery_id, id)")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_core_tables, _v2_measurements)
+def _v3_deleted_services(conn: sqlite3.Connection) -> None:
+    """Services forgotten by `delete`, kept with when: their deliveries and events stay readable by name."""
+    conn.execute(
+        "CREATE TABLE deleted_services ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, record TEXT NOT NULL,"
+        " created_at REAL NOT NULL, deleted_at REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX deleted_services_by_name ON deleted_services (name, id)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_core_tables, _v2_measurements, _v3_deleted_services)
 """`MIGRATIONS[n]` takes a database from schema version n to n + 1. Append only: never edit one
 that has shipped, since databases in the field already ran it."""
 
@@ -233,6 +243,28 @@ class SqliteStore:
             _upsert_service(conn, record)
             _append_events(conn, events, None, record.name)
 
+    def delete_service(self, name: str, *, at: float, events: Sequence[Event] = (),
+                       delivery: Delivery | None = None) -> None:
+        """Forget the service `name`, keeping its record as deleted at `at`; with `delivery` (its
+        last, ended) saved and `events` appended, in one transaction. Its deliveries and events stay."""
+        with self._write() as conn:
+            row = conn.execute("SELECT record, created_at FROM services WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no service named {name!r}")
+            conn.execute("INSERT INTO deleted_services (name, record, created_at, deleted_at) VALUES (?, ?, ?, ?)",
+                         (name, row[0], row[1], at))
+            conn.execute("DELETE FROM services WHERE name = ?", (name,))
+            if delivery is not None:
+                _update_delivery(conn, delivery)
+            _append_events(conn, events, delivery.id if delivery else None, name)
+
+    def deleted_services(self, name: str) -> list[DeletedService]:
+        """The services once named `name` and deleted, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT record, deleted_at FROM deleted_services WHERE name = ? ORDER BY id",
+                                (name,)).fetchall()
+        return [DeletedService(record=ServiceRecord.model_validate_json(r[0]), deleted_at=r[1]) for r in rows]
+
     # --- deliveries ---
 
     def create_delivery(self, delivery: Delivery, events: Sequence[Event],
@@ -257,15 +289,8 @@ class SqliteStore:
     def save_delivery(self, delivery: Delivery, events: Sequence[Event],
                       service: ServiceRecord | None = None) -> None:
         """Replace the delivery's state, append its events and update its service, atomically."""
-        state = delivery.model_dump_json()
         with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE deliveries SET phase = ?, state = ?, updated_at = ? WHERE id = ?",
-                (delivery.phase.value, state, delivery.updated_at, delivery.id),
-            )
-            if cursor.rowcount != 1:
-                raise NotFoundError(f"delivery {delivery.id} of {delivery.service} does not exist; "
-                                    "create_delivery assigns the id")
+            _update_delivery(conn, delivery)
             _append_events(conn, events, delivery.id, delivery.service)
             if service is not None:
                 _upsert_service(conn, service)
@@ -348,6 +373,16 @@ def _upsert_service(conn: sqlite3.Connection, record: ServiceRecord) -> None:
         " ON CONFLICT (name) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at",
         (record.name, record.model_dump_json(), record.created_at, record.updated_at),
     )
+
+
+def _update_delivery(conn: sqlite3.Connection, delivery: Delivery) -> None:
+    cursor = conn.execute(
+        "UPDATE deliveries SET phase = ?, state = ?, updated_at = ? WHERE id = ?",
+        (delivery.phase.value, delivery.model_dump_json(), delivery.updated_at, delivery.id),
+    )
+    if cursor.rowcount != 1:
+        raise NotFoundError(f"delivery {delivery.id} of {delivery.service} does not exist; "
+                            "create_delivery assigns the id")
 
 
 def _append_events(conn: sqlite3.Connection, events: Sequence[Event], delivery_id: int | None,

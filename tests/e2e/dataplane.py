@@ -1,9 +1,9 @@
-"""Who listens where, as `ss -ltnp` tells it: the tests' independent view of bound ports and their holders.
+"""The data plane as the kernel sees it: who listens where (`ss -ltnp`), and which processes run (/proc).
 
 The tests that check what the server leaves behind (a restart on its port, the
 descriptors its children inherit, `stagewise delete`) ask the kernel through
-iproute2's `ss`, not through stagewise's own code, so a defect there cannot
-hide itself.
+iproute2's `ss` and /proc, not through stagewise's own code, so a defect there
+cannot hide itself.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 _USER = re.compile(r'\("(?P<name>(?:[^"\\]|\\.)*)",pid=(?P<pid>\d+),fd=(?P<fd>\d+)\)')
 
@@ -64,3 +65,36 @@ def ss_lines(*ports: int) -> str:
     out = subprocess.run([ss, "-Hltnp"], capture_output=True, text=True, timeout=20, check=True).stdout
     wanted = {f":{p} " for p in ports}
     return "\n".join(line for line in out.splitlines() if any(w in line + " " for w in wanted))
+
+
+ROUTER_PIDS = {"builtin": "routers/{service}/pid", "haproxy": "haproxy/{service}/haproxy.pid",
+               "nginx": "nginx/{service}/nginx.pid"}
+"""Where each router kind keeps its (master) process's pid, under the state directory."""
+
+
+def router_pid(state: Path, kind: str, service: str) -> int:
+    """The pid of the service's router (its master process), from the file the driver keeps."""
+    return int((state / ROUTER_PIDS[kind].format(service=service)).read_text().split()[0])
+
+
+def descendants(pid: int) -> set[int]:
+    """`pid` and every process below it."""
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        found.add(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only a zombie waiting for a parent that is not us."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
