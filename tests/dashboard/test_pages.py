@@ -154,7 +154,7 @@ def test_the_delivery_page_shows_plan_weights_verdicts_and_actions(live: Server)
     assert len(data["charts"]["runs"]["background"]["t"]) >= 1
     allowed = {a["name"]: a["allowed"] for a in data["actions"]}
     assert allowed == {"promote": True, "promote-full": True, "pause": True, "resume": False, "abort": True,
-                       "retry": False, "undo": False}
+                       "retry": False, "undo": False, "delete": False}
     paths = {a["name"]: a["path"] for a in data["actions"]}
     assert paths["promote-full"] == "/api/v1/services/shop/promote?full=true"
     assert {name: "disabled" not in b for name, b in page.buttons.items()} == allowed
@@ -180,6 +180,25 @@ def test_a_rolled_back_page_keeps_the_failed_analysis_and_its_evidence(live: Ser
     assert data["charts"]["traffic"]["series"]["v1"][-1] == 100
 
 
+def test_a_deleted_service_is_a_404_page_that_points_to_its_history(live: Server) -> None:
+    with live.client(authorised=True) as c:
+        apply(c, "shop", "v1", {"full": {}})
+        wait_for(lambda: phase(c, "shop") == "Succeeded", what="v1")
+        page = Page(c.get("/services/shop").text)
+        assert "disabled" not in page.buttons["delete"] and page.buttons["delete"]["data-then"] == "/"
+        assert c.delete("/api/v1/services/shop").status_code == 200
+        r = c.get("/services/shop")
+        assert r.status_code == 404
+        assert "shop was deleted at" in r.text and "/api/v1/services/shop/history" in r.text
+        assert 'data-service="shop"' not in c.get("/").text
+        # a page left open refreshes its live part: it says so, and every button goes off
+        partial = c.get("/partials/services/shop")
+        assert partial.status_code == 200 and "shop was deleted at" in partial.text
+        data = json.loads(Page(partial.text).ids["page-data"]["data-json"])
+        assert {a["name"] for a in data["actions"]} == set(page.buttons)
+        assert not any(a["allowed"] for a in data["actions"])
+
+
 def test_an_unknown_service_or_delivery_is_a_404_page(live: Server) -> None:
     with live.client(authorised=True) as c:
         assert c.get("/services/nope").status_code == 404
@@ -199,16 +218,17 @@ def test_pages_carry_no_inline_script_style_or_handler(live: Server) -> None:
             assert page.inline_styles == [] and page.handlers == [], path
 
 
-def test_every_button_posts_to_a_documented_api_route(live: Server) -> None:
+def test_every_button_calls_a_documented_api_route(live: Server) -> None:
     with live.client(authorised=True) as c:
         apply(c, "shop", "v1", {"full": {}})
         doc = c.get("/openapi.json").json()
         html = c.get("/services/shop").text
-    buttons = re.findall(r'data-action="([\w-]+)" hx-post="([^"]+)"', html)
-    assert {name for name, _ in buttons} == {"promote", "promote-full", "pause", "resume", "abort", "retry", "undo"}
-    for _, url in buttons:
-        path = url.split("?")[0].replace("/shop/", "/{name}/")
-        assert "post" in doc["paths"][path], url
+    buttons = re.findall(r'data-action="([\w-]+)" hx-(post|delete)="([^"]+)"', html)
+    assert {name for name, _, _ in buttons} == {"promote", "promote-full", "pause", "resume", "abort", "retry",
+                                                 "undo", "delete"}
+    for _, method, url in buttons:
+        path = re.sub(r"/shop(/|$)", r"/{name}\1", url.split("?")[0])
+        assert method in doc["paths"][path], url
     assert "full" in {p["name"] for p in doc["paths"]["/api/v1/services/{name}/promote"]["post"]["parameters"]}
     assert not [p for p in doc["paths"] if p == "/" or p.startswith(("/services", "/partials", "/static"))], \
         "the pages are not part of the API"

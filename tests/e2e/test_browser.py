@@ -31,6 +31,7 @@ from stagewise.controller import Controller
 from stagewise.examples.load import LoadInBackground
 from tests.dashboard.conftest import Server, populate
 from tests.e2e.conftest import SERVICE, Stagewise, spec_json
+from tests.e2e.dataplane import gone, listening_on, ss_lines
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -247,6 +248,42 @@ def test_abort_in_the_browser_after_a_wrong_token(stagewise: Stagewise, browser:
     finally:
         ui.close()
         load.stop()
+
+
+def test_delete_in_the_browser_stops_the_service_after_a_confirmation(stagewise: Stagewise, browser: Any,
+                                                                       tmp_path: Path) -> None:
+    apply(stagewise, "v1", {"full": {}})
+    assert stagewise.wait()["phase"] == "Succeeded"
+    host, port = stagewise.listen.rsplit(":", 1)
+    [listener] = listening_on(int(port), host)
+    records = [json.loads(p.read_text()) for p in (stagewise.state / "instances" / SERVICE).glob(f"{SERVICE}-*.json")]
+    ui = Dashboard(browser, stagewise, tmp_path)
+    try:
+        page = ui.page
+        page.goto(f"{ui.url}/services/{SERVICE}")
+        page.click('[data-action="delete"]')
+        page.wait_for_selector("#confirm-dialog[open]")
+        assert page.locator("#confirm-text").inner_text().startswith(f"Delete {SERVICE}? Its router stops")
+        ui.screenshot("delete-confirm.png")
+        page.click("#confirm-dialog [data-close]")  # a person changes their mind: nothing happens
+        assert stagewise.status()["phase"] == "Succeeded" and listening_on(int(port), host)
+
+        page.click('[data-action="delete"]')
+        page.click("#confirm-yes")
+        page.wait_for_selector("#token-dialog[open]")
+        page.fill("#token-input", ui.token)
+        page.click("#token-save")
+        page.wait_for_url(f"{ui.url}/")
+        page.wait_for_selector(".toast.ok:has-text('Delete: done')")
+        assert page.locator(f'tr[data-service="{SERVICE}"]').count() == 0
+        ui.screenshot("after-delete.png")
+        ui.assert_clean()
+    finally:
+        ui.close()
+    assert listening_on(int(port), host) == [], ss_lines(int(port))
+    assert [p for p in listener.pids | {r["pid"] for r in records} if not gone(p)] == []
+    assert stagewise.client is not None
+    assert [d["to"] for d in stagewise.client.get(f"/api/v1/services/{SERVICE}/history")] == ["v1"]
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from stagewise.api.delivery_page import delivery_page
+from stagewise.api.delivery_page import ServiceDeleted, deleted_actions, delivery_page
 from stagewise.api.live import event_stream
 from stagewise.api.overview import PHASE_ORDER, filter_rows, overview_rows, phase_counts
 from stagewise.api.security import SecurityHeaders
@@ -97,6 +97,9 @@ def build_router() -> APIRouter:
     def delivery_partial(name: str, request: Request, delivery: int | None = None) -> HTMLResponse:
         try:
             page = delivery_page(_controller(request), name, delivery)
+        except ServiceDeleted as exc:
+            # An open page of a service deleted meanwhile says so, and its buttons go off.
+            return render("_deleted_live.html", message=str(exc), actions=deleted_actions(name))
         except NotFoundError as exc:
             return render("not_found.html", 404, message=str(exc))
         return render("_delivery_live.html", page=page, selected=delivery)

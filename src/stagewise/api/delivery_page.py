@@ -10,6 +10,7 @@ would accept now (so a button the server would refuse is shown disabled).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from stagewise.api.charts import analysis_series, traffic_series
@@ -38,6 +39,14 @@ class Action:
     why_not: str = ""
     confirm: str = ""
     """Asked before a destructive call; empty for the others."""
+    method: str = "post"
+    """The route's HTTP method."""
+    then: str = ""
+    """Where the page goes once the call succeeded; empty: it stays and refreshes."""
+
+
+class ServiceDeleted(NotFoundError):
+    """The page's service was deleted; its history stays readable through the API."""
 
 
 def delivery_page(controller: Controller, name: str, delivery_id: int | None = None) -> dict[str, Any]:
@@ -45,6 +54,11 @@ def delivery_page(controller: Controller, name: str, delivery_id: int | None = N
     store = controller.store
     record = store.get_service(name)
     if record is None:
+        deleted = store.deleted_services(name)
+        if deleted:
+            at = datetime.fromtimestamp(deleted[-1].deleted_at).strftime("%Y-%m-%d %H:%M:%S")
+            raise ServiceDeleted(f"{name} was deleted at {at}; its deliveries and events stay readable: "
+                                 f"/api/v1/services/{name}/history, /api/v1/services/{name}/events")
         raise NotFoundError(f"no service named {name!r}")
     recent = store.deliveries(name, limit=DELIVERIES_SHOWN)
     latest = recent[0] if recent else None
@@ -157,7 +171,7 @@ def _p(value: Any) -> str:
 
 
 def actions(controller: Controller, record: ServiceRecord, latest: Delivery | None) -> list[Action]:
-    """The seven buttons, each allowed exactly when the state machine would accept its call."""
+    """The eight buttons, each allowed exactly when the state machine (or `delete`) would accept its call."""
     base = f"/api/v1/services/{record.name}"
     phase = latest.phase if latest else None
     active = phase in _ACTIVE
@@ -169,6 +183,7 @@ def actions(controller: Controller, record: ServiceRecord, latest: Delivery | No
     can_abort = active and latest is not None and latest.stable is not None
     can_retry = phase in (Phase.ROLLED_BACK, Phase.FAILED)
     can_undo = not active and bool(previous)
+    in_flight = phase is not None and not phase.terminal  # aborting, too: delete waits for the rollback
     idle = "no delivery in flight"
     return [
         Action("promote", "Promote", f"{base}/promote", active, "" if active else idle),
@@ -185,4 +200,16 @@ def actions(controller: Controller, record: ServiceRecord, latest: Delivery | No
         Action("undo", "Undo", f"{base}/undo", can_undo,
                "" if can_undo else "a delivery is in flight" if active else "no previous release",
                confirm=f"Deliver the previous release {previous} again, replacing {stable}?"),
+        Action("delete", "Delete", base, not in_flight,
+               "a delivery is in flight: abort it first (or: stagewise delete --force)" if in_flight else "",
+               confirm=f"Delete {record.name}? Its router stops taking requests and finishes the ones in flight, "
+                       f"then its instances stop, and {record.name} is forgotten. Its deliveries and events stay "
+                       "readable.",
+               method="delete", then="/"),
     ]
+
+
+def deleted_actions(name: str) -> list[dict[str, Any]]:
+    """The buttons of a page whose service was deleted meanwhile: all of them off."""
+    return [{"name": a, "allowed": False, "why_not": f"{name} was deleted"}
+            for a in ("promote", "promote-full", "pause", "resume", "abort", "retry", "undo", "delete")]

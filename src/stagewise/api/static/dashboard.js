@@ -10,13 +10,14 @@
  *  - draws the charts with uPlot from the JSON that each partial embeds, and
  *    keeps the chart objects across swaps so they update instead of blinking;
  *  - asks for the API token once (kept in sessionStorage, i.e. for this tab),
- *    sends it as `Authorization: Bearer` on every POST, and asks for
+ *    sends it as `Authorization: Bearer` on every POST or DELETE, and asks for
  *    confirmation before the destructive actions.
  */
 (function () {
   "use strict";
 
   var TOKEN_KEY = "stagewise.token";
+  var FLASH_KEY = "stagewise.flash"; // a toast for the next page, after an action that leaves this one
   var MIN_GAP_MS = 50; // at most one refresh per this many ms; htmx queues the rest into one
   var COLORS = { stable: "#3b6fd4", candidate: "#e8710a", extra: ["#1e9e6a", "#9c4dcc", "#c73e5a", "#6b7785"] };
 
@@ -124,11 +125,21 @@
       });
     } else if (xhr.status >= 400 || xhr.status === 0) {
       toast(label + ": " + (xhr.status ? detailOf(xhr) : "the server did not answer"), "error");
+    } else if (elt.hasAttribute("data-then")) {
+      // The page is gone with what it showed (a deleted service): say so on the next one.
+      try { sessionStorage.setItem(FLASH_KEY, label + ": done"); } catch (e) { /* no storage: no toast */ }
+      window.location.assign(elt.getAttribute("data-then"));
     } else {
       toast(label + ": done", "ok");
       scheduleRefresh();
     }
   });
+
+  function flash() {
+    var text = null;
+    try { text = sessionStorage.getItem(FLASH_KEY); sessionStorage.removeItem(FLASH_KEY); } catch (e) { return; }
+    if (text) { toast(text, "ok"); }
+  }
 
   // ---- overview filters -------------------------------------------------------------------
 
@@ -362,6 +373,7 @@
     }
     pageData();
     connect();
+    flash();
   });
 
   // For tests and curious people: how many live refreshes this page has applied.
