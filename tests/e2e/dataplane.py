@@ -14,6 +14,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.platforms.test_local import gone
+
+__all__ = ["ROUTER_PIDS", "Listener", "descendants", "gone", "held_by", "listeners", "listening_on", "router_pid",
+           "ss_lines"]
+
 _USER = re.compile(r'\("(?P<name>(?:[^"\\]|\\.)*)",pid=(?P<pid>\d+),fd=(?P<fd>\d+)\)')
 
 
@@ -90,11 +95,3 @@ def descendants(pid: int) -> set[int]:
                 continue
     return found
 
-
-def gone(pid: int) -> bool:
-    """No such process, or only a zombie waiting for a parent that is not us."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(")") + 2] in "ZX"
