@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
+from stagewise.controller.lifecycle import Listeners
 from stagewise.core.delivery import Phase
 from stagewise.errors import ConflictError, NotFoundError
 from tests.controller.conftest import World, make_spec
@@ -74,3 +77,31 @@ async def test_data_planes_lists_what_runs(world: World) -> None:
     [plane] = await world.controller.data_planes()
     assert plane.service == "shop" and len(plane.instances) == 4
     assert all(i.address.startswith("127.0.0.1:") for i in plane.instances)
+
+
+LISTENER = """
+import socket, sys, time
+v4 = socket.create_server(("127.0.0.1", 0))
+v6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
+anywhere = socket.create_server(("0.0.0.0", 0))
+print(v4.getsockname()[1], v6.getsockname()[1], anywhere.getsockname()[1], flush=True)
+time.sleep(30)
+"""
+
+
+def test_listeners_finds_who_listens_on_an_address() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", LISTENER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        v4, v6, anywhere = proc.stdout.readline().split()
+        listeners = Listeners()
+        assert listeners.pids([f"127.0.0.1:{v4}"]) == [proc.pid]
+        assert listeners.pids([f"[::1]:{v6}"]) == [proc.pid]
+        assert listeners.pids([f"localhost:{v4}"]) == [proc.pid], "a name matches any address"
+        assert listeners.pids([f"127.0.0.2:{anywhere}"]) == [proc.pid], "0.0.0.0 takes every address"
+        assert listeners.pids([f"127.0.0.2:{v4}", f"[::1]:{v4}"]) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -277,7 +277,8 @@ class Controller:
                     "before deleting, or delete with force to stop it where it stands")
             spec = active.spec if active else record.spec
             platform = self.platform(spec)
-            plane, news = await lifecycle.describe(name, spec, platform, _releases(record, active))
+            plane, news = await lifecycle.describe(name, spec, platform, _releases(record, active),
+                                                   lifecycle.Listeners())
             if not keep_running:
                 await lifecycle.stop(plane, platform=platform, router=self.router(spec))
             now = self.clock()
@@ -299,13 +300,14 @@ class Controller:
     async def data_planes(self) -> list[DataPlane]:
         """What runs of every service's data plane now: what a server that stops leaves running."""
         planes = []
+        listeners = lifecycle.Listeners()
         for record in self.store.list_services():
             async with self.lock(record.name):
                 latest = self.store.latest_delivery(record.name)
                 active = latest if latest is not None and not latest.phase.terminal else None
                 spec = active.spec if active else record.spec
                 plane, _ = await lifecycle.describe(record.name, spec, self.platform(spec),
-                                                    _releases(record, active))
+                                                    _releases(record, active), listeners)
             if plane.runs:
                 planes.append(plane)
         return planes

@@ -80,14 +80,14 @@ def router_addresses(spec: ServiceSpec) -> list[str]:
     return list(dict.fromkeys(a for a in found if a))
 
 
-async def describe(service: str, spec: ServiceSpec, platform: Platform,
-                   releases: dict[str, ReleaseSpec]) -> tuple[DataPlane, list[str]]:
+async def describe(service: str, spec: ServiceSpec, platform: Platform, releases: dict[str, ReleaseSpec],
+                   listeners: Listeners) -> tuple[DataPlane, list[str]]:
     """What runs of the service's data plane now; and the platform's news (an instance exited, ...)."""
     view = await platform.observe(service=service, releases=releases)
     addresses = router_addresses(spec)
     external = spec.spec.router.socket is not None
     router = RouterProcesses(kind=spec.spec.router.kind, external=external, addresses=addresses,
-                             pids=[] if external else listening_pids(addresses))
+                             pids=[] if external else listeners.pids(addresses))
     instances = [InstanceProcess(id=i.id, release=i.release, address=i.address, pid=i.pid) for i in view.instances]
     return DataPlane(service=service, router=router, instances=instances), view.events
 
@@ -126,24 +126,46 @@ _LISTEN = "0A"
 """TCP state LISTEN in /proc/net/tcp."""
 
 
-def listening_pids(addresses: list[str]) -> list[int]:
-    """Pids of the processes holding a listening TCP socket on any of `addresses` (host:port)."""
-    wanted = [_parse(a) for a in addresses]
-    inodes = {inode for inode, (host, port) in _listening_sockets().items()
-              if any(port == p and (h is None or host == h or host.is_unspecified) for h, p in wanted)}
-    if not inodes:
-        return []
-    links = {f"socket:[{inode}]" for inode in inodes}
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if any(os.readlink(fd) in links for fd in (entry / "fd").iterdir()):
-                pids.append(int(entry.name))
-        except OSError:
-            continue  # gone meanwhile, or not ours to look at
-    return sorted(pids)
+class Listeners:
+    """Who listens where on this machine, read from /proc once: then any number of questions are cheap."""
+
+    def __init__(self) -> None:
+        self._sockets = _listening_sockets()
+        self._holders: dict[str, list[int]] | None = None
+
+    def pids(self, addresses: list[str]) -> list[int]:
+        """Pids of the processes holding a listening TCP socket on any of `addresses` (host:port)."""
+        wanted = [_parse(a) for a in addresses]
+        inodes = [inode for inode, (host, port) in self._sockets.items()
+                  if any(port == p and (h is None or host == h or host.is_unspecified) for h, p in wanted)]
+        if not inodes:
+            return []
+        holders = self._holders if self._holders is not None else self._scan()
+        return sorted({pid for inode in inodes for pid in holders.get(inode, [])})
+
+    def _scan(self) -> dict[str, list[int]]:
+        """inode -> pids holding it, for every listening socket: one pass over every process's descriptors."""
+        links = {f"socket:[{inode}]": inode for inode in self._sockets}
+        holders: dict[str, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                descriptors = list((entry / "fd").iterdir())
+            except OSError:
+                continue  # gone meanwhile, or not ours to look at
+            held = set()
+            for fd in descriptors:
+                try:
+                    link = os.readlink(fd)
+                except OSError:
+                    continue  # closed meanwhile: a busy router opens and closes connections all the time
+                if link in links:
+                    held.add(links[link])
+            for inode in held:
+                holders.setdefault(inode, []).append(int(entry.name))
+        self._holders = holders
+        return holders
 
 
 def _parse(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]:
