@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from typing import Any
@@ -62,6 +63,25 @@ async def test_a_delivery_in_flight_refuses_delete_unless_forced(world: World) -
     assert world.controller.store.active_deliveries() == []
     assert world.platform.instances["shop"] == {} and "shop" not in world.router.tables
     await world.controller.apply(make_spec("v2", PAUSED_CANARY))  # not blocked by the ended delivery
+
+
+async def test_the_loop_goes_on_while_a_delete_drains(world: World) -> None:
+    draining, drained = asyncio.Event(), asyncio.Event()
+    stop = world.router.stop
+
+    async def slow_stop(*, service: str) -> None:
+        draining.set()
+        await drained.wait()
+        await stop(service=service)
+
+    world.router.stop = slow_stop
+    deleting = asyncio.create_task(world.controller.delete("shop"))
+    await asyncio.wait_for(draining.wait(), 5)
+    await asyncio.wait_for(world.controller.tick(), 1)  # passes the service by: no wait for the drain
+    assert world.platform.count("shop", "v1") == 4, "the loop must not bring back what is being stopped"
+    drained.set()
+    await deleting
+    assert world.platform.instances["shop"] == {}
 
 
 async def test_keep_running_forgets_the_service_and_leaves_its_data_plane(world: World) -> None:

@@ -122,3 +122,26 @@ def test_delete_drains_then_stops_every_process_and_port_of_the_service(stagewis
     stagewise.proc.send_signal(signal.SIGTERM)
     stagewise.proc.wait(20)
     assert "no router or instance of any service runs" in stagewise.log()
+
+
+def test_keep_running_forgets_the_service_and_a_new_apply_takes_its_data_plane_up(stagewise: Stagewise) -> None:
+    stagewise.apply("v1", {"full": {}})
+    assert stagewise.wait()["phase"] == "Succeeded"
+    host, port = stagewise.listen.rsplit(":", 1)
+    [router] = listening_on(int(port), host)
+    instances = sorted(json.loads(p.read_text())["pid"]
+                       for p in (stagewise.state / "instances" / SERVICE).glob(f"{SERVICE}-*.json"))
+
+    kept = stagewise_cli(stagewise, "delete", SERVICE, "--keep-running")
+    assert kept.returncode == 0, kept.stderr
+    assert "forgotten; still running, managed by no one" in kept.stdout
+    assert httpx.get(stagewise.url, timeout=5, trust_env=False).headers["X-Version"] == "v1"
+    assert stagewise_cli(stagewise, "status", SERVICE).returncode == 2
+
+    stagewise.apply("v1", {"full": {}})  # the same name again: a new service, on the processes still running
+    assert stagewise.wait()["phase"] == "Succeeded"
+    assert listening_on(int(port), host) == [router]
+    assert sorted(json.loads(p.read_text())["pid"]
+                  for p in (stagewise.state / "instances" / SERVICE).glob(f"{SERVICE}-*.json")) == instances
+    history = stagewise_cli(stagewise, "history", SERVICE, "--json")
+    assert [d["id"] for d in json.loads(history.stdout)] == [2, 1]

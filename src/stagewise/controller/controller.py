@@ -58,6 +58,8 @@ class Controller:
         self._routers: dict[str, Router] = dict(routers or {})
         self._platforms: dict[str, Platform] = dict(platforms or {})
         self._locks: dict[str, asyncio.Lock] = {}
+        self._deleting: set[str] = set()
+        """Services whose data plane `delete` is stopping: the loop passes them by instead of waiting."""
         self._applied = Applied()
         self._errors: dict[str, str] = {}
         self._measurer = Measurer()
@@ -103,6 +105,8 @@ class Controller:
 
     async def tick(self) -> None:
         for record in self.store.list_services():
+            if record.name in self._deleting:
+                continue  # a drain takes seconds: the other services' deliveries must not wait for it
             async with self.lock(record.name):
                 try:
                     await self._reconcile(record.name)
@@ -277,10 +281,14 @@ class Controller:
                     "before deleting, or delete with force to stop it where it stands")
             spec = active.spec if active else record.spec
             platform = self.platform(spec)
-            plane, news = await lifecycle.describe(name, spec, platform, _releases(record, active),
-                                                   lifecycle.Listeners())
-            if not keep_running:
-                await lifecycle.stop(plane, platform=platform, router=self.router(spec))
+            self._deleting.add(name)
+            try:
+                plane, news = await lifecycle.describe(name, spec, platform, _releases(record, active),
+                                                       lifecycle.Listeners())
+                if not keep_running:
+                    await lifecycle.stop(plane, platform=platform, router=self.router(spec))
+            finally:
+                self._deleting.discard(name)
             now = self.clock()
             ended = lifecycle.ended_by_deletion(active, now=now) if active else None
             events = [Event(at=now, kind="instance", message=m) for m in news]
