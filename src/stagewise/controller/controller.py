@@ -290,7 +290,7 @@ class Controller:
             finally:
                 self._deleting.discard(name)
             now = self.clock()
-            ended = lifecycle.ended_by_deletion(active, now=now) if active else None
+            ended = lifecycle.ended_by_deletion(active, now=now, kept_running=keep_running) if active else None
             events = [Event(at=now, kind="instance", message=m) for m in news]
             if ended is not None:
                 events.append(Event(at=now, kind="phase", message=f"Failed: {ended.message}"))

@@ -108,14 +108,15 @@ def in_words(plane: DataPlane) -> str:
     return f"{router}; instances: {instances}"
 
 
-def ended_by_deletion(delivery: Delivery, *, now: float) -> Delivery:
+def ended_by_deletion(delivery: Delivery, *, now: float, kept_running: bool) -> Delivery:
     """A delivery in flight, ended where it stood because its service was deleted (`force`).
 
-    Failed, not RolledBack: nothing was rolled back — the whole data plane stopped — and the
-    release it was delivering never became the stable one.
+    Failed, not RolledBack: nothing was rolled back — the data plane stopped (or was left as it
+    stood) — and the release it was delivering never became the stable one.
     """
+    data_plane = "left running as they stood" if kept_running else "stopped where they stood"
     message = (f"the service was deleted (force) while this delivery was {delivery.phase.value} "
-               f"at step {delivery.step + 1}; its router and instances were stopped where they stood")
+               f"at step {delivery.step + 1}; its router and instances were {data_plane}")
     return delivery.model_copy(update={"phase": Phase.FAILED, "paused": False, "finished_at": now,
                                        "updated_at": now, "progress_at": now, "message": message})
 
