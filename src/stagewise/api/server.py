@@ -10,33 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi import FastAPI
 
 from stagewise.api.dashboard import install_dashboard
-from stagewise.api.views import delivery_view, service_view
+from stagewise.api.refusals import install_refusals
+from stagewise.api.routes import build_api_router
 from stagewise.controller import Controller
-from stagewise.errors import ConflictError, NotFoundError, SpecError, StagewiseError
-from stagewise.spec import load_spec_text
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
-
-
-class ApplyBody(BaseModel):
-    spec: str
-    """The spec's YAML text."""
-    filename: str = "<request>"
-    """Named in error messages."""
 
 
 def read_token(state_dir: Path) -> str | None:
@@ -78,78 +66,10 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
     app = FastAPI(title="stagewise", version="0.1.0", lifespan=lifespan,
                   description="Progressive delivery: full, phased, canary and blue-green, judged by statistics.")
 
-    def ctl(request: Request) -> Controller:
-        c: Controller = request.app.state.controller
-        return c
-
-    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong token; it is in the server's state "
-                                "directory, file 'token'", headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(StagewiseError)
-    async def _stagewise_error(request: Request, exc: StagewiseError) -> JSONResponse:
-        status = 404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError) else 400
-        if isinstance(exc, SpecError):
-            body: dict[str, Any] = {"detail": str(exc), "problems": [p.__dict__ for p in exc.problems]}
-        else:
-            body = {"detail": str(exc)}
-        return JSONResponse(status_code=status, content=body)
-
-    @app.get("/api/v1/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/api/v1/services")
-    async def services(request: Request) -> list[dict[str, Any]]:
-        c = ctl(request)
-        return [service_view(c, r, events=0) for r in c.store.list_services()]
-
-    @app.get("/api/v1/services/{name}")
-    async def service(name: str, request: Request) -> dict[str, Any]:
-        c = ctl(request)
-        record = c.store.get_service(name)
-        if record is None:
-            raise NotFoundError(f"no service named {name!r}")
-        return service_view(c, record)
-
-    @app.get("/api/v1/services/{name}/history")
-    async def history(name: str, request: Request, limit: int = 50) -> list[dict[str, Any]]:
-        c = ctl(request)
-        if c.store.get_service(name) is None:
-            raise NotFoundError(f"no service named {name!r}")
-        return [delivery_view(c, d) for d in c.store.deliveries(name, limit=limit)]
-
-    @app.get("/api/v1/services/{name}/events")
-    async def events(name: str, request: Request, after: int = 0, limit: int = 200) -> list[dict[str, Any]]:
-        return [e.model_dump() for e in ctl(request).store.events(name, after_id=after, limit=limit)]
-
-    @app.post("/api/v1/apply", dependencies=[Depends(authorised)])
-    async def apply(body: ApplyBody, request: Request) -> dict[str, Any]:
-        spec = load_spec_text(body.spec, filename=body.filename)
-        result, delivery = await ctl(request).apply(spec)
-        return {"service": spec.name, "result": result, "delivery": delivery.id if delivery else None}
-
-    for verb in ("promote", "abort", "pause", "resume", "retry"):
-        _add_verb(app, verb, ctl, authorised)
-
-    @app.post("/api/v1/services/{name}/undo", dependencies=[Depends(authorised)])
-    async def undo(name: str, request: Request) -> dict[str, Any]:
-        c = ctl(request)
-        return delivery_view(c, await c.undo(name))
-
+    install_refusals(app)
+    app.include_router(build_api_router(token))
     install_dashboard(app)
     return app
-
-
-def _add_verb(app: FastAPI, verb: str, ctl: Any, authorised: Any) -> None:
-    async def handler(name: str, request: Request, full: bool = False) -> dict[str, Any]:
-        c: Controller = ctl(request)
-        return delivery_view(c, await c.act(name, verb, full=full))
-
-    app.post(f"/api/v1/services/{{name}}/{verb}", dependencies=[Depends(authorised)],
-             name=verb, summary=f"{verb.capitalize()} the service's delivery")(handler)
 
 
 def bind(listen: str) -> socket.socket:
