@@ -40,7 +40,7 @@ RUN_TIMEOUT = 120.0
 PHASES = ("examples", "coverage", "fuzzing", "stateful")
 
 
-def test_schemathesis_finds_no_failure_in_any_phase(stagewise: Stagewise) -> None:
+def test_schemathesis_finds_no_failure_in_any_phase(stagewise: Stagewise, capsys: pytest.CaptureFixture[str]) -> None:
     sw = stagewise
     assert f'values = ["{SERVICE}"]' in CONFIG.read_text(), "the config's name dictionary must name the service"
     sw.apply("v1", {"full": {}}, replicas=1)
@@ -64,9 +64,10 @@ def test_schemathesis_finds_no_failure_in_any_phase(stagewise: Stagewise) -> Non
     assert report.exists(), output[-6000:]
     result = json.loads(report.read_text())
     operations, cases = result["operations"], result["test_cases"]
-    print(f"schemathesis {result['schemathesis_version']}, seed {result['seed']}: {operations['tested']}/"
-          f"{operations['total']} operations tested, {cases['generated']} cases generated, "
-          f"{len(result['failures'])} failures, {len(result['errors'])} errors, in {elapsed:.1f} s\n{summary}")
+    with capsys.disabled():  # the summary is the point of the run: shown even when the test passes
+        print(f"\nschemathesis {result['schemathesis_version']}, seed {result['seed']}: {operations['tested']}/"
+              f"{operations['total']} operations tested, {cases['generated']} cases generated, "
+              f"{len(result['failures'])} failures, {len(result['errors'])} errors, in {elapsed:.1f} s\n{summary}")
     assert run.returncode == 0 and result["failures"] == [] and result["errors"] == [], output[-12000:]
     assert operations["tested"] == operations["total"] >= 13, operations
     assert {phase: result["phases"][phase]["status"] for phase in PHASES} == dict.fromkeys(PHASES, "success")

@@ -16,7 +16,7 @@ parameter outside its bounds is a 422 naming the parameter; a bad spec is a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -49,12 +49,13 @@ _STANDARD: dict[int, tuple[type[BaseModel], str]] = {
 }
 
 
-def documented(statuses: Sequence[int], **descriptions: str) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route that may refuse with `statuses`; `descriptions` (`e404=...`) say it for this route."""
+def documented(statuses: Sequence[int], descriptions: Mapping[int, str] | None = None,
+               ) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route that may refuse with `statuses`; `descriptions` say what some mean on this route."""
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         model, description = _STANDARD[status]
-        entry: dict[str, Any] = {"model": model, "description": descriptions.get(f"e{status}", description)}
+        entry: dict[str, Any] = {"model": model, "description": (descriptions or {}).get(status, description)}
         if status == 503:
             entry["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying, when a retry can help",
                                                 "schema": {"type": "integer"}}}

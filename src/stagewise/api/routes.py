@@ -51,12 +51,13 @@ VERB_404 = "No service by that name, or it never had a delivery"
 
 def service_links(pointer: str) -> dict[str, Any]:
     """OpenAPI links from an answer naming a service (at JSON pointer `pointer`) to the routes taking its name."""
-    return {f"{operation}": {"operationId": operation, "parameters": {"name": f"$response.body#{pointer}"}}
+    return {operation: {"operationId": operation, "parameters": {"name": f"$response.body#{pointer}"}}
             for operation in SERVICE_ROUTES}
 
 
-def ok(model_description: str, pointer: str | None = "/service") -> dict[int | str, dict[str, Any]]:
-    entry: dict[str, Any] = {"description": model_description}
+def ok(description: str, pointer: str | None = "/service") -> dict[int | str, dict[str, Any]]:
+    """The 200 answer's entry; with `pointer`, links from the service it names to the routes taking a name."""
+    entry: dict[str, Any] = {"description": description}
     if pointer is not None:
         entry["links"] = service_links(pointer)
     return {200: entry}
@@ -131,13 +132,13 @@ def build_api_router(token: str) -> APIRouter:
                    summary="Store a spec; a new release starts a delivery",
                    responses={**ok("What the apply did"),
                               **documented([400, 401, 409, 422, 503],
-                                           e409="A delivery of another release is in flight; promote or abort it")})
+                                           {409: "A delivery of another release is in flight; promote or abort it"})})
     async def apply(body: ApplyBody, request: Request) -> dict[str, Any]:
         spec = load_spec_text(body.spec, filename=body.filename)
         result, delivery = await _controller(request).apply(spec)
         return {"service": spec.name, "result": result, "delivery": delivery.id if delivery else None}
 
-    verb_responses = {**ok("The delivery after the verb"), **documented([401, 404, 409, 422, 503], e404=VERB_404)}
+    verb_responses = {**ok("The delivery after the verb"), **documented([401, 404, 409, 422, 503], {404: VERB_404})}
 
     async def act(request: Request, name: str, verb: str, *, full: bool = False) -> dict[str, Any]:
         c = _controller(request)
@@ -173,8 +174,8 @@ def build_api_router(token: str) -> APIRouter:
     @mutating.post("/services/{name}/undo", operation_id="undo", response_model=DeliveryView,
                    summary="Deliver the previous stable release again",
                    responses={**ok("The delivery undo started"),
-                              **documented([401, 404, 409, 422, 503], e409="A delivery is in flight, or there is "
-                                           "no previous release to go back to")})
+                              **documented([401, 404, 409, 422, 503], {409: "A delivery is in flight, or there is "
+                                           "no previous release to go back to"})})
     async def undo(name: ServiceName, request: Request) -> dict[str, Any]:
         c = _controller(request)
         return delivery_view(c, await c.undo(name))
