@@ -156,6 +156,11 @@ class DeliveryView(BaseModel):
 
 
 class EventView(BaseModel):
+    """One entry of a service's event log.
+
+    The same fields as the store's `StoredEvent`, on purpose: the published contract must not
+    change when the store's row does."""
+
     id: int
     delivery_id: int | None
     service: str

@@ -15,6 +15,7 @@ controller, which takes its per-service lock for each.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -46,6 +47,13 @@ SERVICE_ROUTES = ("getService", "serviceHistory", "serviceEvents", "promote", "a
 BEARER = HTTPBearer(scheme_name="token", auto_error=False,
                     description="The token the server wrote into its state directory (file `token`).")
 """Reads `Authorization: Bearer ...`; `authorised` refuses a missing or wrong one with a 401 of ours."""
+PLAIN_VERBS = {
+    "abort": "Roll the delivery back to the stable release",
+    "pause": "Hold the delivery where it is",
+    "resume": "Let a paused delivery go on",
+    "retry": "Start a rolled-back delivery again",
+}
+"""The controller's verbs that take only a name (promote also takes `full`; undo starts a delivery)."""
 VERB_404 = "No service by that name, or it never had a delivery"
 
 
@@ -71,6 +79,16 @@ def _controller(request: Request) -> Controller:
 def _known(controller: Controller, name: str) -> None:
     if controller.store.get_service(name) is None:
         raise NotFoundError(f"no service named {name!r}")
+
+
+def _verb_route(verb: str) -> Callable[[str, Request], Awaitable[dict[str, Any]]]:
+    """The handler of a verb that takes nothing but the service's name."""
+
+    async def handler(name: ServiceName, request: Request) -> dict[str, Any]:
+        c = _controller(request)
+        return delivery_view(c, await c.act(name, verb))
+
+    return handler
 
 
 def build_api_router(token: str) -> APIRouter:
@@ -140,36 +158,17 @@ def build_api_router(token: str) -> APIRouter:
 
     verb_responses = {**ok("The delivery after the verb"), **documented([401, 404, 409, 422, 503], {404: VERB_404})}
 
-    async def act(request: Request, name: str, verb: str, *, full: bool = False) -> dict[str, Any]:
-        c = _controller(request)
-        return delivery_view(c, await c.act(name, verb, full=full))
-
     @mutating.post("/services/{name}/promote", operation_id="promote", response_model=DeliveryView,
                    summary="Go past the current pause or analysis; with `full`, promote at once",
                    responses=verb_responses)
     async def promote(name: ServiceName, request: Request,
                       full: Annotated[bool, Query(description="Skip every remaining step")] = False) -> dict[str, Any]:
-        return await act(request, name, "promote", full=full)
+        c = _controller(request)
+        return delivery_view(c, await c.act(name, "promote", full=full))
 
-    @mutating.post("/services/{name}/abort", operation_id="abort", response_model=DeliveryView,
-                   summary="Roll the delivery back to the stable release", responses=verb_responses)
-    async def abort(name: ServiceName, request: Request) -> dict[str, Any]:
-        return await act(request, name, "abort")
-
-    @mutating.post("/services/{name}/pause", operation_id="pause", response_model=DeliveryView,
-                   summary="Hold the delivery where it is", responses=verb_responses)
-    async def pause(name: ServiceName, request: Request) -> dict[str, Any]:
-        return await act(request, name, "pause")
-
-    @mutating.post("/services/{name}/resume", operation_id="resume", response_model=DeliveryView,
-                   summary="Let a paused delivery go on", responses=verb_responses)
-    async def resume(name: ServiceName, request: Request) -> dict[str, Any]:
-        return await act(request, name, "resume")
-
-    @mutating.post("/services/{name}/retry", operation_id="retry", response_model=DeliveryView,
-                   summary="Start a rolled-back delivery again", responses=verb_responses)
-    async def retry(name: ServiceName, request: Request) -> dict[str, Any]:
-        return await act(request, name, "retry")
+    for verb, summary in PLAIN_VERBS.items():
+        mutating.post(f"/services/{{name}}/{verb}", operation_id=verb, response_model=DeliveryView, summary=summary,
+                      responses=verb_responses)(_verb_route(verb))
 
     @mutating.post("/services/{name}/undo", operation_id="undo", response_model=DeliveryView,
                    summary="Deliver the previous stable release again",
