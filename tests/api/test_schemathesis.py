@@ -36,7 +36,7 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 MAX_EXAMPLES = 100
 SEED = os.environ.get("STAGEWISE_SCHEMATHESIS_SEED", "20240601")
 RUN_TIMEOUT = 120.0
-"""Seconds `st run` may take; about 15 on an idle 2-core machine."""
+"""Seconds `st run` may take; 15 to 30 on a shared 2-core machine."""
 PHASES = ("examples", "coverage", "fuzzing", "stateful")
 
 
@@ -51,10 +51,12 @@ def test_schemathesis_finds_no_failure_in_any_phase(stagewise: Stagewise, capsys
     token = (sw.state / "token").read_text().strip()
     report = sw.root / "schemathesis.json"
     started = time.monotonic()
+    # One worker: with two, hypothesis's lambda-source cache (an LRUCache, not thread-safe) is shared by
+    # the worker threads and once in a few thousand cases raised KeyError inside schemathesis.
     run = subprocess.run(
         [str(ST), "--config-file", str(CONFIG), "run", f"{sw.client.url}/openapi.json",
          "--checks", "all", "--phases", ",".join(PHASES), "--header", f"Authorization: Bearer {token}",
-         "--max-examples", str(MAX_EXAMPLES), "--seed", SEED, "--workers", "2", "--request-timeout", "10",
+         "--max-examples", str(MAX_EXAMPLES), "--seed", SEED, "--workers", "1", "--request-timeout", "10",
          "--generation-database", "none", "--no-color", "--report", "json", "--report-json-path", str(report)],
         cwd=sw.root, capture_output=True, text=True, timeout=RUN_TIMEOUT,
     )
