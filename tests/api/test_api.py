@@ -2,59 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-import uvicorn
 from openapi_spec_validator import validate
 
-from stagewise.api.server import bind, create_app, read_token
-from stagewise.controller import Controller
-from stagewise.testing import FakePlatform, FakeRouter
-from tests.controller.conftest import make_spec
-
-
-def spec_text(version: str, strategy: dict[str, object]) -> str:
-    return json.dumps(make_spec(version, strategy).model_dump(mode="json", by_alias=True))
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[httpx.Client]:
-    platform = FakePlatform(time.time, startup=0.05)
-    router = FakeRouter(time.time, rate=500)
-    controller = Controller(tmp_path, tick=0.02, routers={"builtin": router}, platforms={"local": platform})
-    app = create_app(tmp_path, controller=controller)
-    sock = bind("127.0.0.1:0")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    host, port = sock.getsockname()
-    try:
-        with httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as c:
-            deadline = time.monotonic() + 10
-            while not server.started and time.monotonic() < deadline:
-                time.sleep(0.01)
-            c.headers["Authorization"] = f"Bearer {read_token(tmp_path)}"
-            yield c
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
-def wait_phase(client: httpx.Client, phases: set[str], timeout: float = 20) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        phase = client.get("/api/v1/services/shop").json()["phase"]
-        if phase in phases:
-            return str(phase)
-        time.sleep(0.05)
-    raise AssertionError(f"still {phase}")
+from tests.api.conftest import spec_text, wait_phase
 
 
 def mutating_routes(client: httpx.Client) -> list[tuple[str, str]]:

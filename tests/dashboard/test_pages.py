@@ -208,6 +208,16 @@ def test_an_unknown_service_or_delivery_is_a_404_page(live: Server) -> None:
         assert c.get("/partials/services/nope").status_code == 404
 
 
+def test_a_delivery_id_past_what_the_store_holds_is_refused_not_a_server_error(live: Server) -> None:
+    with live.client(authorised=True) as c:
+        apply(c, "shop", "v1", {"full": {}})
+        for page in ("/services/shop", "/partials/services/shop"):
+            for delivery in ("99999999999999999999", str(2**63), "0", "-1"):
+                r = c.get(page, params={"delivery": delivery})
+                assert r.status_code == 422, (page, delivery, r.status_code, r.text[:300])
+                assert "query.delivery" in r.json()["detail"]
+
+
 def test_pages_carry_no_inline_script_style_or_handler(live: Server) -> None:
     with live.client(authorised=True) as c:
         apply(c, "shop", "v1", {"full": {}})

@@ -37,6 +37,9 @@ def test_apply_status_promote_abort_retry_undo_history(stagewise: Stagewise) -> 
     assert status["phase"] == "Paused" and status["delivery"]["weights"] == {"v1": 60, "v2": 40}
     assert "Paused" in cli(sw, "status", "shop").stdout
     assert cli(sw, "status").returncode == 0
+    # a name no spec could give is refused with the rule, in words
+    bad_name = cli(sw, "status", "Shop")
+    assert bad_name.returncode == 2 and "DNS label" in bad_name.stderr and "Traceback" not in bad_name.stderr
     # a second release while one is in flight is refused, with the reason
     busy = cli(sw, "apply", str(write(sw, "v3", paused)))
     assert busy.returncode == 2 and "promote or abort it first" in busy.stderr

@@ -18,16 +18,18 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jinja2
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from stagewise.api.delivery_page import ServiceDeleted, deleted_actions, delivery_page
 from stagewise.api.live import event_stream
+from stagewise.api.models import NAME_PATTERN, NAME_RULE, ROW_ID_MAX
 from stagewise.api.overview import PHASE_ORDER, filter_rows, overview_rows, phase_counts
+from stagewise.api.refusals import documented
 from stagewise.api.security import SecurityHeaders
 from stagewise.controller import Controller
 from stagewise.errors import NotFoundError
@@ -69,6 +71,12 @@ def _controller(request: Request) -> Controller:
     return c
 
 
+DeliveryId = Annotated[int | None, Query(ge=1, le=ROW_ID_MAX, description="A delivery of this service, by id")]
+"""Bounded by what the store can hold, so an id past SQLite's INTEGER is refused, not an error of the store."""
+StreamService = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=63,
+                                            description=f"Only this service's changes: {NAME_RULE}")]
+
+
 def build_router() -> APIRouter:
     router = APIRouter()
 
@@ -86,7 +94,7 @@ def build_router() -> APIRouter:
         return render("_overview_table.html", **_overview(request, phase, q))
 
     @router.get("/services/{name}", include_in_schema=False)
-    def delivery(name: str, request: Request, delivery: int | None = None) -> HTMLResponse:
+    def delivery(name: str, request: Request, delivery: DeliveryId = None) -> HTMLResponse:
         try:
             page = delivery_page(_controller(request), name, delivery)
         except NotFoundError as exc:
@@ -94,7 +102,7 @@ def build_router() -> APIRouter:
         return render("delivery.html", page=page, selected=delivery)
 
     @router.get("/partials/services/{name}", include_in_schema=False)
-    def delivery_partial(name: str, request: Request, delivery: int | None = None) -> HTMLResponse:
+    def delivery_partial(name: str, request: Request, delivery: DeliveryId = None) -> HTMLResponse:
         try:
             page = delivery_page(_controller(request), name, delivery)
         except ServiceDeleted as exc:
@@ -104,13 +112,15 @@ def build_router() -> APIRouter:
             return render("not_found.html", 404, message=str(exc))
         return render("_delivery_live.html", page=page, selected=delivery)
 
-    @router.get("/api/v1/events/stream", summary="Server-sent events: a `change` event when the view changes",
+    @router.get("/api/v1/events/stream", operation_id="eventStream",
+                summary="Server-sent events: a `change` event when the view changes",
                 description="Without `service`: when a delivery starts, moves a step, pauses or ends (the "
                             "overview). With `service`: when anything its delivery page shows changes.",
                 response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}},
-                                 "description": "An event stream; with `service`, only that service's changes"}})
-    async def events_stream(request: Request, service: str | None = None) -> StreamingResponse:
+                                 "description": "An event stream; with `service`, only that service's changes"},
+                           **documented([422])})
+    async def events_stream(request: Request, service: StreamService = None) -> StreamingResponse:
         return StreamingResponse(event_stream(request, service), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

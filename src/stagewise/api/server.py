@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -18,33 +17,18 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi import FastAPI
 
 from stagewise.api.dashboard import install_dashboard
-from stagewise.api.views import delivery_view, service_view
+from stagewise.api.refusals import install_refusals
+from stagewise.api.routes import build_api_router
 from stagewise.controller import Controller
-from stagewise.controller.lifecycle import DataPlane, Deletion, in_words
-from stagewise.errors import ConflictError, NotFoundError, SpecError, StagewiseError
-from stagewise.spec import load_spec_text
+from stagewise.controller.lifecycle import DataPlane, in_words
+from stagewise.errors import StagewiseError
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 log = logging.getLogger("stagewise.server")
-
-
-class Problem(BaseModel):
-    detail: str
-    """What was wrong, and what would be right."""
-
-
-class ApplyBody(BaseModel):
-    spec: str
-    """The spec's YAML text."""
-    filename: str = "<request>"
-    """Named in error messages."""
 
 
 def read_token(state_dir: Path) -> str | None:
@@ -93,100 +77,10 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
     app = FastAPI(title="stagewise", version="0.1.0", lifespan=lifespan,
                   description="Progressive delivery: full, phased, canary and blue-green, judged by statistics.")
 
-    def ctl(request: Request) -> Controller:
-        c: Controller = request.app.state.controller
-        return c
-
-    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong token; it is in the server's state "
-                                "directory, file 'token'", headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(StagewiseError)
-    async def _stagewise_error(request: Request, exc: StagewiseError) -> JSONResponse:
-        status = 404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError) else 400
-        if isinstance(exc, SpecError):
-            body: dict[str, Any] = {"detail": str(exc), "problems": [p.__dict__ for p in exc.problems]}
-        else:
-            body = {"detail": str(exc)}
-        return JSONResponse(status_code=status, content=body)
-
-    @app.get("/api/v1/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/api/v1/services")
-    async def services(request: Request) -> list[dict[str, Any]]:
-        c = ctl(request)
-        return [service_view(c, r, events=0) for r in c.store.list_services()]
-
-    @app.get("/api/v1/services/{name}")
-    async def service(name: str, request: Request) -> dict[str, Any]:
-        c = ctl(request)
-        record = c.store.get_service(name)
-        if record is None:
-            raise NotFoundError(f"no service named {name!r}")
-        return service_view(c, record)
-
-    @app.get("/api/v1/services/{name}/history")
-    async def history(name: str, request: Request, limit: int = 50) -> list[dict[str, Any]]:
-        c = ctl(request)
-        if c.store.get_service(name) is None and not c.store.deleted_services(name):
-            raise NotFoundError(f"no service named {name!r}, now or before")
-        return [delivery_view(c, d) for d in c.store.deliveries(name, limit=limit)]
-
-    @app.get("/api/v1/services/{name}/events")
-    async def events(name: str, request: Request, after: int = 0, limit: int = 200) -> list[dict[str, Any]]:
-        return [e.model_dump() for e in ctl(request).store.events(name, after_id=after, limit=limit)]
-
-    @app.post("/api/v1/apply", dependencies=[Depends(authorised)])
-    async def apply(body: ApplyBody, request: Request) -> dict[str, Any]:
-        spec = load_spec_text(body.spec, filename=body.filename)
-        result, delivery = await ctl(request).apply(spec)
-        return {"service": spec.name, "result": result, "delivery": delivery.id if delivery else None}
-
-    for verb in ("promote", "abort", "pause", "resume", "retry"):
-        _add_verb(app, verb, ctl, authorised)
-
-    @app.post("/api/v1/services/{name}/undo", dependencies=[Depends(authorised)])
-    async def undo(name: str, request: Request) -> dict[str, Any]:
-        c = ctl(request)
-        return delivery_view(c, await c.undo(name))
-
-    @app.delete(
-        "/api/v1/services/{name}", dependencies=[Depends(authorised)], response_model=Deletion,
-        summary="Delete a service: drain and stop its router, stop its instances, forget it",
-        description="The router stops taking requests and finishes the ones in flight before the instances "
-                    "stop. The service's deliveries and events stay readable (history, events); applying its "
-                    "name again makes a new service. The answer names the processes stopped (or left running).",
-        responses={200: {"description": "Deleted: the processes stopped (or, with keep_running, left running)"},
-                   400: {"model": Problem, "description": "A router or an instance could not be stopped; the "
-                                                          "service is kept, and the controller restores it"},
-                   401: {"model": Problem, "description": "Missing or wrong token; nothing was changed"},
-                   404: {"model": Problem, "description": "No service of that name"},
-                   409: {"model": Problem, "description": "A delivery is in flight: abort it first, or use force"}},
-    )
-    async def delete(
-        name: str, request: Request,
-        keep_running: Annotated[bool, Query(description="Forget the service but leave its router and "
-                                                        "instances running, unmanaged")] = False,
-        force: Annotated[bool, Query(description="Delete even with a delivery in flight; it ends Failed "
-                                                 "where it stands")] = False,
-    ) -> Deletion:
-        return await ctl(request).delete(name, keep_running=keep_running, force=force)
-
+    install_refusals(app)
+    app.include_router(build_api_router(token))
     install_dashboard(app)
     return app
-
-
-def _add_verb(app: FastAPI, verb: str, ctl: Any, authorised: Any) -> None:
-    async def handler(name: str, request: Request, full: bool = False) -> dict[str, Any]:
-        c: Controller = ctl(request)
-        return delivery_view(c, await c.act(name, verb, full=full))
-
-    app.post(f"/api/v1/services/{{name}}/{verb}", dependencies=[Depends(authorised)],
-             name=verb, summary=f"{verb.capitalize()} the service's delivery")(handler)
 
 
 def bind(listen: str) -> socket.socket:

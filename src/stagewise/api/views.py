@@ -74,5 +74,7 @@ def service_view(controller: Controller, record: ServiceRecord, *, events: int =
         "previous": record.previous.version if record.previous else None,
         "phase": latest.phase.value if latest else None,
         "delivery": delivery_view(controller, latest) if latest else None,
-        "events": [e.model_dump() for e in controller.store.events(record.name, limit=100_000)][-events:],
+        # `[-0:]` would be every event: the list of services asks for none.
+        "events": [e.model_dump() for e in controller.store.events(record.name, limit=100_000)][-events:]
+        if events > 0 else [],
     }
