@@ -2,9 +2,10 @@
 
 Each tick, for each service: observe the world (instances, router counters),
 route to the instances ready now (in the world already committed, so that a
-step waiting for them ends only once traffic reaches them), judge the
-analysis runs, ask `core.advance` for the delivery's next state, **commit it
-to the store**, and only then make the world match it. A
+step waiting for them ends only once traffic reaches them), ask
+`engine.decide` for the delivery's next state (it judges the analysis runs
+and advances the state machine; the simulator calls the same function),
+**commit it to the store**, and only then make the world match it. A
 controller killed at any moment and started again reads the committed state
 and carries on; since every action is idempotent, repeating the last one
 does no harm. The data plane never runs here: the router and the instances
@@ -20,15 +21,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stagewise.controller.measure import Measurer, measure_and_judge
+from stagewise.controller.measure import Measurer
 from stagewise.controller.reconcile import Applied, make_world, note_boot, serve_ready
 from stagewise.core import delivery as machine
-from stagewise.core.delivery import Delivery, Event, Observation, Phase
+from stagewise.core.delivery import Delivery, Event, Observation, Phase, desired_world
 from stagewise.core.plan import Plan, World
 from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
+from stagewise.core.stats import RouterStats
+from stagewise.engine import decide
 from stagewise.errors import ConflictError, NotFoundError, StagewiseError, TemporaryError
-from stagewise.platforms import Platform, get_platform
+from stagewise.platforms import Platform, PlatformView, get_platform
 from stagewise.routers import Router, get_router
 from stagewise.store import Measurement, Store, open_store
 from stagewise.strategies import compile_plan
@@ -137,41 +140,41 @@ class Controller:
         stats = await router.stats(service=name)
         note_boot(self._applied, name, stats.boot)
         now = self.clock()
-        world: World | None
         if active is not None:
-            plan = self.plan(active)
-            committed = machine.desired_world(active, plan)
-            if committed is not None:
-                await serve_ready(spec=spec, world=committed, view=view, router=router, applied=self._applied)
-            judged = await measure_and_judge(self._measurer, active, stats, now)
-            obs = Observation(
-                now=now,
-                ready={r: sum(1 for i in view.instances if i.release == r and i.state == "ready") for r in releases},
-                live={r: sum(1 for i in view.instances if i.release == r) for r in releases},
-                failures=view.failures,
-                stats=stats,
-            )
-            moved, events = machine.advance(judged, plan, obs)
-            events = [Event(at=now, kind="instance", message=m) for m in view.events] + events
-            if moved.phase is not active.phase and moved.phase is Phase.ABORTING:
-                plan = self.plan(moved)
-            update = _service_after(record, moved, now)
-            if moved != active or events:
-                self.store.save_delivery(moved, events, update)
-                self.store.add_measurements(_new_measurements(active, moved))
-                self.changed.set()
-            world = machine.desired_world(moved, plan)
-            if moved.phase.terminal:
-                record = update or record
-                world = steady_world(record)
+            world = await self._tick_delivery(record, active, view, stats, router, now)
         else:
             if view.events:
-                self.store.put_service(record, [Event(at=now, kind="instance", message=m) for m in view.events])
+                self.store.put_service(record, _instance_events(view, now))
             world = steady_world(record)
         if world is None:
             return
         await make_world(spec=spec, world=world, releases=releases, view=view,
                          platform=platform, router=router, applied=self._applied)
+
+    async def _tick_delivery(self, record: ServiceRecord, active: Delivery, view: PlatformView,
+                             stats: RouterStats, router: Router, now: float) -> World | None:
+        """Decide the delivery's next state (`engine.decide`), commit it; the world to make real."""
+        plan = self.plan(active)
+        committed = desired_world(active, plan)
+        if committed is not None:
+            await serve_ready(spec=active.spec, world=committed, view=view, router=router, applied=self._applied)
+        releases = _releases(record, active)
+        observation = Observation(
+            now=now,
+            ready={r: sum(1 for i in view.instances if i.release == r and i.state == "ready") for r in releases},
+            live={r: sum(1 for i in view.instances if i.release == r) for r in releases},
+            failures=view.failures,
+            stats=stats,
+        )
+        decision = decide(active, plan, observation, measured=self._measurer.collect(active, now))
+        moved = decision.delivery
+        events = _instance_events(view, now) + decision.events
+        update = _service_after(record, moved, now)
+        if moved != active or events:
+            self.store.save_delivery(moved, events, update)
+            self.store.add_measurements(_new_measurements(active, moved))
+            self.changed.set()
+        return steady_world(update or record) if moved.phase.terminal else decision.world
 
     def plan(self, delivery: Delivery) -> Plan:
         return compile_plan(delivery.spec, delivery.stable, abort_world=delivery.abort_world)
@@ -273,6 +276,10 @@ def _new_measurements(before: Delivery, after: Delivery) -> list[Measurement]:
                         rows.append(Measurement(delivery_id=after.id, at=float(point["t"]), run=key,
                                                 release=release, metric=metric, value=float(value)))
     return rows
+
+
+def _instance_events(view: PlatformView, now: float) -> list[Event]:
+    return [Event(at=now, kind="instance", message=m) for m in view.events]
 
 
 def steady_world(record: ServiceRecord) -> World | None:
