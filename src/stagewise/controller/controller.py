@@ -10,6 +10,13 @@ controller killed at any moment and started again reads the committed state
 and carries on; since every action is idempotent, repeating the last one
 does no harm. The data plane never runs here: the router and the instances
 are processes of their own, so a controller restart drops no request.
+
+A service whose reconcile fails is left alone until its retry is due — after
+a TemporaryError's delay, or with capped backoff for anything else — and the
+failure is reported once (controller/retries.py). A router that cannot serve
+the committed step does not stop the delivery's clock: the tick still
+decides (a progress deadline or a failed analysis still aborts), only no
+step ends on readiness while the router does not serve it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 
 from stagewise.controller.measure import Measurer
 from stagewise.controller.reconcile import Applied, make_world, note_boot, serve_ready
+from stagewise.controller.retries import MAX_BACKOFF, Retries
 from stagewise.core import delivery as machine
 from stagewise.core.delivery import Delivery, Event, Observation, Phase, desired_world
 from stagewise.core.plan import Plan, World
@@ -30,7 +38,7 @@ from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
 from stagewise.engine import decide
-from stagewise.errors import ConflictError, NotFoundError, StagewiseError, TemporaryError
+from stagewise.errors import ConflictError, NotFoundError, StagewiseError
 from stagewise.platforms import Platform, PlatformView, get_platform
 from stagewise.routers import Router, get_router
 from stagewise.store import Measurement, Store, open_store
@@ -60,7 +68,7 @@ class Controller:
         self._platforms: dict[str, Platform] = dict(platforms or {})
         self._locks: dict[str, asyncio.Lock] = {}
         self._applied = Applied()
-        self._errors: dict[str, str] = {}
+        self._retries = Retries()
         self._measurer = Measurer()
         """Measurements of prometheus, http and command providers in flight (controller/measure.py)."""
         self.changed = asyncio.Event()
@@ -103,28 +111,38 @@ class Controller:
                 await asyncio.wait_for(stop.wait(), timeout=self.tick_seconds)
 
     async def tick(self) -> None:
+        """One reconcile pass over every service whose retry (after a failure) is due."""
         for record in self.store.list_services():
-            async with self.lock(record.name):
+            name = record.name
+            if not self._retries.due(name, self.clock()):
+                continue
+            async with self.lock(name):
                 try:
-                    await self._reconcile(record.name)
-                    self._errors.pop(record.name, None)
+                    await self._reconcile(name)
                 except StagewiseError as exc:
-                    self._report(record.name, exc)
+                    self._failed(name, exc)
                 except Exception as exc:  # a bug must not stop the other services' deliveries
-                    log.exception("%s: unexpected error in reconcile", record.name)
-                    self._report(record.name, StagewiseError(f"internal error: {type(exc).__name__}: {exc}"))
+                    self._failed(name, StagewiseError(f"internal error: {type(exc).__name__}: {exc}"), bug=exc)
+                else:
+                    recovered = self._retries.succeeded(name)
+                    if recovered is not None:
+                        log.info("%s: reconciled again after %d failure(s): %s", name, recovered.failures,
+                                 recovered.message)
 
-    def _report(self, service: str, exc: StagewiseError) -> None:
-        message = str(exc)
-        if self._errors.get(service) != message:
-            self._errors[service] = message
-            latest = self.store.latest_delivery(service)
-            event = Event(at=self.clock(), kind="error", message=message)
-            if latest is not None and not latest.phase.terminal:
-                self.store.save_delivery(latest, [event])
-            log.warning("%s: %s", service, message)
-        if not isinstance(exc, TemporaryError):
-            log.error("%s: %s", service, message)
+    def _failed(self, service: str, exc: StagewiseError, *, bug: Exception | None = None) -> None:
+        """Hold the service back until its retry is due; report the failure if it is news (controller/retries.py)."""
+        now = self.clock()
+        news = self._retries.failed(service, exc, now)
+        if news is None:
+            return
+        latest = self.store.latest_delivery(service)
+        if latest is not None and not latest.phase.terminal:
+            self.store.save_delivery(latest, [Event(at=now, kind="error", message=news.message)])
+        if news.permanent:
+            log.error("%s: %s (tried again with backoff, at most every %gs)", service, news.message, MAX_BACKOFF,
+                      exc_info=bug)
+        else:
+            log.warning("%s: %s (tried again in %gs)", service, news.message, news.retry_at - now)
 
     async def _reconcile(self, name: str) -> None:
         record = self.store.get_service(name)
@@ -156,8 +174,13 @@ class Controller:
         """Decide the delivery's next state (`engine.decide`), commit it; the world to make real."""
         plan = self.plan(active)
         committed = desired_world(active, plan)
+        held: StagewiseError | None = None
         if committed is not None:
-            await serve_ready(spec=active.spec, world=committed, view=view, router=router, applied=self._applied)
+            try:
+                await serve_ready(spec=active.spec, world=committed, view=view, router=router,
+                                  applied=self._applied)
+            except StagewiseError as exc:
+                held = exc  # decided all the same, so that a deadline or a failed analysis still acts
         releases = _releases(record, active)
         observation = Observation(
             now=now,
@@ -165,6 +188,7 @@ class Controller:
             live={r: sum(1 for i in view.instances if i.release == r) for r in releases},
             failures=view.failures,
             stats=stats,
+            held=f"the router does not serve the step: {held}" if held is not None else None,
         )
         decision = decide(active, plan, observation, measured=self._measurer.collect(active, now))
         moved = decision.delivery
@@ -174,12 +198,20 @@ class Controller:
             self.store.save_delivery(moved, events, update)
             self.store.add_measurements(_new_measurements(active, moved))
             self.changed.set()
-        return steady_world(update or record) if moved.phase.terminal else decision.world
+        world = steady_world(update or record) if moved.phase.terminal else decision.world
+        if held is not None and world == committed:
+            raise held  # nothing new to try: the failure stands (and is retried on its schedule)
+        return world
 
     def plan(self, delivery: Delivery) -> Plan:
         return compile_plan(delivery.spec, delivery.stable, abort_world=delivery.abort_world)
 
     # --- verbs ----------------------------------------------------------------------------
+
+    def _acted(self, name: str) -> None:
+        """A person changed the service: tell live views, and reconcile it on the next tick even if it was failing."""
+        self._retries.wake(name)
+        self.changed.set()
 
     async def apply(self, spec: ServiceSpec) -> tuple[str, Delivery | None]:
         """Store `spec`; start a delivery when its release differs from the stable one."""
@@ -200,7 +232,7 @@ class Controller:
             elif record.stable == spec.spec.release:
                 record = record.model_copy(update={"spec": spec, "updated_at": now})
                 self.store.put_service(record, [Event(at=now, kind="user", message="spec applied; release unchanged")])
-                self.changed.set()
+                self._acted(name)
                 return "configured: release unchanged", None
             else:
                 record = record.model_copy(update={"spec": spec, "updated_at": now})
@@ -208,7 +240,7 @@ class Controller:
                                 updated_at=now, progress_at=now)
             delivery = self.store.create_delivery(
                 delivery, [Event(at=now, kind="user", message=f"applied {spec.spec.release.version}")], record)
-            self.changed.set()
+            self._acted(name)
             return "delivery started", delivery
 
     async def act(self, name: str, verb: str, *, full: bool = False) -> Delivery:
@@ -231,7 +263,7 @@ class Controller:
             else:
                 raise NotFoundError(f"unknown verb {verb!r}")
             self.store.save_delivery(d, events)
-            self.changed.set()
+            self._acted(name)
             return d
 
     async def undo(self, name: str) -> Delivery:
@@ -254,7 +286,7 @@ class Controller:
                                 updated_at=now, progress_at=now, undo=True)
             delivery = self.store.create_delivery(
                 delivery, [Event(at=now, kind="user", message=f"undo: back to {previous.version}")], record)
-            self.changed.set()
+            self._acted(name)
             return delivery
 
 

@@ -80,6 +80,9 @@ class Observation(BaseModel):
     failures: dict[str, int] = {}
     """Instances that died or missed readiness, per release, ever."""
     stats: RouterStats | None = None
+    held: str | None = None
+    """Why the router could not be brought to serve the committed world (a driver's error): its
+    instances do not count as ready then, and a delivery stuck on it is aborted in these words."""
 
 
 class Delivery(BaseModel):
@@ -307,7 +310,7 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
                        f"failed in this step, more than the {step.max_failures} allowed")
         return d2, events + ev
     if d.ready_at is None:
-        if step.wait_ready and not _ready(step.world, obs):
+        if step.wait_ready and (obs.held is not None or not _ready(step.world, obs)):
             return d, events
         d.ready_at = now
         d.progress_at = now
@@ -386,6 +389,8 @@ def _ready(world: World, obs: Observation) -> bool:
 
 
 def _stuck_reason(d: Delivery, step: Step, obs: Observation) -> str:
+    if d.ready_at is None and step.wait_ready and obs.held is not None:
+        return obs.held
     if d.ready_at is None and step.wait_ready:
         missing = {r: f"{obs.ready.get(r, 0)}/{n} ready" for r, n in step.world.instances.items()
                    if obs.ready.get(r, 0) < n}

@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 
 from stagewise.core.spec import ReleaseSpec
-from stagewise.errors import PlatformError
+from stagewise.errors import PlatformError, PlatformRefusedError
 from stagewise.platforms import Instance, InstanceState, PlatformView
 
 PROBE_TIMEOUT = 1.0
@@ -289,14 +289,17 @@ class LocalPlatform:
                 )
         except FileNotFoundError as exc:
             log.unlink(missing_ok=True)
-            raise PlatformError(
+            raise PlatformRefusedError(
                 f"cannot start {instance_id}: program {argv[0]!r} not found "
                 "(run.command[0] must be an executable path or a name on PATH)"
             ) from exc
         except PermissionError as exc:
             log.unlink(missing_ok=True)
-            raise PlatformError(f"cannot start {instance_id}: {argv[0]!r} is not executable") from exc
-        except (OSError, ValueError) as exc:
+            raise PlatformRefusedError(f"cannot start {instance_id}: {argv[0]!r} is not executable") from exc
+        except ValueError as exc:  # a NUL byte in the argv or the environment
+            log.unlink(missing_ok=True)
+            raise PlatformRefusedError(f"cannot start {instance_id}: {exc}") from exc
+        except OSError as exc:
             log.unlink(missing_ok=True)
             raise PlatformError(f"cannot start {instance_id}: {exc}") from exc
         # An unreaped child stays in /proc even if it already exited, so this read succeeds.
@@ -366,7 +369,7 @@ class LocalPlatform:
 
     def _service_dir(self, service: str) -> Path:
         if not _SAFE_NAME.fullmatch(service):
-            raise PlatformError(f"invalid service name {service!r}")
+            raise PlatformRefusedError(f"invalid service name {service!r}")
         return self._root / service
 
     def _record_path(self, record: _Record) -> Path:
