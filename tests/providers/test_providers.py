@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from stagewise.analysis.providers import Target, fill, get_provider
+from stagewise.analysis.providers.prometheus import fill_promql
 from stagewise.analysis.providers.router import RouterProvider
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import ReleaseStats, RouterStats
@@ -38,6 +39,11 @@ stagewise_router_request_duration_seconds_bucket{service="shop",release="v2",le=
 stagewise_router_request_duration_seconds_bucket{service="shop",release="v2",le="+Inf"} 200
 stagewise_router_request_duration_seconds_sum{service="shop",release="v2"} 4.0
 stagewise_router_request_duration_seconds_count{service="shop",release="v2"} 200
+# TYPE demo_server_responses_total counter
+demo_server_responses_total{server="v1.0:a"} 10
+demo_server_responses_total{server="v100:b"} 1000
+demo_server_responses_total{server="v1+b:c"} 7
+demo_server_responses_total{server="v11b:d"} 500
 """
 
 
@@ -94,6 +100,26 @@ def test_prometheus_query_gives_one_value_per_release(prometheus: str) -> None:
     m = measure(template)
     assert m.values == (pytest.approx(0.01), pytest.approx(0.15))
     assert 'release="v2"' in m.evidence["queries"]["v2"]
+
+
+def test_prometheus_fills_a_regex_matcher_with_the_release_escaped(prometheus: str) -> None:
+    """`v1.0` must not match `v100`'s servers, nor `v1+b` those of `v11b`: the name is matched as written."""
+    template = AnalysisTemplate(provider="prometheus", address=prometheus, judge="threshold",
+                                query='sum(demo_server_responses_total{server=~"{{release}}:.+"})')
+    m = measure(template, Target(service="shop", baseline="v1.0", candidate="v1+b", window=30))
+    assert m.values == (10.0, 7.0), m.evidence["queries"]
+    assert m.evidence["queries"]["v1.0"] == r'sum(demo_server_responses_total{server=~"v1\\.0:.+"})'
+
+
+@pytest.mark.parametrize(("query", "filled"), [
+    (r'x{a="{{release}}"}', r'x{a="v1.0\\\"q"}'),  # a string: its backslash and quote escaped
+    (r'x{a=~"{{release}}"}', r'x{a=~"v1\\.0\\\\\"q"}'),  # a regex in a string: regex, then string escapes
+    (r"""x{a!~ '{{release}}'}""", r"""x{a!~ 'v1\\.0\\\\"q'}"""),
+    (r"x{a=~`{{release}}`}", r'x{a=~`v1\.0\\"q`}'),  # a raw string: the regex escape only
+    (r'rate(x{a="{{service}}"}[{{window}}]) # {{release}} "', r'rate(x{a="shop"}[30s]) # {{release}} "'),
+])
+def test_prometheus_placeholders_are_escaped_for_their_context(query: str, filled: str) -> None:
+    assert fill_promql(query, target=TARGET, release=r'v1.0\"q') == filled
 
 
 def test_prometheus_counts_mode_reads_the_router_metrics(prometheus: str) -> None:
