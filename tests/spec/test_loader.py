@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import pytest
 
-from stagewise.core.spec import ServiceSpec
+from stagewise.core.spec import PhasedCohorts, PhasedStrategy, PhasedWaves, ServiceSpec
 from stagewise.errors import Problem, SpecError
 from stagewise.spec import EXAMPLE_SPEC, MAX_BYTES, load_spec, load_spec_text, load_specs, loader
 
@@ -47,8 +47,9 @@ def test_full() -> None:
 
 def test_phased_waves() -> None:
     spec = load_spec(VALID / "phased_waves.yaml")
-    phased = spec.spec.strategy.phased
-    assert phased is not None and phased.cohorts is None
+    strategy = spec.spec.strategy
+    assert isinstance(strategy, PhasedStrategy) and isinstance(strategy.phased, PhasedWaves)
+    phased = strategy.phased
     assert phased.waves == [1, "25%", "100%"]
     assert phased.bake == 30.0
     assert phased.max_unavailable == "50%"
@@ -62,8 +63,9 @@ def test_phased_waves() -> None:
 
 def test_phased_cohorts() -> None:
     spec = load_spec(VALID / "phased_cohorts.yaml")
-    phased = spec.spec.strategy.phased
-    assert phased is not None and phased.waves is None and phased.cohorts is not None
+    strategy = spec.spec.strategy
+    assert isinstance(strategy, PhasedStrategy) and isinstance(strategy.phased, PhasedCohorts)
+    phased = strategy.phased
     assert phased.cohorts.key.header == "X-User-Id"
     assert phased.cohorts.steps == [1, 2, 5, 10, 20, 50, 100]
     assert phased.bake == 300.0

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from stagewise.core.durations import format_duration
+from stagewise.core.judge_state import JudgeState, ProviderNote
 from stagewise.core.plan import Plan, Step, World
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
@@ -63,7 +64,10 @@ class AnalysisRun(BaseModel):
     """The router's counters when the run started."""
     last: RouterStats | None = None
     """The counters the judges last saw (judges take increments)."""
-    judge_state: dict[str, Any] = {}
+    judge_state: dict[str, JudgeState] = {}
+    """Each template's judge's state, by template name (core/judge_state.py)."""
+    notes: dict[str, ProviderNote] = {}
+    """What each template measured by a provider other than the router's counters last said, by template name."""
     verdict: Verdict = Verdict(outcome=Outcome.RUNNING)
     history: list[dict[str, Any]] = []
     """Measurements over time, for charts: t, requests and errors per release."""
@@ -142,7 +146,8 @@ def evolve(delivery: Delivery) -> Delivery:
     A deep copy would also copy the spec on every tick, which is most of the cost of a tick.
     """
     runs = {
-        key: run.model_copy(update={"judge_state": dict(run.judge_state), "history": list(run.history)})
+        key: run.model_copy(update={"judge_state": dict(run.judge_state), "notes": dict(run.notes),
+                                    "history": list(run.history)})
         for key, run in delivery.analysis.items()
     }
     return delivery.model_copy(update={"analysis": runs, "failures_base": dict(delivery.failures_base)})
@@ -238,7 +243,7 @@ def _enter(d: Delivery, index: int, now: float) -> None:
     d.ready_at = None
     d.release_gate = False
     d.progress_at = now
-    left = [run.model_copy(update={"judge_state": {}, "since": None, "last": None})
+    left = [run.model_copy(update={"judge_state": {}, "notes": {}, "since": None, "last": None})
             for run in d.analysis.values() if not run.background]
     d.past_analysis = [*d.past_analysis, *left]
     d.analysis = {k: run for k, run in d.analysis.items() if run.background}

@@ -46,7 +46,7 @@ from collections import deque
 from stagewise.analysis.judges.sequential import GRID_HIGH
 from stagewise.core.delivery import AnalysisRun, Delivery, Observation, Phase, abort
 from stagewise.core.plan import World
-from stagewise.core.spec import FullSpec, ReleaseSpec, ServiceSpec, StrategySpec
+from stagewise.core.spec import BlueGreenStrategy, FullStrategy, ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
 from stagewise.core.verdict import Outcome
 from stagewise.engine import decide
@@ -321,7 +321,7 @@ class _Run:
 
     def _undo(self, t: float, previous: ReleaseSpec, current: ReleaseSpec) -> None:
         """`stagewise undo` with a recreate: the previous release back on every instance."""
-        body = self.spec.spec.model_copy(update={"release": previous, "strategy": StrategySpec(full=FullSpec())})
+        body = self.spec.spec.model_copy(update={"release": previous, "strategy": FullStrategy()})
         spec = self.spec.model_copy(update={"spec": body})
         self.delivery = Delivery(service=spec.name, spec=spec, stable=current, created_at=t, updated_at=t,
                                  progress_at=t, undo=True)
@@ -386,8 +386,10 @@ class _Run:
 
     @staticmethod
     def _preview(spec: ServiceSpec) -> bool:
-        bg = spec.spec.strategy.blue_green
-        return bg is None or bool(bg.preview.header or bg.preview.listen)
+        strategy = spec.spec.strategy
+        if not isinstance(strategy, BlueGreenStrategy):
+            return True
+        return bool(strategy.blue_green.preview.header or strategy.blue_green.preview.listen)
 
 
 def _fingerprint(d: Delivery) -> tuple[object, ...]:

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import ReleaseStats
-from stagewise.errors import UnknownDriverError
+from stagewise.errors import ProviderError, UnknownDriverError
 
-__all__ = ["PROVIDER_KINDS", "Measurement", "Provider", "Target", "fill", "get_provider"]
+__all__ = ["PROVIDER_KINDS", "Measurement", "Provider", "Target", "fill", "get_provider", "not_mine"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ def fill(text: str, *, target: Target, release: str, escape: Callable[[str], str
     names = {"service": target.service, "release": release, "baseline": target.baseline,
              "candidate": target.candidate, "window": window}
     return _PLACEHOLDER.sub(lambda m: escape(names[m[1]]) if escape else names[m[1]], text)
+
+
+def not_mine(kind: str, template: AnalysisTemplate) -> ProviderError:
+    """The error for a template of another provider handed to the `kind` provider (the caller's mistake)."""
+    return ProviderError(f"the {kind} provider cannot measure a template of provider {template.provider}",
+                         delay=60.0)
 
 
 def get_provider(kind: str) -> Provider:

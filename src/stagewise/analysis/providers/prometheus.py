@@ -30,8 +30,8 @@ from typing import Any
 
 import httpx
 
-from stagewise.analysis.providers import Measurement, Target, fill
-from stagewise.core.spec import AnalysisTemplate
+from stagewise.analysis.providers import Measurement, Target, fill, not_mine
+from stagewise.core.spec import AnalysisTemplate, PrometheusTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats
 from stagewise.errors import ProviderError
 
@@ -86,8 +86,8 @@ class PrometheusProvider:
     """Implements `Provider` for `provider: prometheus`."""
 
     async def measure(self, *, template: AnalysisTemplate, target: Target) -> Measurement:
-        if not template.address:
-            raise ProviderError("provider prometheus needs address", delay=60.0)
+        if not isinstance(template, PrometheusTemplate):
+            raise not_mine("prometheus", template)
         base = template.address.rstrip("/")
         async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as client:
             if template.query:
