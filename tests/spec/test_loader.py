@@ -211,6 +211,16 @@ CASES: list[tuple[str, int, int, str]] = [
     ("unclosed_flow.yaml", 11, 1, "expected ',' or ']', but got the end of the file "
      "(while parsing a flow sequence at line 10, column 16)"),
     ("yaml_version.yaml", 1, 7, "YAML version 1.3 is not supported; write %YAML 1.2"),
+    # each provider's template takes its own fields: a URL without `provider: http` is not silently ignored
+    ("url_without_provider.yaml", 12, 13, "spec.analysis.smoke: unknown field 'url' for provider router; "
+     "it goes with provider: http"),
+    ("unknown_provider.yaml", 12, 24, "spec.analysis.errors.provider: expected one of 'router', 'prometheus', "
+     "'http', 'command', got the text 'promethus'; did you mean 'prometheus'?"),
+    ("http_without_url.yaml", 12, 5, "spec.analysis.smoke: missing required field 'url' (http: the URL probed"),
+    ("snake_case_strategy.yaml", 12, 5, "spec.strategy: unknown field 'blue_green'; did you mean 'blueGreen'? "
+     "(valid fields here: full, phased, canary, blueGreen)"),
+    ("canary_step_not_a_mapping.yaml", 14, 11, "steps[0]: expected a mapping with fields setWeight, pause, "
+     "analysis, setHeaderRoute, got the number 10"),
 ]
 
 
