@@ -95,7 +95,7 @@ def test_a_step_the_router_does_not_serve_never_ends_on_readiness_and_aborts_at_
     for _ in range(70):
         obs = all_ready(d, now).model_copy(update={"held": "the router does not serve the step: refused"})
         d, _ = machine.advance(d, plan_of(d), obs)
-        assert d.step == 0 and d.ready_at is None or d.phase is Phase.ABORTING
+        assert (d.step == 0 and d.ready_at is None) or d.phase is Phase.ABORTING
         now += 1
     assert d.phase is Phase.ABORTING
     assert "exceeded: the router does not serve the step: refused" in (d.abort_reason or "")
