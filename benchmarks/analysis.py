@@ -62,7 +62,8 @@ import numpy as np
 from stagewise.analysis.judges import judge
 from stagewise.analysis.judges.sequential_latency import DEFAULT_FLOOR_MS, odds_grid, rungs
 from stagewise.analysis.judges.sequential_latency import log_choose as log_comb
-from stagewise.core.spec import AnalysisTemplate
+from stagewise.core.judge_state import JudgeState
+from stagewise.core.spec import AnalysisTemplate, RouterTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats
 from stagewise.core.verdict import Outcome
 
@@ -83,14 +84,14 @@ CROSSCHECK_REQUESTS = 6_000
 STRIDE = 50
 """Error events are also counted every this many requests, for the bound on any test (`best_possible`)."""
 
-ERRORS_SEQ = AnalysisTemplate(metric="error-rate", judge="sequential", alpha=0.05)
-LATENCY_SEQ = AnalysisTemplate(metric="latency", judge="sequential", alpha=0.05, margin=0.05)
+ERRORS_SEQ = RouterTemplate(metric="error-rate", judge="sequential", alpha=0.05)
+LATENCY_SEQ = RouterTemplate(metric="latency", judge="sequential", alpha=0.05, margin=0.05)
 """margin 0.05: 5 % higher odds of a slow request are tolerated. The arms' instances differ by ~1 % in latency
 (as real ones do); at margin 0 the exact test notices that in a few percent of A/A runs, above α. The default
 0.5 absorbs the larger noise between real processes on one box (see README)."""
-ERRORS_MW = AnalysisTemplate(metric="error-rate", judge="mannwhitney", interval=INTERVAL)
-LATENCY_MW = AnalysisTemplate(metric="latency", judge="mannwhitney", interval=INTERVAL)
-ERRORS_THRESHOLD = AnalysisTemplate(metric="error-rate", judge="threshold", interval=INTERVAL,
+ERRORS_MW = RouterTemplate(metric="error-rate", judge="mannwhitney", interval=INTERVAL)
+LATENCY_MW = RouterTemplate(metric="latency", judge="mannwhitney", interval=INTERVAL)
+ERRORS_THRESHOLD = RouterTemplate(metric="error-rate", judge="threshold", interval=INTERVAL,
                                     threshold_range={"max": 2 * BASE_ERROR})
 
 
@@ -182,7 +183,7 @@ def sequential_errors(traffic: Traffic) -> int | None:
     n_b = (ends - firsts + 1) - n_c
     e_c = np.add.reduceat(cand * err, firsts)
     e_b = np.add.reduceat(err, firsts) - e_c
-    state: dict[str, Any] = {}
+    state: JudgeState | None = None
     for i in np.flatnonzero(e_b + e_c):
         state, verdict = judge(ERRORS_SEQ, state, ReleaseStats(requests=int(n_b[i]), errors=int(e_b[i])),
                                ReleaseStats(requests=int(n_c[i]), errors=int(e_c[i])),
@@ -286,7 +287,7 @@ def sequential_latency_real(traffic: Traffic) -> int | None:
     ends = blocks(traffic.candidate)
     firsts = np.r_[0, ends[:-1] + 1] if len(ends) else np.array([], dtype=int)
     bucket = np.searchsorted(BOUNDS, traffic.latency, side="left")
-    state: dict[str, Any] = {}
+    state: JudgeState | None = None
     for first, end in zip(firsts, ends, strict=True):
         hists = [np.bincount(bucket[first : end + 1][traffic.candidate[first : end + 1] == arm],
                              minlength=len(BOUNDS) + 1) for arm in (False, True)]
@@ -312,7 +313,7 @@ def interval_judge(traffic: Traffic, template: AnalysisTemplate) -> tuple[int | 
     edges = np.arange(INTERVAL, t_end, INTERVAL)
     cuts = np.searchsorted(traffic.t, edges, side="left")
     bucket = np.searchsorted(BOUNDS, traffic.latency, side="left")
-    state: dict[str, Any] = {}
+    state: JudgeState | None = None
     checks: list[Check] = []
     start = 0
     errors = 0
@@ -367,7 +368,7 @@ def calibrated_alpha(aa_checks: list[list[Check]], target: float) -> float:
 
 def latency_threshold(p99: float) -> AnalysisTemplate:
     """Flagger's request-duration check, with the limit an operator would set: 25 % above today's p99."""
-    return AnalysisTemplate(metric="latency", judge="threshold", interval=INTERVAL,
+    return RouterTemplate(metric="latency", judge="threshold", interval=INTERVAL,
                             threshold_range={"max": 1.25 * p99})
 
 

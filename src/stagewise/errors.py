@@ -5,14 +5,17 @@
     │   ├── SpecError             a spec file is malformed or invalid (file:line:column)
     │   ├── NotFoundError         a service or delivery that does not exist
     │   ├── ConflictError         a verb that does not fit the delivery's phase
-    │   └── UnknownDriverError    a router/platform/judge/provider name with no backend
+    │   ├── UnknownDriverError    a router/platform/judge/provider name with no backend
+    │   └── PlatformRefusedError  the platform cannot run what it was given (no such program)
     └── TemporaryError(delay=)    worth retrying after `delay` seconds
         ├── RouterError           the data plane could not be reached or refused a table
         ├── PlatformError         an instance could not be started, probed or stopped
         └── ProviderError         a metric provider could not measure
 
 Drivers translate third-party exceptions into these at their boundary
-(`raise RouterError(...) from exc`), so the controller only ever handles this tree.
+(`raise RouterError(...) from exc`), so the controller only ever handles this tree:
+it retries a TemporaryError after its `delay`, and any other error with capped
+exponential backoff, reporting each failure once (controller/retries.py).
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ class UnknownDriverError(PermanentError, ValueError):
     def __init__(self, kind: str, name: str, choices: list[str]) -> None:
         self.kind, self.name, self.choices = kind, name, choices
         super().__init__(f"unknown {kind} {name!r}; expected one of: {', '.join(sorted(choices))}")
+
+
+class PlatformRefusedError(PermanentError):
+    """The platform cannot do what it was asked as given: a program that does not exist or is not
+    executable, a service name that cannot name a directory. Trying again only helps once that changes."""
 
 
 class TemporaryError(StagewiseError):

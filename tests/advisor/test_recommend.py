@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from stagewise.advisor import Inputs, inputs_from_text, recommend, starter_spec
+from stagewise.advisor import WORDS, Inputs, inputs_from_text, recommend, starter_spec
 from stagewise.cli.main import app
 from stagewise.errors import SpecError
 from stagewise.spec import load_spec_text
@@ -36,7 +36,7 @@ def test_the_four_cases_come_out_as_the_guide_says(flags: list[str], winner: str
     code, output = run(*flags, "--json")
     assert code == 0, output
     data = json.loads(output)
-    assert set(data) == {"recommendation", "ranking"}
+    assert set(data) == {"recommendation", "ranking", "tie"}
     assert data["recommendation"] == winner
     assert data["ranking"][0]["strategy"] == winner
     assert all(set(r) == {"strategy", "score", "reasons", "ruled_out"} for r in data["ranking"])
@@ -44,6 +44,66 @@ def test_the_four_cases_come_out_as_the_guide_says(flags: list[str], winner: str
     top = " ".join(data["ranking"][0]["reasons"])
     for flag in named:
         assert flag in top, (flag, top)
+
+
+# Each row of the delivery-strategies guide's comparison table, as written there (and held in `WORDS`),
+# with the inputs of a team that row describes: the row's risk level is the risk the team tolerates (the
+# guide's "very low" is the lowest there is: low); its complexity is the system's; its rollback speed is
+# what the team needs the strategy to give, so an instant or fast one answers a team that cannot roll
+# back well by itself (--rollback low) and a slow one a team that can (--rollback high); "best for"
+# becomes the fact it names.
+SEED_ROWS = [
+    ("Phased", "Low", "Medium", "Medium", "Large user bases",
+     ["--risk-tolerance", "low", "--complexity", "medium", "--rollback", "medium", "--users", "1000000"], "phased"),
+    ("Full", "High", "Low", "Slow", "Small systems",
+     ["--risk-tolerance", "high", "--complexity", "low", "--rollback", "high"], "full"),
+    ("Canary", "Low", "High", "Fast", "Critical systems",
+     ["--risk-tolerance", "low", "--complexity", "high", "--rollback", "low", "--user-impact", "high"], "canary"),
+    ("Blue-Green", "Very Low", "High", "Instant", "Zero-downtime needs",
+     ["--risk-tolerance", "low", "--complexity", "high", "--rollback", "low", "--zero-downtime"], "blue-green"),
+]
+
+
+@pytest.mark.parametrize(("row", "risk", "complexity", "rollback", "best_for", "flags", "winner"), SEED_ROWS,
+                         ids=[r[0] for r in SEED_ROWS])
+def test_each_row_of_the_guides_table_recommends_its_strategy(
+    row: str, risk: str, complexity: str, rollback: str, best_for: str, flags: list[str], winner: str
+) -> None:
+    words = WORDS[winner]  # type: ignore[index]
+    assert (words.risk, words.complexity, words.rollback, words.best_for) == tuple(
+        w.lower() for w in (risk, complexity, rollback, best_for))
+    code, output = run(*flags, "--json")
+    assert code == 0, output
+    data = json.loads(output)
+    assert data["recommendation"] == winner, data["ranking"]
+    assert data["tie"] is None, data["tie"]
+
+
+def test_a_tie_is_decided_by_risk_tolerance_and_said_so() -> None:
+    """Canary and blue-green both reach 100 here; with a low risk tolerance the very-low-risk one wins."""
+    flags = ["--zero-downtime", "--spare-capacity", "--metrics", "--risk-tolerance", "low", "--complexity", "high",
+             "--user-impact", "high", "--rollback", "high"]
+    code, output = run(*flags, "--json")
+    assert code == 0, output
+    data = json.loads(output)
+    assert [(r["strategy"], r["score"]) for r in data["ranking"][:2]] == [("blue-green", 100), ("canary", 100)]
+    assert data["recommendation"] == "blue-green"
+    assert data["tie"]["strategies"] == ["blue-green", "canary"] and data["tie"]["score"] == 100
+    assert data["tie"]["decided_by"] == "--risk-tolerance low"
+    assert "blue-green very low risk, canary low risk" in data["tie"]["rule"]
+    assert any(r.startswith("first of a tie:") for r in data["ranking"][0]["reasons"])
+    code, text = run(*flags)
+    assert code == 0 and "A tie decided it: blue-green and canary tie at 100" in " ".join(text.split())
+
+
+def test_ties_never_fall_back_on_list_order() -> None:
+    """Any two strategies tied on score are put in an order the rule gives, whatever the inputs."""
+    from stagewise.advisor.rules import tie_order
+
+    for tolerance in ("low", "medium", "high"):
+        inputs = Inputs(risk_tolerance=tolerance)  # type: ignore[arg-type]
+        keys = [tie_order(inputs, s) for s in ("full", "phased", "canary", "blue-green")]
+        assert len(set(keys)) == 4, (tolerance, keys)
 
 
 def test_constraints_rule_out_and_weaken() -> None:

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from stagewise.analysis.judges import judge
 from stagewise.analysis.judges.sequential import PENDING_INCREMENT_MAX, gather
 from stagewise.cli.main import app
-from stagewise.core.spec import AnalysisTemplate
+from stagewise.core.judge_state import JudgeState
+from stagewise.core.spec import RouterTemplate
 from stagewise.core.stats import ReleaseStats
 
 pytestmark = pytest.mark.timeout(60)
@@ -109,8 +110,8 @@ def test_one_request_increments_are_held_until_the_other_arm_shows_up() -> None:
 
 def test_sequential_looked_at_after_every_request_still_decides() -> None:
     rng = random.Random(2)
-    template = AnalysisTemplate()
-    state: dict[str, Any] = {}
+    template = RouterTemplate()
+    state: JudgeState | None = None
     for i in range(1, 20_001):
         candidate = rng.random() < 0.5
         failed = rng.random() < (0.10 if candidate else 0.02)

@@ -7,13 +7,13 @@ look. Fixed seeds: the tests are deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 import random
 import statistics
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -22,14 +22,15 @@ from hypothesis import strategies as st
 from stagewise.analysis.judges import judge
 from stagewise.analysis.judges.sequential import log_sum_exp
 from stagewise.analysis.judges.sequential_latency import active, judge_latency, log_choose, log_z, rungs
-from stagewise.core.spec import AnalysisTemplate
+from stagewise.core.judge_state import JUDGE_STATE, ErrorRateState, JudgeState
+from stagewise.core.spec import AnalysisTemplate, RouterTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats, bucket_of
 from stagewise.core.verdict import Outcome, Verdict
 
 pytestmark = pytest.mark.timeout(30)
 
-ERRORS = AnalysisTemplate(metric="error-rate", judge="sequential", alpha=0.05)
-LATENCY = AnalysisTemplate(metric="latency", judge="sequential", alpha=0.05)
+ERRORS = RouterTemplate(metric="error-rate", judge="sequential", alpha=0.05)
+LATENCY = RouterTemplate(metric="latency", judge="sequential", alpha=0.05)
 
 Latency = Callable[[random.Random, int], float]
 """A latency in ms for the i-th request of an arm."""
@@ -75,10 +76,9 @@ def run(
     *,
     looks: int,
     duration: float | None = None,
-    state: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], Verdict, int]:
+    state: JudgeState | None = None,
+) -> tuple[JudgeState | None, Verdict, int]:
     """Feed `looks` increments (one per second) until a decision; returns the state, verdict, look."""
-    state = state or {}
     verdict = Verdict(outcome=Outcome.RUNNING)
     for look in range(1, looks + 1):
         baseline, candidate = next(increments)
@@ -112,7 +112,7 @@ def test_identical_error_rates_under_a_drifting_split_do_not_false_alarm_more() 
     alarms = 0
     for seed in range(80):
         rng = random.Random(10_000 + seed)
-        state: dict[str, Any] = {}
+        state: JudgeState | None = None
         verdict = Verdict(outcome=Outcome.RUNNING)
         for look in range(1, 51):
             # The split grows like a canary's steps, and jumps around: the test must not care.
@@ -169,12 +169,13 @@ def test_a_state_kept_for_another_grid_starts_afresh() -> None:
     """A delivery in flight across an upgrade that changed the grid of alternatives restarts its e-process."""
     increments = error_increments(random.Random(5), baseline_rate=0.01, candidate_rate=0.01, share=0.5, size=40)
     state, _, _ = run(ERRORS, increments, looks=5)
-    old = {**state, "llr": [0.5] * (len(state["llr"]) + 4), "max_log_e": 2.0}
+    assert isinstance(state, ErrorRateState)
+    old = dataclasses.replace(state, llr=(0.5,) * (len(state.llr) + 4), max_log_e=2.0)
     baseline, candidate = next(increments)
     new, verdict = judge(ERRORS, old, baseline, candidate, elapsed=6, duration=None)
     assert verdict.outcome is Outcome.RUNNING
-    assert len(new["llr"]) == len(state["llr"])
-    assert new["requests"] == [baseline.requests, candidate.requests]
+    assert isinstance(new, ErrorRateState) and len(new.llr) == len(state.llr)
+    assert new.requests == (baseline.requests, candidate.requests)
 
 
 def test_good_candidate_is_successful_at_the_deadline_and_running_before() -> None:
@@ -199,8 +200,8 @@ def test_without_a_duration_a_good_candidate_is_never_final() -> None:
 )
 @pytest.mark.parametrize("metric", ["error-rate", "latency"])
 def test_too_little_traffic_at_the_deadline_follows_no_data(policy: str, outcome: Outcome, metric: str) -> None:
-    template = AnalysisTemplate(metric=metric, no_data=policy, min_requests=50)
-    state, verdict = judge(template, {}, stats_of([2.0] * 12), stats_of([2.0] * 3), elapsed=30, duration=60)
+    template = RouterTemplate(metric=metric, no_data=policy, min_requests=50)
+    state, verdict = judge(template, None, stats_of([2.0] * 12), stats_of([2.0] * 3), elapsed=30, duration=60)
     assert verdict.outcome is Outcome.RUNNING
     state, verdict = judge(template, state, ReleaseStats(), ReleaseStats(), elapsed=60, duration=60)
     assert verdict.outcome is outcome
@@ -210,13 +211,13 @@ def test_too_little_traffic_at_the_deadline_follows_no_data(policy: str, outcome
 
 
 def test_no_traffic_at_all_is_never_a_silent_pass() -> None:
-    _, verdict = judge(ERRORS, {}, ReleaseStats(), ReleaseStats(), elapsed=60, duration=60)
+    _, verdict = judge(ERRORS, None, ReleaseStats(), ReleaseStats(), elapsed=60, duration=60)
     assert verdict.outcome is Outcome.NO_DATA
     assert "baseline 0 of 50 requests needed, candidate 0 of 50" in verdict.message
 
 
 def test_waiting_for_data_turns_successful_when_traffic_arrives() -> None:
-    state, verdict = judge(ERRORS, {}, ReleaseStats(requests=10), ReleaseStats(requests=5), elapsed=60, duration=60)
+    state, verdict = judge(ERRORS, None, ReleaseStats(requests=10), ReleaseStats(requests=5), elapsed=60, duration=60)
     assert verdict.outcome is Outcome.NO_DATA
     state, verdict = judge(ERRORS, state, ReleaseStats(requests=30), ReleaseStats(requests=30), elapsed=61, duration=60)
     assert verdict.outcome is Outcome.NO_DATA
@@ -228,7 +229,7 @@ def test_waiting_for_data_turns_successful_when_traffic_arrives() -> None:
 def test_a_decided_verdict_is_final() -> None:
     state, verdict = judge(
         ERRORS,
-        {},
+        None,
         ReleaseStats(requests=400, errors=0),
         ReleaseStats(requests=100, errors=30),
         elapsed=1,
@@ -244,7 +245,7 @@ def test_a_decided_verdict_is_final() -> None:
 def test_increments_without_both_arms_carry_no_evidence() -> None:
     state, first = judge(
         ERRORS,
-        {},
+        None,
         ReleaseStats(requests=100, errors=5),
         ReleaseStats(requests=100, errors=5),
         elapsed=1,
@@ -260,9 +261,9 @@ def test_increments_without_both_arms_carry_no_evidence() -> None:
         assert verdict.evidence["e_value"] == first.evidence["e_value"]
 
 
-def _json(state: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(json.dumps(state))
-    return result
+def _json(state: JudgeState | None) -> JudgeState | None:
+    """`state` as the store gives it back: written as JSON and read again."""
+    return None if state is None else JUDGE_STATE.validate_json(JUDGE_STATE.dump_json(state))
 
 
 @pytest.mark.parametrize("template", [ERRORS, LATENCY], ids=["error-rate", "latency"])
@@ -276,8 +277,8 @@ def test_state_survives_a_json_round_trip_with_identical_results(template: Analy
         return error_increments(rng, baseline_rate=0.02, candidate_rate=0.06, share=0.3, size=10)
 
     plain, through_json = feed(random.Random(5)), feed(random.Random(5))
-    state_a: dict[str, Any] = {}
-    state_b: dict[str, Any] = {}
+    state_a: JudgeState | None = None
+    state_b: JudgeState | None = None
     verdicts = []
     for look in range(1, 301):
         (b1, c1), (b2, c2) = next(plain), next(through_json)
@@ -294,13 +295,13 @@ def test_state_survives_a_json_round_trip_with_identical_results(template: Analy
 def test_judge_does_not_mutate_the_state_it_is_given() -> None:
     state, _ = judge(
         ERRORS,
-        {},
+        None,
         ReleaseStats(requests=50, errors=1),
         ReleaseStats(requests=50, errors=3),
         elapsed=1,
         duration=None,
     )
-    frozen = json.dumps(state, sort_keys=True)
+    frozen = JUDGE_STATE.dump_json(state)
     judge(
         ERRORS,
         state,
@@ -309,7 +310,7 @@ def test_judge_does_not_mutate_the_state_it_is_given() -> None:
         elapsed=2,
         duration=None,
     )
-    assert json.dumps(state, sort_keys=True) == frozen
+    assert JUDGE_STATE.dump_json(state) == frozen
 
 
 # ---- latency ------------------------------------------------------------------------------------
@@ -378,7 +379,7 @@ def test_rungs_far_from_the_traffic_do_not_dilute_the_evidence() -> None:
     looks = []
     for floor in (0.005, 0.0001):
         increments = latency_increments(random.Random(1), baseline=base, candidate=slower, share=0.5, size=10)
-        template = AnalysisTemplate(metric="latency", judge="sequential", floor=floor)
+        template = RouterTemplate(metric="latency", judge="sequential", floor=floor)
         _, verdict, look = run(template, increments, looks=200)
         assert verdict.outcome is Outcome.FAILED, verdict.message
         looks.append(look)
@@ -407,7 +408,7 @@ def test_uniformly_half_a_millisecond_slower_at_two_ms_passes_thanks_to_the_floo
 
     # Without the floor the same shift is found at once: the floor is what lets it pass.
     increments = latency_increments(random.Random(8), baseline=two_ms, candidate=slower, share=0.5, size=50)
-    state: dict[str, Any] = {}
+    state: JudgeState | None = None
     for look in range(1, 101):
         baseline, candidate = next(increments)
         state, verdict = judge_latency(LATENCY, state, baseline, candidate, elapsed=look, duration=100, floor_ms=0.25)
@@ -458,8 +459,8 @@ def test_judge_never_raises_and_e_values_stay_valid(
     alpha: float,
     duration: float | None,
 ) -> None:
-    template = AnalysisTemplate(metric=metric, margin=margin, alpha=alpha)
-    state: dict[str, Any] = {}
+    template = RouterTemplate(metric=metric, margin=margin, alpha=alpha)
+    state: JudgeState | None = None
     for look, (n_b, e_b, n_c, e_c, h_b, h_c) in enumerate(increments):
         baseline = ReleaseStats(requests=n_b, errors=min(e_b, n_b), latency_buckets=h_b)
         candidate = ReleaseStats(requests=n_c, errors=e_c, latency_buckets=h_c)  # errors may exceed requests

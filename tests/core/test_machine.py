@@ -89,6 +89,18 @@ def test_instances_that_never_get_ready_abort_at_the_deadline_with_the_reason() 
     assert "v2 0/1 ready" in (d.abort_reason or "")
 
 
+def test_a_step_the_router_does_not_serve_never_ends_on_readiness_and_aborts_at_the_deadline() -> None:
+    d = delivery(CANARY)
+    now = 0.0
+    for _ in range(70):
+        obs = all_ready(d, now).model_copy(update={"held": "the router does not serve the step: refused"})
+        d, _ = machine.advance(d, plan_of(d), obs)
+        assert (d.step == 0 and d.ready_at is None) or d.phase is Phase.ABORTING
+        now += 1
+    assert d.phase is Phase.ABORTING
+    assert "exceeded: the router does not serve the step: refused" in (d.abort_reason or "")
+
+
 def test_no_data_waits_until_the_deadline_and_says_what_is_missing() -> None:
     d, _ = run(delivery(CANARY), until={Phase.ABORTING}, verdict=Outcome.NO_DATA, limit=200)
     assert "no data" in (d.abort_reason or "")

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from stagewise.core.spec import ReleaseSpec
-from stagewise.errors import PlatformError
+from stagewise.errors import PermanentError, PlatformRefusedError
 from stagewise.platforms import InstanceState, PlatformView
 from stagewise.platforms.local import LocalPlatform
 
@@ -245,16 +245,23 @@ def test_readiness_timeout_kills_and_counts_a_failure(tmp_path: Path) -> None:
     run(main)
 
 
-def test_missing_program_is_a_platform_error(tmp_path: Path) -> None:
+def test_a_program_that_cannot_run_is_a_permanent_refusal(tmp_path: Path) -> None:
+    """Missing or not executable: trying again fails the same way, so the controller backs off (not every tick)."""
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+
     async def main() -> None:
         async with local_platform(tmp_path) as platform:
-            release = ReleaseSpec.model_validate(
-                {"version": "v1", "run": {"command": ["/nonexistent/checkout-server", "{port}"]}}
-            )
-            with pytest.raises(PlatformError, match=r"'/nonexistent/checkout-server' not found"):
-                await platform.start(service=SERVICE, release=release, count=1)
-            view = await platform.observe(service=SERVICE, releases={"v1": release})
-            assert view.instances == [] and view.failures == {}
+            for program, words in (("/nonexistent/checkout-server", r"'/nonexistent/checkout-server' not found"),
+                                   (str(script), r"not-executable.sh' is not executable"),
+                                   ("checkout\0server", r"embedded null byte")):
+                release = ReleaseSpec.model_validate({"version": "v1", "run": {"command": [program, "{port}"]}})
+                with pytest.raises(PlatformRefusedError, match=words) as caught:
+                    await platform.start(service=SERVICE, release=release, count=1)
+                assert isinstance(caught.value, PermanentError)
+                view = await platform.observe(service=SERVICE, releases={"v1": release})
+                assert view.instances == [] and view.failures == {}
 
     run(main)
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from stagewise.controller.measure import Measurer, measure_and_judge
+from stagewise.analysis.judges.runs import judge_runs
+from stagewise.controller.measure import Measurer
 from stagewise.core.delivery import AnalysisRun, Delivery
 from stagewise.core.spec import ServiceSpec
 from stagewise.core.stats import RouterStats
@@ -35,7 +36,8 @@ async def run_ticks(d: Delivery, seconds: float) -> Delivery:
     start = loop.time()
     try:
         while loop.time() - start < seconds:
-            d = await measure_and_judge(measurer, d, RouterStats(), loop.time() - start)
+            now = loop.time() - start
+            d = judge_runs(d, RouterStats(), now, measurer.collect(d, now))
             if d.analysis["step-0"].verdict.outcome is Outcome.FAILED:
                 break
             await asyncio.sleep(0.05)

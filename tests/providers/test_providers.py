@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from stagewise.analysis.providers import Target, fill, get_provider
+from stagewise.analysis.providers.prometheus import fill_promql
 from stagewise.analysis.providers.router import RouterProvider
-from stagewise.core.spec import AnalysisTemplate
+from stagewise.core.spec import AnalysisTemplate, CommandTemplate, HttpTemplate, PrometheusTemplate, RouterTemplate
 from stagewise.core.stats import ReleaseStats, RouterStats
 from stagewise.errors import ProviderError, UnknownDriverError
 from tests.providers.prom import free_port, running_prometheus, wait_for_series
@@ -38,6 +39,11 @@ stagewise_router_request_duration_seconds_bucket{service="shop",release="v2",le=
 stagewise_router_request_duration_seconds_bucket{service="shop",release="v2",le="+Inf"} 200
 stagewise_router_request_duration_seconds_sum{service="shop",release="v2"} 4.0
 stagewise_router_request_duration_seconds_count{service="shop",release="v2"} 200
+# TYPE demo_server_responses_total counter
+demo_server_responses_total{server="v1.0:a"} 10
+demo_server_responses_total{server="v100:b"} 1000
+demo_server_responses_total{server="v1+b:c"} 7
+demo_server_responses_total{server="v11b:d"} 500
 """
 
 
@@ -86,7 +92,7 @@ def measure(template: AnalysisTemplate, target: Target = TARGET):  # type: ignor
 
 
 def test_prometheus_query_gives_one_value_per_release(prometheus: str) -> None:
-    template = AnalysisTemplate(
+    template = PrometheusTemplate(
         provider="prometheus", address=prometheus, judge="threshold", threshold_range={"max": 0.05},
         query='sum(stagewise_router_errors_total{service="{{service}}",release="{{release}}"})'
               ' / sum(stagewise_router_requests_total{service="{{service}}",release="{{release}}"})',
@@ -96,8 +102,28 @@ def test_prometheus_query_gives_one_value_per_release(prometheus: str) -> None:
     assert 'release="v2"' in m.evidence["queries"]["v2"]
 
 
+def test_prometheus_fills_a_regex_matcher_with_the_release_escaped(prometheus: str) -> None:
+    """`v1.0` must not match `v100`'s servers, nor `v1+b` those of `v11b`: the name is matched as written."""
+    template = PrometheusTemplate(provider="prometheus", address=prometheus, judge="threshold",
+                                query='sum(demo_server_responses_total{server=~"{{release}}:.+"})')
+    m = measure(template, Target(service="shop", baseline="v1.0", candidate="v1+b", window=30))
+    assert m.values == (10.0, 7.0), m.evidence["queries"]
+    assert m.evidence["queries"]["v1.0"] == r'sum(demo_server_responses_total{server=~"v1\\.0:.+"})'
+
+
+@pytest.mark.parametrize(("query", "filled"), [
+    (r'x{a="{{release}}"}', r'x{a="v1.0\\\"q"}'),  # a string: its backslash and quote escaped
+    (r'x{a=~"{{release}}"}', r'x{a=~"v1\\.0\\\\\"q"}'),  # a regex in a string: regex, then string escapes
+    (r"""x{a!~ '{{release}}'}""", r"""x{a!~ 'v1\\.0\\\\"q'}"""),
+    (r"x{a=~`{{release}}`}", r'x{a=~`v1\.0\\"q`}'),  # a raw string: the regex escape only
+    (r'rate(x{a="{{service}}"}[{{window}}]) # {{release}} "', r'rate(x{a="shop"}[30s]) # {{release}} "'),
+])
+def test_prometheus_placeholders_are_escaped_for_their_context(query: str, filled: str) -> None:
+    assert fill_promql(query, target=TARGET, release=r'v1.0\"q') == filled
+
+
 def test_prometheus_counts_mode_reads_the_router_metrics(prometheus: str) -> None:
-    m = measure(AnalysisTemplate(provider="prometheus", address=prometheus, metric="latency"))
+    m = measure(PrometheusTemplate(provider="prometheus", address=prometheus, metric="latency"))
     assert m.counts is not None
     baseline, candidate = m.counts
     assert (baseline.requests, baseline.errors, candidate.requests, candidate.errors) == (1000, 10, 200, 30)
@@ -106,46 +132,46 @@ def test_prometheus_counts_mode_reads_the_router_metrics(prometheus: str) -> Non
 
 
 def test_prometheus_empty_result_is_no_data(prometheus: str) -> None:
-    template = AnalysisTemplate(provider="prometheus", address=prometheus, judge="threshold",
+    template = PrometheusTemplate(provider="prometheus", address=prometheus, judge="threshold",
                                 query='sum(no_such_metric{release="{{release}}"})')
     assert measure(template).values == (None, None)
 
 
 def test_prometheus_errors_are_reported_in_its_words(prometheus: str) -> None:
-    template = AnalysisTemplate(provider="prometheus", address=prometheus, judge="threshold", query="sum(rate(x[",)
+    template = PrometheusTemplate(provider="prometheus", address=prometheus, judge="threshold", query="sum(rate(x[",)
     with pytest.raises(ProviderError, match="bad_data"):
         measure(template)
 
 
 def test_prometheus_unreachable_is_a_provider_error() -> None:
-    template = AnalysisTemplate(provider="prometheus", address=f"http://127.0.0.1:{free_port()}",
+    template = PrometheusTemplate(provider="prometheus", address=f"http://127.0.0.1:{free_port()}",
                                 judge="threshold", query="up")
     with pytest.raises(ProviderError, match="did not answer"):
         measure(template)
 
 
 def test_http_probe_passes_on_expected_status_and_fails_otherwise(web: str) -> None:
-    ok = measure(AnalysisTemplate(provider="http", judge="threshold", url=f"http://{web}/{{{{release}}}}/healthz"))
+    ok = measure(HttpTemplate(provider="http", judge="threshold", url=f"http://{web}/{{{{release}}}}/healthz"))
     assert ok.values == (None, 0.0) and ok.evidence["status"] == 200 and ok.evidence["url"].endswith("/v2/healthz")
-    bad = measure(AnalysisTemplate(provider="http", judge="threshold", url=f"http://{web}/status/503"))
+    bad = measure(HttpTemplate(provider="http", judge="threshold", url=f"http://{web}/status/503"))
     assert bad.values == (None, 1.0) and bad.evidence["status"] == 503
-    allowed = measure(AnalysisTemplate(provider="http", judge="threshold", url=f"http://{web}/status/503",
+    allowed = measure(HttpTemplate(provider="http", judge="threshold", url=f"http://{web}/status/503",
                                        expected_status=[503]))
     assert allowed.values == (None, 0.0)
 
 
 def test_http_probe_slower_than_its_limit_or_refused_fails(web: str) -> None:
-    slow = measure(AnalysisTemplate(provider="http", judge="threshold", url=f"http://{web}/slow", latency_limit=0.1))
+    slow = measure(HttpTemplate(provider="http", judge="threshold", url=f"http://{web}/slow", latency_limit=0.1))
     assert slow.values == (None, 1.0) and "Timeout" in slow.evidence["error"]
-    refused = measure(AnalysisTemplate(provider="http", judge="threshold", url=f"http://127.0.0.1:{free_port()}/"))
+    refused = measure(HttpTemplate(provider="http", judge="threshold", url=f"http://127.0.0.1:{free_port()}/"))
     assert refused.values == (None, 1.0) and "Connect" in refused.evidence["error"]
 
 
 def test_command_exit_status_decides_and_output_is_kept() -> None:
-    ok = measure(AnalysisTemplate(provider="command", judge="threshold",
+    ok = measure(CommandTemplate(provider="command", judge="threshold",
                                   args=[sys.executable, "-c", "import os; print(os.environ['STAGEWISE_CANDIDATE'])"]))
     assert ok.values == (None, 0.0) and ok.evidence["output"].strip() == "v2"
-    bad = measure(AnalysisTemplate(provider="command", judge="threshold",
+    bad = measure(CommandTemplate(provider="command", judge="threshold",
                                    args=[sys.executable, "-c", "print('smoke: cart is empty'); raise SystemExit(3)",
                                          "{{release}}"]))
     assert bad.values == (None, 1.0) and bad.evidence["exit_status"] == 3
@@ -153,22 +179,22 @@ def test_command_exit_status_decides_and_output_is_kept() -> None:
 
 
 def test_command_past_its_timeout_is_killed_and_fails() -> None:
-    m = measure(AnalysisTemplate(provider="command", judge="threshold", latency_limit=0.3,
+    m = measure(CommandTemplate(provider="command", judge="threshold", latency_limit=0.3,
                                  args=[sys.executable, "-c", "import time; time.sleep(30)"]))
     assert m.values == (None, 1.0) and m.evidence["timed_out"] is True and m.evidence["seconds"] < 10
 
 
 def test_command_that_cannot_start_is_a_provider_error(tmp_path: Path) -> None:
     with pytest.raises(ProviderError, match="cannot run"):
-        measure(AnalysisTemplate(provider="command", judge="threshold", args=[str(tmp_path / "missing")]))
+        measure(CommandTemplate(provider="command", judge="threshold", args=[str(tmp_path / "missing")]))
 
 
 def test_router_provider_picks_the_two_releases() -> None:
     stats = RouterStats(boot="b", releases={"v1": ReleaseStats(requests=5), "v2": ReleaseStats(requests=7)})
-    m = asyncio.run(RouterProvider(stats).measure(template=AnalysisTemplate(), target=TARGET))
+    m = asyncio.run(RouterProvider(stats).measure(template=RouterTemplate(), target=TARGET))
     assert m.counts is not None and (m.counts[0].requests, m.counts[1].requests) == (5, 7)
     with pytest.raises(ProviderError):
-        asyncio.run(RouterProvider(None).measure(template=AnalysisTemplate(), target=TARGET))
+        asyncio.run(RouterProvider(None).measure(template=RouterTemplate(), target=TARGET))
 
 
 def test_placeholders_and_unknown_providers() -> None:

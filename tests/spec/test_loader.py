@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import pytest
 
-from stagewise.core.spec import ServiceSpec
+from stagewise.core.spec import PhasedCohorts, PhasedStrategy, PhasedWaves, ServiceSpec
 from stagewise.errors import Problem, SpecError
 from stagewise.spec import EXAMPLE_SPEC, MAX_BYTES, load_spec, load_spec_text, load_specs, loader
 
@@ -47,8 +47,9 @@ def test_full() -> None:
 
 def test_phased_waves() -> None:
     spec = load_spec(VALID / "phased_waves.yaml")
-    phased = spec.spec.strategy.phased
-    assert phased is not None and phased.cohorts is None
+    strategy = spec.spec.strategy
+    assert isinstance(strategy, PhasedStrategy) and isinstance(strategy.phased, PhasedWaves)
+    phased = strategy.phased
     assert phased.waves == [1, "25%", "100%"]
     assert phased.bake == 30.0
     assert phased.max_unavailable == "50%"
@@ -62,8 +63,9 @@ def test_phased_waves() -> None:
 
 def test_phased_cohorts() -> None:
     spec = load_spec(VALID / "phased_cohorts.yaml")
-    phased = spec.spec.strategy.phased
-    assert phased is not None and phased.waves is None and phased.cohorts is not None
+    strategy = spec.spec.strategy
+    assert isinstance(strategy, PhasedStrategy) and isinstance(strategy.phased, PhasedCohorts)
+    phased = strategy.phased
     assert phased.cohorts.key.header == "X-User-Id"
     assert phased.cohorts.steps == [1, 2, 5, 10, 20, 50, 100]
     assert phased.bake == 300.0
@@ -209,6 +211,16 @@ CASES: list[tuple[str, int, int, str]] = [
     ("unclosed_flow.yaml", 11, 1, "expected ',' or ']', but got the end of the file "
      "(while parsing a flow sequence at line 10, column 16)"),
     ("yaml_version.yaml", 1, 7, "YAML version 1.3 is not supported; write %YAML 1.2"),
+    # each provider's template takes its own fields: a URL without `provider: http` is not silently ignored
+    ("url_without_provider.yaml", 12, 13, "spec.analysis.smoke: unknown field 'url' for provider router; "
+     "it goes with provider: http"),
+    ("unknown_provider.yaml", 12, 24, "spec.analysis.errors.provider: expected one of 'router', 'prometheus', "
+     "'http', 'command', got the text 'promethus'; did you mean 'prometheus'?"),
+    ("http_without_url.yaml", 12, 5, "spec.analysis.smoke: missing required field 'url' (http: the URL probed"),
+    ("snake_case_strategy.yaml", 12, 5, "spec.strategy: unknown field 'blue_green'; did you mean 'blueGreen'? "
+     "(valid fields here: full, phased, canary, blueGreen)"),
+    ("canary_step_not_a_mapping.yaml", 14, 11, "steps[0]: expected a mapping with fields setWeight, pause, "
+     "analysis, setHeaderRoute, got the number 10"),
 ]
 
 

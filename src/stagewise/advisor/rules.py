@@ -12,6 +12,12 @@ The weights are deliberate and few; they encode the usual guidance (the
 table of DESIGN.md and the delivery-strategies guide) and what stagewise's
 own planner does — a canary's promotion, for one, briefly runs the candidate
 at full size beside the stable release.
+
+Scores can tie (they are capped at 100). A tie is never left to the order of
+a list: the team's risk tolerance decides it, by the guide's table (`WORDS`)
+— with a low or medium tolerance the strategy of lower risk wins, with a
+high one the simpler strategy; if they are alike there too, the faster
+rollback. The recommendation says so when a tie decided it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stagewise.advisor.inputs import Inputs
+from stagewise.advisor.words import WORDS
 from stagewise.core.spec import StrategyName
 
 STRATEGIES: tuple[StrategyName, ...] = ("full", "phased", "canary", "blue-green")
@@ -51,19 +58,70 @@ class Ranked:
         self.reasons.insert(0, f"ruled out: {why}")
 
 
+RISK_ORDER = ("very low", "low", "high")
+COMPLEXITY_ORDER = ("low", "medium", "high")
+ROLLBACK_ORDER = ("instant", "fast", "medium", "slow")
+
+
+@dataclass
+class Tie:
+    """Strategies that scored the same at the top of the ranking, and what put one first."""
+
+    strategies: list[StrategyName]
+    """Tied strategies, in the order the rule puts them (the first is recommended)."""
+    score: int
+    decided_by: str
+    """The input that decides the tie, as typed: `--risk-tolerance low`."""
+    rule: str
+    """The rule, in words, with the guide's words for each tied strategy."""
+
+    def __str__(self) -> str:
+        return f"{' and '.join(self.strategies)} tie at {self.score}; {self.rule}"
+
+
 @dataclass
 class Recommendation:
     recommendation: StrategyName
     ranking: list[Ranked]
     advice: list[str]
     """Advice that holds whatever the strategy (schema changes)."""
+    tie: Tie | None = None
+    """Set when the recommended strategy tied with another one."""
 
     def as_json(self) -> dict[str, object]:
+        tie = None if self.tie is None else {
+            "strategies": self.tie.strategies, "score": self.tie.score, "decided_by": self.tie.decided_by,
+            "rule": self.tie.rule}
         return {
             "recommendation": self.recommendation,
             "ranking": [{"strategy": r.strategy, "score": r.score, "reasons": r.reasons, "ruled_out": r.ruled_out}
                         for r in self.ranking],
+            "tie": tie,
         }
+
+
+def tie_order(inputs: Inputs, strategy: StrategyName) -> tuple[int, int]:
+    """Where `strategy` goes among strategies of equal score: risk tolerance decides, by the guide's table."""
+    words = WORDS[strategy]
+    first = (COMPLEXITY_ORDER.index(words.complexity) if inputs.risk_tolerance == "high"
+             else RISK_ORDER.index(words.risk))
+    return first, ROLLBACK_ORDER.index(words.rollback)
+
+
+def _tie(inputs: Inputs, ranking: list[Ranked]) -> Tie | None:
+    top = ranking[0]
+    tied = [r.strategy for r in ranking if not r.ruled_out and r.score == top.score]
+    if top.ruled_out or len(tied) < 2:
+        return None
+    decided_by = inputs.given("risk_tolerance")
+    if inputs.risk_tolerance == "high":
+        first = "the simpler strategy (" + ", ".join(f"{s} {WORDS[s].complexity} complexity" for s in tied) + ")"
+    else:
+        first = "the strategy of lower risk (" + ", ".join(f"{s} {WORDS[s].risk} risk" for s in tied) + ")"
+    rollback = ", ".join(f"{s} {WORDS[s].rollback}" for s in tied)
+    rule = (f"with {decided_by} a tie goes to {first}, then to the faster rollback ({rollback}), "
+            "as the guide's table has them")
+    return Tie(strategies=tied, score=top.score, decided_by=decided_by, rule=rule)
 
 
 def recommend(inputs: Inputs) -> Recommendation:
@@ -163,5 +221,8 @@ def recommend(inputs: Inputs) -> Recommendation:
 
     for r in rank.values():
         r.score = max(0, min(100, r.score))
-    ranking = sorted(rank.values(), key=lambda r: (r.ruled_out, -r.score, STRATEGIES.index(r.strategy)))
-    return Recommendation(recommendation=ranking[0].strategy, ranking=ranking, advice=advice)
+    ranking = sorted(rank.values(), key=lambda r: (r.ruled_out, -r.score, tie_order(inputs, r.strategy)))
+    tie = _tie(inputs, ranking)
+    if tie is not None:
+        ranking[0].reasons.append(f"first of a tie: {tie}")
+    return Recommendation(recommendation=ranking[0].strategy, ranking=ranking, advice=advice, tie=tie)

@@ -115,6 +115,8 @@ def recommend(
                       "\n".join(reasons) or "-")
     out.print(table)
     out.print(f"Recommendation: [bold]{result.recommendation}[/]")
+    if result.tie is not None:
+        out.print(f"A tie decided it: {result.tie}", highlight=False, markup=False)
     for line in result.advice:
         out.print(line, highlight=False)
     if write is not None:

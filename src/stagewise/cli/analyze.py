@@ -29,7 +29,8 @@ from rich.console import Console
 
 from stagewise.analysis.judges import judge
 from stagewise.core.durations import parse_duration
-from stagewise.core.spec import AnalysisTemplate
+from stagewise.core.judge_state import JudgeState
+from stagewise.core.spec import AnalysisTemplate, RouterTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats, bucket_of
 from stagewise.core.verdict import Outcome, Verdict
 
@@ -94,7 +95,7 @@ def replay(lines: Any, template: AnalysisTemplate) -> dict[str, Any]:
     """Feed the requests in `lines` (an iterable of text lines) to the judge; the result as documented."""
     sequential = template.judge == "sequential"
     step = template.interval or 60.0
-    state: dict[str, Any] = {}
+    state: JudgeState | None = None
     window = Window()
     start: float | None = None
     last_t: float | None = None
@@ -178,7 +179,7 @@ def analyze(
         high = maximum if maximum is not None or minimum is not None else FLAGGER_DEFAULTS[metric]
         fields["thresholdRange"] = {"min": minimum, "max": high}
     try:
-        template = AnalysisTemplate.model_validate(fields)
+        template = RouterTemplate.model_validate(fields)
     except ValidationError as exc:
         _bad(err, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()))
     try:

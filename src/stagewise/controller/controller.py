@@ -2,13 +2,21 @@
 
 Each tick, for each service: observe the world (instances, router counters),
 route to the instances ready now (in the world already committed, so that a
-step waiting for them ends only once traffic reaches them), judge the
-analysis runs, ask `core.advance` for the delivery's next state, **commit it
-to the store**, and only then make the world match it. A
+step waiting for them ends only once traffic reaches them), ask
+`engine.decide` for the delivery's next state (it judges the analysis runs
+and advances the state machine; the simulator calls the same function),
+**commit it to the store**, and only then make the world match it. A
 controller killed at any moment and started again reads the committed state
 and carries on; since every action is idempotent, repeating the last one
 does no harm. The data plane never runs here: the router and the instances
 are processes of their own, so a controller restart drops no request.
+
+A service whose reconcile fails is left alone until its retry is due — after
+a TemporaryError's delay, or with capped backoff for anything else — and the
+failure is reported once (controller/retries.py). A router that cannot serve
+the committed step does not stop the delivery's clock: the tick still
+decides (a progress deadline or a failed analysis still aborts), only no
+step ends on readiness while the router does not serve it.
 """
 
 from __future__ import annotations
@@ -22,15 +30,18 @@ from pathlib import Path
 
 from stagewise.controller import lifecycle
 from stagewise.controller.lifecycle import DataPlane, Deletion
-from stagewise.controller.measure import Measurer, measure_and_judge
+from stagewise.controller.measure import Measurer
 from stagewise.controller.reconcile import Applied, make_world, note_boot, serve_ready
+from stagewise.controller.retries import MAX_BACKOFF, Retries
 from stagewise.core import delivery as machine
-from stagewise.core.delivery import Delivery, Event, Observation, Phase
+from stagewise.core.delivery import Delivery, Event, Observation, Phase, desired_world
 from stagewise.core.plan import Plan, World
 from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
-from stagewise.errors import ConflictError, NotFoundError, StagewiseError, TemporaryError
-from stagewise.platforms import Platform, get_platform
+from stagewise.core.stats import RouterStats
+from stagewise.engine import decide
+from stagewise.errors import ConflictError, NotFoundError, StagewiseError
+from stagewise.platforms import Platform, PlatformView, get_platform
 from stagewise.routers import Router, get_router
 from stagewise.store import Measurement, Store, open_store
 from stagewise.strategies import compile_plan
@@ -61,7 +72,7 @@ class Controller:
         self._deleting: set[str] = set()
         """Services whose data plane `delete` is stopping: the loop passes them by instead of waiting."""
         self._applied = Applied()
-        self._errors: dict[str, str] = {}
+        self._retries = Retries()
         self._measurer = Measurer()
         """Measurements of prometheus, http and command providers in flight (controller/measure.py)."""
         self.changed = asyncio.Event()
@@ -104,30 +115,40 @@ class Controller:
                 await asyncio.wait_for(stop.wait(), timeout=self.tick_seconds)
 
     async def tick(self) -> None:
+        """One reconcile pass over every service whose retry (after a failure) is due."""
         for record in self.store.list_services():
-            if record.name in self._deleting:
+            name = record.name
+            if name in self._deleting:
                 continue  # a drain takes seconds: the other services' deliveries must not wait for it
-            async with self.lock(record.name):
+            if not self._retries.due(name, self.clock()):
+                continue
+            async with self.lock(name):
                 try:
-                    await self._reconcile(record.name)
-                    self._errors.pop(record.name, None)
+                    await self._reconcile(name)
                 except StagewiseError as exc:
-                    self._report(record.name, exc)
+                    self._failed(name, exc)
                 except Exception as exc:  # a bug must not stop the other services' deliveries
-                    log.exception("%s: unexpected error in reconcile", record.name)
-                    self._report(record.name, StagewiseError(f"internal error: {type(exc).__name__}: {exc}"))
+                    self._failed(name, StagewiseError(f"internal error: {type(exc).__name__}: {exc}"), bug=exc)
+                else:
+                    recovered = self._retries.succeeded(name)
+                    if recovered is not None:
+                        log.info("%s: reconciled again after %d failure(s): %s", name, recovered.failures,
+                                 recovered.message)
 
-    def _report(self, service: str, exc: StagewiseError) -> None:
-        message = str(exc)
-        if self._errors.get(service) != message:
-            self._errors[service] = message
-            latest = self.store.latest_delivery(service)
-            event = Event(at=self.clock(), kind="error", message=message)
-            if latest is not None and not latest.phase.terminal:
-                self.store.save_delivery(latest, [event])
-            log.warning("%s: %s", service, message)
-        if not isinstance(exc, TemporaryError):
-            log.error("%s: %s", service, message)
+    def _failed(self, service: str, exc: StagewiseError, *, bug: Exception | None = None) -> None:
+        """Hold the service back until its retry is due; report the failure if it is news (controller/retries.py)."""
+        now = self.clock()
+        news = self._retries.failed(service, exc, now)
+        if news is None:
+            return
+        latest = self.store.latest_delivery(service)
+        if latest is not None and not latest.phase.terminal:
+            self.store.save_delivery(latest, [Event(at=now, kind="error", message=news.message)])
+        if news.permanent:
+            log.error("%s: %s (tried again with backoff, at most every %gs)", service, news.message, MAX_BACKOFF,
+                      exc_info=bug)
+        else:
+            log.warning("%s: %s (tried again in %gs)", service, news.message, news.retry_at - now)
 
     async def _reconcile(self, name: str) -> None:
         record = self.store.get_service(name)
@@ -143,46 +164,60 @@ class Controller:
         stats = await router.stats(service=name)
         note_boot(self._applied, name, stats.boot)
         now = self.clock()
-        world: World | None
         if active is not None:
-            plan = self.plan(active)
-            committed = machine.desired_world(active, plan)
-            if committed is not None:
-                await serve_ready(spec=spec, world=committed, view=view, router=router, applied=self._applied)
-            judged = await measure_and_judge(self._measurer, active, stats, now)
-            obs = Observation(
-                now=now,
-                ready={r: sum(1 for i in view.instances if i.release == r and i.state == "ready") for r in releases},
-                live={r: sum(1 for i in view.instances if i.release == r) for r in releases},
-                failures=view.failures,
-                stats=stats,
-            )
-            moved, events = machine.advance(judged, plan, obs)
-            events = [Event(at=now, kind="instance", message=m) for m in view.events] + events
-            if moved.phase is not active.phase and moved.phase is Phase.ABORTING:
-                plan = self.plan(moved)
-            update = _service_after(record, moved, now)
-            if moved != active or events:
-                self.store.save_delivery(moved, events, update)
-                self.store.add_measurements(_new_measurements(active, moved))
-                self.changed.set()
-            world = machine.desired_world(moved, plan)
-            if moved.phase.terminal:
-                record = update or record
-                world = steady_world(record)
+            world = await self._tick_delivery(record, active, view, stats, router, now)
         else:
             if view.events:
-                self.store.put_service(record, [Event(at=now, kind="instance", message=m) for m in view.events])
+                self.store.put_service(record, _instance_events(view, now))
             world = steady_world(record)
         if world is None:
             return
         await make_world(spec=spec, world=world, releases=releases, view=view,
                          platform=platform, router=router, applied=self._applied)
 
+    async def _tick_delivery(self, record: ServiceRecord, active: Delivery, view: PlatformView,
+                             stats: RouterStats, router: Router, now: float) -> World | None:
+        """Decide the delivery's next state (`engine.decide`), commit it; the world to make real."""
+        plan = self.plan(active)
+        committed = desired_world(active, plan)
+        held: StagewiseError | None = None
+        if committed is not None:
+            try:
+                await serve_ready(spec=active.spec, world=committed, view=view, router=router,
+                                  applied=self._applied)
+            except StagewiseError as exc:
+                held = exc  # decided all the same, so that a deadline or a failed analysis still acts
+        releases = _releases(record, active)
+        observation = Observation(
+            now=now,
+            ready={r: sum(1 for i in view.instances if i.release == r and i.state == "ready") for r in releases},
+            live={r: sum(1 for i in view.instances if i.release == r) for r in releases},
+            failures=view.failures,
+            stats=stats,
+            held=f"the router does not serve the step: {held}" if held is not None else None,
+        )
+        decision = decide(active, plan, observation, measured=self._measurer.collect(active, now))
+        moved = decision.delivery
+        events = _instance_events(view, now) + decision.events
+        update = _service_after(record, moved, now)
+        if moved != active or events:
+            self.store.save_delivery(moved, events, update)
+            self.store.add_measurements(_new_measurements(active, moved))
+            self.changed.set()
+        world = steady_world(update or record) if moved.phase.terminal else decision.world
+        if held is not None and world == committed:
+            raise held  # nothing new to try: the failure stands (and is retried on its schedule)
+        return world
+
     def plan(self, delivery: Delivery) -> Plan:
         return compile_plan(delivery.spec, delivery.stable, abort_world=delivery.abort_world)
 
     # --- verbs ----------------------------------------------------------------------------
+
+    def _acted(self, name: str) -> None:
+        """A person changed the service: tell live views, and reconcile it on the next tick even if it was failing."""
+        self._retries.wake(name)
+        self.changed.set()
 
     async def apply(self, spec: ServiceSpec) -> tuple[str, Delivery | None]:
         """Store `spec`; start a delivery when its release differs from the stable one."""
@@ -203,7 +238,7 @@ class Controller:
             elif record.stable == spec.spec.release:
                 record = record.model_copy(update={"spec": spec, "updated_at": now})
                 self.store.put_service(record, [Event(at=now, kind="user", message="spec applied; release unchanged")])
-                self.changed.set()
+                self._acted(name)
                 return "configured: release unchanged", None
             else:
                 record = record.model_copy(update={"spec": spec, "updated_at": now})
@@ -211,7 +246,7 @@ class Controller:
                                 updated_at=now, progress_at=now)
             delivery = self.store.create_delivery(
                 delivery, [Event(at=now, kind="user", message=f"applied {spec.spec.release.version}")], record)
-            self.changed.set()
+            self._acted(name)
             return "delivery started", delivery
 
     async def act(self, name: str, verb: str, *, full: bool = False) -> Delivery:
@@ -234,7 +269,7 @@ class Controller:
             else:
                 raise NotFoundError(f"unknown verb {verb!r}")
             self.store.save_delivery(d, events)
-            self.changed.set()
+            self._acted(name)
             return d
 
     async def undo(self, name: str) -> Delivery:
@@ -257,7 +292,7 @@ class Controller:
                                 updated_at=now, progress_at=now, undo=True)
             delivery = self.store.create_delivery(
                 delivery, [Event(at=now, kind="user", message=f"undo: back to {previous.version}")], record)
-            self.changed.set()
+            self._acted(name)
             return delivery
 
     async def delete(self, name: str, *, keep_running: bool = False, force: bool = False) -> Deletion:
@@ -300,8 +335,8 @@ class Controller:
             self._measurer.forget(name)
             self._applied.tables.pop(name, None)
             self._applied.boots.pop(name, None)
-            self._errors.pop(name, None)
-            self.changed.set()
+            self._retries.succeeded(name)
+            self._acted(name)
             return Deletion(**plane.model_dump(), kept_running=keep_running,
                             ended_delivery=ended.id if ended else None)
 
@@ -339,6 +374,10 @@ def _new_measurements(before: Delivery, after: Delivery) -> list[Measurement]:
                         rows.append(Measurement(delivery_id=after.id, at=float(point["t"]), run=key,
                                                 release=release, metric=metric, value=float(value)))
     return rows
+
+
+def _instance_events(view: PlatformView, now: float) -> list[Event]:
+    return [Event(at=now, kind="instance", message=m) for m in view.events]
 
 
 def steady_world(record: ServiceRecord) -> World | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from stagewise.core.delivery import Delivery, Phase
-from stagewise.core.spec import ReleaseSpec, ServiceSpec
+from stagewise.core.spec import BlueGreenStrategy, ReleaseSpec, ServiceSpec
 from stagewise.platforms import Platform
 from stagewise.routers import Router
 
@@ -75,7 +75,7 @@ class Deletion(DataPlane):
 def router_addresses(spec: ServiceSpec) -> list[str]:
     """Every address the service's router listens on for it."""
     body = spec.spec
-    preview = body.strategy.blue_green.preview if body.strategy.blue_green is not None else None
+    preview = body.strategy.blue_green.preview if isinstance(body.strategy, BlueGreenStrategy) else None
     found = [body.listen, preview.listen if preview is not None else None, body.router.metrics_listen]
     return list(dict.fromkeys(a for a in found if a))
 

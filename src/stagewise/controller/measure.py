@@ -5,7 +5,7 @@ http probe or a command can take seconds (a command up to a minute). The
 reconcile loop must not wait for them — an abort that has to happen now must
 not queue behind a smoke test — so each measurement runs as a task of its own.
 A tick starts the measurements that are due, collects the ones that finished,
-and hands those to the judges (`judge_runs`); a measurement still running is
+and hands those to the judges (through `engine.decide`); a measurement still running is
 simply collected on a later tick.
 
 Providers that give counters (prometheus without a query) are differenced
@@ -22,11 +22,11 @@ import contextlib
 from dataclasses import dataclass
 
 from stagewise.analysis.judges.checks import interval_of
-from stagewise.analysis.judges.runs import Measured, judge_runs
+from stagewise.analysis.judges.runs import Measured
 from stagewise.analysis.providers import Measurement, Provider, Target, get_provider
 from stagewise.core.delivery import Delivery
 from stagewise.core.spec import AnalysisTemplate
-from stagewise.core.stats import ReleaseStats, RouterStats
+from stagewise.core.stats import ReleaseStats
 from stagewise.core.verdict import Outcome
 from stagewise.errors import ProviderError
 
@@ -120,7 +120,3 @@ class Measurer:
             with contextlib.suppress(asyncio.CancelledError, ProviderError):
                 await p.task
 
-
-async def measure_and_judge(measurer: Measurer, delivery: Delivery, stats: RouterStats | None, now: float) -> Delivery:
-    """The delivery with its analysis runs judged on the router's counters and what the providers measured."""
-    return judge_runs(delivery, stats, now, measurer.collect(delivery, now))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from stagewise.core.plan import World
 from stagewise.core.routes import Endpoint, HeaderRoute, RouteTable
-from stagewise.core.spec import ReleaseSpec, ServiceSpec
+from stagewise.core.spec import BlueGreenStrategy, ReleaseSpec, ServiceSpec
 from stagewise.platforms import Instance, InstanceState, Platform, PlatformView
 from stagewise.routers import Router
 
@@ -57,9 +57,9 @@ def build_table(spec: ServiceSpec, world: World, endpoints: list[Instance]) -> R
     header_routes = list(world.header_routes)
     preview_listen = None
     preview_release = None
-    bg = spec.spec.strategy.blue_green
+    strategy = spec.spec.strategy
     if world.preview is not None:
-        preview = bg.preview if bg is not None else None
+        preview = strategy.blue_green.preview if isinstance(strategy, BlueGreenStrategy) else None
         if preview is not None and preview.header:
             (name, value), = preview.header.items()
             header_routes.append(HeaderRoute(header=name, value=value, release=world.preview))

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from stagewise.core.durations import format_duration
+from stagewise.core.judge_state import JudgeState, ProviderNote
 from stagewise.core.plan import Plan, Step, World
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
@@ -63,7 +64,10 @@ class AnalysisRun(BaseModel):
     """The router's counters when the run started."""
     last: RouterStats | None = None
     """The counters the judges last saw (judges take increments)."""
-    judge_state: dict[str, Any] = {}
+    judge_state: dict[str, JudgeState] = {}
+    """Each template's judge's state, by template name (core/judge_state.py)."""
+    notes: dict[str, ProviderNote] = {}
+    """What each template measured by a provider other than the router's counters last said, by template name."""
     verdict: Verdict = Verdict(outcome=Outcome.RUNNING)
     history: list[dict[str, Any]] = []
     """Measurements over time, for charts: t, requests and errors per release."""
@@ -80,6 +84,9 @@ class Observation(BaseModel):
     failures: dict[str, int] = {}
     """Instances that died or missed readiness, per release, ever."""
     stats: RouterStats | None = None
+    held: str | None = None
+    """Why the router could not be brought to serve the committed world (a driver's error): its
+    instances do not count as ready then, and a delivery stuck on it is aborted in these words."""
 
 
 class Delivery(BaseModel):
@@ -139,7 +146,8 @@ def evolve(delivery: Delivery) -> Delivery:
     A deep copy would also copy the spec on every tick, which is most of the cost of a tick.
     """
     runs = {
-        key: run.model_copy(update={"judge_state": dict(run.judge_state), "history": list(run.history)})
+        key: run.model_copy(update={"judge_state": dict(run.judge_state), "notes": dict(run.notes),
+                                    "history": list(run.history)})
         for key, run in delivery.analysis.items()
     }
     return delivery.model_copy(update={"analysis": runs, "failures_base": dict(delivery.failures_base)})
@@ -235,7 +243,7 @@ def _enter(d: Delivery, index: int, now: float) -> None:
     d.ready_at = None
     d.release_gate = False
     d.progress_at = now
-    left = [run.model_copy(update={"judge_state": {}, "since": None, "last": None})
+    left = [run.model_copy(update={"judge_state": {}, "notes": {}, "since": None, "last": None})
             for run in d.analysis.values() if not run.background]
     d.past_analysis = [*d.past_analysis, *left]
     d.analysis = {k: run for k, run in d.analysis.items() if run.background}
@@ -307,7 +315,7 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
                        f"failed in this step, more than the {step.max_failures} allowed")
         return d2, events + ev
     if d.ready_at is None:
-        if step.wait_ready and not _ready(step.world, obs):
+        if step.wait_ready and (obs.held is not None or not _ready(step.world, obs)):
             return d, events
         d.ready_at = now
         d.progress_at = now
@@ -386,6 +394,8 @@ def _ready(world: World, obs: Observation) -> bool:
 
 
 def _stuck_reason(d: Delivery, step: Step, obs: Observation) -> str:
+    if d.ready_at is None and step.wait_ready and obs.held is not None:
+        return obs.held
     if d.ready_at is None and step.wait_ready:
         missing = {r: f"{obs.ready.get(r, 0)}/{n} ready" for r, n in step.world.instances.items()
                    if obs.ready.get(r, 0) < n}

@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 
 from stagewise.core.spec import ReleaseSpec
-from stagewise.errors import PlatformError
+from stagewise.errors import PlatformError, PlatformRefusedError
 from stagewise.platforms import Instance, InstanceState, PlatformView
 from stagewise.platforms._local_processes import (
     LAUNCH_VARIABLE,
@@ -136,13 +136,16 @@ def _this_process() -> tuple[int, int]:
     return os.getpid(), stat[1] if stat else -1
 
 
-def _spawn_failure(instance_id: str, program: str, exc: OSError | ValueError) -> str:
+def _spawn_failure(instance_id: str, program: str, exc: OSError | ValueError) -> PlatformError | PlatformRefusedError:
+    """The error for a spawn that failed: a refusal when trying again cannot help, else worth a retry."""
     if isinstance(exc, FileNotFoundError):
-        return (f"cannot start {instance_id}: program {program!r} not found "
-                "(run.command[0] must be an executable path or a name on PATH)")
+        return PlatformRefusedError(f"cannot start {instance_id}: program {program!r} not found "
+                                    "(run.command[0] must be an executable path or a name on PATH)")
     if isinstance(exc, PermissionError):
-        return f"cannot start {instance_id}: {program!r} is not executable"
-    return f"cannot start {instance_id}: {exc}"
+        return PlatformRefusedError(f"cannot start {instance_id}: {program!r} is not executable")
+    if isinstance(exc, ValueError):  # a NUL byte in the argv or the environment
+        return PlatformRefusedError(f"cannot start {instance_id}: {exc}")
+    return PlatformError(f"cannot start {instance_id}: {exc}")
 
 
 def _atomic_write(path: Path, data: dict[str, Any]) -> None:
@@ -299,7 +302,7 @@ class LocalPlatform:
         except (OSError, ValueError) as exc:
             log.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
-            raise PlatformError(_spawn_failure(instance_id, argv[0], exc)) from exc
+            raise _spawn_failure(instance_id, argv[0], exc) from exc
         # An unreaped child stays in /proc even if it already exited, so this read succeeds.
         stat = proc_stat(popen.pid)
         record.pid, record.proc_start = popen.pid, stat[1] if stat else -1
@@ -350,7 +353,7 @@ class LocalPlatform:
 
     def _service_dir(self, service: str) -> Path:
         if not _SAFE_NAME.fullmatch(service):
-            raise PlatformError(f"invalid service name {service!r}")
+            raise PlatformRefusedError(f"invalid service name {service!r}")
         return self._root / service
 
     def _record_path(self, record: _Record) -> Path:

@@ -7,8 +7,8 @@
 
 Only the world is simulated — instances that start, get ready or crash; a
 router that splits requests; users who send them. Every decision is taken
-by the code that takes it in production: `core.delivery.advance`,
-`strategies.compile_plan`, `analysis.judges.runs.judge_runs`.
+by the code that takes it in production: `engine.decide`, the tick the
+controller runs (judges, state machine, planner).
 
 Pure: no clock, no I/O beyond reading a scenario file, randomness only from
 seeded `random.Random`s. It never imports the controller or the drivers

@@ -1,30 +1,33 @@
 """The simulation loop: the real state machine, planner and judges on a virtual clock.
 
 Each tick does what the controller does each pass — observe the instances
-and the router's counters, feed the counters to the analysis runs
-(`judge_runs`), ask `core.delivery.advance` for the delivery's next state,
-recompile the plan when it starts aborting (`compile_plan`), and make the
-world match the desired one — and then lets one tick of users through the
-route table. Only the data plane and the platform are simulated; every
-decision is taken by the code that takes it in production.
+and the router's counters, ask `engine.decide` for the delivery's next state
+(the very function the controller calls: it judges the analysis runs,
+advances the state machine and recompiles the plan when the rollback
+starts), and make the world match the desired one — and then lets one tick
+of users through the route table. Only the data plane and the platform are
+simulated; every decision is taken by the code that takes it in production.
 
 Two shortcuts keep an hour of simulated delivery under a second of wall
-time, and neither changes a decision:
+time; they only decide *when* `decide` is called, and neither changes a
+decision:
 
-* `advance` is pure and its answer only changes when its inputs do: when an
-  instance gets ready or dies, a verdict changes, a timer (pause, bake,
-  progress deadline) runs out, a person acts, or its previous call moved. In
-  between it would answer "no change", so it is not asked.
-* The judges are fed when something can change their verdict: when the
-  candidate had enough new errors to possibly push the error-rate e-value
-  over its bound (they are the only events that raise it; see `_may_fail`),
-  when an analysis reaches its duration, and at least every `MAX_QUIET`
-  seconds. Increments are cumulative, so a judge that is fed
-  less often sees the same requests in fewer, larger increments. Latency
-  and non-sequential judges are fed every tick.
+* The state machine is pure and its answer only changes when its inputs do:
+  when an instance gets ready or dies, a verdict changes, a timer (pause,
+  bake, progress deadline) runs out, a person acts, or its previous call
+  moved. In between it would answer "no change", so `decide` is not called.
+* The judges are fed (`decide(..., judge=True)`) when something can change
+  their verdict: when the candidate had enough new errors to possibly push
+  the error-rate e-value over its bound (they are the only events that
+  raise it; see `_may_fail`), when an analysis reaches its duration, and at
+  least every `MAX_QUIET` seconds. Increments are cumulative, so a judge
+  that is fed less often sees the same requests in fewer, larger
+  increments. Latency and non-sequential judges are fed every tick. A tick
+  that feeds the judges also asks the state machine, which then answers
+  "no change" unless a verdict moved.
 
-`exact=True` turns both shortcuts off (every tick asks both); `tests/sim`
-checks that it reaches the same outcomes.
+`exact=True` turns both shortcuts off (every tick calls `decide` and feeds
+the judges); `tests/sim` checks that it reaches the same outcomes.
 
 A person is modelled too, for what no analysis decides: an error-rate alert
 over all requests, and someone acting `human.delay` after it fires if it
@@ -40,12 +43,13 @@ import math
 import random
 from collections import deque
 
-from stagewise.analysis.judges.runs import judge_runs
 from stagewise.analysis.judges.sequential import GRID_HIGH
-from stagewise.core.delivery import AnalysisRun, Delivery, Observation, Phase, abort, advance, desired_world
+from stagewise.core.delivery import AnalysisRun, Delivery, Observation, Phase, abort
 from stagewise.core.plan import World
-from stagewise.core.spec import FullSpec, ReleaseSpec, ServiceSpec, StrategySpec
+from stagewise.core.spec import BlueGreenStrategy, FullStrategy, ReleaseSpec, ServiceSpec
+from stagewise.core.stats import RouterStats
 from stagewise.core.verdict import Outcome
+from stagewise.engine import decide
 from stagewise.sim.result import RunResult, Sample
 from stagewise.sim.scenario import Fleet as FleetModel
 from stagewise.sim.scenario import Human, ReleaseBehaviour, Traffic
@@ -116,8 +120,8 @@ class _Run:
         self.world = World(instances={stable.version: self.replicas}, stable=stable.version)
         self.routes = make_world(self.fleet, self.world, 0.0, preview=self.preview)
         self.world_version = self.fleet.version
-        self.shaped: Delivery | None = None
-        self.shaped_plan = self.plan
+        self.desired: World | None = None
+        """The world of the engine's last decision."""
         # what the shortcuts remember (see the module docstring)
         self.moved = True
         self.acted = False
@@ -161,20 +165,11 @@ class _Run:
     def _control(self, t: float) -> None:
         d = self.delivery
         if not d.phase.terminal:
-            looked = self._look_due(t)
-            if looked:
-                before = self._outcomes(d)
-                self.delivery = d = self._judge(d, t)
-                self.moved = self.moved or self._outcomes(d) != before
-            if self._advance_due(t):
-                self._advance(t)
+            look = self._look_due(t)
+            if look or self._advance_due(t):
+                self._decide(t, judge=look)
                 d = self.delivery
-        world: World | None
-        if d is self.shaped and self.plan is self.shaped_plan:
-            world = self.world  # the same delivery and plan as last pass: the same desired world
-        else:
-            world = desired_world(d, self.plan) if not d.phase.terminal else None
-            self.shaped, self.shaped_plan = d, self.plan
+        world = self.desired if not d.phase.terminal else None
         if world is None:
             v = self.serving.version
             world = self.world if self.world.instances == {v: self.replicas} else World(
@@ -183,36 +178,28 @@ class _Run:
             self.routes = make_world(self.fleet, world, t, preview=self.preview)
             self.world, self.world_version = world, self.fleet.version
 
-    def _judge(self, d: Delivery, t: float) -> Delivery:
-        stats = self.users.stats()
-        judged = judge_runs(d, stats, t)
-        for run in judged.analysis.values():
-            del run.history[:-2]  # charts are drawn from the simulator's own timeline
-        b = stats.release(d.stable.version if d.stable else "")
-        c = stats.release(d.candidate.version)
-        # a judge holds a one-sided increment until the other arm shows up: look again next tick
-        self.one_sided = b.requests == self.requests_at_look[0] or c.requests == self.requests_at_look[1]
-        self.last_look = t
-        self.requests_at_look = (b.requests, c.requests)
-        self.errors_at_look = c.errors
-        return judged
-
-    def _advance(self, t: float) -> None:
+    def _decide(self, t: float, *, judge: bool) -> None:
+        """One tick of the engine, as the controller runs it; then what the shortcuts remember of it."""
         d = self.delivery
         if self.refreshing and self.asked_at < t - self.tick:
             # the passes skipped since would each have answered "no change" and noted progress
             d.progress_at = t - self.tick
-        ready, live = self.fleet.counts(ready=True), self.fleet.counts(ready=False)
-        obs = Observation(now=t, ready=ready, live=live, failures=dict(self.fleet.failures),
-                          stats=self.users.stats())
-        moved, events = advance(d, self.plan, obs)
+        stats = self.users.stats()
+        obs = Observation(now=t, ready=self.fleet.counts(ready=True), live=self.fleet.counts(ready=False),
+                          failures=dict(self.fleet.failures), stats=stats)
+        decision = decide(d, self.plan, obs, judge=judge)
+        moved = decision.delivery
+        if judge:
+            for run in moved.analysis.values():
+                del run.history[:-2]  # charts are drawn from the simulator's own timeline
+            self._looked(d, stats, t)
+        self.plan, self.desired = decision.plan, decision.world
         self.seen = self.fleet.version
         self.asked_at = t
-        self.moved = bool(events) or _fingerprint(moved) != _fingerprint(d)
+        self.acted = False
+        self.moved = bool(decision.events) or _fingerprint(moved) != _fingerprint(d)
         # a running analysis and a timed pause count as progress on every pass: no deadline runs then
         self.refreshing = not self.moved and moved.progress_at == t
-        if moved.abort_world is not None and moved.abort_world != d.abort_world:
-            self.plan = compile_plan(moved.spec, moved.stable, abort_world=moved.abort_world)
         if moved.phase is Phase.ABORTING and d.phase is not Phase.ABORTING:
             self._decided(t, moved.abort_reason or "")
         if moved.phase is Phase.SUCCEEDED and d.phase is not Phase.SUCCEEDED:
@@ -229,6 +216,16 @@ class _Run:
         if step is not None and step.pause and moved.ready_at is not None:
             timers.append(moved.ready_at + step.pause)
         self.timer = min(timers, default=math.inf)
+
+    def _looked(self, d: Delivery, stats: RouterStats, t: float) -> None:
+        """Note what the judges were just shown, for `_look_due`."""
+        b = stats.release(d.stable.version if d.stable else "")
+        c = stats.release(d.candidate.version)
+        # a judge holds a one-sided increment until the other arm shows up: look again next tick
+        self.one_sided = b.requests == self.requests_at_look[0] or c.requests == self.requests_at_look[1]
+        self.last_look = t
+        self.requests_at_look = (b.requests, c.requests)
+        self.errors_at_look = c.errors
 
     # --- when to ask (the shortcuts) ---------------------------------------------------------
 
@@ -289,7 +286,6 @@ class _Run:
 
     def _advance_due(self, t: float) -> bool:
         if self.exact or self.moved or self.acted or t >= self.timer:
-            self.acted = False
             return True
         return self.fleet.version != self.seen
 
@@ -325,7 +321,7 @@ class _Run:
 
     def _undo(self, t: float, previous: ReleaseSpec, current: ReleaseSpec) -> None:
         """`stagewise undo` with a recreate: the previous release back on every instance."""
-        body = self.spec.spec.model_copy(update={"release": previous, "strategy": StrategySpec(full=FullSpec())})
+        body = self.spec.spec.model_copy(update={"release": previous, "strategy": FullStrategy()})
         spec = self.spec.model_copy(update={"spec": body})
         self.delivery = Delivery(service=spec.name, spec=spec, stable=current, created_at=t, updated_at=t,
                                  progress_at=t, undo=True)
@@ -390,8 +386,10 @@ class _Run:
 
     @staticmethod
     def _preview(spec: ServiceSpec) -> bool:
-        bg = spec.spec.strategy.blue_green
-        return bg is None or bool(bg.preview.header or bg.preview.listen)
+        strategy = spec.spec.strategy
+        if not isinstance(strategy, BlueGreenStrategy):
+            return True
+        return bool(strategy.blue_green.preview.header or strategy.blue_green.preview.listen)
 
 
 def _fingerprint(d: Delivery) -> tuple[object, ...]:

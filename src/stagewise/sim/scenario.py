@@ -24,14 +24,19 @@ from pydantic import Field, ValidationError
 
 from stagewise.core.spec import (
     AnalysisTemplate,
+    AnyStrategy,
     BlueGreenSpec,
+    BlueGreenStrategy,
     CanarySpec,
+    CanaryStrategy,
     Duration,
     FullSpec,
+    FullStrategy,
     Model,
     PhasedSpec,
+    PhasedStrategy,
     StrategyName,
-    StrategySpec,
+    analysis_refs,
 )
 from stagewise.errors import Problem, SpecError
 from stagewise.spec.messages import describe, problems_from
@@ -120,9 +125,17 @@ class Strategies(Model):
     canary: CanarySpec | None = None
     blue_green: BlueGreenSpec | None = None
 
-    def strategy(self, name: StrategyName) -> StrategySpec:
-        field = "blue_green" if name == "blue-green" else name
-        return StrategySpec(**{field: getattr(self, field)})
+    def strategy(self, name: StrategyName) -> AnyStrategy:
+        """The `strategy:` of a Service spec with these parameters (`complete` fills in those left out)."""
+        if name == "full" and self.full is not None:
+            return FullStrategy(full=self.full)
+        if name == "phased" and self.phased is not None:
+            return PhasedStrategy(phased=self.phased)
+        if name == "canary" and self.canary is not None:
+            return CanaryStrategy(canary=self.canary)
+        if name == "blue-green" and self.blue_green is not None:
+            return BlueGreenStrategy(blue_green=self.blue_green)
+        raise ValueError(f"the scenario gives no parameters for {name}")
 
 
 class Scenario(Model):
@@ -226,15 +239,5 @@ def _check(scenario: Scenario, doc: Document, filename: str) -> None:
         raise SpecError(problems)
 
 
-def _refs(strategy: StrategySpec) -> list[list[str]]:
-    refs: list[list[str]] = []
-    if strategy.canary:
-        refs += [s.analysis.templates for s in strategy.canary.steps if s.analysis]
-        refs += [strategy.canary.analysis.templates] if strategy.canary.analysis else []
-    if strategy.phased and strategy.phased.analysis:
-        refs.append(strategy.phased.analysis.templates)
-    if strategy.blue_green:
-        for ref in (strategy.blue_green.pre_promotion_analysis, strategy.blue_green.post_promotion_analysis):
-            if ref:
-                refs.append(ref.templates)
-    return refs
+def _refs(strategy: AnyStrategy) -> list[list[str]]:
+    return [ref.templates for ref in analysis_refs(strategy)]

@@ -29,7 +29,7 @@ from types import TracebackType
 from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.errors import NotFoundError, PermanentError, TemporaryError
-from stagewise.store import DeletedService, Measurement, StoredEvent  # the interface; it imports us lazily
+from stagewise.store import DeletedService, Measurement, StoredEvent, upgrades  # the interface; it imports us lazily
 
 
 class StoreError(PermanentError):
@@ -94,7 +94,20 @@ def _v3_deleted_services(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX deleted_services_by_name ON deleted_services (name, id)")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_core_tables, _v2_measurements, _v3_deleted_services)
+def _v4_typed_specs_and_judge_states(conn: sqlite3.Connection) -> None:
+    """Analysis templates with only their provider's fields, judge states typed (store/upgrades.py)."""
+    for table, column, key in (("services", "record", "name"), ("deliveries", "state", "id")):
+        for row_key, text in conn.execute(f"SELECT {key}, {column} FROM {table}").fetchall():
+            data = json.loads(text)
+            changed = upgrades.templates_by_provider(data.get("spec"))
+            if table == "deliveries":
+                changed = upgrades.typed_judge_states(data) or changed
+            if changed:
+                conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (json.dumps(data), row_key))
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_core_tables, _v2_measurements, _v3_deleted_services,
+                                  _v4_typed_specs_and_judge_states)
 """`MIGRATIONS[n]` takes a database from schema version n to n + 1. Append only: never edit one
 that has shipped, since databases in the field already ran it."""
 

@@ -1,40 +1,51 @@
 """Strategies: pure functions from a spec to a plan, and the plan that rolls it back.
 
-Each strategy is a plain function `(spec, stable, candidate) -> Plan` in its own
-module; `compile_plan` picks it by the spec's strategy and adds the rollback
-plan when the delivery is aborting. Nothing here reads a clock or touches the
+Each strategy is a plain function of the spec, its own configuration (the
+member of the spec's strategy union: a `CanarySpec` for canary, ...), the
+stable and the candidate release, returning a `Plan`, in its own module;
+`compile_plan` picks it by the spec's strategy and adds the rollback plan
+when the delivery is aborting. Nothing here reads a clock or touches the
 world.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from stagewise.core.plan import Plan, Step, StepKind, World
-from stagewise.core.spec import ReleaseSpec, ServiceSpec
+from stagewise.core.spec import (
+    BlueGreenStrategy,
+    CanaryStrategy,
+    FullStrategy,
+    PhasedStrategy,
+    ReleaseSpec,
+    ServiceSpec,
+)
 from stagewise.strategies._shared import rollback_steps
 from stagewise.strategies.bluegreen import blue_green
 from stagewise.strategies.canary import canary
 from stagewise.strategies.full import full
 from stagewise.strategies.phased import phased
 
-StrategyFn = Callable[[ServiceSpec, ReleaseSpec, ReleaseSpec], Plan]
-
-STRATEGIES: dict[str, StrategyFn] = {
-    "full": full,
-    "phased": phased,
-    "canary": canary,
-    "blue-green": blue_green,
-}
-
 
 def compile_plan(spec: ServiceSpec, stable: ReleaseSpec | None, *, abort_world: World | None = None) -> Plan:
     """The plan that delivers `spec`'s release over `stable` (and its rollback, when aborting)."""
     candidate = spec.spec.release
-    plan = first_delivery(spec) if stable is None else STRATEGIES[spec.spec.strategy.name](spec, stable, candidate)
+    plan = first_delivery(spec) if stable is None else strategy_plan(spec, stable, candidate)
     if abort_world is not None and stable is not None:
         plan = plan.model_copy(update={"rollback": rollback_steps(spec, stable, candidate, abort_world)})
     return plan
+
+
+def strategy_plan(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpec) -> Plan:
+    """The plan of the spec's strategy, from `stable` to `candidate`."""
+    match spec.spec.strategy:
+        case FullStrategy():
+            return full(spec, stable, candidate)
+        case PhasedStrategy(phased=config):
+            return phased(spec, config, stable, candidate)
+        case CanaryStrategy(canary=config):
+            return canary(spec, config, stable, candidate)
+        case BlueGreenStrategy(blue_green=config):
+            return blue_green(spec, config, stable, candidate)
 
 
 def first_delivery(spec: ServiceSpec) -> Plan:

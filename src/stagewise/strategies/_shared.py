@@ -7,7 +7,7 @@ import math
 from stagewise.core.durations import format_duration
 from stagewise.core.plan import AnalysisGate, Step, StepKind, World
 from stagewise.core.routes import CohortRoute
-from stagewise.core.spec import AnalysisRef, ReleaseSpec, ServiceSpec
+from stagewise.core.spec import AnalysisRef, PhasedStrategy, PhasedWaves, ReleaseSpec, ServiceSpec
 
 
 def fmt(seconds: float | None) -> str:
@@ -29,16 +29,17 @@ def rollback_steps(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpe
     n = spec.spec.replicas
     have_stable = at.instances.get(s, 0)
     have_cand = at.instances.get(c, 0)
-    phased = spec.spec.strategy.phased
-    waves = phased is not None and phased.waves is not None
+    strategy = spec.spec.strategy
+    phased = strategy.phased if isinstance(strategy, PhasedStrategy) else None
+    waves = phased if isinstance(phased, PhasedWaves) else None
     steps: list[Step] = []
-    if have_stable > 0 and not waves:
+    if have_stable > 0 and waves is None:
         steps.append(Step(
             kind=StepKind.SWITCH, title=f"all traffic back to {s}",
             world=World(instances=dict(at.instances), stable=s, weights={s: 100}),
             wait_ready=False,
         ))
-    batch = resolve_size(phased.max_unavailable, n) if phased is not None and waves else max(1, have_cand)
+    batch = resolve_size(waves.max_unavailable, n) if waves is not None else max(1, have_cand)
     while have_cand > 0 or have_stable < n:
         move = min(batch, have_cand) if have_cand else n - have_stable
         have_cand -= min(move, have_cand)
@@ -47,7 +48,7 @@ def rollback_steps(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpe
             kind=StepKind.SCALE,
             title=f"{s} on {have_stable} instance(s), {c} on {have_cand}",
             world=World(instances={s: have_stable, c: have_cand}, stable=s,
-                        weights=None if waves and have_cand else {s: 100}),
+                        weights=None if waves is not None and have_cand else {s: 100}),
         ))
     return tuple(steps)
 
@@ -58,9 +59,7 @@ def resolve_size(size: int | str, total: int) -> int:
     return max(1, min(total, count))
 
 
-def gate(ref: AnalysisRef | None, default_duration: float | None = None) -> AnalysisGate | None:
-    if ref is None:
-        return None
+def gate(ref: AnalysisRef, default_duration: float | None = None) -> AnalysisGate:
     duration = ref.duration if ref.duration is not None else default_duration
     return AnalysisGate(templates=tuple(ref.templates), duration=duration)
 

@@ -9,23 +9,20 @@ for `scaleDownDelay`, so until then a rollback is a switch back.
 from __future__ import annotations
 
 from stagewise.core.plan import Plan, Step, StepKind, World
-from stagewise.core.spec import ReleaseSpec, ServiceSpec
+from stagewise.core.spec import BlueGreenSpec, ReleaseSpec, ServiceSpec
 from stagewise.strategies import _shared
 
 DEFAULT_ANALYSIS_DURATION = 60.0
 
 
-def blue_green(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpec) -> Plan:
-    body = spec.spec
-    cfg = body.strategy.blue_green
-    assert cfg is not None
-    s, c, n = stable.version, candidate.version, body.replicas
+def blue_green(spec: ServiceSpec, cfg: BlueGreenSpec, stable: ReleaseSpec, candidate: ReleaseSpec) -> Plan:
+    s, c, n = stable.version, candidate.version, spec.spec.replicas
     both = {s: n, c: n}
     before = World(instances=both, stable=s, weights={s: 100}, preview=c)
     after = World(instances=both, stable=c, weights={c: 100})
     steps = [Step(kind=StepKind.DEPLOY, title=f"deploy {c} on the preview slot ({n} instance(s))", world=before)]
-    pre = _shared.gate(cfg.pre_promotion_analysis, DEFAULT_ANALYSIS_DURATION)
-    if pre is not None:
+    if cfg.pre_promotion_analysis is not None:
+        pre = _shared.gate(cfg.pre_promotion_analysis, DEFAULT_ANALYSIS_DURATION)
         steps.append(Step(kind=StepKind.ANALYSIS, title=f"pre-promotion analysis {', '.join(pre.templates)}",
                           world=before, analysis=pre))
     if cfg.auto_promotion is not None:
@@ -37,8 +34,8 @@ def blue_green(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpec) -
     promote_from = len(steps)
     steps.append(Step(kind=StepKind.SWITCH, title=f"switch all traffic to {c}", world=after,
                       wait_ready=False, promoting=True))
-    post = _shared.gate(cfg.post_promotion_analysis, DEFAULT_ANALYSIS_DURATION)
-    if post is not None:
+    if cfg.post_promotion_analysis is not None:
+        post = _shared.gate(cfg.post_promotion_analysis, DEFAULT_ANALYSIS_DURATION)
         steps.append(Step(kind=StepKind.ANALYSIS, title=f"post-promotion analysis {', '.join(post.templates)}",
                           world=after, analysis=post, promoting=True))
     if cfg.scale_down_delay:

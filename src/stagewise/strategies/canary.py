@@ -9,23 +9,30 @@ from __future__ import annotations
 
 from stagewise.core.plan import BackgroundAnalysis, Plan, Step, StepKind, World
 from stagewise.core.routes import HeaderRoute
-from stagewise.core.spec import ReleaseSpec, ServiceSpec
+from stagewise.core.spec import (
+    AnalysisStep,
+    CanarySpec,
+    CanaryStep,
+    PauseStep,
+    ReleaseSpec,
+    ServiceSpec,
+    SetHeaderRouteStep,
+    SetWeightStep,
+)
 from stagewise.strategies import _shared
 
 DEFAULT_ANALYSIS_DURATION = 60.0
 
 
-def canary(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpec) -> Plan:
-    body = spec.spec
-    assert body.strategy.canary is not None
-    s, c, n = stable.version, candidate.version, body.replicas
+def canary(spec: ServiceSpec, cfg: CanarySpec, stable: ReleaseSpec, candidate: ReleaseSpec) -> Plan:
+    s, c, n = stable.version, candidate.version, spec.spec.replicas
     weight = 0
     routes: tuple[HeaderRoute, ...] = ()
     steps: list[Step] = []
-    for i, raw in enumerate(body.strategy.canary.steps):
-        if raw.set_weight is not None:
+    for raw in cfg.steps:
+        if isinstance(raw, SetWeightStep):
             weight = raw.set_weight
-        if raw.set_header_route is not None:
+        elif isinstance(raw, SetHeaderRouteStep):
             routes = tuple(
                 HeaderRoute(header=m.header_name, value=m.header_value.exact, release=c)
                 for m in raw.set_header_route.match
@@ -36,29 +43,28 @@ def canary(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpec) -> Pl
             weights={s: 100 - weight, c: weight},
             header_routes=routes,
         )
-        if raw.set_weight is not None:
-            steps.append(Step(kind=StepKind.SET_WEIGHT, title=f"setWeight {weight}", world=world))
-        elif raw.set_header_route is not None:
-            names = ", ".join(f"{r.header}: {r.value}" for r in routes) or "none"
-            steps.append(Step(kind=StepKind.SET_HEADER_ROUTE, title=f"setHeaderRoute {names}", world=world))
-        elif raw.pause is not None:
-            timed = raw.pause.duration is not None
-            title = f"pause {_shared.fmt(raw.pause.duration)}" if timed else "pause until promoted"
-            steps.append(Step(kind=StepKind.PAUSE, title=title, world=world,
-                              pause=raw.pause.duration, manual=not timed))
-        else:
-            assert raw.analysis is not None
-            g = _shared.gate(raw.analysis, DEFAULT_ANALYSIS_DURATION)
-            assert g is not None
-            steps.append(Step(kind=StepKind.ANALYSIS, title=f"analysis {', '.join(g.templates)}",
-                              world=world, analysis=g))
-        del i
+        steps.append(_step(raw, world, weight, routes))
     promote_from = len(steps)
     steps += _shared.promotion_steps(s, c, n, last_weight=weight)
-    bg = body.strategy.canary.analysis
     background = None
-    if bg is not None:
-        g = _shared.gate(bg)
-        assert g is not None
-        background = BackgroundAnalysis(gate=g, starting_step=bg.starting_step)
+    if cfg.analysis is not None:
+        background = BackgroundAnalysis(gate=_shared.gate(cfg.analysis), starting_step=cfg.analysis.starting_step)
     return Plan(strategy="canary", steps=tuple(steps), background=background, promote_from=promote_from)
+
+
+def _step(raw: CanaryStep, world: World, weight: int, routes: tuple[HeaderRoute, ...]) -> Step:
+    """The plan's step for one canary step of the spec, standing in `world`."""
+    match raw:
+        case SetWeightStep():
+            return Step(kind=StepKind.SET_WEIGHT, title=f"setWeight {weight}", world=world)
+        case SetHeaderRouteStep():
+            names = ", ".join(f"{r.header}: {r.value}" for r in routes) or "none"
+            return Step(kind=StepKind.SET_HEADER_ROUTE, title=f"setHeaderRoute {names}", world=world)
+        case PauseStep(pause=pause):
+            timed = pause.duration is not None
+            title = f"pause {_shared.fmt(pause.duration)}" if timed else "pause until promoted"
+            return Step(kind=StepKind.PAUSE, title=title, world=world, pause=pause.duration, manual=not timed)
+        case AnalysisStep(analysis=ref):
+            gate = _shared.gate(ref, DEFAULT_ANALYSIS_DURATION)
+            return Step(kind=StepKind.ANALYSIS, title=f"analysis {', '.join(gate.templates)}", world=world,
+                        analysis=gate)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from stagewise.core.plan import Plan, Step, StepKind, World
 from stagewise.core.routes import CohortRoute
-from stagewise.core.spec import PhasedSpec, ReleaseSpec, ServiceSpec
+from stagewise.core.spec import PhasedCohorts, PhasedSpec, PhasedWaves, ReleaseSpec, ServiceSpec
 from stagewise.strategies import _shared
 
 DEFAULT_ANALYSIS_DURATION = 30.0
@@ -31,17 +31,13 @@ def wave_sizes(waves: list[int | str], total: int) -> list[int]:
     return sizes
 
 
-def phased(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpec) -> Plan:
-    body = spec.spec
-    assert body.strategy.phased is not None
-    cfg = body.strategy.phased
-    if cfg.cohorts is not None:
+def phased(spec: ServiceSpec, cfg: PhasedSpec, stable: ReleaseSpec, candidate: ReleaseSpec) -> Plan:
+    if isinstance(cfg, PhasedCohorts):
         return _cohorts(spec, cfg, stable.version, candidate.version)
     return _waves(spec, cfg, stable.version, candidate.version)
 
 
-def _waves(spec: ServiceSpec, cfg: PhasedSpec, s: str, c: str) -> Plan:
-    assert cfg.waves is not None
+def _waves(spec: ServiceSpec, cfg: PhasedWaves, s: str, c: str) -> Plan:
     n = spec.spec.replicas
     sizes = wave_sizes(cfg.waves, n)
     batch = _shared.resolve_size(cfg.max_unavailable, n)
@@ -57,7 +53,7 @@ def _waves(spec: ServiceSpec, cfg: PhasedSpec, s: str, c: str) -> Plan:
             last_of_wave = left == 0
             world = World(instances={s: n - updated, c: updated}, stable=s)
             analysis = None
-            if last_of_wave and n - updated > 0:
+            if last_of_wave and n - updated > 0 and cfg.analysis is not None:
                 analysis = _shared.gate(cfg.analysis, DEFAULT_ANALYSIS_DURATION)
             steps.append(Step(
                 kind=StepKind.WAVE,
@@ -73,12 +69,12 @@ def _waves(spec: ServiceSpec, cfg: PhasedSpec, s: str, c: str) -> Plan:
     return Plan(strategy="phased", steps=tuple(steps), promote_from=promote_from)
 
 
-def _cohorts(spec: ServiceSpec, cfg: PhasedSpec, s: str, c: str) -> Plan:
-    assert cfg.cohorts is not None
+def _cohorts(spec: ServiceSpec, cfg: PhasedCohorts, s: str, c: str) -> Plan:
     n = spec.spec.replicas
     key = cfg.cohorts.key
     steps: list[Step] = []
     cohort: CohortRoute | None = None
+    gate = _shared.gate(cfg.analysis, DEFAULT_ANALYSIS_DURATION) if cfg.analysis is not None else None
     for pct in cfg.cohorts.steps:
         cohort = CohortRoute(release=c, percent=pct, header=key.header, cookie=key.cookie)
         world = World(
@@ -93,7 +89,7 @@ def _cohorts(spec: ServiceSpec, cfg: PhasedSpec, s: str, c: str) -> Plan:
                   f"{key.header or key.cookie}",
             world=world,
             # with every keyed user on the candidate there is no concurrent baseline to judge against
-            analysis=_shared.gate(cfg.analysis, DEFAULT_ANALYSIS_DURATION) if pct < 100 else None,
+            analysis=gate if pct < 100 else None,
             pause=cfg.bake or None,
         ))
     promote_from = len(steps)

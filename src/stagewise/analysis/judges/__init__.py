@@ -2,8 +2,8 @@
 
 A judge is a pure function. The controller calls it every second or so with
 what arrived since the previous call (`baseline`, `candidate` are increments,
-never totals), the judge's own state from that call (`{}` at the start; JSON,
-stored on every tick), and the time: `elapsed` since the analysis started and
+never totals), the judge's own state from that call (None at the start; a
+typed record of `core.judge_state`, stored on every tick), and the time: `elapsed` since the analysis started and
 its `duration` (None: until stopped, so never a final pass). It returns the
 new state and a verdict: Running until decided, Failed as soon as the
 candidate is shown worse, and at the deadline Successful or — with too little
@@ -32,6 +32,7 @@ from stagewise.analysis.judges.mannwhitney import judge_mannwhitney
 from stagewise.analysis.judges.sequential import judge_error_rate
 from stagewise.analysis.judges.sequential_latency import judge_latency
 from stagewise.analysis.judges.threshold import judge_threshold
+from stagewise.core.judge_state import JudgeState
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import ReleaseStats
 from stagewise.core.verdict import Verdict
@@ -47,27 +48,27 @@ class JudgeFn(Protocol):
     def __call__(
         self,
         template: AnalysisTemplate,
-        state: dict[str, Any],
+        state: JudgeState | None,
         baseline: ReleaseStats,
         candidate: ReleaseStats,
         *,
         elapsed: float,
         duration: float | None,
         values: Values | None = None,
-    ) -> tuple[dict[str, Any], Verdict]: ...
+    ) -> tuple[JudgeState | None, Verdict]: ...
 
 
 def judge(
     template: AnalysisTemplate,
-    state: dict[str, Any],
+    state: JudgeState | None,
     baseline: ReleaseStats,
     candidate: ReleaseStats,
     *,
     elapsed: float,
     duration: float | None,
     values: Values | None = None,
-) -> tuple[dict[str, Any], Verdict]:
-    """Fold one increment into the template's judge; return its new state and verdict."""
+) -> tuple[JudgeState | None, Verdict]:
+    """Fold one increment into the template's judge; return its new state (None: nothing to keep) and verdict."""
     key = f"{template.judge}/{template.metric}"
     fn = JUDGES.get(key)
     if fn is None:
@@ -80,16 +81,16 @@ def _counts_only(fn: Any) -> JudgeFn:
 
     def call(
         template: AnalysisTemplate,
-        state: dict[str, Any],
+        state: JudgeState | None,
         baseline: ReleaseStats,
         candidate: ReleaseStats,
         *,
         elapsed: float,
         duration: float | None,
         values: Values | None = None,
-    ) -> tuple[dict[str, Any], Verdict]:
+    ) -> tuple[JudgeState | None, Verdict]:
         del values
-        result: tuple[dict[str, Any], Verdict] = fn(
+        result: tuple[JudgeState | None, Verdict] = fn(
             template, state, baseline, candidate, elapsed=elapsed, duration=duration)
         return result
 

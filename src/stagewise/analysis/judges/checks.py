@@ -2,9 +2,10 @@
 
 The controller calls every judge on every tick (about 4 times a second), but
 Flagger's and Kayenta's judges decide on a schedule: one check per interval.
-`CheckState` keeps that schedule in the judge's JSON state — when the next
-check is due, how many checks had data, how many failed, the last few — so a
-controller restart resumes it where it was. `conclude` turns the counts into
+`CheckState` is that schedule while a judge works — when the next check is
+due, how many checks had data, how many failed, the last few — kept between
+looks in the judge's state (`core.judge_state.Checks`), so a controller
+restart resumes it where it was. `conclude` turns the counts into
 the outcome every judge shares: Failed after `failureLimit` failed checks;
 at the deadline Successful when some check had data, else the `noData` policy,
 with a sentence that names what was missing.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stagewise.analysis.judges.sequential import fmt_seconds
+from stagewise.core.judge_state import Checks
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.verdict import Outcome, Verdict
 
@@ -42,19 +44,17 @@ class CheckState:
     verdict: Verdict | None = None
 
     @classmethod
-    def load(cls, state: dict[str, Any], kind: str, metric: str) -> CheckState:
-        """The schedule in `state`, or a fresh one when `state` belongs to another judge."""
-        if state.get("kind") != f"{kind}/{metric}":
+    def load(cls, state: Checks | None) -> CheckState:
+        """The schedule kept in `state`, or a fresh one when there is none (or it belongs to another judge)."""
+        if state is None:
             return cls()
-        verdict = Verdict.model_validate(state["verdict"]) if "verdict" in state else None
-        return cls(started=True, count=int(state["count"]), failed=int(state["failed"]),
-                   empty=int(state["empty"]), next_at=float(state["next_at"]),
-                   last_at=float(state["last_at"]),
-                   recent=[dict(c) for c in state["recent"]], verdict=verdict)
+        return cls(started=True, count=state.count, failed=state.failed, empty=state.empty, next_at=state.next_at,
+                   last_at=state.last_at, recent=list(state.recent), verdict=state.verdict)
 
-    def dump(self, kind: str, metric: str) -> dict[str, Any]:
-        return {"kind": f"{kind}/{metric}", "count": self.count, "failed": self.failed, "empty": self.empty,
-                "next_at": self.next_at, "last_at": self.last_at, "recent": self.recent}
+    def kept(self) -> dict[str, Any]:
+        """The schedule's fields of a judge's state (`Checks`)."""
+        return {"count": self.count, "failed": self.failed, "empty": self.empty, "next_at": self.next_at,
+                "last_at": self.last_at, "recent": tuple(self.recent)}
 
     def record(self, at: float, *, failed: bool | None, value: float | None) -> None:
         """One check: `failed` None means it had no data."""

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Literal
 
 from stagewise.analysis.judges import sequential as seq
 from stagewise.analysis.judges.checks import CheckState, check_due, conclude
+from stagewise.core.judge_state import JudgeState, MannWhitneyState
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats
 from stagewise.core.verdict import Outcome, Verdict
@@ -120,22 +121,25 @@ def _hodges_lehmann(
 
 def judge_mannwhitney(
     template: AnalysisTemplate,
-    state: dict[str, Any],
+    state: JudgeState | None,
     baseline: ReleaseStats,
     candidate: ReleaseStats,
     *,
     elapsed: float,
     duration: float | None,
     values: tuple[float | None, float | None] | None = None,
-) -> tuple[dict[str, Any], Verdict]:
+) -> tuple[MannWhitneyState, Verdict]:
     """Add the increment to both histograms; at each interval, test and classify."""
     del values  # this judge needs samples; a provider's single value has none
     metric = template.metric
-    checks = CheckState.load(state, KIND, metric)
-    if checks.verdict is not None:
-        return dict(state), checks.verdict
-    hist = [list(h) for h in state["hist"]] if checks.started else [[0] * len(representatives(metric))] * 2
-    sums = [float(x) for x in state["sums"]] if checks.started else [0.0, 0.0]
+    kind: Literal["mannwhitney/error-rate", "mannwhitney/latency"] = (
+        "mannwhitney/latency" if metric == "latency" else "mannwhitney/error-rate")
+    kept = state if isinstance(state, MannWhitneyState) and state.kind == kind else None
+    if kept is not None and kept.verdict is not None:
+        return kept, kept.verdict
+    checks = CheckState.load(kept)
+    hist = [list(h) for h in kept.hist] if kept is not None else [[0] * len(representatives(metric))] * 2
+    sums = list(kept.sums) if kept is not None else [0.0, 0.0]
     for arm, stats in enumerate((baseline, candidate)):
         hist[arm] = [a + b for a, b in zip(hist[arm], histogram(stats, metric), strict=True)]
         sums[arm] += max(0.0, stats.latency_sum_ms) if metric == "latency" else 0.0
@@ -179,10 +183,8 @@ def judge_mannwhitney(
     if outcome is Outcome.SUCCESSFUL and not lack:
         message = f"no significant increase in {checks.count} checks after {sum(requests):,} requests"
     verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
-    new_state = checks.dump(KIND, metric)
-    new_state.update({"hist": hist, "sums": sums})
-    if seq.finished(outcome):
-        new_state["verdict"] = verdict.model_dump(mode="json")
+    new_state = MannWhitneyState(kind=kind, **checks.kept(), hist=(tuple(hist[0]), tuple(hist[1])),
+                                 sums=(sums[0], sums[1]), verdict=verdict if seq.finished(outcome) else None)
     return new_state, verdict
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from stagewise.analysis.judges import Values, judge
 from stagewise.core.delivery import AnalysisRun, Delivery, Phase, evolve
+from stagewise.core.judge_state import JudgeState, ProviderNote
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import ReleaseStats, RouterStats
 from stagewise.core.verdict import Outcome, Verdict, combine
@@ -35,9 +36,6 @@ class Measured:
     error: str | None = None
     """The provider could not measure: why, in its words."""
 
-
-PROVIDER_NOTE = "@provider"
-"""judge_state key suffix under which the last measurement of a template is kept."""
 
 HISTORY_POINTS = 600
 """Points kept per run for charts; older ones are thinned out."""
@@ -72,11 +70,12 @@ def judge_runs(
         for name in run.templates:
             template = d.spec.spec.analysis[name]
             if template.provider == "router":
-                state, verdict = judge(template, run.judge_state.get(name, {}), b, c,
+                state, verdict = judge(template, run.judge_state.get(name), b, c,
                                        elapsed=now - run.started_at, duration=run.duration)
             else:
                 state, verdict = _judge_measured(run, name, template, measured.get((run.key, name)), now)
-            run.judge_state[name] = state
+            if state is not None:
+                run.judge_state[name] = state
             verdicts.append(verdict)
         run.verdict = combine(verdicts)
         run.last = stats
@@ -86,24 +85,23 @@ def judge_runs(
 
 def _judge_measured(
     run: AnalysisRun, name: str, template: AnalysisTemplate, m: Measured | None, now: float
-) -> tuple[dict[str, Any], Verdict]:
+) -> tuple[JudgeState | None, Verdict]:
     """Judge a template whose numbers come from a provider; keep its last word in the evidence."""
-    template_state = run.judge_state.get(name, {})
-    note_key = name + PROVIDER_NOTE
     if m is not None:
-        run.judge_state[note_key] = {"at": round(now, 3), "evidence": m.evidence, "error": m.error}
+        run.notes[name] = ProviderNote(at=round(now, 3), evidence=m.evidence, error=m.error)
     values = m.values if m is not None else None
     if m is not None and m.error is not None and values is None:
         values = (None, None)  # a check without data, so the deadline and noData apply
     empty = ReleaseStats()
-    state, verdict = judge(template, template_state, m.baseline if m else empty, m.candidate if m else empty,
-                           elapsed=now - run.started_at, duration=run.duration, values=values)
-    note = run.judge_state.get(note_key)
-    if note:
-        evidence = {**verdict.evidence, "measurement": note}
+    state, verdict = judge(template, run.judge_state.get(name), m.baseline if m else empty,
+                           m.candidate if m else empty, elapsed=now - run.started_at, duration=run.duration,
+                           values=values)
+    note = run.notes.get(name)
+    if note is not None:
+        evidence = {**verdict.evidence, "measurement": {"at": note.at, "evidence": note.evidence, "error": note.error}}
         message = verdict.message
-        if note.get("error") and verdict.outcome is not Outcome.SUCCESSFUL:
-            message = f"{message}; last measurement failed: {note['error']}"
+        if note.error and verdict.outcome is not Outcome.SUCCESSFUL:
+            message = f"{message}; last measurement failed: {note.error}"
         verdict = verdict.model_copy(update={"evidence": evidence, "message": message})
     return state, verdict
 

@@ -52,11 +52,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from stagewise.core.judge_state import ErrorRateState, JudgeState
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import ReleaseStats
 from stagewise.core.verdict import Outcome, Verdict
 
-KIND = "sequential/error-rate"
 DEFAULT_MARGIN = 0.0
 """Error-rate margin when the template gives none: any increase counts."""
 GRID_SIZE = 8
@@ -243,29 +243,31 @@ def counts(stats: ReleaseStats) -> tuple[int, int]:
 
 def judge_error_rate(
     template: AnalysisTemplate,
-    state: dict[str, Any],
+    state: JudgeState | None,
     baseline: ReleaseStats,
     candidate: ReleaseStats,
     *,
     elapsed: float,
     duration: float | None,
-) -> tuple[dict[str, Any], Verdict]:
+) -> tuple[ErrorRateState, Verdict]:
     """Fold one increment into the error-rate e-process and say what it shows.
 
-    State (JSON): the cumulative requests and errors per arm, one log-likelihood-
-    ratio sum per ρ1 of the grid, and the largest log e-value seen (for the
-    p-value). A state made for another margin is started afresh, since its sums
-    test another null; so is one made for another grid.
+    State (`ErrorRateState`): the cumulative requests and errors per arm, one
+    log-likelihood-ratio sum per ρ1 of the grid, and the largest log e-value
+    seen (for the p-value). A state made for another margin is started
+    afresh, since its sums test another null; so is one made for another grid.
     """
     rho0 = 1.0 + (template.margin if template.margin is not None else DEFAULT_MARGIN)
-    fresh = state.get("kind") != KIND or state.get("rho0") != rho0 or len(state.get("llr", ())) != GRID_SIZE
-    if not fresh and "verdict" in state:
-        return dict(state), Verdict.model_validate(state["verdict"])
-    llr: list[float] = [0.0] * GRID_SIZE if fresh else [float(x) for x in state["llr"]]
-    total_n = [0, 0] if fresh else [int(x) for x in state["requests"]]
-    total_e = [0, 0] if fresh else [int(x) for x in state["errors"]]
-    max_log_e = 0.0 if fresh else float(state["max_log_e"])
-    held: list[int] = [] if fresh else [int(x) for x in state.get("pending", [])]
+    kept = state if isinstance(state, ErrorRateState) else None
+    if kept is not None and (kept.rho0 != rho0 or len(kept.llr) != GRID_SIZE):
+        kept = None  # made for another margin or grid: its sums test another null
+    if kept is not None and kept.verdict is not None:
+        return kept, kept.verdict
+    llr: list[float] = [0.0] * GRID_SIZE if kept is None else list(kept.llr)
+    total_n = [0, 0] if kept is None else list(kept.requests)
+    total_e = [0, 0] if kept is None else list(kept.errors)
+    max_log_e = 0.0 if kept is None else kept.max_log_e
+    held: list[int] = [] if kept is None else list(kept.pending)
 
     (n_b, e_b), (n_c, e_c) = counts(baseline), counts(candidate)
     block, held = gather(held, [n_b, n_c, e_b, e_c])
@@ -323,15 +325,8 @@ def judge_error_rate(
     else:
         message = f"{rates}, e-value {fmt_e(ev)} (fails at {bound:g}) after {requests:,} requests"
     verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
-    new_state: dict[str, Any] = {
-        "kind": KIND,
-        "rho0": rho0,
-        "requests": total_n,
-        "errors": total_e,
-        "llr": llr,
-        "max_log_e": max_log_e,
-        "pending": held,
-    }
-    if finished(outcome):
-        new_state["verdict"] = verdict.model_dump(mode="json")
+    new_state = ErrorRateState(
+        rho0=rho0, requests=(total_n[0], total_n[1]), errors=(total_e[0], total_e[1]), llr=tuple(llr),
+        max_log_e=max_log_e, pending=tuple(held), verdict=verdict if finished(outcome) else None,
+    )
     return new_state, verdict

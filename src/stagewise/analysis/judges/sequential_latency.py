@@ -74,12 +74,11 @@ import math
 from typing import Any
 
 from stagewise.analysis.judges import sequential as seq
+from stagewise.core.judge_state import JudgeState, LatencyState
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats
 from stagewise.core.verdict import Outcome, Verdict
 
-KIND = "sequential/latency/4"
-"""/4: odds ratios of the exact conditional law, over active rungs, ψ1 up to 5·ψ0 (an older state restarts)."""
 DEFAULT_MARGIN = 0.5
 """Latency margin when the template gives none: 50 % more slow requests are tolerated."""
 DEFAULT_FLOOR_MS = 5.0
@@ -210,14 +209,14 @@ def _ms(value: float | None) -> str:
 
 def judge_latency(
     template: AnalysisTemplate,
-    state: dict[str, Any],
+    state: JudgeState | None,
     baseline: ReleaseStats,
     candidate: ReleaseStats,
     *,
     elapsed: float,
     duration: float | None,
     floor_ms: float | None = None,
-) -> tuple[dict[str, Any], Verdict]:
+) -> tuple[LatencyState, Verdict]:
     """Fold one increment's latency histograms into the per-rung e-processes.
 
     Requests are counted from the histograms (requests with a latency); the
@@ -227,22 +226,22 @@ def judge_latency(
     if floor_ms is None:
         floor_ms = template.floor * 1000 if template.floor is not None else DEFAULT_FLOOR_MS
     ladder = rungs(floor_ms)
-    fresh = state.get("kind") != KIND or state.get("rho0") != rho0 or state.get("rungs") != ladder
-    if not fresh and "verdict" in state:
-        return dict(state), Verdict.model_validate(state["verdict"])
-    if fresh:
+    kept = state if isinstance(state, LatencyState) else None
+    if kept is not None and (kept.rho0 != rho0 or list(kept.rungs) != ladder):
+        kept = None  # made for another margin or floor: its sums test another null
+    if kept is not None and kept.verdict is not None:
+        return kept, kept.verdict
+    if kept is None:
         llr = [[0.0] * ODDS_SIZE for _ in ladder]
         hist_b, hist_c = [0] * BUCKETS, [0] * BUCKETS
         max_log_e = log_e = 0.0
         seen = [0] * (len(ladder) + 1)
     else:
-        llr = [[float(x) for x in sums] for sums in state["llr"]]
-        hist_b = [int(x) for x in state["hist"][0]]
-        hist_c = [int(x) for x in state["hist"][1]]
-        max_log_e = float(state["max_log_e"])
-        log_e = float(state["log_e"])
-        seen = [int(x) for x in state["seen"]]
-    held: list[int] = [] if fresh else [int(x) for x in state.get("pending", [])]
+        llr = [list(sums) for sums in kept.llr]
+        hist_b, hist_c = list(kept.hist[0]), list(kept.hist[1])
+        max_log_e, log_e = kept.max_log_e, kept.log_e
+        seen = list(kept.seen)
+    held: list[int] = [] if kept is None else list(kept.pending)
 
     inc_b, inc_c = buckets(baseline), buckets(candidate)
     # held blocks keep only the per-rung slow counts: that is all the test reads
@@ -315,19 +314,11 @@ def judge_latency(
     else:
         message = f"{summary}, e-value {seq.fmt_e(ev)} (fails at {bound:g}) after {n_b + n_c:,} requests"
     verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
-    new_state: dict[str, Any] = {
-        "kind": KIND,
-        "rho0": rho0,
-        "rungs": ladder,
-        "hist": [hist_b, hist_c],
-        "llr": llr,
-        "log_e": log_e,
-        "seen": seen,
-        "max_log_e": max_log_e,
-        "pending": held,
-    }
-    if seq.finished(outcome):
-        new_state["verdict"] = verdict.model_dump(mode="json")
+    new_state = LatencyState(
+        rho0=rho0, rungs=tuple(ladder), hist=(tuple(hist_b), tuple(hist_c)), llr=tuple(tuple(x) for x in llr),
+        log_e=log_e, seen=tuple(seen), max_log_e=max_log_e, pending=tuple(held),
+        verdict=verdict if seq.finished(outcome) else None,
+    )
     return new_state, verdict
 
 

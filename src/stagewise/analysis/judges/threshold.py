@@ -22,11 +22,12 @@ Pure: no clock, no I/O.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from stagewise.analysis.judges import sequential as seq
 from stagewise.analysis.judges.checks import CheckState, check_due, conclude
-from stagewise.core.spec import AnalysisTemplate, ThresholdRange
+from stagewise.core.judge_state import JudgeState, ThresholdState
+from stagewise.core.spec import AnalysisTemplate, PrometheusTemplate, ThresholdRange
 from stagewise.core.stats import ReleaseStats
 from stagewise.core.verdict import Outcome, Verdict
 
@@ -48,31 +49,33 @@ def limits(template: AnalysisTemplate) -> ThresholdRange | None:
 
 def judge_threshold(
     template: AnalysisTemplate,
-    state: dict[str, Any],
+    state: JudgeState | None,
     baseline: ReleaseStats,
     candidate: ReleaseStats,
     *,
     elapsed: float,
     duration: float | None,
     values: tuple[float | None, float | None] | None = None,
-) -> tuple[dict[str, Any], Verdict]:
+) -> tuple[JudgeState | None, Verdict]:
     """Fold the increment into the window; check when due; say what the checks show."""
     metric = template.metric
     bounds = limits(template)
     if bounds is None:
-        return dict(state), Verdict(
+        return state, Verdict(
             outcome=Outcome.INCONCLUSIVE,
             message="judge threshold needs thresholdRange, such as {max: 0.01} for at most 1% errors",
             evidence={"judge": KIND, "metric": metric},
         )
-    checks = CheckState.load(state, KIND, metric)
-    if checks.verdict is not None:
-        return dict(state), checks.verdict
-    window = ReleaseStats.model_validate(state["window"]) if checks.started else ReleaseStats()
-    window = window.plus(candidate)
-    totals = [int(x) for x in state["requests"]] if checks.started else [0, 0]
+    kind: Literal["threshold/error-rate", "threshold/latency"] = (
+        "threshold/latency" if metric == "latency" else "threshold/error-rate")
+    kept = state if isinstance(state, ThresholdState) and state.kind == kind else None
+    if kept is not None and kept.verdict is not None:
+        return kept, kept.verdict
+    checks = CheckState.load(kept)
+    window = (kept.window if kept is not None else ReleaseStats()).plus(candidate)
+    totals = list(kept.requests) if kept is not None else [0, 0]
     totals = [totals[0] + seq.counts(baseline)[0], totals[1] + seq.counts(candidate)[0]]
-    from_provider = template.provider in ("http", "command") or template.query is not None
+    from_provider = template.gives_values
 
     value: float | None = None
     checked = False
@@ -121,10 +124,8 @@ def judge_threshold(
         message = (f"{what} {_fmt(checks, template)}, range {_range(bounds)}; "
                    f"{checks.failed} of {checks.count} checks failed")
     verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
-    new_state = checks.dump(KIND, metric)
-    new_state.update({"window": window.model_dump(mode="json"), "requests": totals})
-    if seq.finished(outcome):
-        new_state["verdict"] = verdict.model_dump(mode="json")
+    new_state = ThresholdState(kind=kind, **checks.kept(), window=window,
+                               requests=(totals[0], totals[1]), verdict=verdict if seq.finished(outcome) else None)
     return new_state, verdict
 
 
@@ -135,7 +136,7 @@ def _inside(value: float, bounds: ThresholdRange) -> bool:
 
 
 def _what(template: AnalysisTemplate) -> str:
-    if template.query:
+    if isinstance(template, PrometheusTemplate) and template.query:
         return "the candidate's query value"
     if template.provider in ("http", "command"):
         return f"{template.provider} check failures"
@@ -157,5 +158,5 @@ def _fmt(checks: CheckState, template: AnalysisTemplate) -> str:
     value = last.get("value")
     if value is None:
         return "no data"
-    fraction = template.metric == "error-rate" and template.provider in ("router", "prometheus") and not template.query
+    fraction = template.metric == "error-rate" and not template.gives_values  # counts: an error rate
     return f"{value:.2%}" if fraction else f"{value:.4g}"

@@ -18,14 +18,15 @@ never another driver — and translates its failures into `ProviderError`
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import ReleaseStats
-from stagewise.errors import UnknownDriverError
+from stagewise.errors import ProviderError, UnknownDriverError
 
-__all__ = ["PROVIDER_KINDS", "Measurement", "Provider", "Target", "fill", "get_provider"]
+__all__ = ["PROVIDER_KINDS", "Measurement", "Provider", "Target", "fill", "get_provider", "not_mine"]
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,21 @@ PROVIDER_KINDS = ("router", "prometheus", "http", "command")
 _PLACEHOLDER = re.compile(r"\{\{\s*(service|release|baseline|candidate|window)\s*\}\}")
 
 
-def fill(text: str, *, target: Target, release: str) -> str:
-    """`text` with {{service}}, {{release}}, {{baseline}}, {{candidate}} and {{window}} replaced."""
+def fill(text: str, *, target: Target, release: str, escape: Callable[[str], str] | None = None) -> str:
+    """`text` with {{service}}, {{release}}, {{baseline}}, {{candidate}} and {{window}} replaced.
+
+    `escape` makes each value fit where it lands (a PromQL string or regex: see prometheus.fill_promql).
+    """
     window = f"{max(1, round(target.window))}s"
     names = {"service": target.service, "release": release, "baseline": target.baseline,
              "candidate": target.candidate, "window": window}
-    return _PLACEHOLDER.sub(lambda m: names[m[1]], text)
+    return _PLACEHOLDER.sub(lambda m: escape(names[m[1]]) if escape else names[m[1]], text)
+
+
+def not_mine(kind: str, template: AnalysisTemplate) -> ProviderError:
+    """The error for a template of another provider handed to the `kind` provider (the caller's mistake)."""
+    return ProviderError(f"the {kind} provider cannot measure a template of provider {template.provider}",
+                         delay=60.0)
 
 
 def get_provider(kind: str) -> Provider:

@@ -17,8 +17,8 @@ import contextlib
 import os
 import time
 
-from stagewise.analysis.providers import Measurement, Target, fill
-from stagewise.core.spec import AnalysisTemplate
+from stagewise.analysis.providers import Measurement, Target, fill, not_mine
+from stagewise.core.spec import AnalysisTemplate, CommandTemplate
 from stagewise.errors import ProviderError
 
 DEFAULT_TIMEOUT = 60.0
@@ -30,8 +30,8 @@ class CommandProvider:
     """Implements `Provider` for `provider: command`."""
 
     async def measure(self, *, template: AnalysisTemplate, target: Target) -> Measurement:
-        if not template.args:
-            raise ProviderError("provider command needs args", delay=60.0)
+        if not isinstance(template, CommandTemplate):
+            raise not_mine("command", template)
         argv = [fill(a, target=target, release=target.candidate) for a in template.args]
         timeout = template.latency_limit or DEFAULT_TIMEOUT
         env = dict(os.environ, STAGEWISE_SERVICE=target.service, STAGEWISE_BASELINE=target.baseline,

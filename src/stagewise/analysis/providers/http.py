@@ -16,8 +16,8 @@ import time
 
 import httpx
 
-from stagewise.analysis.providers import Measurement, Target, fill
-from stagewise.core.spec import AnalysisTemplate
+from stagewise.analysis.providers import Measurement, Target, fill, not_mine
+from stagewise.core.spec import AnalysisTemplate, HttpTemplate
 from stagewise.errors import ProviderError
 
 DEFAULT_LIMIT = 5.0
@@ -28,8 +28,8 @@ class HttpProvider:
     """Implements `Provider` for `provider: http`."""
 
     async def measure(self, *, template: AnalysisTemplate, target: Target) -> Measurement:
-        if not template.url:
-            raise ProviderError("provider http needs url", delay=60.0)
+        if not isinstance(template, HttpTemplate):
+            raise not_mine("http", template)
         url = fill(template.url, target=target, release=target.candidate)
         limit = template.latency_limit or DEFAULT_LIMIT
         evidence: dict[str, object] = {"provider": "http", "method": template.method, "url": url,

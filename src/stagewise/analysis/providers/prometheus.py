@@ -13,17 +13,25 @@ Two ways to use it, chosen by the template:
 
 Prometheus's own errors (a bad query, a timeout) come back as ProviderError
 with Prometheus's words in them, never as a number.
+
+A value filled into a query is escaped for where it lands (`fill_promql`):
+inside a string literal its quotes and backslashes, and inside a regex
+matcher (`=~"..."`, `!~"..."`) first its regex metacharacters — a release
+`v1.0` in `server=~"{{release}}:.+"` must not also match the servers of
+`v100`. It never inserts a value unescaped into a string.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from stagewise.analysis.providers import Measurement, Target, fill
-from stagewise.core.spec import AnalysisTemplate
+from stagewise.analysis.providers import Measurement, Target, fill, not_mine
+from stagewise.core.spec import AnalysisTemplate, PrometheusTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats
 from stagewise.errors import ProviderError
 
@@ -37,26 +45,63 @@ COUNTER_QUERIES = {
 """What the counts mode asks, per release."""
 
 
+_LITERAL = re.compile(r"""#[^\n]*|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|`[^`]*`""")
+"""A PromQL comment, or a string literal: double-quoted, single-quoted (both with backslash escapes) or raw."""
+_REGEX_MATCHER = re.compile(r"[=!]~\s*$")
+_REGEX_SPECIAL = re.compile(r"[\\.+*?()|\[\]{}^$]")
+
+
+def fill_promql(query: str, *, target: Target, release: str) -> str:
+    """`query` with its placeholders filled in, each value escaped for the PromQL context it lands in."""
+    out: list[str] = []
+    done = 0
+    for literal in _LITERAL.finditer(query):
+        out.append(fill(query[done:literal.start()], target=target, release=release))
+        text = literal.group()
+        if text.startswith("#"):
+            out.append(text)
+        else:
+            regex = _REGEX_MATCHER.search(query, 0, literal.start()) is not None
+            escape = _escaper(regex=regex, quote=text[0])
+            out.append(text[0] + fill(text[1:-1], target=target, release=release, escape=escape) + text[0])
+        done = literal.end()
+    out.append(fill(query[done:], target=target, release=release))
+    return "".join(out)
+
+
+def _escaper(*, regex: bool, quote: str) -> Callable[[str], str]:
+    """How a value becomes part of a string literal opened by `quote`, one a regex matcher reads or not."""
+
+    def escape(value: str) -> str:
+        if regex:
+            value = _REGEX_SPECIAL.sub(r"\\\g<0>", value)
+        if quote == "`":  # a raw string: no escapes at all (and no backtick in a release's name)
+            return value
+        return value.replace("\\", "\\\\").replace(quote, "\\" + quote)
+
+    return escape
+
+
 class PrometheusProvider:
     """Implements `Provider` for `provider: prometheus`."""
 
     async def measure(self, *, template: AnalysisTemplate, target: Target) -> Measurement:
-        if not template.address:
-            raise ProviderError("provider prometheus needs address", delay=60.0)
+        if not isinstance(template, PrometheusTemplate):
+            raise not_mine("prometheus", template)
         base = template.address.rstrip("/")
         async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as client:
             if template.query:
                 values = []
                 asked = {}
                 for release in (target.baseline, target.candidate):
-                    promql = fill(template.query, target=target, release=release)
+                    promql = fill_promql(template.query, target=target, release=release)
                     asked[release] = promql
                     values.append(_value(await query(client, promql)))
                 return Measurement(values=(values[0], values[1]),
                                    evidence={"provider": "prometheus", "queries": asked, "values": values})
             counts = []
             for release in (target.baseline, target.candidate):
-                answers = {name: await query(client, fill(q, target=target, release=release))
+                answers = {name: await query(client, fill_promql(q, target=target, release=release))
                            for name, q in COUNTER_QUERIES.items()}
                 counts.append(_counts(answers))
         return Measurement(counts=(counts[0], counts[1]), evidence={"provider": "prometheus", "address": base})
