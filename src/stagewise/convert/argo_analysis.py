@@ -134,10 +134,12 @@ def convert_template(source: Source, ref_args: list[Any], rollout: str) -> list[
             led.dropped(("spec", key), "stagewise has no dry-run metrics and keeps every measurement")
     template_args = as_list(spec.get("args"))
     values = resolve_args(led, template_args, ref_args, rollout)
+    if led.get(("metadata", "annotations", carry.SERVICE)) is not None:
+        led.mapped(("metadata", "annotations", carry.SERVICE))
     carried = carry.load(led.get(("metadata", "annotations", carry.TEMPLATE)))
     if isinstance(carried, dict) and len(metrics) == 1 and isinstance(metrics[0], dict):
         # written by `--to argo` from a stagewise template that Argo's fields cannot say: it wins
-        led.mapped(("metadata", "annotations"), ("spec",))
+        led.mapped(("metadata",), ("spec",))
         interval = _seconds(led, ("spec", "metrics", 0, "interval"), metrics[0].get("interval"))
         return [(source.name, carried, _timing(led, ("spec", "metrics", 0), metrics[0], interval))]
     if led.get(("metadata", "labels")) == carry.MANAGED_BY:

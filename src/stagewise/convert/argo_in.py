@@ -19,10 +19,10 @@ import re
 from typing import Any
 
 from stagewise.convert import carry
-from stagewise.convert.argo_analysis import TemplateBook, convert_reference
+from stagewise.convert.argo_analysis import TemplateBook, convert_reference, convert_template
 from stagewise.convert.kube import argo_pause_seconds
 from stagewise.convert.ledger import Ledger, as_list
-from stagewise.convert.sources import Index, Source
+from stagewise.convert.sources import ARGO_GROUP, Index, Source
 from stagewise.convert.workload import KUBE_ONLY, release_from_pod
 from stagewise.core.durations import format_duration
 from stagewise.spec.yamltree import Path
@@ -131,6 +131,11 @@ def convert_rollout(source: Source, index: Index) -> tuple[dict[str, Any], list[
         led.dropped(("spec", "strategy"), "expected canary or blueGreen: the spec delivers with a canary "
                                           "straight to 100%")
         body["strategy"] = {"canary": {"steps": [{"setWeight": 100}]}}
+    for template in index.of(ARGO_GROUP, "AnalysisTemplate"):
+        if not template.used and template.ledger.get(("metadata", "annotations", carry.SERVICE)) == name:
+            template.used = True  # defined by the spec `--to argo` wrote it from, though no step names it
+            for metric_name, converted, _ in convert_template(template, [], name):
+                book.add(metric_name, converted)
     if book.templates:
         body["analysis"] = book.templates
     deadline = spec_in.get("progressDeadlineSeconds")
@@ -166,7 +171,7 @@ def _listen(led: Ledger, anno: Any, spec_in: dict[str, Any], index: Index, used:
     canary_service = led.get(("spec", "strategy", "canary", "canaryService"))
     twin = next((s for s in index.sources if s.kind == "Service" and s.name == canary_service), None)
     if twin is not None and not twin.used:
-        use_service(twin, used)
+        use_service(twin, used, "the canary Service answers at")
     if isinstance(written, str):
         return written  # what `--to argo` carried: the exact address, host included
     if port is None:
@@ -188,7 +193,7 @@ def service_port(index: Index, names: list[str], labels: Any, used: list[Source]
     return use_service(chosen, used)
 
 
-def use_service(service: Source, used: list[Source]) -> int | None:
+def use_service(service: Source, used: list[Source], role: str = "users call") -> int | None:
     """Read a Service's first port (the address users call becomes a loopback port); the rest is Kubernetes'."""
     led = service.ledger
     service.used = True
@@ -197,7 +202,7 @@ def use_service(service: Source, used: list[Source]) -> int | None:
     port = led.get(("spec", "ports", 0, "port"))
     if isinstance(port, int) and not isinstance(port, bool):
         led.mapped(("spec", "ports", 0, "port"))
-        led.caveat(("spec", "ports", 0, "port"), f"users call 127.0.0.1:{port}: change the host to serve others")
+        led.caveat(("spec", "ports", 0, "port"), f"{role} 127.0.0.1:{port}: change the host to serve others")
     spec = led.get(("spec",))
     for key in spec if isinstance(spec, dict) else ():
         if key != "ports":
@@ -372,7 +377,7 @@ def _blue_green(led: Ledger, cfg: dict[str, Any], anno: Any, listen: str, index:
 def _preview_listen(led: Ledger, base: Path, name: str, listen: str, index: Index, used: list[Source]) -> str:
     host, _, port_text = listen.rpartition(":")
     service = next((s for s in index.sources if s.kind == "Service" and s.name == name), None)
-    port = use_service(service, used) if service is not None else None
+    port = use_service(service, used, "testers reach the preview at") if service is not None else None
     if port is None or str(port) == port_text:
         port = int(port_text) + 1 if int(port_text) < 65535 else int(port_text) - 1
         led.caveat((*base, "previewService"), f"the preview Service becomes a second address, {host}:{port} "

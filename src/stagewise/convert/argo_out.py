@@ -261,12 +261,13 @@ def _analysis_template(led: Ledger, name: str, template: dict[str, Any], duratio
         metric["provider"] = {"prometheus": {"address": "http://prometheus.REPLACE-ME:9090",
                                              "query": PLACEHOLDER_QUERY[template["metric"]]}}
     document: dict[str, Any] = {"apiVersion": ARGO_API, "kind": "AnalysisTemplate",
-                                "metadata": {"name": name, "labels": dict(carry.MANAGED_BY)},
+                                "metadata": {"name": name, "labels": dict(carry.MANAGED_BY),
+                                             "annotations": {carry.SERVICE: rollout}},
                                 "spec": {"metrics": [metric]}}
     if args:
         document["spec"] = {"args": args, "metrics": [metric]}
     if not _reads_back(metric, args, template, rollout):
-        document["metadata"]["annotations"] = {carry.TEMPLATE: carry.dump(_sparse(template))}
+        document["metadata"]["annotations"][carry.TEMPLATE] = carry.dump(_sparse(template))
         led.caveat(("spec", "analysis", name), f"Argo has no field for this template ({_why(template)}): its "
                                                f"metric is a placeholder to complete, and the stagewise template "
                                                f"is kept in the {carry.TEMPLATE} annotation")

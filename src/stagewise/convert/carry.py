@@ -22,6 +22,8 @@ PLATFORM = PREFIX + "platform"
 PREVIEW = PREFIX + "preview"
 TEMPLATE = PREFIX + "analysis-template"
 """On an AnalysisTemplate: the stagewise template it was written from, as JSON."""
+SERVICE = PREFIX + "service"
+"""On an AnalysisTemplate: the service whose spec defines it (so one no step names still travels back)."""
 MANAGED_BY = {"app.kubernetes.io/managed-by": "stagewise"}
 
 
@@ -39,4 +41,5 @@ def load(text: Any) -> Any:
         return None
 
 
-__all__ = ["LISTEN", "MANAGED_BY", "PLATFORM", "PREFIX", "PREVIEW", "ROUTER", "TEMPLATE", "dump", "load"]
+__all__ = ["LISTEN", "MANAGED_BY", "PLATFORM", "PREFIX", "PREVIEW", "ROUTER", "SERVICE", "TEMPLATE", "dump",
+           "load"]
