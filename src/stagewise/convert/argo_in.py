@@ -20,7 +20,7 @@ from typing import Any
 
 from stagewise.convert import carry
 from stagewise.convert.argo_analysis import TemplateBook, convert_reference, convert_template
-from stagewise.convert.kube import argo_pause_seconds
+from stagewise.convert.kube import argo_pause_seconds, is_port
 from stagewise.convert.ledger import Ledger, as_list
 from stagewise.convert.sources import ARGO_GROUP, Index, Source
 from stagewise.convert.workload import KUBE_ONLY, release_from_pod
@@ -177,7 +177,7 @@ def _listen(led: Ledger, anno: Any, spec_in: dict[str, Any], index: Index, used:
     if port is None:
         ports = led.get(("spec", "template", "spec", "containers", 0, "ports"))
         first = ports[0] if isinstance(ports, list) and ports and isinstance(ports[0], dict) else {}
-        port = first.get("containerPort") if isinstance(first.get("containerPort"), int) else DEFAULT_PORT
+        port = first.get("containerPort") if is_port(first.get("containerPort")) else DEFAULT_PORT
         led.caveat(("spec",), f"listen is 127.0.0.1:{port} (no Service in the input says the port users call)")
     return f"127.0.0.1:{port}"
 
@@ -200,7 +200,7 @@ def use_service(service: Source, used: list[Source], role: str = "users call") -
     used.append(service)
     led.mapped(("apiVersion",), ("kind",), ("metadata", "name"))
     port = led.get(("spec", "ports", 0, "port"))
-    if isinstance(port, int) and not isinstance(port, bool):
+    if is_port(port):
         led.mapped(("spec", "ports", 0, "port"))
         led.caveat(("spec", "ports", 0, "port"), f"{role} 127.0.0.1:{port}: change the host to serve others")
     spec = led.get(("spec",))
@@ -212,7 +212,7 @@ def use_service(service: Source, used: list[Source], role: str = "users call") -
         for key in item if isinstance(item, dict) else ():
             if (i, key) != (0, "port"):
                 led.dropped(("spec", "ports", i, key), "stagewise gives each instance its own port, {port}")
-    return port if isinstance(port, int) and not isinstance(port, bool) else None
+    return port if isinstance(port, int) and is_port(port) else None
 
 
 def _selects(service: Source, labels: dict[str, Any]) -> bool:
@@ -264,9 +264,12 @@ def _step(led: Ledger, at: Path, step: Any, index: Index, book: TemplateBook, ro
         return None
     kind, value = next(iter(step.items()))
     where: Path = (*at, kind)
-    if kind == "setWeight" and isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
-        led.mapped(where)
-        return {"setWeight": value}
+    if kind == "setWeight":
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
+            led.mapped(where)
+            return {"setWeight": value}
+        led.dropped(where, f"expected a weight from 0 to 100, got {value!r}")
+        return None
     if kind == "pause":
         duration = value.get("duration") if isinstance(value, dict) else None
         if duration is None:

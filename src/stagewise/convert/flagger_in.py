@@ -24,7 +24,7 @@ from typing import Any
 
 from stagewise.convert.argo_in import STAGEWISE_API, metadata
 from stagewise.convert.flagger_hooks import convert_webhooks
-from stagewise.convert.kube import parse_go_duration
+from stagewise.convert.kube import is_port, parse_go_duration
 from stagewise.convert.ledger import Ledger, as_dict
 from stagewise.convert.sources import FLAGGER_GROUP, Index, Source
 from stagewise.convert.workload import KUBE_ONLY, PLACEHOLDER_VERSION, placeholder_command, release_from_pod
@@ -82,7 +82,7 @@ def convert_canary(source: Source, index: Index) -> tuple[dict[str, Any], list[S
 def _listen(led: Ledger) -> str:
     service = led.get(("spec", "service"))
     port = service.get("port") if isinstance(service, dict) else None
-    if not isinstance(port, int) or isinstance(port, bool):
+    if not isinstance(port, int) or not is_port(port):
         led.caveat(("spec",), "no service.port: listen is 127.0.0.1:8080")
         port = 8080
     else:

@@ -109,6 +109,11 @@ def escape(text: str) -> str:
     return "".join(out)
 
 
+def is_port(value: object) -> bool:
+    """A TCP port number a listen address can hold (Kubernetes' own range, 1–65535)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
