@@ -140,7 +140,7 @@ def convert_template(source: Source, ref_args: list[Any], rollout: str) -> list[
     if isinstance(carried, dict) and len(metrics) == 1 and isinstance(metrics[0], dict):
         # written by `--to argo` from a stagewise template that Argo's fields cannot say: it wins
         led.mapped(("metadata",), ("spec",))
-        interval = _seconds(led, ("spec", "metrics", 0, "interval"), metrics[0].get("interval"))
+        interval = go_seconds(led, ("spec", "metrics", 0, "interval"), metrics[0].get("interval"))
         return [(source.name, carried, _timing(led, ("spec", "metrics", 0), metrics[0], interval))]
     if led.get(("metadata", "labels")) == carry.MANAGED_BY:
         led.mapped(("metadata", "labels"))
@@ -215,7 +215,7 @@ def convert_metric(led: Ledger, path: Path, metric: dict[str, Any],
         return None
     kind = kinds[0]
     at: Path = (*path, "provider", kind)
-    interval = _seconds(led, (*path, "interval"), metric.get("interval"))
+    interval = go_seconds(led, (*path, "interval"), metric.get("interval"))
     template: dict[str, Any]
     if kind == "prometheus":
         template = _prometheus(led, at, provider[kind], values, interval)
@@ -241,7 +241,8 @@ def convert_metric(led: Ledger, path: Path, metric: dict[str, Any],
     return template, timing
 
 
-def _seconds(led: Ledger, path: Path, value: Any) -> float | None:
+def go_seconds(led: Ledger, path: Path, value: Any) -> float | None:
+    """Seconds of the Go duration at `path` (marked mapped), or None when absent or not one (reported)."""
     if value is None:
         return None
     try:
@@ -379,4 +380,5 @@ def _web(led: Ledger, at: Path, cfg: Any, values: dict[str, str | None], interva
     return template
 
 
-__all__ = ["Reference", "TemplateBook", "Timing", "convert_reference", "convert_template", "resolve_args"]
+__all__ = ["Reference", "TemplateBook", "Timing", "convert_reference", "convert_template", "go_seconds",
+           "resolve_args"]

@@ -22,9 +22,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from stagewise.convert.argo_analysis import go_seconds
 from stagewise.convert.argo_in import STAGEWISE_API, metadata
 from stagewise.convert.flagger_hooks import convert_webhooks
-from stagewise.convert.kube import is_port, parse_go_duration
+from stagewise.convert.kube import is_port
 from stagewise.convert.ledger import Ledger, as_dict
 from stagewise.convert.sources import FLAGGER_GROUP, Index, Source
 from stagewise.convert.workload import KUBE_ONLY, PLACEHOLDER_VERSION, placeholder_command, release_from_pod
@@ -124,16 +125,7 @@ def _release(led: Ledger, index: Index, used: list[Source]) -> tuple[dict[str, A
 
 
 def _interval(led: Ledger, path: Path) -> float | None:
-    value = led.get(path)
-    if value is None:
-        return None
-    try:
-        seconds = parse_go_duration(str(value))
-    except ValueError as exc:
-        led.dropped(path, str(exc))
-        return None
-    led.mapped(path)
-    return seconds
+    return go_seconds(led, path, led.get(path))
 
 
 def _strategy(led: Ledger, index: Index, templates: dict[str, dict[str, Any]], namespace: str,
