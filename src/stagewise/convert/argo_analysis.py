@@ -164,6 +164,7 @@ def resolve_args(led: Ledger, template_args: list[Any], ref_args: list[Any], rol
     values: dict[str, str | None] = {}
     for i, arg in enumerate(template_args):
         if isinstance(arg, dict) and isinstance(arg.get("name"), str):
+            led.mapped(("spec", "args", i))  # a declaration: its value is written where the template uses it
             values[arg["name"]] = _arg_value(led, ("spec", "args", i), arg, rollout)
     for arg in ref_args:
         if isinstance(arg, dict) and isinstance(arg.get("name"), str):

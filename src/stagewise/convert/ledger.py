@@ -82,8 +82,9 @@ class Ledger:
         self._reasons[path] = reason
 
     def caveat(self, path: Path, message: str) -> None:
-        """A remark on a field that was mapped: how the output differs from what the input meant."""
-        self._caveats.append((path, message))
+        """A remark on a field that was mapped: how the output differs from what the input meant (once)."""
+        if (path, message) not in self._caveats:
+            self._caveats.append((path, message))
 
     def get(self, path: Path) -> Any:
         """The value at `path`, or None when the document has none there."""
