@@ -14,6 +14,7 @@ schema, as written and strict.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import pytest
@@ -81,8 +82,8 @@ def reference(draw: st.DrawFn, defined: list[str], duration: str) -> dict[str, A
 
 @st.composite
 def specs(draw: st.DrawFn) -> dict[str, Any]:
-    analysis = draw(st.dictionaries(st.sampled_from(["errors", "latency", "promql", "smoke", "probe"]), templates(),
-                                    max_size=3))
+    template_names = st.sampled_from(["errors", "latency", "promql", "smoke", "404s percentage", "P99 (ms)"])
+    analysis = draw(st.dictionaries(template_names, templates(), max_size=3))
     defined = list(analysis)
     duration = format_duration(60 * draw(st.integers(1, 5)))  # a multiple of every interval above
     port = draw(st.integers(1024, 60000))
@@ -164,5 +165,7 @@ def test_stagewise_to_argo_and_back_is_the_identity(spec: dict[str, Any]) -> Non
     argo = to_argo([("service.yaml", text)])
     rollout = next(d for d in YAML(typ="safe").load_all(argo.outputs[0].text) if d and d["kind"] == "Rollout")
     assert rollout_errors(rollout) == []
+    names = [d["metadata"]["name"] for d in YAML(typ="safe").load_all(argo.outputs[0].text) if d]
+    assert all(re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", n) for n in names), names
     back = to_stagewise([("service.argo.yaml", argo.outputs[0].text)])
     assert loaded(back.outputs[0].text) == original

@@ -136,12 +136,16 @@ def convert_template(source: Source, ref_args: list[Any], rollout: str) -> list[
     values = resolve_args(led, template_args, ref_args, rollout)
     if led.get(("metadata", "annotations", carry.SERVICE)) is not None:
         led.mapped(("metadata", "annotations", carry.SERVICE))
+    own_name = led.get(("metadata", "annotations", carry.NAME))
+    name_of = own_name if isinstance(own_name, str) and own_name else source.name
+    if own_name is not None:
+        led.mapped(("metadata", "annotations", carry.NAME))
     carried = carry.load(led.get(("metadata", "annotations", carry.TEMPLATE)))
     if isinstance(carried, dict) and len(metrics) == 1 and isinstance(metrics[0], dict):
         # written by `--to argo` from a stagewise template that Argo's fields cannot say: it wins
         led.mapped(("metadata",), ("spec",))
         interval = go_seconds(led, ("spec", "metrics", 0, "interval"), metrics[0].get("interval"))
-        return [(source.name, carried, _timing(led, ("spec", "metrics", 0), metrics[0], interval))]
+        return [(name_of, carried, _timing(led, ("spec", "metrics", 0), metrics[0], interval))]
     if led.get(("metadata", "labels")) == carry.MANAGED_BY:
         led.mapped(("metadata", "labels"))
     out = []
@@ -153,7 +157,7 @@ def convert_template(source: Source, ref_args: list[Any], rollout: str) -> list[
         converted = convert_metric(led, path, metric, values)
         if converted is None:
             continue
-        name = source.name if len(metrics) == 1 else f"{source.name}-{metric.get('name', i)}"
+        name = name_of if len(metrics) == 1 else f"{source.name}-{metric.get('name', i)}"
         out.append((name, *converted))
     return out
 

@@ -18,7 +18,9 @@ Pure: text in, text out.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 from stagewise.convert import carry
@@ -226,7 +228,7 @@ def _durations(strategy: dict[str, Any]) -> dict[str, set[float]]:
 def _analysis_template(led: Ledger, name: str, template: dict[str, Any], duration: float | None,
                        rollout: str) -> dict[str, Any]:
     interval = body_seconds(template["interval"]) if "interval" in template else 60.0
-    metric: dict[str, Any] = {"name": name, "interval": go_duration(interval)}
+    metric: dict[str, Any] = {"name": kube_name(name), "interval": go_duration(interval)}
     if duration is not None:
         metric["count"] = max(1, math.ceil(duration / interval))
     if template["failureLimit"] != 1:
@@ -261,11 +263,13 @@ def _analysis_template(led: Ledger, name: str, template: dict[str, Any], duratio
         metric["provider"] = {"prometheus": {"address": "http://prometheus.REPLACE-ME:9090",
                                              "query": PLACEHOLDER_QUERY[template["metric"]]}}
     document: dict[str, Any] = {"apiVersion": ARGO_API, "kind": "AnalysisTemplate",
-                                "metadata": {"name": name, "labels": dict(carry.MANAGED_BY),
+                                "metadata": {"name": kube_name(name), "labels": dict(carry.MANAGED_BY),
                                              "annotations": {carry.SERVICE: rollout}},
                                 "spec": {"metrics": [metric]}}
     if args:
         document["spec"] = {"args": args, "metrics": [metric]}
+    if kube_name(name) != name:
+        document["metadata"]["annotations"][carry.NAME] = name
     if not _reads_back(metric, args, template, rollout):
         document["metadata"]["annotations"][carry.TEMPLATE] = carry.dump(_sparse(template))
         led.caveat(("spec", "analysis", name), f"Argo has no field for this template ({_why(template)}): its "
@@ -334,8 +338,16 @@ def _why(template: dict[str, Any]) -> str:
     return "a field Argo's metric does not carry"
 
 
+def kube_name(name: str) -> str:
+    """A template's name as a Kubernetes object's: itself when it is one, else cleaned and told apart by a hash."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:50].strip("-")
+    if clean == name:
+        return name
+    return f"{clean or 'template'}-{hashlib.blake2s(name.encode(), digest_size=3).hexdigest()}"
+
+
 def _ref(ref: dict[str, Any], templates: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"templates": [{"templateName": t} for t in ref["templates"]]}
+    out: dict[str, Any] = {"templates": [{"templateName": kube_name(t)} for t in ref["templates"]]}
     args = {a["name"]: a for t in ref["templates"] for a in templates.get(t, []) if "valueFrom" in a}
     if args:
         out["args"] = list(args.values())

@@ -22,6 +22,8 @@ PLATFORM = PREFIX + "platform"
 PREVIEW = PREFIX + "preview"
 TEMPLATE = PREFIX + "analysis-template"
 """On an AnalysisTemplate: the stagewise template it was written from, as JSON."""
+NAME = PREFIX + "name"
+"""On an AnalysisTemplate: the stagewise template's name, when it is no Kubernetes name (`404s percentage`)."""
 SERVICE = PREFIX + "service"
 """On an AnalysisTemplate: the service whose spec defines it (so one no step names still travels back)."""
 MANAGED_BY = {"app.kubernetes.io/managed-by": "stagewise"}
@@ -41,5 +43,5 @@ def load(text: Any) -> Any:
         return None
 
 
-__all__ = ["LISTEN", "MANAGED_BY", "PLATFORM", "PREFIX", "PREVIEW", "ROUTER", "SERVICE", "TEMPLATE", "dump",
+__all__ = ["LISTEN", "MANAGED_BY", "NAME", "PLATFORM", "PREFIX", "PREVIEW", "ROUTER", "SERVICE", "TEMPLATE", "dump",
            "load"]
