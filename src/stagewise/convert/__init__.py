@@ -95,6 +95,8 @@ def close(index: Index) -> dict[int, tuple[Tally, list[Note]]]:
 
 def _unused_reason(source: Source) -> str:
     kind = source.kind
+    if source.api_version == STAGEWISE_API:
+        return "a stagewise spec already (to write Argo Rollouts from it, use --to argo)"
     if kind in ("AnalysisTemplate", "ClusterAnalysisTemplate", "MetricTemplate"):
         return f"this {kind} is not referenced by a converted Rollout or Canary"
     if kind in ("Service", "Ingress", "Deployment", "HorizontalPodAutoscaler", "ConfigMap", "Secret"):

@@ -61,7 +61,7 @@ def convert_to_argo(inputs: list[tuple[str, str]]) -> Conversion:
     built = []
     for source in services:
         source.used = True
-        normal = _normalized(source, inputs)
+        normal = _normalized(source, index, inputs)
         built.append((source, _rollout_documents(source.ledger, normal)))
     closed = close(index)
     outputs = []
@@ -92,19 +92,23 @@ def _not_stagewise(index: Index) -> list[Problem]:
     return problems
 
 
-def _normalized(source: Source, inputs: list[tuple[str, str]]) -> dict[str, Any]:
-    """The spec as the loader reads it, every default filled in (the loader's own JSON form)."""
+def _normalized(source: Source, index: Index, inputs: list[tuple[str, str]]) -> dict[str, Any]:
+    """The spec as the loader reads it, every default filled in (the loader's own JSON form). The loader reads
+    the document's own lines, so what it refuses is reported at the line of the file."""
     text = next(t for f, t in inputs if f == source.filename)
-    single = sum(1 for _ in _documents_of(text)) == 1
-    spec = load_spec_text(text if single else dump_documents([source.data]), source.filename)
+    siblings = [s for s in index.sources if s.filename == source.filename]
+    first = source.ledger.doc.start.line
+    later = [s.ledger.doc.start.line for s in siblings if s.ledger.doc.start.line > first]
+    lines = text.splitlines(keepends=True)[first - 1:(min(later) - 1) if later else None]
+    while lines and lines[-1].strip() in ("---", "...", ""):
+        lines.pop()
+    try:
+        spec = load_spec_text("".join(lines), source.filename)
+    except SpecError as exc:
+        raise SpecError([Problem(p.file, p.line + first - 1, p.column, p.field, p.message)
+                         for p in exc.problems]) from exc
     normal: dict[str, Any] = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     return normal
-
-
-def _documents_of(text: str) -> list[Document]:
-    from stagewise.spec.yamltree import compose_documents
-
-    return compose_documents(text, "<input>")
 
 
 def _rollout_documents(led: Ledger, normal: dict[str, Any]) -> list[dict[str, Any]]:
