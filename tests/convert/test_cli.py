@@ -69,3 +69,14 @@ def test_converting_a_stagewise_spec_to_stagewise_says_what_to_do(tmp_path: Path
                           timeout=60, check=False).returncode == 0
     done = run(str(spec))
     assert done.returncode == 2 and "--to argo" in done.stderr
+
+
+def test_an_invalid_spec_to_argo_is_reported_where_validate_reports_it(tmp_path: Path) -> None:
+    spec = tmp_path / "two.yaml"
+    spec.write_text("apiVersion: stagewise.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\n"
+                    "spec: {listen: '127.0.0.1:1', release: {version: v, run: {command: [x]}}}\n---\n"
+                    "apiVersion: stagewise.dev/v1alpha1\nkind: Service\nmetadata: {name: b}\nspec:\n"
+                    "  listen: 127.0.0.1:2\n  replicas: 0\n  release: {version: v, run: {command: [x]}}\n")
+    done = run("--to", "argo", str(spec))
+    assert done.returncode == 2
+    assert f"{spec}:11:13: spec.replicas: expected a number at least 1" in done.stderr
