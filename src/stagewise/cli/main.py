@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from stagewise.cli import advise, render
+from stagewise.cli import advise, convert, render
 from stagewise.cli.client import ApiError, Client, Unreachable, default_state
 from stagewise.errors import SpecError, StagewiseError
 
@@ -280,6 +280,7 @@ def router(admin_socket: str = typer.Option(..., "--admin-socket"),
 
 
 advise.register(app)  # recommend, compare
+convert.register(app)
 
 
 def main() -> None:

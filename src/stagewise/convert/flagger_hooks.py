@@ -1,0 +1,61 @@
+"""Flagger's webhooks → stagewise hooks, one type name for one type name.
+
+stagewise's spec has no `hooks` yet, so every webhook is reported as not
+converted, with the `spec.hooks` entry it will become. The mapping itself is
+here and complete — Flagger's types keep their names (`confirm-rollout`,
+`pre-rollout`, `rollout`, `confirm-traffic-increase`, `confirm-promotion`,
+`post-rollout`, `rollback`, `event`; no type means `rollout`, as in Flagger)
+— so once the spec grows `hooks`, turning `SPEC_HAS_HOOKS` on is the whole change.
+
+Pure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from stagewise.convert.kube import parse_go_duration
+from stagewise.convert.ledger import Ledger
+from stagewise.core.durations import format_duration
+from stagewise.spec.yamltree import Path
+
+HOOK_TYPES = ("confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion",
+              "post-rollout", "rollback", "event")
+SPEC_HAS_HOOKS = False
+"""True once `spec.hooks` exists in the spec format: webhooks are then converted instead of reported."""
+
+
+def hook_entry(webhook: dict[str, Any]) -> dict[str, Any] | None:
+    """The `spec.hooks` entry of one webhook: its type, name and HTTP call; None for a type Flagger lacks."""
+    kind = webhook.get("type") or "rollout"
+    if kind not in HOOK_TYPES or not isinstance(webhook.get("url"), str):
+        return None
+    call: dict[str, Any] = {"url": webhook["url"]}
+    timeout = webhook.get("timeout")
+    if isinstance(timeout, str):
+        with contextlib.suppress(ValueError):  # a timeout Flagger itself would refuse: the hook keeps its default
+            call["timeout"] = format_duration(parse_go_duration(timeout))
+    if isinstance(webhook.get("metadata"), dict):
+        call["metadata"] = {str(k): str(v) for k, v in webhook["metadata"].items()}
+    return {"type": kind, "name": str(webhook.get("name", kind)), "http": call}
+
+
+def convert_webhooks(led: Ledger, at: Path, webhooks: Any) -> list[dict[str, Any]]:
+    """The hooks of `analysis.webhooks` at `at`; while the spec has none, each is reported with its entry."""
+    hooks: list[dict[str, Any]] = []
+    for i, webhook in enumerate(webhooks if isinstance(webhooks, list) else []):
+        entry = hook_entry(webhook) if isinstance(webhook, dict) else None
+        if entry is None:
+            led.dropped((*at, i), f"expected a webhook with a url and a type among {', '.join(HOOK_TYPES)}")
+        elif SPEC_HAS_HOOKS:
+            led.mapped((*at, i))
+            hooks.append(entry)
+        else:
+            led.dropped((*at, i), f"stagewise has no hooks yet; this {entry['type']} webhook is not converted "
+                                  f"(it will be spec.hooks: {json.dumps(entry, separators=(', ', ': '))})")
+    return hooks
+
+
+__all__ = ["HOOK_TYPES", "SPEC_HAS_HOOKS", "convert_webhooks", "hook_entry"]
