@@ -1,7 +1,7 @@
 """The builtin router against real proxy processes and real upstream servers.
 
 Proxies are started through `BuiltinRouter` (or, for the process's own
-contract, as `python -m stagewise.routers.proxy`) and get real HTTP on
+contract, as `python -m stagewise.routers.builtin.proxy`) and get real HTTP on
 loopback. Tests that only apply tables and send traffic share one proxy — a
 table replaces the last one whole, and counters are read relative to a
 snapshot — while tests of the life cycle get a proxy of their own. Counts are
@@ -574,7 +574,7 @@ async def test_proxy_process_contract(upstreams: Any, state_dir: Path) -> None:
     with socket.socket(socket.AF_UNIX) as stale:  # a socket file nobody listens on
         stale.bind(str(sock))
     port, metrics = free_port(), free_port()
-    argv = [sys.executable, "-m", "stagewise.routers.proxy", "--admin-socket", str(sock)]
+    argv = [sys.executable, "-m", "stagewise.routers.builtin.proxy", "--admin-socket", str(sock)]
     argv += ["--metrics-listen", f"127.0.0.1:{metrics}"]
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
         try:

@@ -26,10 +26,12 @@ import pytest_asyncio
 
 from stagewise.core.routes import BUCKETS, CohortRoute, HeaderRoute
 from stagewise.errors import RouterError
-from stagewise.routers import _process, get_router
-from stagewise.routers._haproxy_api import RuntimeApi
-from stagewise.routers._haproxy_config import cohort_bucket_crc32
-from stagewise.routers.haproxy import HaproxyRouter, master_command
+from stagewise.routers import get_router
+from stagewise.routers.common import process
+from stagewise.routers.haproxy import HaproxyRouter
+from stagewise.routers.haproxy.api import RuntimeApi
+from stagewise.routers.haproxy.config import cohort_bucket_crc32
+from stagewise.routers.haproxy.driver import master_command
 from tests.routers.balancers import Client, each_user, slow_request, table, versions
 from tests.routers.conftest import Upstream, free_port, short_dir, wait_until
 from tests.routers.programs import need
@@ -138,10 +140,10 @@ async def test_runtime_changes_survive_a_reload_and_a_sigkill(haproxy: HaproxyRo
     assert await wait_until_async(lambda: _boot_changed(haproxy, boot))
     assert await versions(port, 20) == {"v2": 20}
     # SIGKILL: stats say nothing runs; the next apply (the controller's) brings the same routes back
-    master = _process.read_pid(folder / "haproxy.pid")
+    master = process.read_pid(folder / "haproxy.pid")
     assert master is not None
     os.kill(master, signal.SIGKILL)
-    assert await wait_until(lambda: not _process.alive(master))
+    assert await wait_until(lambda: not process.alive(master))
     assert await wait_until_async(lambda: _stopped(haproxy))
     started = time.monotonic()
     await haproxy.apply(table=changed)

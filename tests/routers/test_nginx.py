@@ -23,7 +23,7 @@ import pytest_asyncio
 
 from stagewise.core.routes import CohortRoute, HeaderRoute
 from stagewise.errors import RouterError
-from stagewise.routers import _process
+from stagewise.routers.common import process
 from stagewise.routers.nginx import NginxRouter
 from tests.routers.balancers import Client, each_user, slow_request, table, versions
 from tests.routers.conftest import Upstream, free_port, short_dir, wait_until
@@ -55,7 +55,7 @@ def pick(upstreams: dict[str, Upstream], *names: str) -> dict[str, Upstream]:
 
 
 def master(router: NginxRouter, service: str = "shop") -> int:
-    pid = _process.read_pid(router.state_dir / "nginx" / service / "nginx.pid")
+    pid = process.read_pid(router.state_dir / "nginx" / service / "nginx.pid")
     assert pid is not None
     return pid
 
@@ -107,11 +107,11 @@ async def test_a_configuration_nginx_refuses_leaves_the_running_one(nginx: Nginx
 async def test_an_unchanged_table_does_not_reload(nginx: NginxRouter, upstreams: Any) -> None:
     port = free_port()
     await nginx.apply(table=table(port, upstreams))
-    workers = _process.children(master(nginx))
+    workers = process.children(master(nginx))
     await nginx.apply(table=table(port, upstreams))
-    assert _process.children(master(nginx)) == workers
+    assert process.children(master(nginx)) == workers
     await nginx.apply(table=table(port, pick(upstreams, "a1")))
-    assert _process.children(master(nginx)) != workers
+    assert process.children(master(nginx)) != workers
 
 
 async def test_apply_returns_once_a_removed_endpoint_has_nothing_in_flight(
@@ -154,7 +154,7 @@ async def test_counters_from_the_access_log(nginx: NginxRouter, upstreams: Any) 
     # a new master starts counting from zero, under a new boot
     pid = master(nginx)
     os.kill(pid, signal.SIGKILL)
-    assert await wait_until(lambda: not _process.alive(pid))
+    assert await wait_until(lambda: not process.alive(pid))
     await asyncio.sleep(0.1)  # the workers notice their master is gone
     assert (await nginx.stats(service="shop")).boot == ""
     await nginx.apply(table=table(port, pick(upstreams, "a1", "b1")))

@@ -1,6 +1,6 @@
 """The builtin router's data plane: one reverse-proxy process per service.
 
-    python -m stagewise.routers.proxy --admin-socket PATH [--metrics-listen HOST:PORT]
+    python -m stagewise.routers.builtin.proxy --admin-socket PATH [--metrics-listen HOST:PORT]
 
 It runs apart from the controller, so a controller restart or crash never
 drops a request: the controller (through `BuiltinRouter`) only talks to its
@@ -23,7 +23,8 @@ one process serves it; a second one exits 1.
 
 This module must import nothing of stagewise above `core` (the controller
 imports it, not the other way round), and nothing here runs per request except
-in `_fast` (plain requests, by protocol callbacks) and `_forward` (the rest).
+in `fast` and `fast_upstream` (plain requests, by protocol callbacks) and `streams`
+(the rest).
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from stagewise.core.routes import RouteTable
-from stagewise.routers._counters import Counters
-from stagewise.routers._fast import FastClient, finish_on_streams
-from stagewise.routers._fast_upstream import Pending, stream_pair
-from stagewise.routers._forward import CLIENT_IDLE_TIMEOUT, Traffic
-from stagewise.routers._http import (
+from stagewise.routers.builtin.counters import Counters
+from stagewise.routers.builtin.fast import FastClient, finish_on_streams
+from stagewise.routers.builtin.fast_upstream import Pending
+from stagewise.routers.builtin.plan import Endpoint, RoutePlan, split_address
+from stagewise.routers.builtin.pool import stream_pair
+from stagewise.routers.builtin.streams import CLIENT_IDLE_TIMEOUT, Traffic
+from stagewise.routers.builtin.wire import (
     CHUNKED,
     MAX_HEAD,
     BodyReader,
@@ -60,7 +63,6 @@ from stagewise.routers._http import (
     plain_response,
     request_framing,
 )
-from stagewise.routers._plan import Endpoint, RoutePlan, split_address
 
 log = logging.getLogger("stagewise.router")
 
@@ -155,7 +157,7 @@ class Proxy:
 
         def to_streams(transport: asyncio.Transport, data: bytes, upstream_data: bytes | None,
                        pending: Pending | None) -> None:
-            """A connection the fast path cannot serve goes on with the stream path (`_fast`)."""
+            """A connection the fast path cannot serve goes on with the stream path (see `fast`)."""
             reader, writer = stream_pair(transport, data)
             if pending is None or pending.upstream is None:
                 serving = self.traffic.serve(reader, writer, preview=preview)

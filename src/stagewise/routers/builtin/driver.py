@@ -1,4 +1,4 @@
-"""The builtin router driver: one `stagewise.routers.proxy` process per service.
+"""The builtin router driver: one `stagewise.routers.builtin.proxy` process per service.
 
 The proxy runs detached (its own session, output to a log file), not as a
 child that lives and dies with the controller: a controller restart must never
@@ -31,7 +31,7 @@ import httpx
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
 from stagewise.errors import RouterError
-from stagewise.routers import _process
+from stagewise.routers.common import process
 
 START_TIMEOUT = 10.0
 """Seconds a new proxy gets to answer /healthz."""
@@ -39,8 +39,8 @@ STOP_TIMEOUT = 10.0
 """Seconds a proxy gets to drain after SIGTERM before SIGKILL."""
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_PROXY_MODULE = "stagewise.routers.proxy"
-_SRC_DIR = str(Path(__file__).resolve().parents[2])
+_PROXY_MODULE = "stagewise.routers.builtin.proxy"
+_SRC_DIR = str(Path(__file__).resolve().parents[3])
 
 
 class BuiltinRouter:
@@ -90,10 +90,10 @@ class BuiltinRouter:
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-                if not await _process.wait_exit(pid, STOP_TIMEOUT):
+                if not await process.wait_exit(pid, STOP_TIMEOUT):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    if not await _process.wait_exit(pid, 5.0):
+                    if not await process.wait_exit(pid, 5.0):
                         raise RouterError(f"router of {service} (pid {pid}) did not exit")
             client = self._clients.pop(service, None)
             if client is not None:
@@ -141,16 +141,16 @@ class BuiltinRouter:
             health = await self._health(service)
             if health is not None:
                 return health
-            if not _process.alive(pid):
+            if not process.alive(pid):
                 # it may have lost the lock to a proxy started at the same moment: ask once more
                 health = await self._health(service)
                 if health is not None:
                     return health
-                raise RouterError(f"router of {service} exited at start: {_process.tail(folder / 'router.log')}")
+                raise RouterError(f"router of {service} exited at start: {process.tail(folder / 'router.log')}")
             await asyncio.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        await _process.wait_exit(pid, 2.0)
+        await process.wait_exit(pid, 2.0)
         raise RouterError(f"router of {service} did not answer within {START_TIMEOUT:.0f} s")
 
     async def _health(self, service: str) -> dict[str, Any] | None:
@@ -182,7 +182,7 @@ class BuiltinRouter:
             pid = int((self._folder(service) / "pid").read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _process.alive(pid) and self._is_proxy(pid, service) else None
+        return pid if process.alive(pid) and self._is_proxy(pid, service) else None
 
     def _is_proxy(self, pid: int, service: str) -> bool:
         """Whether `pid` runs our proxy on this service's socket (and not a process that reused the pid)."""

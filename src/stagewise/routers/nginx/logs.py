@@ -1,7 +1,7 @@
 """Per-release counters of an nginx, read from its JSON access log.
 
 nginx's open-source build exposes no per-upstream counters, but logs every
-request; `_nginx_config` makes each line `{"r": release, "s": status, "t":
+request; `config` makes each line `{"r": release, "s": status, "t":
 seconds, "a": upstream address, "p": worker pid, "m": time}` (the last three
 for people reading the log). The reader keeps its file offset and the
 tallies so far, and reads only what was appended since — so a stats call costs
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stagewise.routers._tally import Tallies, Tally
+from stagewise.routers.common.tallies import Tallies, Tally
 
 CHUNK = 4 * 1024 * 1024
 

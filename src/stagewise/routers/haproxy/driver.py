@@ -4,7 +4,7 @@ Two modes:
 
 - *managed* (`router: {kind: haproxy}`): one master-worker HAProxy per service,
   run detached (it outlives the controller), its files under
-  `<state_dir>/haproxy/<service>/` (see `_haproxy_config.Paths`). Weights,
+  `<state_dir>/haproxy/<service>/` (see `config.Paths`). Weights,
   servers and map entries change at run time, with no reload; listeners,
   header names, the cohort key or more release slots need a new configuration,
   checked with `haproxy -c` and loaded by a reload through the master CLI.
@@ -27,7 +27,7 @@ Instances come and go as dynamic servers: added with `add server`; removed by
 (their counts kept in `retired.json`, so a release's counters never go down).
 
 Counters: responses and 5xx per server from `show stat` (`hrsp_*`: `req_tot`
-is not per server), latency from HAProxy's log lines (`_haproxy_logs`). `boot`
+is not per server), latency from HAProxy's log lines (`logs`). `boot`
 names the HAProxy worker (pid and start time): it changes on a reload or a
 restart, when `show stat` starts again from zero, and the controller then
 applies the table again. When a managed HAProxy is down, `stats` says so with an
@@ -48,9 +48,10 @@ from pathlib import Path
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import ReleaseStats, RouterStats
 from stagewise.errors import RouterError
-from stagewise.routers import _process
-from stagewise.routers._haproxy_api import RuntimeApi, ServerStat
-from stagewise.routers._haproxy_config import (
+from stagewise.routers.common import process
+from stagewise.routers.common.shares import endpoint_weights
+from stagewise.routers.haproxy.api import RuntimeApi, ServerStat
+from stagewise.routers.haproxy.config import (
     MAX_WEIGHT,
     Desired,
     Layout,
@@ -65,8 +66,7 @@ from stagewise.routers._haproxy_config import (
     render_map,
     server_name,
 )
-from stagewise.routers._haproxy_logs import LogReceiver
-from stagewise.routers._shares import endpoint_weights
+from stagewise.routers.haproxy.logs import LogReceiver
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -148,10 +148,10 @@ class HaproxyRouter:
                 await api.run([f"set server {s.backend}/{s.name} state maint" for s in servers], check=False)
                 await api.run([f"del server {s.backend}/{s.name}" for s in servers], check=False)
                 return
-            pid = _process.read_pid(paths.pid)
+            pid = process.read_pid(paths.pid)
             if pid is not None:
                 # SIGUSR1 to the master: a soft stop, the workers finish the requests they have
-                await _process.terminate(pid, first=signal.SIGUSR1, timeout=STOP_TIMEOUT)
+                await process.terminate(pid, first=signal.SIGUSR1, timeout=STOP_TIMEOUT)
             for path in (paths.admin, paths.master, paths.pid):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
@@ -171,7 +171,7 @@ class HaproxyRouter:
         layout = layout_for(table, loaded, slots)
         desired = desired_for(table, layout, slots)
         for name, entries in desired.maps.items():
-            _process.write_atomic(paths.map(name), render_map(entries))
+            process.write_atomic(paths.map(name), render_map(entries))
         config = render(layout, desired, paths, threads=self.threads)
         if not running or layout != loaded:
             # the new configuration says everything; a server state saved before it would override its weights
@@ -184,10 +184,10 @@ class HaproxyRouter:
             await self._write_config(paths, config, check=True)
             await self._reload(paths, api)
         else:
-            _process.write_atomic(paths.config, config)
+            process.write_atomic(paths.config, config)
             await self._change_at_runtime(api, desired, paths, layout.maps())
-        _process.write_atomic(paths.layout, layout.to_json())
-        _process.write_atomic(paths.slots, json.dumps(slots))
+        process.write_atomic(paths.layout, layout.to_json())
+        process.write_atomic(paths.slots, json.dumps(slots))
         await self._save_server_state(api, paths)
 
     async def _change_at_runtime(self, api: RuntimeApi, desired: Desired, paths: Paths, maps: list[str]) -> None:
@@ -223,7 +223,7 @@ class HaproxyRouter:
 
     async def _start(self, paths: Paths) -> None:
         """Start a detached master-worker HAProxy on the configuration and wait until it answers."""
-        haproxy = _process.binary("haproxy", "haproxy")
+        haproxy = process.binary("haproxy", "haproxy")
         for path in (paths.admin, paths.master):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -238,12 +238,12 @@ class HaproxyRouter:
                 await proc.wait()
                 raise RouterError(f"HAProxy did not start within {START_TIMEOUT:.0f} s") from exc
         if code != 0:
-            raise RouterError(f"HAProxy did not start (exit {code}): {_process.tail(paths.output)}")
+            raise RouterError(f"HAProxy did not start (exit {code}): {process.tail(paths.output)}")
         deadline = time.monotonic() + START_TIMEOUT
         api = self._api(paths)
         while not await self._answers(api):
             if time.monotonic() > deadline:
-                raise RouterError(f"HAProxy started but its socket did not answer: {_process.tail(paths.output)}")
+                raise RouterError(f"HAProxy started but its socket did not answer: {process.tail(paths.output)}")
             await asyncio.sleep(0.02)
 
     async def _reload(self, paths: Paths, api: RuntimeApi) -> None:
@@ -263,15 +263,15 @@ class HaproxyRouter:
                     break
             if time.monotonic() > deadline:
                 raise RouterError(f"HAProxy did not reload within {RELOAD_TIMEOUT:.0f} s: "
-                                  f"{_process.tail(paths.output)}")
+                                  f"{process.tail(paths.output)}")
             await asyncio.sleep(0.02)
         # requests still running on the old worker may go to servers the new configuration dropped:
         # the controller stops those instances once `apply` returns, so wait for the old worker first
-        await _process.wait_exit(int(old), OLD_WORKER_TIMEOUT)
+        await process.wait_exit(int(old), OLD_WORKER_TIMEOUT)
 
     async def _recover(self, paths: Paths, api: RuntimeApi) -> bool:
         """A master that runs but whose worker does not answer: give it a moment, else end it."""
-        pid = _process.read_pid(paths.pid)
+        pid = process.read_pid(paths.pid)
         if pid is None:
             return False
         deadline = time.monotonic() + 3.0
@@ -279,7 +279,7 @@ class HaproxyRouter:
             if await self._answers(api):
                 return True
             await asyncio.sleep(0.05)
-        await _process.terminate(pid, first=signal.SIGTERM, timeout=2.0)
+        await process.terminate(pid, first=signal.SIGTERM, timeout=2.0)
         return False
 
     async def _write_config(self, paths: Paths, config: str, *, check: bool) -> None:
@@ -287,7 +287,7 @@ class HaproxyRouter:
         candidate = paths.config.with_name("haproxy.cfg.new")
         candidate.write_text(config)
         if check:
-            haproxy = _process.binary("haproxy", "haproxy")
+            haproxy = process.binary("haproxy", "haproxy")
             proc = await asyncio.create_subprocess_exec(
                 haproxy, "-c", "-q", "-f", str(candidate),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -300,7 +300,7 @@ class HaproxyRouter:
     async def _save_server_state(self, api: RuntimeApi, paths: Paths) -> None:
         state = await api.one("show servers state", check=False)
         if state.startswith("1"):
-            _process.write_atomic(paths.state, state.rstrip("\n") + "\n")
+            process.write_atomic(paths.state, state.rstrip("\n") + "\n")
 
     # -- external mode -------------------------------------------------------------------
 
@@ -345,7 +345,7 @@ class HaproxyRouter:
                 retired[release_of(s.name)] = (responses + s.responses, errors + s.errors)
                 deleted.add((s.backend, s.name))
         if deleted:
-            _process.write_atomic(paths.retired, json.dumps({"boot": boot, "releases": retired}))
+            process.write_atomic(paths.retired, json.dumps({"boot": boot, "releases": retired}))
         return [s for s in now.values() if (s.backend, s.name) not in deleted]
 
     # -- helpers -------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 One nginx per service (`worker_processes 1` by default), run detached as the
 current user with everything under `<state_dir>/nginx/<service>/` — its prefix,
 pid file, logs and temp paths — so it needs no root and touches nothing of a
-system nginx. `apply` renders the table (`_nginx_config`), and:
+system nginx. `apply` renders the table (`config`), and:
 
 - when nothing runs: starts nginx on it (the access log begins anew);
 - when the configuration is unchanged: does nothing (no reload);
@@ -15,7 +15,7 @@ system nginx. `apply` renders the table (`_nginx_config`), and:
   endpoint the table dropped, so the controller may stop it (nginx reports no
   per-endpoint in-flight count; `stats().inflight` stays empty).
 
-Counters come from the JSON access log (`_nginx_logs`); `boot` names the
+Counters come from the JSON access log (`logs`); `boot` names the
 master (pid and start time), which survives reloads.
 """
 
@@ -32,9 +32,9 @@ from pathlib import Path
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
 from stagewise.errors import RouterError
-from stagewise.routers import _process
-from stagewise.routers._nginx_config import Paths, render
-from stagewise.routers._nginx_logs import AccessLog
+from stagewise.routers.common import process
+from stagewise.routers.nginx.config import Paths, render
+from stagewise.routers.nginx.logs import AccessLog
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -59,7 +59,7 @@ class NginxRouter:
             for folder in (paths.folder, paths.temp):
                 folder.mkdir(parents=True, exist_ok=True)
             config = render(table, paths, workers=self.workers)
-            master = _process.read_pid(paths.pid)
+            master = process.read_pid(paths.pid)
             if master is None:
                 await self._check(paths, config)
                 paths.candidate.replace(paths.config)
@@ -75,10 +75,10 @@ class NginxRouter:
     async def stats(self, *, service: str) -> RouterStats:
         async with self._lock(service):
             paths = self._paths(service)
-            master = _process.read_pid(paths.pid)
+            master = process.read_pid(paths.pid)
             if master is None:
                 return RouterStats()  # nothing runs, so nothing was counted; the next apply starts it
-            boot = f"{master}-{_process.start_time(master)}"
+            boot = f"{master}-{process.start_time(master)}"
             log = self._logs.get(service)
             if log is None or log.boot != boot:
                 log = self._logs[service] = AccessLog(paths.access_log, boot)
@@ -88,10 +88,10 @@ class NginxRouter:
     async def stop(self, *, service: str) -> None:
         async with self._lock(service):
             paths = self._paths(service)
-            master = _process.read_pid(paths.pid)
+            master = process.read_pid(paths.pid)
             if master is not None:
                 # SIGQUIT: a graceful shutdown, requests in flight finish
-                await _process.terminate(master, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
+                await process.terminate(master, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
             with contextlib.suppress(FileNotFoundError):
                 paths.pid.unlink()
             self._logs.pop(service, None)
@@ -111,42 +111,42 @@ class NginxRouter:
 
     async def _start(self, paths: Paths) -> None:
         # workers outlive a master killed with SIGKILL and keep the listeners: end them gracefully first
-        for orphan in _process.holders(paths.access_log):
-            await _process.terminate(orphan, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
+        for orphan in process.holders(paths.access_log):
+            await process.terminate(orphan, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
         paths.access_log.write_bytes(b"")  # one log per master: counters start from zero with a new boot
         # output to a file, not a pipe: the daemon it forks may hold the pipe open long after
         code, _ = await _run(self._command(paths, paths.config), output=paths.output)
         if code != 0:
-            raise RouterError(f"nginx did not start (exit {code}): {_process.tail(paths.output)} "
-                              f"{_process.tail(paths.error_log)}")
+            raise RouterError(f"nginx did not start (exit {code}): {process.tail(paths.output)} "
+                              f"{process.tail(paths.error_log)}")
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            master = _process.read_pid(paths.pid)
-            if master is not None and _process.children(master):
+            master = process.read_pid(paths.pid)
+            if master is not None and process.children(master):
                 return
             if time.monotonic() > deadline:
                 raise RouterError(f"nginx did not start within {START_TIMEOUT:.0f} s: "
-                                  f"{_process.tail(paths.error_log)}")
+                                  f"{process.tail(paths.error_log)}")
             await asyncio.sleep(0.01)
 
     async def _reload(self, paths: Paths, master: int) -> None:
         """SIGHUP; wait for new workers, then for the old ones to finish their requests."""
-        old = set(_process.children(master))
+        old = set(process.children(master))
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGHUP)
         deadline = time.monotonic() + RELOAD_TIMEOUT
-        while not set(_process.children(master)) - old:
-            if time.monotonic() > deadline or not _process.alive(master):
-                raise RouterError(f"nginx did not reload: {_process.tail(paths.error_log)}")
+        while not set(process.children(master)) - old:
+            if time.monotonic() > deadline or not process.alive(master):
+                raise RouterError(f"nginx did not reload: {process.tail(paths.error_log)}")
             await asyncio.sleep(0.005)
         deadline = time.monotonic() + OLD_WORKER_TIMEOUT
-        while any(_process.alive(pid) for pid in old):
+        while any(process.alive(pid) for pid in old):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.005)
 
     def _command(self, paths: Paths, config: Path, *flags: str) -> list[str]:
-        nginx = _process.binary("nginx", "nginx-light")
+        nginx = process.binary("nginx", "nginx-light")
         return [nginx, *flags, "-p", f"{paths.folder}/", "-c", str(config), "-e", str(paths.error_log)]
 
     def _paths(self, service: str) -> Paths:

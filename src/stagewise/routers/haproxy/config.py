@@ -41,7 +41,7 @@ from pathlib import Path
 
 from stagewise.core.routes import BUCKETS, RouteTable
 from stagewise.errors import RouterError
-from stagewise.routers._shares import endpoint_weights
+from stagewise.routers.common.shares import endpoint_weights
 
 MAX_WEIGHT = 256
 """HAProxy's largest server weight."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from stagewise.core.routes import Endpoint, RouteTable
 from stagewise.errors import RouterError
-from stagewise.routers._shares import endpoint_weights
+from stagewise.routers.common.shares import endpoint_weights
 
 MAX_WEIGHT = 256
 ALL, NONE = "sw_all", "sw_none"
