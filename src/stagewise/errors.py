@@ -5,7 +5,8 @@
     │   ├── SpecError             a spec file is malformed or invalid (file:line:column)
     │   ├── NotFoundError         a service or delivery that does not exist
     │   ├── ConflictError         a verb that does not fit the delivery's phase
-    │   └── UnknownDriverError    a router/platform/judge/provider name with no backend
+    │   ├── UnknownDriverError    a router/platform/judge/provider name with no backend
+    │   └── RouterConfigError     a router refused a route table or the configuration made of it
     └── TemporaryError(delay=)    worth retrying after `delay` seconds
         ├── RouterError           the data plane could not be reached or refused a table
         ├── PlatformError         an instance could not be started, probed or stopped
@@ -66,6 +67,11 @@ class UnknownDriverError(PermanentError, ValueError):
     def __init__(self, kind: str, name: str, choices: list[str]) -> None:
         self.kind, self.name, self.choices = kind, name, choices
         super().__init__(f"unknown {kind} {name!r}; expected one of: {', '.join(sorted(choices))}")
+
+
+class RouterConfigError(PermanentError):
+    """A router refused a route table, or the configuration made of it (`nginx -t`, `haproxy -c`, a value
+    the balancer cannot express): the same table fails the same way until it changes."""
 
 
 class TemporaryError(StagewiseError):

@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 
 from stagewise.core.routes import BUCKETS, CohortRoute, HeaderRoute
-from stagewise.errors import RouterError
+from stagewise.errors import PermanentError, RouterConfigError, TemporaryError
 from stagewise.routers import get_router
 from stagewise.routers.common import process
 from stagewise.routers.haproxy import HaproxyRouter
@@ -221,8 +221,10 @@ async def test_a_configuration_haproxy_refuses_leaves_the_running_one(
     port = free_port()
     await haproxy.apply(table=table(port, upstreams))
     boot = await worker_pid(haproxy)
-    with pytest.raises(RouterError, match="HAProxy refused the configuration"):
+    with pytest.raises(RouterConfigError, match="HAProxy refused the configuration") as refused:
         await haproxy.apply(table=table(port, upstreams, preview_listen="127.0.0.1:99999", preview_release="v2"))
+    # permanent: the same table fails the same way, so the controller must not retry it as if transient
+    assert isinstance(refused.value, PermanentError) and not isinstance(refused.value, TemporaryError)
     assert await worker_pid(haproxy) == boot
     got = await versions(port, 10)
     assert set(got) == {"v1", "v2"} and got.total() == 10
@@ -249,10 +251,10 @@ async def test_external_mode_drives_the_servers_of_one_backend(upstreams: Any, s
         ours = table(port, pick(upstreams, "a2", "b1"), weights={"v1": 0, "v2": 100})
         await router.apply(table=ours)
         assert await versions(port, 10) == {"v2": 10}
-        with pytest.raises(RouterError, match="weights only"):
+        with pytest.raises(RouterConfigError, match="weights only"):
             await router.apply(table=ours.model_copy(update={"header_routes": (
                 HeaderRoute(header="X-Canary", value="1", release="v1"),)}))
-        with pytest.raises(RouterError, match="metricsListen is not supported with an external HAProxy"):
+        with pytest.raises(RouterConfigError, match="metricsListen is not supported with an external HAProxy"):
             await router.apply(table=ours.model_copy(update={"metrics_listen": f"127.0.0.1:{free_port()}"}))
         assert (await router.stats(service="shop")).release("v2").requests == 10
         await router.stop(service="shop")  # removes our servers, leaves theirs

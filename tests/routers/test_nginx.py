@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from stagewise.core.routes import CohortRoute, HeaderRoute
-from stagewise.errors import RouterError
+from stagewise.errors import PermanentError, RouterConfigError, TemporaryError
 from stagewise.routers.common import process
 from stagewise.routers.nginx import NginxRouter
 from tests.routers.balancers import Client, each_user, slow_request, table, versions
@@ -97,8 +97,10 @@ async def test_a_configuration_nginx_refuses_leaves_the_running_one(nginx: Nginx
     port = free_port()
     await nginx.apply(table=table(port, upstreams, weights={"v1": 100, "v2": 0}))
     pid, config = master(nginx), (nginx.state_dir / "nginx" / "shop" / "nginx.conf").read_text()
-    with pytest.raises(RouterError, match="nginx refused the configuration"):
+    with pytest.raises(RouterConfigError, match="nginx refused the configuration") as refused:
         await nginx.apply(table=table(port, upstreams, preview_listen="127.0.0.1:99999", preview_release="v2"))
+    # permanent: the same table fails the same way, so the controller must not retry it as if transient
+    assert isinstance(refused.value, PermanentError) and not isinstance(refused.value, TemporaryError)
     assert (nginx.state_dir / "nginx" / "shop" / "nginx.conf").read_text() == config
     assert master(nginx) == pid
     assert await versions(port, 10) == {"v1": 10}

@@ -30,7 +30,7 @@ import httpx
 
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
-from stagewise.errors import RouterError
+from stagewise.errors import RouterConfigError, RouterError
 from stagewise.routers.common import process
 
 START_TIMEOUT = 10.0
@@ -65,8 +65,10 @@ class BuiltinRouter:
             except httpx.HTTPError as exc:
                 raise RouterError(f"router of {service} did not take the table: {exc!r}") from exc
             if response.status_code != 204:
-                why = response.text.strip()
-                raise RouterError(f"router of {service} refused the table ({response.status_code}): {why}", delay=5.0)
+                why = f"router of {service} refused the table ({response.status_code}): {response.text.strip()}"
+                if response.status_code == 400:  # the table itself is unusable: the same table fails again
+                    raise RouterConfigError(why)
+                raise RouterError(why, delay=5.0)  # 409: a listener could not bind; 503: stopping
 
     async def stats(self, *, service: str) -> RouterStats:
         if not self._socket(service).exists() and self._running_pid(service) is None:
@@ -199,7 +201,7 @@ class BuiltinRouter:
 
     def _folder(self, service: str) -> Path:
         if not _SERVICE_NAME.fullmatch(service):
-            raise RouterError(f"service name {service!r} cannot name a router directory", delay=60.0)
+            raise RouterConfigError(f"service name {service!r} cannot name a router directory")
         return self.state_dir / "routers" / service
 
     def _socket(self, service: str) -> Path:
@@ -210,10 +212,9 @@ class BuiltinRouter:
         if client is None:
             sock = self._socket(service)
             if len(os.fsencode(sock)) > _SOCKET_PATH_MAX:
-                raise RouterError(
+                raise RouterConfigError(
                     f"{sock} is too long for a Unix socket ({_SOCKET_PATH_MAX} bytes at most): "
-                    "use a state directory with a shorter path",
-                    delay=60.0,
+                    "use a state directory with a shorter path"
                 )
             client = httpx.AsyncClient(
                 transport=httpx.AsyncHTTPTransport(uds=str(sock)),

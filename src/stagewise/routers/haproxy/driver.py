@@ -47,7 +47,7 @@ from pathlib import Path
 
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import ReleaseStats, RouterStats
-from stagewise.errors import RouterError
+from stagewise.errors import RouterConfigError, RouterError
 from stagewise.routers.common import process
 from stagewise.routers.common.shares import endpoint_weights
 from stagewise.routers.haproxy.api import RuntimeApi, ServerStat
@@ -89,7 +89,7 @@ class HaproxyRouter:
         self.external_socket = Path(socket) if socket else None
         self.external_backend = backend
         if (socket is None) != (backend is None):
-            raise RouterError("haproxy external mode needs both socket and backend", delay=60.0)
+            raise RouterConfigError("haproxy external mode needs both socket and backend")
         self.threads = threads
         self._locks: dict[str, asyncio.Lock] = {}
         self._receivers: dict[str, LogReceiver] = {}
@@ -293,8 +293,7 @@ class HaproxyRouter:
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             out, _ = await proc.communicate()
             if proc.returncode != 0:
-                raise RouterError(f"HAProxy refused the configuration: {out.decode(errors='replace')[-2000:]}",
-                                  delay=30.0)
+                raise RouterConfigError(f"HAProxy refused the configuration: {out.decode(errors='replace')[-2000:]}")
         candidate.replace(paths.config)
 
     async def _save_server_state(self, api: RuntimeApi, paths: Paths) -> None:
@@ -306,14 +305,14 @@ class HaproxyRouter:
 
     async def _apply_external(self, table: RouteTable) -> None:
         if table.cohort is not None or table.header_routes or table.preview_listen:
-            raise RouterError(
+            raise RouterConfigError(
                 "an external HAProxy is driven by weights only: header routes, cohorts and a preview "
-                "listener need managed mode (router: {kind: haproxy} without socket)", delay=60.0)
+                "listener need managed mode (router: {kind: haproxy} without socket)")
         if table.metrics_listen:
-            raise RouterError(
+            raise RouterConfigError(
                 "metricsListen is not supported with an external HAProxy: its Prometheus exporter is configured "
                 "by whoever runs it (a frontend with `http-request use-service prometheus-exporter`); "
-                "remove metricsListen, or use managed mode (router: {kind: haproxy} without socket)", delay=60.0)
+                "remove metricsListen, or use managed mode (router: {kind: haproxy} without socket)")
         backend = self.external_backend
         assert backend is not None
         weights = endpoint_weights(table, MAX_WEIGHT)
@@ -367,7 +366,7 @@ class HaproxyRouter:
 
     def _paths(self, service: str) -> Paths:
         if not _SERVICE_NAME.fullmatch(service):
-            raise RouterError(f"service name {service!r} cannot name a router directory", delay=60.0)
+            raise RouterConfigError(f"service name {service!r} cannot name a router directory")
         return Paths(self.state_dir / "haproxy" / service)
 
     def _api(self, paths: Paths) -> RuntimeApi:

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 from stagewise.core.routes import Endpoint, RouteTable
-from stagewise.errors import RouterError
+from stagewise.errors import RouterConfigError
 from stagewise.routers.common.shares import endpoint_weights
 
 MAX_WEIGHT = 256
@@ -54,7 +54,7 @@ class Paths:
 def quote(value: str) -> str:
     """A double-quoted nginx string."""
     if any(ord(c) < 32 for c in value):
-        raise RouterError(f"{value!r} cannot be written into an nginx configuration", delay=60.0)
+        raise RouterConfigError(f"{value!r} cannot be written into an nginx configuration")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -66,14 +66,14 @@ def map_key(value: str) -> str:
 
 def header_variable(name: str) -> str:
     if not _TOKEN.fullmatch(name):
-        raise RouterError(f"header name {name!r} cannot be routed on by nginx", delay=60.0)
+        raise RouterConfigError(f"header name {name!r} cannot be routed on by nginx")
     return "$http_" + name.lower().replace("-", "_")
 
 
 def render(table: RouteTable, paths: Paths, *, workers: int = 1) -> str:
     """The whole configuration of the nginx serving `table`."""
     if any(c.isspace() or c in ';{}"' for c in str(paths.folder)):
-        raise RouterError(f"nginx cannot use a state directory with spaces: {paths.folder}", delay=60.0)
+        raise RouterConfigError(f"nginx cannot use a state directory with spaces: {paths.folder}")
     releases = sorted(table.releases())
     upstream = {r: f"sw_r{i}" for i, r in enumerate(releases)}
     weights = endpoint_weights(table, MAX_WEIGHT)
@@ -117,7 +117,7 @@ def render(table: RouteTable, paths: Paths, *, workers: int = 1) -> str:
         sources = [header_variable(cohort.header)] if cohort.header else []
         if cohort.cookie:
             if not _TOKEN.fullmatch(cohort.cookie):
-                raise RouterError(f"cookie name {cohort.cookie!r} cannot be read by nginx", delay=60.0)
+                raise RouterConfigError(f"cookie name {cohort.cookie!r} cannot be read by nginx")
             sources.append(f"$cookie_{cohort.cookie}")
         stable = target(table.stable)
         below = stable  # no key to read: every request is a request without the key

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
-from stagewise.errors import RouterError
+from stagewise.errors import RouterConfigError, RouterError
 from stagewise.routers.common import process
 from stagewise.routers.nginx.config import Paths, render
 from stagewise.routers.nginx.logs import AccessLog
@@ -106,8 +106,7 @@ class NginxRouter:
         paths.candidate.write_text(config)
         code, out = await _run(self._command(paths, paths.candidate, "-t", "-q"))
         if code != 0:
-            raise RouterError(f"nginx refused the configuration (the running one is unchanged): {out.strip()}",
-                              delay=30.0)
+            raise RouterConfigError(f"nginx refused the configuration (the running one is unchanged): {out.strip()}")
 
     async def _start(self, paths: Paths) -> None:
         # workers outlive a master killed with SIGKILL and keep the listeners: end them gracefully first
@@ -151,7 +150,7 @@ class NginxRouter:
 
     def _paths(self, service: str) -> Paths:
         if not _SERVICE_NAME.fullmatch(service):
-            raise RouterError(f"service name {service!r} cannot name a router directory", delay=60.0)
+            raise RouterConfigError(f"service name {service!r} cannot name a router directory")
         return Paths(self.state_dir / "nginx" / service)
 
     def _lock(self, service: str) -> asyncio.Lock:
