@@ -129,7 +129,10 @@ class BuiltinRouter:
                 [sys.executable, "-m", _PROXY_MODULE, "--admin-socket", str(sock),
                  *(["--metrics-listen", metrics_listen] if metrics_listen else [])],
                 env,
+                # the proxy outlives this process: it must hold no descriptor of ours (posix_spawn closes
+                # only close-on-exec ones; a listener left inheritable would stay open with the proxy)
                 file_actions=[
+                    *((os.POSIX_SPAWN_CLOSE, fd) for fd in process.inheritable_descriptors()),
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
                     (os.POSIX_SPAWN_DUP2, 1, 2),

@@ -229,8 +229,10 @@ class HaproxyRouter:
                 path.unlink()
         argv = [haproxy, "-W", "-D", "-S", f"{paths.master},mode,600", "-f", str(paths.config), "-p", str(paths.pid)]
         with open(paths.output, "ab") as output:  # noqa: ASYNC230 -- opening a local log file does not block
+            # close_fds: the daemon outlives us and must hold no descriptor of ours (a listener of the
+            # API server, say); the default already, said here because it matters
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=output,
-                                                        stderr=output)
+                                                        stderr=output, close_fds=True)
             try:
                 code = await asyncio.wait_for(proc.wait(), START_TIMEOUT)
             except TimeoutError as exc:

@@ -161,8 +161,10 @@ async def _run(argv: list[str], output: Path | None = None) -> tuple[int, str]:
     """Run a program to its end; its exit code and output (kept in `output` instead, if given)."""
     try:
         with open(output, "ab") if output else contextlib.nullcontext(asyncio.subprocess.PIPE) as out_to:  # noqa: ASYNC230
+            # close_fds: the daemon outlives us and must hold no descriptor of ours (a listener of the
+            # API server, say); the default already, said here because it matters
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_to,
-                                                        stderr=asyncio.subprocess.STDOUT)
+                                                        stderr=asyncio.subprocess.STDOUT, close_fds=True)
     except OSError as exc:
         raise RouterError(f"cannot run {argv[0]}: {exc}") from exc
     try:
