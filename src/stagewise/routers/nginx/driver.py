@@ -15,15 +15,20 @@ system nginx. `apply` renders the table (`config`), and:
   endpoint the table dropped, so the controller may stop it (nginx reports no
   per-endpoint in-flight count; `stats().inflight` stays empty).
 
-Counters come from the JSON access log (`logs`); `boot` names the
-master (pid and start time), which survives reloads.
+Counters come from the JSON access log (`logs`), rotated as it is read so
+that a count taken once a request has completed includes it, and in the
+background when it grows past `rotate_bytes`; `boot` names the master (pid and
+start time), which survives reloads. Started as root, nginx runs its workers
+as root too (`user`): they must reopen their logs in our state directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
+import pwd
 import re
 import signal
 import time
@@ -34,7 +39,7 @@ from stagewise.core.stats import RouterStats
 from stagewise.errors import RouterConfigError, RouterError
 from stagewise.routers.common import process
 from stagewise.routers.nginx.config import Paths, render
-from stagewise.routers.nginx.logs import AccessLog
+from stagewise.routers.nginx.logs import ROTATE_BYTES, ROTATE_EVERY, AccessLog, Rotator
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -47,30 +52,36 @@ _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 class NginxRouter:
     """Runs and reloads one nginx per service; implements `stagewise.routers.Router`."""
 
-    def __init__(self, state_dir: Path, *, workers: int = 1) -> None:
+    def __init__(self, state_dir: Path, *, workers: int = 1, rotate_bytes: int = ROTATE_BYTES,
+                 rotate_every: float = ROTATE_EVERY) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.workers = workers
+        self.rotate_bytes = rotate_bytes
+        """The access log is read and emptied in the background once it is this large."""
+        self.rotate_every = rotate_every
         self._locks: dict[str, asyncio.Lock] = {}
-        self._logs: dict[str, AccessLog] = {}
+        self._rotators: dict[str, Rotator] = {}
 
     async def apply(self, *, table: RouteTable) -> None:
         async with self._lock(table.service):
             paths = self._paths(table.service)
             for folder in (paths.folder, paths.temp):
                 folder.mkdir(parents=True, exist_ok=True)
-            config = render(table, paths, workers=self.workers)
+            config = render(table, paths, workers=self.workers, user=_root_user())
             master = process.read_pid(paths.pid)
             if master is None:
                 await self._check(paths, config)
                 paths.candidate.replace(paths.config)
                 await self._start(paths)
-                return
-            with contextlib.suppress(FileNotFoundError):
-                if paths.config.read_text() == config:
-                    return
-            await self._check(paths, config)
-            paths.candidate.replace(paths.config)
-            await self._reload(paths, master)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    if paths.config.read_text() == config:
+                        self._rotate_in_background(table.service, paths)
+                        return
+                await self._check(paths, config)
+                paths.candidate.replace(paths.config)
+                await self._reload(paths, master)
+            self._rotate_in_background(table.service, paths)
 
     async def stats(self, *, service: str) -> RouterStats:
         async with self._lock(service):
@@ -78,11 +89,9 @@ class NginxRouter:
             master = process.read_pid(paths.pid)
             if master is None:
                 return RouterStats()  # nothing runs, so nothing was counted; the next apply starts it
-            boot = f"{master}-{process.start_time(master)}"
-            log = self._logs.get(service)
-            if log is None or log.boot != boot:
-                log = self._logs[service] = AccessLog(paths.access_log, boot)
-            tallies = log.read()
+            boot = _boot(master)
+            self._rotate_in_background(service, paths)
+            tallies = await asyncio.to_thread(AccessLog(paths).collect, master, boot)
             return RouterStats(boot=boot, releases={r: t.stats() for r, t in sorted(tallies.items())})
 
     async def stop(self, *, service: str) -> None:
@@ -94,10 +103,25 @@ class NginxRouter:
                 await process.terminate(master, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
             with contextlib.suppress(FileNotFoundError):
                 paths.pid.unlink()
-            self._logs.pop(service, None)
+            rotator = self._rotators.pop(service, None)
+            if rotator is not None:
+                await asyncio.to_thread(rotator.close)
 
     async def close(self) -> None:
-        self._logs.clear()
+        rotators, self._rotators = self._rotators, {}
+        for rotator in rotators.values():
+            await asyncio.to_thread(rotator.close)
+
+    def _rotate_in_background(self, service: str, paths: Paths) -> None:
+        """Keep a `Rotator` on the running master's log (a new one for a new master)."""
+        master = process.read_pid(paths.pid)
+        rotator = self._rotators.get(service)
+        if master is None or (rotator is not None and rotator.master == master):
+            return
+        if rotator is not None:
+            rotator.close()  # its master is gone: it has stopped already
+        self._rotators[service] = Rotator(AccessLog(paths), master, _boot(master), rotate_bytes=self.rotate_bytes,
+                                          every=self.rotate_every)
 
     # -- the nginx process ----------------------------------------------------------------
 
@@ -110,9 +134,12 @@ class NginxRouter:
 
     async def _start(self, paths: Paths) -> None:
         # workers outlive a master killed with SIGKILL and keep the listeners: end them gracefully first
-        for orphan in process.holders(paths.access_log):
-            await process.terminate(orphan, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
-        paths.access_log.write_bytes(b"")  # one log per master: counters start from zero with a new boot
+        access_log = AccessLog(paths)
+        for log_file in access_log.log_files():
+            for orphan in process.holders(log_file):
+                await process.terminate(orphan, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
+        # one log per master: counters start from zero with a new boot
+        await asyncio.to_thread(access_log.clear)
         # output to a file, not a pipe: the daemon it forks may hold the pipe open long after
         code, _ = await _run(self._command(paths, paths.config), output=paths.output)
         if code != 0:
@@ -155,6 +182,17 @@ class NginxRouter:
 
     def _lock(self, service: str) -> asyncio.Lock:
         return self._locks.setdefault(service, asyncio.Lock())
+
+
+def _boot(master: int) -> str:
+    return f"{master}-{process.start_time(master)}"
+
+
+def _root_user() -> tuple[str, str] | None:
+    """(user, group) of this process when it is root, for nginx's workers (else nginx makes them nobody)."""
+    if os.geteuid() != 0:
+        return None
+    return pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
 
 
 async def _run(argv: list[str], output: Path | None = None) -> tuple[int, str]:
