@@ -8,7 +8,8 @@ needs is on disk under `<state_dir>/routers/<service>/`:
     admin.sock        the proxy's admin API (HTTP over a Unix socket, mode 0600)
     admin.sock.lock   held by the running proxy, so two can never serve one socket
     pid               the proxy's pid, as the proxy itself reports it
-    router.log        the proxy's stdout and stderr (kept after stop, for post-mortems)
+    router.log        the proxy's log, stdout and stderr (kept after stop, for post-mortems); rotated
+                      to router.log.1 past `log_max_bytes` by the proxy itself
 
 A new `BuiltinRouter` (say, after a controller restart) re-attaches by just
 talking to the socket; if nothing answers, `apply` starts a proxy.
@@ -31,6 +32,7 @@ import httpx
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
 from stagewise.errors import RouterConfigError, RouterError
+from stagewise.routers.builtin.output import LOG_MAX_BYTES
 from stagewise.routers.common import process
 
 START_TIMEOUT = 10.0
@@ -46,8 +48,10 @@ _SRC_DIR = str(Path(__file__).resolve().parents[3])
 class BuiltinRouter:
     """Runs and drives the builtin proxy; implements `stagewise.routers.Router`."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, log_max_bytes: int = LOG_MAX_BYTES) -> None:
         self.state_dir = Path(state_dir).absolute()
+        self.log_max_bytes = log_max_bytes
+        """Size past which a proxy rotates its log (it keeps one older file)."""
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -127,6 +131,7 @@ class BuiltinRouter:
             pid = os.posix_spawn(  # noqa: ASYNC221 -- returns once the child exists, no waiting
                 sys.executable,
                 [sys.executable, "-m", _PROXY_MODULE, "--admin-socket", str(sock),
+                 "--log-file", log_path, "--log-max-bytes", str(self.log_max_bytes),
                  *(["--metrics-listen", metrics_listen] if metrics_listen else [])],
                 env,
                 # the proxy outlives this process: it must hold no descriptor of ours (posix_spawn closes

@@ -1,6 +1,7 @@
 """The builtin router's data plane: one reverse-proxy process per service.
 
     python -m stagewise.routers.builtin.proxy --admin-socket PATH [--metrics-listen HOST:PORT]
+                                              [--log-file PATH [--log-max-bytes N]]
 
 It runs apart from the controller, so a controller restart or crash never
 drops a request: the controller (through `BuiltinRouter`) only talks to its
@@ -50,6 +51,7 @@ from stagewise.core.routes import RouteTable
 from stagewise.routers.builtin.counters import Counters
 from stagewise.routers.builtin.fast import FastClient, finish_on_streams
 from stagewise.routers.builtin.fast_upstream import Pending
+from stagewise.routers.builtin.output import LOG_MAX_BYTES, RotatingOutput
 from stagewise.routers.builtin.plan import Endpoint, RoutePlan, split_address
 from stagewise.routers.builtin.pool import stream_pair
 from stagewise.routers.builtin.streams import CLIENT_IDLE_TIMEOUT, Traffic
@@ -375,13 +377,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stagewise router", description="The stagewise builtin router.")
     parser.add_argument("--admin-socket", required=True, type=Path, help="Unix socket of the admin API")
     parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="also serve /metrics over TCP here")
+    parser.add_argument("--log-file", type=Path, help="log here (and make it stdout and stderr), rotated by size")
+    parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES, metavar="N",
+                        help=f"rotate the log file past N bytes, keeping one older file (default {LOG_MAX_BYTES})")
     args = parser.parse_args(argv)
     if args.metrics_listen:
         try:
             split_address(args.metrics_listen)
         except ValueError as exc:
             parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    log_format = "%(asctime)s %(levelname)s %(message)s"
+    if args.log_file:
+        output = RotatingOutput(args.log_file, args.log_max_bytes)
+        output.setFormatter(logging.Formatter(log_format))
+        logging.basicConfig(level=logging.INFO, handlers=[output])
+    else:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format)
     try:
         import uvloop
 
