@@ -207,9 +207,10 @@ async def test_a_request_is_counted_once_it_has_completed_even_under_load(nginx:
 
 
 async def test_the_access_log_is_rotated_without_losing_or_repeating_a_count(upstreams: Any) -> None:
-    """With a small threshold the log turns over many times while requests flow; every one is counted once."""
+    """With a small threshold the log turns over many times while requests flow; every one is counted once.
+    Two workers: each must have reopened the log before a rotated file is read."""
     state = short_dir()
-    nginx = NginxRouter(state, rotate_bytes=2048, rotate_every=0.02)
+    nginx = NginxRouter(state, workers=2, rotate_bytes=2048, rotate_every=0.02)
     folder = state / "nginx" / "shop"
     port = free_port()
     client = Client(port)
