@@ -15,10 +15,22 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 LOG_MAX_BYTES = 1024 * 1024
 """Size past which the proxy's log is rotated; it and the one older file are kept."""
+
+
+def log_to(path: Path | None, max_bytes: int = LOG_MAX_BYTES) -> None:
+    """Send the process's log records to `path`, rotated (to stderr when None: run by hand)."""
+    log_format = "%(asctime)s %(levelname)s %(message)s"
+    if path is None:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format)
+        return
+    output = RotatingOutput(path, max_bytes)
+    output.setFormatter(logging.Formatter(log_format))
+    logging.basicConfig(level=logging.INFO, handlers=[output])
 
 
 class RotatingOutput(logging.Handler):

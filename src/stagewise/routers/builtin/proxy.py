@@ -51,7 +51,7 @@ from stagewise.core.routes import RouteTable
 from stagewise.routers.builtin.counters import Counters
 from stagewise.routers.builtin.fast import FastClient, finish_on_streams
 from stagewise.routers.builtin.fast_upstream import Pending
-from stagewise.routers.builtin.output import LOG_MAX_BYTES, RotatingOutput
+from stagewise.routers.builtin.output import LOG_MAX_BYTES, log_to
 from stagewise.routers.builtin.plan import Endpoint, RoutePlan, split_address
 from stagewise.routers.builtin.pool import stream_pair
 from stagewise.routers.builtin.streams import CLIENT_IDLE_TIMEOUT, Traffic
@@ -386,13 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             split_address(args.metrics_listen)
         except ValueError as exc:
             parser.error(str(exc))
-    log_format = "%(asctime)s %(levelname)s %(message)s"
-    if args.log_file:
-        output = RotatingOutput(args.log_file, args.log_max_bytes)
-        output.setFormatter(logging.Formatter(log_format))
-        logging.basicConfig(level=logging.INFO, handlers=[output])
-    else:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format)
+    log_to(args.log_file, args.log_max_bytes)
     try:
         import uvloop
 
