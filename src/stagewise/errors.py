@@ -6,7 +6,8 @@
     │   ├── NotFoundError         a service or delivery that does not exist
     │   ├── ConflictError         a verb that does not fit the delivery's phase
     │   ├── UnknownDriverError    a router/platform/judge/provider name with no backend
-    │   └── PlatformRefusedError  the platform cannot run what it was given (no such program)
+    │   ├── PlatformRefusedError  the platform cannot run what it was given (no such program)
+    │   └── RouterConfigError     a router refused a route table or the configuration made of it
     └── TemporaryError(delay=)    worth retrying after `delay` seconds
         ├── RouterError           the data plane could not be reached or refused a table
         ├── PlatformError         an instance could not be started, probed or stopped
@@ -74,6 +75,11 @@ class UnknownDriverError(PermanentError, ValueError):
 class PlatformRefusedError(PermanentError):
     """The platform cannot do what it was asked as given: a program that does not exist or is not
     executable, a service name that cannot name a directory. Trying again only helps once that changes."""
+
+
+class RouterConfigError(PermanentError):
+    """A router refused a route table, or the configuration made of it (`nginx -t`, `haproxy -c`, a value
+    the balancer cannot express): the same table fails the same way until it changes."""
 
 
 class TemporaryError(StagewiseError):

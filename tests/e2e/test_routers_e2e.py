@@ -22,8 +22,8 @@ import pytest
 
 from stagewise.errors import RouterError
 from stagewise.examples.load import LoadInBackground
-from stagewise.routers import _process
-from stagewise.routers._haproxy_api import RuntimeApi
+from stagewise.routers.common import process
+from stagewise.routers.haproxy.api import RuntimeApi
 from tests.e2e.conftest import Stagewise
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -45,7 +45,7 @@ def test_haproxy_killed_mid_canary_gets_its_routes_back(stagewise: Stagewise) ->
         stagewise.wait({"Paused"}, timeout=30)
         before = served_weights(folder)
         assert before and before.get("v2") and before.get("v1"), before
-        master = _process.read_pid(folder / "haproxy.pid")
+        master = process.read_pid(folder / "haproxy.pid")
         assert master is not None
         os.kill(master, signal.SIGKILL)
         killed = time.monotonic()
@@ -68,7 +68,7 @@ def wait_for_weights(folder: Any, weights: dict[str, int], timeout: float, after
     """Until HAProxy (a new master, if `after` is given) serves backend `all` with these release weights."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        master = _process.read_pid(folder / "haproxy.pid")
+        master = process.read_pid(folder / "haproxy.pid")
         if master is not None and master != after and served_weights(folder) == weights:
             return time.monotonic()
         time.sleep(0.02)

@@ -1,7 +1,7 @@
 """The builtin router against real proxy processes and real upstream servers.
 
 Proxies are started through `BuiltinRouter` (or, for the process's own
-contract, as `python -m stagewise.routers.proxy`) and get real HTTP on
+contract, as `python -m stagewise.routers.builtin.proxy`) and get real HTTP on
 loopback. Tests that only apply tables and send traffic share one proxy — a
 table replaces the last one whole, and counters are read relative to a
 snapshot — while tests of the life cycle get a proxy of their own. Counts are
@@ -44,6 +44,7 @@ from tests.routers.conftest import (
     raw_client,
     raw_connection,
     read_response,
+    stop_all,
     wait_until,
 )
 
@@ -574,7 +575,7 @@ async def test_proxy_process_contract(upstreams: Any, state_dir: Path) -> None:
     with socket.socket(socket.AF_UNIX) as stale:  # a socket file nobody listens on
         stale.bind(str(sock))
     port, metrics = free_port(), free_port()
-    argv = [sys.executable, "-m", "stagewise.routers.proxy", "--admin-socket", str(sock)]
+    argv = [sys.executable, "-m", "stagewise.routers.builtin.proxy", "--admin-socket", str(sock)]
     argv += ["--metrics-listen", f"127.0.0.1:{metrics}"]
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
         try:
@@ -612,3 +613,27 @@ def _answers(sock: Path) -> bool:
         except OSError:
             return False
         return True
+
+
+async def test_the_proxy_log_is_rotated_and_no_count_is_lost(upstreams: Any, state_dir: Path) -> None:
+    """A line per table applied: with a small threshold the log turns over many times, staying bounded,
+    and every request through it is counted once."""
+    router = BuiltinRouter(state_dir, log_max_bytes=1024)
+    folder = state_dir / "routers" / "shop"
+    port, sent = free_port(), 0
+    try:
+        async with client(port) as c:
+            for i in range(40):  # ~250 bytes a table's line: ten rotations
+                weights = {"v1": 100 - i, "v2": i}
+                await router.apply(table=make_table(port, pick(upstreams, "a1", "b1"), weights=weights))
+                for _ in range(5):
+                    assert (await c.get("/")).status_code == 200
+                    sent += 1
+        stats = await router.stats(service="shop")
+        assert stats.release("v1").requests + stats.release("v2").requests == sent == 200
+        log, older = folder / "router.log", folder / "router.log.1"
+        assert log.stat().st_size <= 1024 and 0 < older.stat().st_size <= 1024
+        assert "serving table of shop" in older.read_text() and "weights {'v1': 61, 'v2': 39}" in log.read_text()
+        assert sorted(p.name for p in folder.glob("router.log*")) == ["router.log", "router.log.1"]
+    finally:
+        await stop_all(router, state_dir)

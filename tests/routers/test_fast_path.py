@@ -1,4 +1,4 @@
-"""The builtin router's fast path (`_fast`): plain requests by protocol callbacks, the rest handed over.
+"""The builtin router's fast path (`fast`): plain requests by protocol callbacks, the rest handed over.
 
 `test_builtin.py` holds the proxy to its contract whichever path serves a
 request; these tests aim at the seams between the two paths: pipelined
@@ -14,10 +14,17 @@ from typing import Any
 import pytest
 
 from stagewise.core.routes import Endpoint, RouteTable
-from stagewise.routers._fast import plain_request_head
-from stagewise.routers._fast_upstream import plain_response_head
-from stagewise.routers._http import LENGTH, NO_BODY, end_to_end, parse_head, request_framing, response_framing, tokens
 from stagewise.routers.builtin import BuiltinRouter
+from stagewise.routers.builtin.rewrite import plain_request_head, plain_response_head
+from stagewise.routers.builtin.wire import (
+    LENGTH,
+    NO_BODY,
+    end_to_end,
+    parse_head,
+    request_framing,
+    response_framing,
+    tokens,
+)
 from tests.routers.conftest import free_port, raw_connection, read_response, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(40)]

@@ -25,11 +25,13 @@ import pytest
 import pytest_asyncio
 
 from stagewise.core.routes import BUCKETS, CohortRoute, HeaderRoute
-from stagewise.errors import RouterError
-from stagewise.routers import _process, get_router
-from stagewise.routers._haproxy_api import RuntimeApi
-from stagewise.routers._haproxy_config import cohort_bucket_crc32
-from stagewise.routers.haproxy import HaproxyRouter, master_command
+from stagewise.errors import PermanentError, RouterConfigError, TemporaryError
+from stagewise.routers import get_router
+from stagewise.routers.common import process
+from stagewise.routers.haproxy import HaproxyRouter
+from stagewise.routers.haproxy.api import RuntimeApi
+from stagewise.routers.haproxy.config import cohort_bucket_crc32
+from stagewise.routers.haproxy.driver import master_command
 from tests.routers.balancers import Client, each_user, slow_request, table, versions
 from tests.routers.conftest import Upstream, free_port, short_dir, wait_until
 from tests.routers.programs import need
@@ -138,10 +140,10 @@ async def test_runtime_changes_survive_a_reload_and_a_sigkill(haproxy: HaproxyRo
     assert await wait_until_async(lambda: _boot_changed(haproxy, boot))
     assert await versions(port, 20) == {"v2": 20}
     # SIGKILL: stats say nothing runs; the next apply (the controller's) brings the same routes back
-    master = _process.read_pid(folder / "haproxy.pid")
+    master = process.read_pid(folder / "haproxy.pid")
     assert master is not None
     os.kill(master, signal.SIGKILL)
-    assert await wait_until(lambda: not _process.alive(master))
+    assert await wait_until(lambda: not process.alive(master))
     assert await wait_until_async(lambda: _stopped(haproxy))
     started = time.monotonic()
     await haproxy.apply(table=changed)
@@ -219,8 +221,10 @@ async def test_a_configuration_haproxy_refuses_leaves_the_running_one(
     port = free_port()
     await haproxy.apply(table=table(port, upstreams))
     boot = await worker_pid(haproxy)
-    with pytest.raises(RouterError, match="HAProxy refused the configuration"):
+    with pytest.raises(RouterConfigError, match="HAProxy refused the configuration") as refused:
         await haproxy.apply(table=table(port, upstreams, preview_listen="127.0.0.1:99999", preview_release="v2"))
+    # permanent: the same table fails the same way, so the controller must not retry it as if transient
+    assert isinstance(refused.value, PermanentError) and not isinstance(refused.value, TemporaryError)
     assert await worker_pid(haproxy) == boot
     got = await versions(port, 10)
     assert set(got) == {"v1", "v2"} and got.total() == 10
@@ -247,10 +251,10 @@ async def test_external_mode_drives_the_servers_of_one_backend(upstreams: Any, s
         ours = table(port, pick(upstreams, "a2", "b1"), weights={"v1": 0, "v2": 100})
         await router.apply(table=ours)
         assert await versions(port, 10) == {"v2": 10}
-        with pytest.raises(RouterError, match="weights only"):
+        with pytest.raises(RouterConfigError, match="weights only"):
             await router.apply(table=ours.model_copy(update={"header_routes": (
                 HeaderRoute(header="X-Canary", value="1", release="v1"),)}))
-        with pytest.raises(RouterError, match="metricsListen is not supported with an external HAProxy"):
+        with pytest.raises(RouterConfigError, match="metricsListen is not supported with an external HAProxy"):
             await router.apply(table=ours.model_copy(update={"metrics_listen": f"127.0.0.1:{free_port()}"}))
         assert (await router.stats(service="shop")).release("v2").requests == 10
         await router.stop(service="shop")  # removes our servers, leaves theirs

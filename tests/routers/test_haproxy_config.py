@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stagewise.core.routes import Endpoint, RouteTable
-from stagewise.routers._haproxy_config import Layout, Paths, assign_slots, desired_for, layout_for, render
+from stagewise.routers.haproxy.config import Layout, Paths, assign_slots, desired_for, layout_for, render
 
 METRICS = "127.0.0.1:9101"
 

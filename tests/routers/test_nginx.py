@@ -11,19 +11,22 @@ grow within one master, and read the same from a second driver object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from stagewise.core.routes import CohortRoute, HeaderRoute
-from stagewise.errors import RouterError
-from stagewise.routers import _process
+from stagewise.core.routes import CohortRoute, Endpoint, HeaderRoute, RouteTable
+from stagewise.errors import PermanentError, RouterConfigError, TemporaryError
+from stagewise.routers.common import process
 from stagewise.routers.nginx import NginxRouter
 from tests.routers.balancers import Client, each_user, slow_request, table, versions
 from tests.routers.conftest import Upstream, free_port, short_dir, wait_until
@@ -55,7 +58,7 @@ def pick(upstreams: dict[str, Upstream], *names: str) -> dict[str, Upstream]:
 
 
 def master(router: NginxRouter, service: str = "shop") -> int:
-    pid = _process.read_pid(router.state_dir / "nginx" / service / "nginx.pid")
+    pid = process.read_pid(router.state_dir / "nginx" / service / "nginx.pid")
     assert pid is not None
     return pid
 
@@ -97,8 +100,10 @@ async def test_a_configuration_nginx_refuses_leaves_the_running_one(nginx: Nginx
     port = free_port()
     await nginx.apply(table=table(port, upstreams, weights={"v1": 100, "v2": 0}))
     pid, config = master(nginx), (nginx.state_dir / "nginx" / "shop" / "nginx.conf").read_text()
-    with pytest.raises(RouterError, match="nginx refused the configuration"):
+    with pytest.raises(RouterConfigError, match="nginx refused the configuration") as refused:
         await nginx.apply(table=table(port, upstreams, preview_listen="127.0.0.1:99999", preview_release="v2"))
+    # permanent: the same table fails the same way, so the controller must not retry it as if transient
+    assert isinstance(refused.value, PermanentError) and not isinstance(refused.value, TemporaryError)
     assert (nginx.state_dir / "nginx" / "shop" / "nginx.conf").read_text() == config
     assert master(nginx) == pid
     assert await versions(port, 10) == {"v1": 10}
@@ -107,11 +112,11 @@ async def test_a_configuration_nginx_refuses_leaves_the_running_one(nginx: Nginx
 async def test_an_unchanged_table_does_not_reload(nginx: NginxRouter, upstreams: Any) -> None:
     port = free_port()
     await nginx.apply(table=table(port, upstreams))
-    workers = _process.children(master(nginx))
+    workers = process.children(master(nginx))
     await nginx.apply(table=table(port, upstreams))
-    assert _process.children(master(nginx)) == workers
+    assert process.children(master(nginx)) == workers
     await nginx.apply(table=table(port, pick(upstreams, "a1")))
-    assert _process.children(master(nginx)) != workers
+    assert process.children(master(nginx)) != workers
 
 
 async def test_apply_returns_once_a_removed_endpoint_has_nothing_in_flight(
@@ -154,10 +159,101 @@ async def test_counters_from_the_access_log(nginx: NginxRouter, upstreams: Any) 
     # a new master starts counting from zero, under a new boot
     pid = master(nginx)
     os.kill(pid, signal.SIGKILL)
-    assert await wait_until(lambda: not _process.alive(pid))
+    assert await wait_until(lambda: not process.alive(pid))
     await asyncio.sleep(0.1)  # the workers notice their master is gone
     assert (await nginx.stats(service="shop")).boot == ""
     await nginx.apply(table=table(port, pick(upstreams, "a1", "b1")))
     fresh = await nginx.stats(service="shop")
     assert fresh.boot not in ("", stats.boot) and fresh.releases == {}
     assert await versions(port, 10) == {"v1": 5, "v2": 5}
+
+
+@contextlib.contextmanager
+def worst_scheduling(workers: list[int]) -> Iterator[None]:
+    """The scheduling a loaded machine may give nginx, made certain: its workers share one CPU with this
+    thread and yield it to anyone (SCHED_IDLE) — so when a worker has written a response, this thread wakes
+    and runs before the worker goes on to write the request's log line."""
+    cpu = min(os.sched_getaffinity(0))
+    mine = os.sched_getaffinity(0)
+    for worker in workers:
+        os.sched_setaffinity(worker, {cpu})
+        os.sched_setscheduler(worker, os.SCHED_IDLE, os.sched_param(0))
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
+REQUESTS_UNDER_LOAD = 300
+
+
+async def test_a_request_is_counted_once_it_has_completed_even_under_load(nginx: NginxRouter, upstreams: Any) -> None:
+    """nginx writes a request's log line after it has sent the response: `stats` must wait for that line."""
+    port = free_port()
+    await nginx.apply(table=table(port, pick(upstreams, "a1")))
+    other = NginxRouter(nginx.state_dir)  # another reader (a restarted controller, a test) takes turns
+    client = Client(port)
+    try:
+        with worst_scheduling(process.children(master(nginx))):
+            for i in range(1, REQUESTS_UNDER_LOAD + 1):
+                assert (await client.get("/")).status == 200
+                reader = other if i % 7 == 0 else nginx
+                counted = (await reader.stats(service="shop")).release("v1").requests
+                assert counted == i, f"request {i} had completed, the stats counted {counted}"
+    finally:
+        await client.close()
+        await other.close()
+
+
+async def test_the_access_log_is_rotated_without_losing_or_repeating_a_count(upstreams: Any) -> None:
+    """With a small threshold the log turns over many times while requests flow; every one is counted once.
+    Two workers: each must have reopened the log before a rotated file is read."""
+    state = short_dir()
+    nginx = NginxRouter(state, workers=2, rotate_bytes=2048, rotate_every=0.02)
+    folder = state / "nginx" / "shop"
+    port = free_port()
+    client = Client(port)
+    sent = 0
+    try:
+        await nginx.apply(table=table(port, pick(upstreams, "a1", "b1")))
+        for batch in range(6):
+            before = rotated(folder)
+            for _ in range(100):  # ~90 bytes a line: four times the threshold a batch
+                assert (await client.get("/")).status == 200
+                sent += 1
+            assert await wait_until(lambda b=before: rotated(folder) > b, timeout=10.0), "no rotation"
+            if batch % 2:  # and by the stats' own rotations, and by another reader, in between
+                other = NginxRouter(state)
+                stats = await other.stats(service="shop")
+                await other.close()
+                assert stats.release("v1").requests + stats.release("v2").requests == sent
+        stats = await nginx.stats(service="shop")
+        assert stats.release("v1").requests + stats.release("v2").requests == sent == 600
+        assert rotated(folder) >= 6
+        assert sum(stats.release("v1").latency_buckets) == stats.release("v1").requests
+        assert (folder / "access.log").stat().st_size < 2048 + 4096, "the log grew past its threshold"
+        assert sorted(p.name for p in folder.glob("access.log*")) == ["access.log"], "a rotated file was left"
+    finally:
+        await client.close()
+        await nginx.stop(service="shop")
+        await nginx.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def rotated(folder: Path) -> int:
+    """How many rotated files of the access log have been read (and deleted)."""
+    try:
+        return int(json.loads((folder / "counts.json").read_text())["seq"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+async def test_a_retried_request_is_counted_for_the_release_that_answered(nginx: NginxRouter, upstreams: Any) -> None:
+    port, dead = free_port(), free_port()
+    endpoints = (Endpoint(id="gone", release="v2", address=f"127.0.0.1:{dead}"),
+                 Endpoint(id="a1", release="v1", address=upstreams["a1"].address))
+    await nginx.apply(table=RouteTable(service="shop", listen=f"127.0.0.1:{port}", stable="v1", endpoints=endpoints))
+    assert await versions(port, 20) == {"v1": 20}  # nginx tried the dead one first, then a1
+    stats = await nginx.stats(service="shop")
+    assert stats.release("v1").requests == 20 and stats.release("v2").requests == 0

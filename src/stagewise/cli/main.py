@@ -273,7 +273,7 @@ _register_analyze()
 def router(admin_socket: str = typer.Option(..., "--admin-socket"),
            metrics_listen: str | None = typer.Option(None, "--metrics-listen")) -> None:
     """Run the builtin router (the controller starts it)."""
-    from stagewise.routers.proxy import main as proxy_main
+    from stagewise.routers.builtin.proxy import main as proxy_main
 
     argv = ["--admin-socket", admin_socket] + (["--metrics-listen", metrics_listen] if metrics_listen else [])
     raise typer.Exit(proxy_main(argv))

@@ -26,7 +26,7 @@ from stagewise.convert.argo_analysis import go_seconds
 from stagewise.convert.argo_in import STAGEWISE_API, metadata
 from stagewise.convert.flagger_hooks import convert_webhooks
 from stagewise.convert.kube import is_port
-from stagewise.convert.ledger import Ledger, as_dict
+from stagewise.convert.ledger import Ledger, as_dict, is_number
 from stagewise.convert.sources import FLAGGER_GROUP, Index, Source
 from stagewise.convert.workload import KUBE_ONLY, PLACEHOLDER_VERSION, placeholder_command, release_from_pod
 from stagewise.core.durations import format_duration
@@ -224,7 +224,11 @@ def _metrics(led: Ledger, index: Index, templates: dict[str, dict[str, Any]], in
              namespace: str, used: list[Source]) -> list[str]:
     a: Path = ("spec", "analysis", "metrics")
     names: list[str] = []
-    for i, metric in enumerate(led.get(a) or []):
+    metrics = led.get(a)
+    if metrics is not None and not isinstance(metrics, list):
+        led.dropped(a, "expected a list of metrics")
+        return names
+    for i, metric in enumerate(metrics or []):
         at: Path = (*a, i)
         if not isinstance(metric, dict) or not isinstance(metric.get("name"), str):
             led.dropped(at, "expected a metric with a name")
@@ -250,11 +254,11 @@ def _metric(led: Ledger, at: Path, metric: dict[str, Any], index: Index, interva
     bound = as_dict(metric.get("thresholdRange"))
     low, high = bound.get("min"), bound.get("max")
     name = metric["name"]
-    if "templateRef" not in metric and name == "request-success-rate" and isinstance(low, int | float):
+    if "templateRef" not in metric and name == "request-success-rate" and is_number(low):
         led.mapped((*at, "thresholdRange", "min"))
         led.caveat(at, "measured by stagewise's router (a success rate in percent becomes an error-rate maximum)")
         return {"metric": "error-rate", "judge": "threshold", "thresholdRange": {"max": round((100 - low) / 100, 9)}}
-    if "templateRef" not in metric and name == "request-duration" and isinstance(high, int | float):
+    if "templateRef" not in metric and name == "request-duration" and is_number(high):
         led.mapped((*at, "thresholdRange", "max"))
         led.caveat(at, "measured by stagewise's router: the 99th percentile of latency in ms, as Flagger's")
         return {"metric": "latency", "judge": "threshold", "thresholdRange": {"max": high}, "quantile": 0.99}
@@ -273,7 +277,7 @@ def _metric(led: Ledger, at: Path, metric: dict[str, Any], index: Index, interva
     if template is None:
         led.dropped(at, f"MetricTemplate {ref.get('name')!r} has no provider stagewise has (prometheus)")
         return None
-    limits = {k: v for k, v in (("min", low), ("max", high)) if isinstance(v, int | float)}
+    limits = {k: v for k, v in (("min", low), ("max", high)) if is_number(v)}
     if limits:
         template["thresholdRange"] = limits
         led.mapped((*at, "thresholdRange"))

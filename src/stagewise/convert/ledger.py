@@ -14,8 +14,9 @@ layer's YAML reader, so they are the ones `stagewise validate` would give.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from stagewise.spec.yamltree import Document, Path, Position, yaml_path
 
@@ -50,6 +51,11 @@ class Tally:
 def as_list(value: Any) -> list[Any]:
     """`value` when it is a list, else an empty one (a malformed field is reported by whoever reads it)."""
     return value if isinstance(value, list) else []
+
+
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """Whether `value` is a finite number (YAML's booleans are ints to Python, and not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def as_dict(value: Any) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 A router takes the whole desired route table of a service and makes it so,
 atomically (`apply`), and counts requests, errors and latency per release
-(`stats`). Each backend lives in its own module and imports `stagewise.core`
-only — never another driver. The controller picks one by name with `get_router`.
+(`stats`). Each backend is a package of its own — `builtin`, `haproxy`, `nginx`
+— that imports `stagewise.core` and the shared helpers of `common` only, never
+another backend or another driver (import-linter contracts in pyproject.toml).
+The controller picks one by name with `get_router`.
 """
 
 from __future__ import annotations

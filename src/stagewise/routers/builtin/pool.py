@@ -18,7 +18,7 @@ import contextlib
 import time
 from typing import Any, Protocol
 
-from stagewise.routers._http import MAX_HEAD
+from stagewise.routers.builtin.wire import MAX_HEAD
 
 IDLE_TIMEOUT = 30.0
 """Seconds an unused upstream connection is kept."""
@@ -46,8 +46,23 @@ class Upstream:
         self.writer.transport.abort()
 
 
+def stream_pair(
+    transport: asyncio.Transport, data: bytes, loop: asyncio.AbstractEventLoop | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection (a client's or an upstream's) switched from a fast-path protocol to streams,
+    with `data` already received fed in."""
+    loop = loop or asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if data:
+        reader.feed_data(data)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 class FastConnection(Protocol):
-    """A fast-path upstream connection (`_fast.FastUpstream`), as the pool sees it."""
+    """A fast-path upstream connection (`fast_upstream.FastUpstream`), as the pool sees it."""
 
     idle_since: float
     deadline: float

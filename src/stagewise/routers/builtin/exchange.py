@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 
-from stagewise.routers._http import (
+from stagewise.routers.builtin.plan import Endpoint
+from stagewise.routers.builtin.pool import Upstream
+from stagewise.routers.builtin.wire import (
     BodyReader,
     Head,
     HttpError,
@@ -24,8 +26,6 @@ from stagewise.routers._http import (
     last_chunk,
     parse_head,
 )
-from stagewise.routers._plan import Endpoint
-from stagewise.routers._pool import Upstream
 
 CONNECT_TIMEOUT = 5.0
 RESPONSE_TIMEOUT = 300.0

@@ -5,73 +5,51 @@ body, answered with a body of known length on a pooled keep-alive connection.
 For those, asyncio streams cost more than the proxying itself (a task switch,
 futures and buffer copies per read), so a client connection starts as a
 `FastClient` protocol and serves such requests straight from
-`data_received`: parse the head (with `_http`, the same strict parser), pick an
-endpoint (with `_plan`), write the rewritten head to a `FastUpstream`
-(`_fast_upstream`) — a pooled protocol connection — which writes the response
+`data_received`: parse the head (with `wire`, the same strict parser), pick an
+endpoint (with `plan`), write the rewritten head to a `FastUpstream`
+(`fast_upstream`) — a pooled protocol connection — which writes the response
 back as it arrives, with flow control both ways.
 
 Anything else — a request body, HTTP/1.0, HEAD, Upgrade, Expect; a response
 that is interim, chunked, delimited by the close, or a failure to report —
-is handed over to the stream path of `_forward`, which handles every case: the
+is handed over to the stream path of `streams`, which handles every case: the
 connection (and, mid-exchange, the upstream connection too) is switched to a
 `StreamReaderProtocol` with the bytes received so far fed back in, and
-`Traffic.serve` carries on. The two paths rewrite heads, count and choose
-endpoints the same way, so a client cannot tell which one served it.
+`Traffic.serve` carries on. The two paths rewrite heads (`rewrite`), count and
+choose endpoints the same way, so a client cannot tell which one served it.
+
+`FastUpstream` reports back through the `fast_upstream.ExchangeOwner` methods
+of `FastClient`; the dependency goes one way, this module → `fast_upstream`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from typing import cast
 
-from stagewise.routers._exchange import CONNECT_TIMEOUT, Broken, Silent, response_head
-from stagewise.routers._fast_upstream import FastUpstream, Pending
-from stagewise.routers._forward import Traffic
-from stagewise.routers._http import (
+from stagewise.routers.builtin.exchange import CONNECT_TIMEOUT, Broken, Silent, response_head
+from stagewise.routers.builtin.fast_upstream import FastUpstream, Pending
+from stagewise.routers.builtin.plan import Endpoint
+from stagewise.routers.builtin.pool import Upstream
+from stagewise.routers.builtin.rewrite import plain_request_head, request_headers
+from stagewise.routers.builtin.streams import Traffic
+from stagewise.routers.builtin.wire import (
     MAX_HEAD,
     NO_BODY,
     BodyReader,
     HttpError,
     build_head,
-    end_to_end,
     parse_head,
     request_framing,
     tokens,
 )
-from stagewise.routers._plan import Endpoint
-from stagewise.routers._pool import Upstream
 
 HandOver = Callable[[asyncio.Transport, bytes, "bytes | None", "Pending | None"], None]
 """Switch a client connection to the stream path: transport, client bytes not yet used, and — mid
 exchange — the upstream's bytes so far and the exchange they belong to."""
-_REPLACED = frozenset({b"x-forwarded-for", b"expect"})
 _NO_HEADERS: dict[bytes, bytes] = {}
-_PLAIN_REQUEST = re.compile(rb"([A-Z]{1,16}) \S+ HTTP/1\.1\r\n")
-_NOT_PLAIN = re.compile(
-    rb"\r\n(?:connection[ \t]*:|keep-alive[ \t]*:|proxy-|te[ \t]*:|trailer[ \t]*:|upgrade[ \t]*:|expect[ \t]*:"
-    rb"|x-forwarded-for[ \t]*:|[ \t]|[^:\r]*\r\n)")
-"""A header to rewrite, or a line `parse_head` would refuse (folded, without a colon), in a lower-cased head
-after its request line; every alternative starts with CRLF, which lets the search skip ahead fast."""
-
-
-def plain_request_head(head: bytes) -> bytes | None:
-    """The method of a request head the proxy may pass on as it came (plus X-Forwarded-For), else None.
-
-    That is: HTTP/1.1, not HEAD, no body, no hop-by-hop header, Expect or X-Forwarded-For to rewrite,
-    no bare CR or LF, and nothing else `parse_head` would refuse. Anything else takes the full parse.
-    """
-    match = _PLAIN_REQUEST.match(head)
-    if match is None or head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
-        return None
-    method = match.group(1)
-    lower = head[match.end() - 2: -2].lower()
-    if (method == b"HEAD" or len(head) == match.end() + 2 or b"content-length" in lower
-            or b"transfer-encoding" in lower or b" :" in lower or b"\t:" in lower or _NOT_PLAIN.search(lower)):
-        return None
-    return method
 
 
 class FastClient(asyncio.Protocol):
@@ -87,7 +65,6 @@ class FastClient(asyncio.Protocol):
         self.pending: Pending | None = None
         self.busy = False
         self.idle_since = time.monotonic()
-        self.writer = self  # what Traffic.close_idle_clients calls close() on
         self.gone = False
         self.paused = False
 
@@ -98,7 +75,7 @@ class FastClient(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.client_ip = str(peer[0]).encode()
-        self.traffic.clients.add(self)  # type: ignore[arg-type]  # duck-typed like ClientConn
+        self.traffic.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -176,16 +153,14 @@ class FastClient(asyncio.Protocol):
             connection = tokens(index.get(b"connection"))
             keep = b"close" not in connection
             release, group, start = plan.choose_preview() if self.preview else plan.choose(index)
-            headers = end_to_end(head.headers, connection | _REPLACED)
-            prior = index.get(b"x-forwarded-for")
-            headers.append((b"X-Forwarded-For", prior + b", " + self.client_ip if prior else self.client_ip))
+            headers = request_headers(head, connection, self.client_ip)
             request = build_head(method + b" " + target + b" HTTP/1.1", headers)
         if not group:
             self._to_streams()  # it answers 502 with the reason, and counts it
             return
         self.buffer = self.buffer[end + 4:]
         self.busy = True
-        self.traffic.busy += 1
+        self.traffic.begin()
         ep = group[start % len(group)]
         upstream = ep.pool.take_fast()
         if upstream is not None:  # endpoints take turns, as on the stream path: this one, warm
@@ -211,7 +186,7 @@ class FastClient(asyncio.Protocol):
             pending.ep = ep
             self._send(pending, upstream, request, data)
             return
-        self._finish(pending)
+        self._finish()
         self.buffer = data + self.buffer
         self._to_streams()  # it finds no endpoint either, and answers 502 saying why
 
@@ -223,28 +198,12 @@ class FastClient(asyncio.Protocol):
         if self.gone:
             upstream.client_gone()
 
-    def _finish(self, pending: Pending) -> None:
+    def _finish(self) -> None:
         """The exchange is over (or handed over): account for it."""
         self.pending = None
         self.busy = False
         self.idle_since = time.monotonic()
-        traffic = self.traffic
-        traffic.busy -= 1
-        if traffic.draining and traffic.busy == 0:
-            traffic.quiet.set()
-
-    def done(self, pending: Pending, *, keep: bool) -> None:
-        """Called by the upstream when the response has been passed on whole."""
-        pending.ep.inflight -= 1
-        self._finish(pending)
-        if not keep or self.traffic.draining:
-            if self.transport is not None:
-                self.transport.close()
-            return
-        if self.transport is not None and len(self.buffer) <= MAX_HEAD:
-            self.transport.resume_reading()
-        if self.buffer:
-            self._next()
+        self.traffic.end()
 
     def _to_streams(self, upstream_bytes: bytes | None = None, pending: Pending | None = None) -> None:
         transport = self.transport
@@ -256,8 +215,46 @@ class FastClient(asyncio.Protocol):
         transport.resume_reading()  # we may have paused it; the stream reader does its own flow control
         self.hand_over_to_streams(transport, buffered, upstream_bytes, pending)
 
+    # -- fast_upstream.ExchangeOwner: how the upstream side reports back -------------------
+
+    @property
+    def draining(self) -> bool:
+        return self.traffic.draining
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.gone:
+            self.transport.write(data)
+
+    def exchange_done(self, pending: Pending, *, status: int, keep: bool) -> None:
+        pending.ep.inflight -= 1
+        self.traffic.counters.record(pending.release, error=status >= 500,
+                                     latency_ms=(time.perf_counter() - pending.started) * 1000.0)
+        self._finish()
+        if not keep or self.gone or self.traffic.draining:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.transport is not None and len(self.buffer) <= MAX_HEAD:
+            self.transport.resume_reading()
+        if self.buffer:
+            self._next()
+
+    def exchange_cut(self, pending: Pending) -> None:
+        pending.ep.inflight -= 1
+        # a client that left is not the release's fault; an upstream failing mid-response is
+        self.traffic.counters.record(pending.release, error=not self.gone,
+                                     latency_ms=(time.perf_counter() - pending.started) * 1000.0)
+        self._finish()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def retry_on_streams(self, pending: Pending, request: bytes) -> None:
+        pending.ep.inflight -= 1
+        self.buffer = request + self.buffer
+        self._finish()
+        self._to_streams()
+
     def hand_over_mid_exchange(self, pending: Pending, upstream_bytes: bytes) -> None:
-        """The response needs the stream path: hand over both connections, the exchange going on there."""
         self.pending = None
         self.busy = False
         self._to_streams(upstream_bytes, pending)
@@ -280,9 +277,7 @@ async def finish_on_streams(traffic: Traffic, reader: asyncio.StreamReader, writ
                                        pending.keep_client, pending.started)
     finally:
         ep.inflight -= 1
-        traffic.busy -= 1
-        if traffic.draining and traffic.busy == 0:
-            traffic.quiet.set()
+        traffic.end()
     if keep:
         await traffic.serve(reader, writer, preview=preview)
     else:

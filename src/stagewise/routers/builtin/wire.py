@@ -7,12 +7,19 @@ ever held whole in memory. This module knows nothing of routes or counters.
 It is strict where leniency lets one message be read two ways (bare CR or LF,
 both Content-Length and Transfer-Encoding, conflicting lengths, folded
 headers): a proxy and the server behind it must agree on where a request ends,
-or one client can smuggle a request past the other.
+or one client can smuggle a request past the other. For the same reason a
+request is refused (400) unless its method and header names are tokens, its
+target is visible ASCII, its header values hold no control character but HTAB
+(no NUL, RFC 9110 §5.5) and it has exactly one Host (RFC 9112 §3.2; none is
+allowed in HTTP/1.0): the proxy never forwards what the server behind it might
+read another way. tests/routers/test_request_parsing.py holds the request
+parser to `h11`'s verdicts, with the few deliberate differences named there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -56,6 +63,12 @@ _REASONS = {
 
 
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+"""method SP request-target SP HTTP-version (RFC 9112 §3): a token, visible ASCII, one digit each."""
+_FIELD_NAME = re.compile(_TOKEN)
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+"""HTAB, SP, visible ASCII and obs-text (RFC 9110 §5.5): no NUL, no other control character."""
 
 
 class HttpError(Exception):
@@ -83,12 +96,14 @@ def parse_head(data: bytes, *, request: bool) -> Head:
         raise HttpError(400, "bare CR or LF in message head")
     lines = data[:-4].split(b"\r\n")
     if request:
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or not parts[0] or not parts[1]:
+        request_line = _REQUEST_LINE.fullmatch(lines[0])
+        if request_line is None:
             raise HttpError(400, "malformed request line")
-        if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        method, target, major, minor = request_line.groups()
+        if major != b"1":
             raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
-        start = (parts[0], parts[1], parts[2])
+        # a later 1.x is served as 1.1, the highest minor version spoken here (RFC 9110 §2.5)
+        start = (method, target, b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1")
     else:
         version, _, rest = lines[0].partition(b" ")
         status, _, reason = rest.partition(b" ")
@@ -99,8 +114,10 @@ def parse_head(data: bytes, *, request: bool) -> Head:
     index: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in (b" ", b"\t") or name[:1] in (b" ", b"\t"):
+        if not sep or _FIELD_NAME.fullmatch(name) is None:
             raise HttpError(400, "malformed header line")
+        if request and _FIELD_VALUE.fullmatch(value) is None:
+            raise HttpError(400, "control character in a header value")
         value = value.strip(b" \t")
         headers.append((name, value))
         key = name.lower()
@@ -110,8 +127,12 @@ def parse_head(data: bytes, *, request: bool) -> Head:
         elif key == b"content-length":
             if seen != value:
                 raise HttpError(400, "conflicting Content-Length headers")
+        elif key == b"host" and request:
+            raise HttpError(400, "more than one Host header")
         else:
             index[key] = seen + (b"; " if key == b"cookie" else b", ") + value
+    if request and b"host" not in index and start[2] != b"HTTP/1.0":
+        raise HttpError(400, "no Host header")
     return Head(start, headers, index)
 
 

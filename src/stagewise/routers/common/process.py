@@ -74,6 +74,27 @@ def holders(path: Path) -> list[int]:
     return out
 
 
+def inheritable_descriptors() -> list[int]:
+    """Descriptors above stderr that this process would pass to a program it starts.
+
+    Python marks its own descriptors close-on-exec, but one made inheritable by someone else (a socket
+    handed down by a supervisor, a server's listener) goes to every child that does not close it —
+    and a daemon we start lives on with it. `os.posix_spawn` (unlike subprocess with `close_fds`)
+    closes nothing by itself, so its callers close these.
+    """
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                fds.append(fd)
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor among them)
+    return fds
+
+
 async def wait_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while alive(pid):

@@ -1,4 +1,4 @@
-"""The request path of the builtin router: client connections in, responses out.
+"""The stream path of the builtin router: every request the fast path does not serve, on asyncio streams.
 
 Everything here runs once per request, so it stays lean: no logging, no
 pydantic, one read of the current `RoutePlan` per request (a table swap
@@ -7,7 +7,12 @@ between two requests of one keep-alive connection is seen by the second).
 Bodies stream both ways, re-framed where the two sides differ (an HTTP/1.1
 client gets a close-delimited response chunked, an HTTP/1.0 client gets a
 chunked one close-delimited). The exchange with the upstream, with its retry
-of stale keep-alive connections, is `_exchange`'s.
+of stale keep-alive connections, is `exchange`'s; heads are rewritten by
+`rewrite`, the same functions the fast path uses.
+
+`Traffic` also keeps what both paths share: the current plan, the counters,
+the open client connections and the count of requests being served (which
+tells a draining proxy when it may stop).
 
 The proxy's own answers (502 and friends) are plain text saying why, and a
 request that could not be forwarded counts as an error of its release.
@@ -17,14 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
-from stagewise.routers._counters import Counters
-from stagewise.routers._exchange import STREAM_ERRORS, BodyPump, Broken, ClientGone, connect, exchange
-from stagewise.routers._http import (
+from stagewise.routers.builtin.counters import Counters
+from stagewise.routers.builtin.exchange import STREAM_ERRORS, BodyPump, Broken, ClientGone, connect, exchange
+from stagewise.routers.builtin.plan import Endpoint, RoutePlan
+from stagewise.routers.builtin.pool import Upstream
+from stagewise.routers.builtin.rewrite import request_headers, response_head
+from stagewise.routers.builtin.wire import (
     CHUNKED,
     LENGTH,
-    NO_BODY,
-    UNTIL_CLOSE,
     BodyReader,
     Head,
     HttpError,
@@ -38,22 +45,33 @@ from stagewise.routers._http import (
     response_framing,
     tokens,
 )
-from stagewise.routers._plan import Endpoint, RoutePlan
-from stagewise.routers._pool import Upstream
 
 CLIENT_IDLE_TIMEOUT = 60.0
 """Idle keep-alive client connections are closed after this many seconds (see Proxy._sweep)."""
 
-_REPLACED = frozenset({b"x-forwarded-for", b"expect"})
+
+
+class Client(Protocol):
+    """An open client connection, as `Traffic` keeps track of it (a `ClientConn`, or a `fast.FastClient`)."""
+
+    busy: bool
+    idle_since: float
+
+    def close(self) -> None: ...
 
 
 class ClientConn:
+    """A client connection served on streams."""
+
     __slots__ = ("busy", "idle_since", "writer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.busy = False
         self.idle_since = time.monotonic()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class Traffic:
@@ -64,7 +82,7 @@ class Traffic:
         """Swapped whole by the admin API; read once per request."""
         self.counters = counters
         self.draining = False
-        self.clients: set[ClientConn] = set()
+        self.clients: set[Client] = set()
         self.busy = 0
         """Requests being handled now, on every listener."""
         self.quiet = asyncio.Event()
@@ -81,7 +99,17 @@ class Traffic:
         now = time.monotonic()
         for conn in list(self.clients):
             if not conn.busy and now - conn.idle_since >= older_than:
-                conn.writer.close()
+                conn.close()
+
+    def begin(self) -> None:
+        """A request starts being served (on either path)."""
+        self.busy += 1
+
+    def end(self) -> None:
+        """A request has been served (on either path)."""
+        self.busy -= 1
+        if self.draining and self.busy == 0:
+            self.quiet.set()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, preview: bool) -> None:
         conn = ClientConn(writer)
@@ -99,14 +127,12 @@ class Traffic:
                 except (asyncio.IncompleteReadError, OSError):
                     break
                 conn.busy = True
-                self.busy += 1
+                self.begin()
                 try:
                     keep = await self._request(reader, writer, data, client_ip, preview)
                 finally:
                     conn.busy = False
-                    self.busy -= 1
-                    if self.draining and self.busy == 0:
-                        self.quiet.set()
+                    self.end()
                 if not keep:
                     break
         finally:
@@ -141,14 +167,12 @@ class Traffic:
         body = BodyReader(reader, kind, length)
         if not group:
             where = f"release {release} of service {plan.service}" if preview else f"service {plan.service}"
-            return await self._refuse(writer, release, started, f"no ready instance of {where}", keep_client, body)
+            return await self.refuse(writer, release, started, f"no ready instance of {where}", keep_client, body)
         ep, upstream, why = await connect(group, start)
         if upstream is None:
-            return await self._refuse(writer, release, started, why, keep_client, body)
+            return await self.refuse(writer, release, started, why, keep_client, body)
 
-        headers = end_to_end(head.headers, connection | _REPLACED)
-        prior = index.get(b"x-forwarded-for")
-        headers.append((b"X-Forwarded-For", prior + b", " + client_ip if prior else client_ip))
+        headers = request_headers(head, connection, client_ip)
         if kind == LENGTH:
             headers.append((b"Content-Length", b"%d" % length))
         elif kind == CHUNKED:
@@ -173,14 +197,14 @@ class Traffic:
                 return False
             except Broken as exc:
                 why = f"instance {ep.id} of service {plan.service} failed before answering: {exc}"
-                return await self._refuse(writer, ep.release, started, why, keep_client, body)
-            return await self._relay(
+                return await self.refuse(writer, ep.release, started, why, keep_client, body)
+            return await self.relay(
                 reader, writer, ep, upstream, response, task, pump, method, http10, keep_client, started
             )
         finally:
             ep.inflight -= 1
 
-    async def _relay(
+    async def relay(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -194,33 +218,17 @@ class Traffic:
         keep_client: bool,
         started: float,
     ) -> bool:
-        """Send the response on to the client; whether the client connection stays open."""
-        version, status_text, reason = response.start
-        status = int(status_text)
-        r_connection = tokens(response.index.get(b"connection"))
+        """Send the response on to the client; whether the client connection stays open.
+
+        The fast path finishes here the exchanges it began but cannot end itself (`fast.finish_on_streams`).
+        """
+        status = int(response.start[1])
         if status == 101:
-            return await self._tunnel(reader, writer, ep, upstream, response, r_connection, started)
+            return await self._tunnel(reader, writer, ep, upstream, response, started)
         r_kind, r_length = response_framing(method, status, response.index)
-        reusable = r_kind != UNTIL_CLOSE and b"close" not in r_connection
-        reusable = reusable and (version == b"HTTP/1.1" or b"keep-alive" in r_connection)
-        headers = end_to_end(response.headers, r_connection)
-        chunk_down = False
-        if r_kind == LENGTH:
-            headers.append((b"Content-Length", b"%d" % r_length))
-        elif r_kind != NO_BODY:
-            if http10:
-                keep_client = False
-            else:
-                chunk_down = True
-                headers.append((b"Transfer-Encoding", b"chunked"))
-        elif b"content-length" in response.index and status >= 200 and status != 204:
-            headers.append((b"Content-Length", response.index[b"content-length"]))
         keep_client = keep_client and not self.draining and (pump is None or pump.body.done)
-        if not keep_client:
-            headers.append((b"Connection", b"close"))
-        elif http10:
-            headers.append((b"Connection", b"keep-alive"))
-        head = build_head(b"HTTP/1.1 " + status_text + b" " + reason, headers)
+        head, reusable, keep_client, chunk_down = response_head(response, r_kind, r_length, keep_client=keep_client,
+                                                                http10=http10)
         # A body of known length follows its head at once: send both in one write (one packet for
         # small responses). Other heads go out now — a stream's first event may be long in coming.
         pending = [head] if r_kind == LENGTH else []
@@ -237,7 +245,7 @@ class Traffic:
                         upstream.abort()
                         if pending:  # nothing sent yet: the client can still be told
                             why = f"instance {ep.id} failed mid-response: {exc!r}"
-                            return await self._refuse(writer, ep.release, started, why, False, body)
+                            return await self.refuse(writer, ep.release, started, why, False, body)
                         # the client has part of a response: cut it so it cannot pass for whole
                         writer.transport.abort()
                         self.counters.record(ep.release, error=True, latency_ms=_ms(started))
@@ -282,11 +290,10 @@ class Traffic:
         ep: Endpoint,
         upstream: Upstream,
         response: Head,
-        r_connection: frozenset[bytes],
         started: float,
     ) -> bool:
         """After 101 Switching Protocols the proxy only copies bytes both ways until one side ends."""
-        headers = end_to_end(response.headers, r_connection)
+        headers = end_to_end(response.headers, tokens(response.index.get(b"connection")))
         headers += ((b"Connection", b"Upgrade"), (b"Upgrade", response.index.get(b"upgrade", b"")))
         writer.write(build_head(b"HTTP/1.1 101 " + response.start[2], headers))
         self.counters.record(ep.release, error=False, latency_ms=_ms(started))
@@ -303,7 +310,7 @@ class Traffic:
             upstream.close()
         return False
 
-    async def _refuse(
+    async def refuse(
         self,
         writer: asyncio.StreamWriter,
         release: str,
@@ -312,7 +319,7 @@ class Traffic:
         keep_client: bool,
         body: BodyReader,
     ) -> bool:
-        """Answer 502 ourselves, counted as an error of `release`."""
+        """Answer 502 ourselves, counted as an error of `release`; whether the client connection stays open."""
         keep = keep_client and body.done and not self.draining
         writer.write(plain_response(502, f"stagewise: {why}", close=not keep))
         try:
@@ -321,10 +328,6 @@ class Traffic:
             keep = False
         self.counters.record(release, error=True, latency_ms=_ms(started))
         return keep
-
-    # the fast path (`_fast`) finishes here the exchanges it began but cannot end itself
-    relay = _relay
-    refuse = _refuse
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

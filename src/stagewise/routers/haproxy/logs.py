@@ -2,7 +2,7 @@
 
 `show stat` counts responses per server but has no latency distribution, so
 the managed HAProxy sends one line per request (`swlog <pid> <server> <status>
-<t0 µs> <t1 µs> <backend> <termination state>`, see `_haproxy_config.render`) to `log.sock`, where the
+<t0 µs> <t1 µs> <backend> <termination state>`, see `config.render`) to `log.sock`, where the
 driver inside the controller process listens.
 
 The controller may be restarted at any moment while HAProxy runs on; so:
@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from stagewise.routers._tally import Tallies, Tally
+from stagewise.routers.common.tallies import Tallies, Tally
 
 log = logging.getLogger("stagewise.router.haproxy")
 

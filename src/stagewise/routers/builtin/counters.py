@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from stagewise.core.stats import LATENCY_BOUNDS_MS, RouterStats, bucket_of
-from stagewise.routers._plan import Endpoint
-from stagewise.routers._tally import Tallies, Tally
+from stagewise.routers.builtin.plan import Endpoint
+from stagewise.routers.common.tallies import Tallies, Tally
 
 
 class Counters:

@@ -15,8 +15,9 @@ percentage to the candidate, so raising the percentage only adds users: a
 cohort is sticky and only grows, like the builtin router's — though nginx's
 buckets are its own (not the builtin's blake2b ones, nor HAProxy's crc32).
 
-Every request's release is logged as JSON (`$upstream_addr` mapped back to
-its release), which is how the driver counts requests, errors and latency.
+Every request's release is logged as JSON (the last address of
+`$upstream_addr` mapped back to its release), which is how the driver counts
+requests, errors and latency (`logs`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import re
 from pathlib import Path
 
 from stagewise.core.routes import Endpoint, RouteTable
-from stagewise.errors import RouterError
-from stagewise.routers._shares import endpoint_weights
+from stagewise.errors import RouterConfigError
+from stagewise.routers.common.shares import endpoint_weights
 
 MAX_WEIGHT = 256
 ALL, NONE = "sw_all", "sw_none"
@@ -44,7 +45,10 @@ class Paths:
         self.candidate = folder / "nginx.conf.new"
         self.pid = folder / "nginx.pid"
         self.access_log = folder / "access.log"
-        """One JSON line per request: release, status, seconds."""
+        """One JSON line per request: release, status, seconds; rotated to `access.log.<n>` as it is read."""
+        self.counts = folder / "counts.json"
+        """The tallies read from the access log so far, and the number of the last rotated file read."""
+        self.counts_lock = folder / "counts.lock"
         self.error_log = folder / "error.log"
         self.output = folder / "nginx.out"
         """What nginx printed when started (before its error log took over)."""
@@ -54,7 +58,7 @@ class Paths:
 def quote(value: str) -> str:
     """A double-quoted nginx string."""
     if any(ord(c) < 32 for c in value):
-        raise RouterError(f"{value!r} cannot be written into an nginx configuration", delay=60.0)
+        raise RouterConfigError(f"{value!r} cannot be written into an nginx configuration")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -66,14 +70,18 @@ def map_key(value: str) -> str:
 
 def header_variable(name: str) -> str:
     if not _TOKEN.fullmatch(name):
-        raise RouterError(f"header name {name!r} cannot be routed on by nginx", delay=60.0)
+        raise RouterConfigError(f"header name {name!r} cannot be routed on by nginx")
     return "$http_" + name.lower().replace("-", "_")
 
 
-def render(table: RouteTable, paths: Paths, *, workers: int = 1) -> str:
-    """The whole configuration of the nginx serving `table`."""
+def render(table: RouteTable, paths: Paths, *, workers: int = 1, user: tuple[str, str] | None = None) -> str:
+    """The whole configuration of the nginx serving `table`.
+
+    `user`: (user, group) for the workers; needed when nginx starts as root, which would otherwise run them
+    as nobody — who could not reopen the logs in a private state directory (see `logs`).
+    """
     if any(c.isspace() or c in ';{}"' for c in str(paths.folder)):
-        raise RouterError(f"nginx cannot use a state directory with spaces: {paths.folder}", delay=60.0)
+        raise RouterConfigError(f"nginx cannot use a state directory with spaces: {paths.folder}")
     releases = sorted(table.releases())
     upstream = {r: f"sw_r{i}" for i, r in enumerate(releases)}
     weights = endpoint_weights(table, MAX_WEIGHT)
@@ -84,6 +92,7 @@ def render(table: RouteTable, paths: Paths, *, workers: int = 1) -> str:
     t = paths.temp
     lines = [
         "# written by stagewise: changes made here are overwritten",
+        *([f"user {user[0]} {user[1]};"] if user else []),
         f"worker_processes {workers};",
         f"pid {paths.pid};",
         f"error_log {paths.error_log} warn;",
@@ -97,7 +106,10 @@ def render(table: RouteTable, paths: Paths, *, workers: int = 1) -> str:
         "    keepalive_timeout 65s;",
         f"    log_format {LOG_FORMAT} escape=json "
         "'{\"r\":\"$sw_release\",\"s\":$status,\"t\":$request_time,\"a\":\"$upstream_addr\",\"p\":$pid,\"m\":$msec}';",
-        "    map $upstream_addr $sw_release {",
+        # a retried request lists every upstream it tried ("a, b"; "a : b" across internal redirects):
+        # the last one answered, and its release is the one to count
+        '    map $upstream_addr $sw_upstream { "~(?<sw_last>[^ ,]+)$" $sw_last; default ""; }',
+        "    map $sw_upstream $sw_release {",
         '        default "";',
     ]
     release_at = {e.address: e.release for e in sorted(table.endpoints, key=_address)}
@@ -117,7 +129,7 @@ def render(table: RouteTable, paths: Paths, *, workers: int = 1) -> str:
         sources = [header_variable(cohort.header)] if cohort.header else []
         if cohort.cookie:
             if not _TOKEN.fullmatch(cohort.cookie):
-                raise RouterError(f"cookie name {cohort.cookie!r} cannot be read by nginx", delay=60.0)
+                raise RouterConfigError(f"cookie name {cohort.cookie!r} cannot be read by nginx")
             sources.append(f"$cookie_{cohort.cookie}")
         stable = target(table.stable)
         below = stable  # no key to read: every request is a request without the key

@@ -4,7 +4,7 @@ Two modes:
 
 - *managed* (`router: {kind: haproxy}`): one master-worker HAProxy per service,
   run detached (it outlives the controller), its files under
-  `<state_dir>/haproxy/<service>/` (see `_haproxy_config.Paths`). Weights,
+  `<state_dir>/haproxy/<service>/` (see `config.Paths`). Weights,
   servers and map entries change at run time, with no reload; listeners,
   header names, the cohort key or more release slots need a new configuration,
   checked with `haproxy -c` and loaded by a reload through the master CLI.
@@ -27,7 +27,7 @@ Instances come and go as dynamic servers: added with `add server`; removed by
 (their counts kept in `retired.json`, so a release's counters never go down).
 
 Counters: responses and 5xx per server from `show stat` (`hrsp_*`: `req_tot`
-is not per server), latency from HAProxy's log lines (`_haproxy_logs`). `boot`
+is not per server), latency from HAProxy's log lines (`logs`). `boot`
 names the HAProxy worker (pid and start time): it changes on a reload or a
 restart, when `show stat` starts again from zero, and the controller then
 applies the table again. When a managed HAProxy is down, `stats` says so with an
@@ -47,10 +47,11 @@ from pathlib import Path
 
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import ReleaseStats, RouterStats
-from stagewise.errors import RouterError
-from stagewise.routers import _process
-from stagewise.routers._haproxy_api import RuntimeApi, ServerStat
-from stagewise.routers._haproxy_config import (
+from stagewise.errors import RouterConfigError, RouterError
+from stagewise.routers.common import process
+from stagewise.routers.common.shares import endpoint_weights
+from stagewise.routers.haproxy.api import RuntimeApi, ServerStat
+from stagewise.routers.haproxy.config import (
     MAX_WEIGHT,
     Desired,
     Layout,
@@ -65,8 +66,7 @@ from stagewise.routers._haproxy_config import (
     render_map,
     server_name,
 )
-from stagewise.routers._haproxy_logs import LogReceiver
-from stagewise.routers._shares import endpoint_weights
+from stagewise.routers.haproxy.logs import LogReceiver
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -89,7 +89,7 @@ class HaproxyRouter:
         self.external_socket = Path(socket) if socket else None
         self.external_backend = backend
         if (socket is None) != (backend is None):
-            raise RouterError("haproxy external mode needs both socket and backend", delay=60.0)
+            raise RouterConfigError("haproxy external mode needs both socket and backend")
         self.threads = threads
         self._locks: dict[str, asyncio.Lock] = {}
         self._receivers: dict[str, LogReceiver] = {}
@@ -148,10 +148,10 @@ class HaproxyRouter:
                 await api.run([f"set server {s.backend}/{s.name} state maint" for s in servers], check=False)
                 await api.run([f"del server {s.backend}/{s.name}" for s in servers], check=False)
                 return
-            pid = _process.read_pid(paths.pid)
+            pid = process.read_pid(paths.pid)
             if pid is not None:
                 # SIGUSR1 to the master: a soft stop, the workers finish the requests they have
-                await _process.terminate(pid, first=signal.SIGUSR1, timeout=STOP_TIMEOUT)
+                await process.terminate(pid, first=signal.SIGUSR1, timeout=STOP_TIMEOUT)
             for path in (paths.admin, paths.master, paths.pid):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
@@ -171,7 +171,7 @@ class HaproxyRouter:
         layout = layout_for(table, loaded, slots)
         desired = desired_for(table, layout, slots)
         for name, entries in desired.maps.items():
-            _process.write_atomic(paths.map(name), render_map(entries))
+            process.write_atomic(paths.map(name), render_map(entries))
         config = render(layout, desired, paths, threads=self.threads)
         if not running or layout != loaded:
             # the new configuration says everything; a server state saved before it would override its weights
@@ -184,10 +184,10 @@ class HaproxyRouter:
             await self._write_config(paths, config, check=True)
             await self._reload(paths, api)
         else:
-            _process.write_atomic(paths.config, config)
+            process.write_atomic(paths.config, config)
             await self._change_at_runtime(api, desired, paths, layout.maps())
-        _process.write_atomic(paths.layout, layout.to_json())
-        _process.write_atomic(paths.slots, json.dumps(slots))
+        process.write_atomic(paths.layout, layout.to_json())
+        process.write_atomic(paths.slots, json.dumps(slots))
         await self._save_server_state(api, paths)
 
     async def _change_at_runtime(self, api: RuntimeApi, desired: Desired, paths: Paths, maps: list[str]) -> None:
@@ -223,14 +223,16 @@ class HaproxyRouter:
 
     async def _start(self, paths: Paths) -> None:
         """Start a detached master-worker HAProxy on the configuration and wait until it answers."""
-        haproxy = _process.binary("haproxy", "haproxy")
+        haproxy = process.binary("haproxy", "haproxy")
         for path in (paths.admin, paths.master):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         argv = [haproxy, "-W", "-D", "-S", f"{paths.master},mode,600", "-f", str(paths.config), "-p", str(paths.pid)]
         with open(paths.output, "ab") as output:  # noqa: ASYNC230 -- opening a local log file does not block
+            # close_fds: the daemon outlives us and must hold no descriptor of ours (a listener of the
+            # API server, say); the default already, said here because it matters
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=output,
-                                                        stderr=output)
+                                                        stderr=output, close_fds=True)
             try:
                 code = await asyncio.wait_for(proc.wait(), START_TIMEOUT)
             except TimeoutError as exc:
@@ -238,12 +240,12 @@ class HaproxyRouter:
                 await proc.wait()
                 raise RouterError(f"HAProxy did not start within {START_TIMEOUT:.0f} s") from exc
         if code != 0:
-            raise RouterError(f"HAProxy did not start (exit {code}): {_process.tail(paths.output)}")
+            raise RouterError(f"HAProxy did not start (exit {code}): {process.tail(paths.output)}")
         deadline = time.monotonic() + START_TIMEOUT
         api = self._api(paths)
         while not await self._answers(api):
             if time.monotonic() > deadline:
-                raise RouterError(f"HAProxy started but its socket did not answer: {_process.tail(paths.output)}")
+                raise RouterError(f"HAProxy started but its socket did not answer: {process.tail(paths.output)}")
             await asyncio.sleep(0.02)
 
     async def _reload(self, paths: Paths, api: RuntimeApi) -> None:
@@ -263,15 +265,15 @@ class HaproxyRouter:
                     break
             if time.monotonic() > deadline:
                 raise RouterError(f"HAProxy did not reload within {RELOAD_TIMEOUT:.0f} s: "
-                                  f"{_process.tail(paths.output)}")
+                                  f"{process.tail(paths.output)}")
             await asyncio.sleep(0.02)
         # requests still running on the old worker may go to servers the new configuration dropped:
         # the controller stops those instances once `apply` returns, so wait for the old worker first
-        await _process.wait_exit(int(old), OLD_WORKER_TIMEOUT)
+        await process.wait_exit(int(old), OLD_WORKER_TIMEOUT)
 
     async def _recover(self, paths: Paths, api: RuntimeApi) -> bool:
         """A master that runs but whose worker does not answer: give it a moment, else end it."""
-        pid = _process.read_pid(paths.pid)
+        pid = process.read_pid(paths.pid)
         if pid is None:
             return False
         deadline = time.monotonic() + 3.0
@@ -279,7 +281,7 @@ class HaproxyRouter:
             if await self._answers(api):
                 return True
             await asyncio.sleep(0.05)
-        await _process.terminate(pid, first=signal.SIGTERM, timeout=2.0)
+        await process.terminate(pid, first=signal.SIGTERM, timeout=2.0)
         return False
 
     async def _write_config(self, paths: Paths, config: str, *, check: bool) -> None:
@@ -287,33 +289,32 @@ class HaproxyRouter:
         candidate = paths.config.with_name("haproxy.cfg.new")
         candidate.write_text(config)
         if check:
-            haproxy = _process.binary("haproxy", "haproxy")
+            haproxy = process.binary("haproxy", "haproxy")
             proc = await asyncio.create_subprocess_exec(
                 haproxy, "-c", "-q", "-f", str(candidate),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             out, _ = await proc.communicate()
             if proc.returncode != 0:
-                raise RouterError(f"HAProxy refused the configuration: {out.decode(errors='replace')[-2000:]}",
-                                  delay=30.0)
+                raise RouterConfigError(f"HAProxy refused the configuration: {out.decode(errors='replace')[-2000:]}")
         candidate.replace(paths.config)
 
     async def _save_server_state(self, api: RuntimeApi, paths: Paths) -> None:
         state = await api.one("show servers state", check=False)
         if state.startswith("1"):
-            _process.write_atomic(paths.state, state.rstrip("\n") + "\n")
+            process.write_atomic(paths.state, state.rstrip("\n") + "\n")
 
     # -- external mode -------------------------------------------------------------------
 
     async def _apply_external(self, table: RouteTable) -> None:
         if table.cohort is not None or table.header_routes or table.preview_listen:
-            raise RouterError(
+            raise RouterConfigError(
                 "an external HAProxy is driven by weights only: header routes, cohorts and a preview "
-                "listener need managed mode (router: {kind: haproxy} without socket)", delay=60.0)
+                "listener need managed mode (router: {kind: haproxy} without socket)")
         if table.metrics_listen:
-            raise RouterError(
+            raise RouterConfigError(
                 "metricsListen is not supported with an external HAProxy: its Prometheus exporter is configured "
                 "by whoever runs it (a frontend with `http-request use-service prometheus-exporter`); "
-                "remove metricsListen, or use managed mode (router: {kind: haproxy} without socket)", delay=60.0)
+                "remove metricsListen, or use managed mode (router: {kind: haproxy} without socket)")
         backend = self.external_backend
         assert backend is not None
         weights = endpoint_weights(table, MAX_WEIGHT)
@@ -345,7 +346,7 @@ class HaproxyRouter:
                 retired[release_of(s.name)] = (responses + s.responses, errors + s.errors)
                 deleted.add((s.backend, s.name))
         if deleted:
-            _process.write_atomic(paths.retired, json.dumps({"boot": boot, "releases": retired}))
+            process.write_atomic(paths.retired, json.dumps({"boot": boot, "releases": retired}))
         return [s for s in now.values() if (s.backend, s.name) not in deleted]
 
     # -- helpers -------------------------------------------------------------------------
@@ -367,7 +368,7 @@ class HaproxyRouter:
 
     def _paths(self, service: str) -> Paths:
         if not _SERVICE_NAME.fullmatch(service):
-            raise RouterError(f"service name {service!r} cannot name a router directory", delay=60.0)
+            raise RouterConfigError(f"service name {service!r} cannot name a router directory")
         return Paths(self.state_dir / "haproxy" / service)
 
     def _api(self, paths: Paths) -> RuntimeApi:

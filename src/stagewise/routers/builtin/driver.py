@@ -1,4 +1,4 @@
-"""The builtin router driver: one `stagewise.routers.proxy` process per service.
+"""The builtin router driver: one `stagewise.routers.builtin.proxy` process per service.
 
 The proxy runs detached (its own session, output to a log file), not as a
 child that lives and dies with the controller: a controller restart must never
@@ -8,7 +8,8 @@ needs is on disk under `<state_dir>/routers/<service>/`:
     admin.sock        the proxy's admin API (HTTP over a Unix socket, mode 0600)
     admin.sock.lock   held by the running proxy, so two can never serve one socket
     pid               the proxy's pid, as the proxy itself reports it
-    router.log        the proxy's stdout and stderr (kept after stop, for post-mortems)
+    router.log        the proxy's log, stdout and stderr (kept after stop, for post-mortems); rotated
+                      to router.log.1 past `log_max_bytes` by the proxy itself
 
 A new `BuiltinRouter` (say, after a controller restart) re-attaches by just
 talking to the socket; if nothing answers, `apply` starts a proxy.
@@ -30,8 +31,9 @@ import httpx
 
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
-from stagewise.errors import RouterError
-from stagewise.routers import _process
+from stagewise.errors import RouterConfigError, RouterError
+from stagewise.routers.builtin.output import LOG_MAX_BYTES
+from stagewise.routers.common import process
 
 START_TIMEOUT = 10.0
 """Seconds a new proxy gets to answer /healthz."""
@@ -39,15 +41,17 @@ STOP_TIMEOUT = 10.0
 """Seconds a proxy gets to drain after SIGTERM before SIGKILL."""
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_PROXY_MODULE = "stagewise.routers.proxy"
-_SRC_DIR = str(Path(__file__).resolve().parents[2])
+_PROXY_MODULE = "stagewise.routers.builtin.proxy"
+_SRC_DIR = str(Path(__file__).resolve().parents[3])
 
 
 class BuiltinRouter:
     """Runs and drives the builtin proxy; implements `stagewise.routers.Router`."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, log_max_bytes: int = LOG_MAX_BYTES) -> None:
         self.state_dir = Path(state_dir).absolute()
+        self.log_max_bytes = log_max_bytes
+        """Size past which a proxy rotates its log (it keeps one older file)."""
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -65,8 +69,10 @@ class BuiltinRouter:
             except httpx.HTTPError as exc:
                 raise RouterError(f"router of {service} did not take the table: {exc!r}") from exc
             if response.status_code != 204:
-                why = response.text.strip()
-                raise RouterError(f"router of {service} refused the table ({response.status_code}): {why}", delay=5.0)
+                why = f"router of {service} refused the table ({response.status_code}): {response.text.strip()}"
+                if response.status_code == 400:  # the table itself is unusable: the same table fails again
+                    raise RouterConfigError(why)
+                raise RouterError(why, delay=5.0)  # 409: a listener could not bind; 503: stopping
 
     async def stats(self, *, service: str) -> RouterStats:
         if not self._socket(service).exists() and self._running_pid(service) is None:
@@ -90,10 +96,10 @@ class BuiltinRouter:
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-                if not await _process.wait_exit(pid, STOP_TIMEOUT):
+                if not await process.wait_exit(pid, STOP_TIMEOUT):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    if not await _process.wait_exit(pid, 5.0):
+                    if not await process.wait_exit(pid, 5.0):
                         raise RouterError(f"router of {service} (pid {pid}) did not exit")
             client = self._clients.pop(service, None)
             if client is not None:
@@ -125,9 +131,13 @@ class BuiltinRouter:
             pid = os.posix_spawn(  # noqa: ASYNC221 -- returns once the child exists, no waiting
                 sys.executable,
                 [sys.executable, "-m", _PROXY_MODULE, "--admin-socket", str(sock),
+                 "--log-file", log_path, "--log-max-bytes", str(self.log_max_bytes),
                  *(["--metrics-listen", metrics_listen] if metrics_listen else [])],
                 env,
+                # the proxy outlives this process: it must hold no descriptor of ours (posix_spawn closes
+                # only close-on-exec ones; a listener left inheritable would stay open with the proxy)
                 file_actions=[
+                    *((os.POSIX_SPAWN_CLOSE, fd) for fd in process.inheritable_descriptors()),
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
                     (os.POSIX_SPAWN_DUP2, 1, 2),
@@ -141,16 +151,16 @@ class BuiltinRouter:
             health = await self._health(service)
             if health is not None:
                 return health
-            if not _process.alive(pid):
+            if not process.alive(pid):
                 # it may have lost the lock to a proxy started at the same moment: ask once more
                 health = await self._health(service)
                 if health is not None:
                     return health
-                raise RouterError(f"router of {service} exited at start: {_process.tail(folder / 'router.log')}")
+                raise RouterError(f"router of {service} exited at start: {process.tail(folder / 'router.log')}")
             await asyncio.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        await _process.wait_exit(pid, 2.0)
+        await process.wait_exit(pid, 2.0)
         raise RouterError(f"router of {service} did not answer within {START_TIMEOUT:.0f} s")
 
     async def _health(self, service: str) -> dict[str, Any] | None:
@@ -182,7 +192,7 @@ class BuiltinRouter:
             pid = int((self._folder(service) / "pid").read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _process.alive(pid) and self._is_proxy(pid, service) else None
+        return pid if process.alive(pid) and self._is_proxy(pid, service) else None
 
     def _is_proxy(self, pid: int, service: str) -> bool:
         """Whether `pid` runs our proxy on this service's socket (and not a process that reused the pid)."""
@@ -199,7 +209,7 @@ class BuiltinRouter:
 
     def _folder(self, service: str) -> Path:
         if not _SERVICE_NAME.fullmatch(service):
-            raise RouterError(f"service name {service!r} cannot name a router directory", delay=60.0)
+            raise RouterConfigError(f"service name {service!r} cannot name a router directory")
         return self.state_dir / "routers" / service
 
     def _socket(self, service: str) -> Path:
@@ -210,10 +220,9 @@ class BuiltinRouter:
         if client is None:
             sock = self._socket(service)
             if len(os.fsencode(sock)) > _SOCKET_PATH_MAX:
-                raise RouterError(
+                raise RouterConfigError(
                     f"{sock} is too long for a Unix socket ({_SOCKET_PATH_MAX} bytes at most): "
-                    "use a state directory with a shorter path",
-                    delay=60.0,
+                    "use a state directory with a shorter path"
                 )
             client = httpx.AsyncClient(
                 transport=httpx.AsyncHTTPTransport(uds=str(sock)),

@@ -3,7 +3,7 @@
 One nginx per service (`worker_processes 1` by default), run detached as the
 current user with everything under `<state_dir>/nginx/<service>/` — its prefix,
 pid file, logs and temp paths — so it needs no root and touches nothing of a
-system nginx. `apply` renders the table (`_nginx_config`), and:
+system nginx. `apply` renders the table (`config`), and:
 
 - when nothing runs: starts nginx on it (the access log begins anew);
 - when the configuration is unchanged: does nothing (no reload);
@@ -15,15 +15,20 @@ system nginx. `apply` renders the table (`_nginx_config`), and:
   endpoint the table dropped, so the controller may stop it (nginx reports no
   per-endpoint in-flight count; `stats().inflight` stays empty).
 
-Counters come from the JSON access log (`_nginx_logs`); `boot` names the
-master (pid and start time), which survives reloads.
+Counters come from the JSON access log (`logs`), rotated as it is read so
+that a count taken once a request has completed includes it, and in the
+background when it grows past `rotate_bytes`; `boot` names the master (pid and
+start time), which survives reloads. Started as root, nginx runs its workers
+as root too (`user`): they must reopen their logs in our state directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
+import pwd
 import re
 import signal
 import time
@@ -31,10 +36,10 @@ from pathlib import Path
 
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
-from stagewise.errors import RouterError
-from stagewise.routers import _process
-from stagewise.routers._nginx_config import Paths, render
-from stagewise.routers._nginx_logs import AccessLog
+from stagewise.errors import RouterConfigError, RouterError
+from stagewise.routers.common import process
+from stagewise.routers.nginx.config import Paths, render
+from stagewise.routers.nginx.logs import ROTATE_BYTES, ROTATE_EVERY, AccessLog, Rotator
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -47,57 +52,76 @@ _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 class NginxRouter:
     """Runs and reloads one nginx per service; implements `stagewise.routers.Router`."""
 
-    def __init__(self, state_dir: Path, *, workers: int = 1) -> None:
+    def __init__(self, state_dir: Path, *, workers: int = 1, rotate_bytes: int = ROTATE_BYTES,
+                 rotate_every: float = ROTATE_EVERY) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.workers = workers
+        self.rotate_bytes = rotate_bytes
+        """The access log is read and emptied in the background once it is this large."""
+        self.rotate_every = rotate_every
         self._locks: dict[str, asyncio.Lock] = {}
-        self._logs: dict[str, AccessLog] = {}
+        self._rotators: dict[str, Rotator] = {}
 
     async def apply(self, *, table: RouteTable) -> None:
         async with self._lock(table.service):
             paths = self._paths(table.service)
             for folder in (paths.folder, paths.temp):
                 folder.mkdir(parents=True, exist_ok=True)
-            config = render(table, paths, workers=self.workers)
-            master = _process.read_pid(paths.pid)
+            config = render(table, paths, workers=self.workers, user=_root_user())
+            master = process.read_pid(paths.pid)
             if master is None:
                 await self._check(paths, config)
                 paths.candidate.replace(paths.config)
                 await self._start(paths)
-                return
-            with contextlib.suppress(FileNotFoundError):
-                if paths.config.read_text() == config:
-                    return
-            await self._check(paths, config)
-            paths.candidate.replace(paths.config)
-            await self._reload(paths, master)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    if paths.config.read_text() == config:
+                        self._rotate_in_background(table.service, paths)
+                        return
+                await self._check(paths, config)
+                paths.candidate.replace(paths.config)
+                await self._reload(paths, master)
+            self._rotate_in_background(table.service, paths)
 
     async def stats(self, *, service: str) -> RouterStats:
         async with self._lock(service):
             paths = self._paths(service)
-            master = _process.read_pid(paths.pid)
+            master = process.read_pid(paths.pid)
             if master is None:
                 return RouterStats()  # nothing runs, so nothing was counted; the next apply starts it
-            boot = f"{master}-{_process.start_time(master)}"
-            log = self._logs.get(service)
-            if log is None or log.boot != boot:
-                log = self._logs[service] = AccessLog(paths.access_log, boot)
-            tallies = log.read()
+            boot = _boot(master)
+            self._rotate_in_background(service, paths)
+            tallies = await asyncio.to_thread(AccessLog(paths).collect, master, boot)
             return RouterStats(boot=boot, releases={r: t.stats() for r, t in sorted(tallies.items())})
 
     async def stop(self, *, service: str) -> None:
         async with self._lock(service):
             paths = self._paths(service)
-            master = _process.read_pid(paths.pid)
+            master = process.read_pid(paths.pid)
             if master is not None:
                 # SIGQUIT: a graceful shutdown, requests in flight finish
-                await _process.terminate(master, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
+                await process.terminate(master, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
             with contextlib.suppress(FileNotFoundError):
                 paths.pid.unlink()
-            self._logs.pop(service, None)
+            rotator = self._rotators.pop(service, None)
+            if rotator is not None:
+                await asyncio.to_thread(rotator.close)
 
     async def close(self) -> None:
-        self._logs.clear()
+        rotators, self._rotators = self._rotators, {}
+        for rotator in rotators.values():
+            await asyncio.to_thread(rotator.close)
+
+    def _rotate_in_background(self, service: str, paths: Paths) -> None:
+        """Keep a `Rotator` on the running master's log (a new one for a new master)."""
+        master = process.read_pid(paths.pid)
+        rotator = self._rotators.get(service)
+        if master is None or (rotator is not None and rotator.master == master):
+            return
+        if rotator is not None:
+            rotator.close()  # its master is gone: it has stopped already
+        self._rotators[service] = Rotator(AccessLog(paths), master, _boot(master), rotate_bytes=self.rotate_bytes,
+                                          every=self.rotate_every)
 
     # -- the nginx process ----------------------------------------------------------------
 
@@ -106,64 +130,79 @@ class NginxRouter:
         paths.candidate.write_text(config)
         code, out = await _run(self._command(paths, paths.candidate, "-t", "-q"))
         if code != 0:
-            raise RouterError(f"nginx refused the configuration (the running one is unchanged): {out.strip()}",
-                              delay=30.0)
+            raise RouterConfigError(f"nginx refused the configuration (the running one is unchanged): {out.strip()}")
 
     async def _start(self, paths: Paths) -> None:
         # workers outlive a master killed with SIGKILL and keep the listeners: end them gracefully first
-        for orphan in _process.holders(paths.access_log):
-            await _process.terminate(orphan, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
-        paths.access_log.write_bytes(b"")  # one log per master: counters start from zero with a new boot
+        access_log = AccessLog(paths)
+        for log_file in access_log.log_files():
+            for orphan in process.holders(log_file):
+                await process.terminate(orphan, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
+        # one log per master: counters start from zero with a new boot
+        await asyncio.to_thread(access_log.clear)
         # output to a file, not a pipe: the daemon it forks may hold the pipe open long after
         code, _ = await _run(self._command(paths, paths.config), output=paths.output)
         if code != 0:
-            raise RouterError(f"nginx did not start (exit {code}): {_process.tail(paths.output)} "
-                              f"{_process.tail(paths.error_log)}")
+            raise RouterError(f"nginx did not start (exit {code}): {process.tail(paths.output)} "
+                              f"{process.tail(paths.error_log)}")
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            master = _process.read_pid(paths.pid)
-            if master is not None and _process.children(master):
+            master = process.read_pid(paths.pid)
+            if master is not None and process.children(master):
                 return
             if time.monotonic() > deadline:
                 raise RouterError(f"nginx did not start within {START_TIMEOUT:.0f} s: "
-                                  f"{_process.tail(paths.error_log)}")
+                                  f"{process.tail(paths.error_log)}")
             await asyncio.sleep(0.01)
 
     async def _reload(self, paths: Paths, master: int) -> None:
         """SIGHUP; wait for new workers, then for the old ones to finish their requests."""
-        old = set(_process.children(master))
+        old = set(process.children(master))
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGHUP)
         deadline = time.monotonic() + RELOAD_TIMEOUT
-        while not set(_process.children(master)) - old:
-            if time.monotonic() > deadline or not _process.alive(master):
-                raise RouterError(f"nginx did not reload: {_process.tail(paths.error_log)}")
+        while not set(process.children(master)) - old:
+            if time.monotonic() > deadline or not process.alive(master):
+                raise RouterError(f"nginx did not reload: {process.tail(paths.error_log)}")
             await asyncio.sleep(0.005)
         deadline = time.monotonic() + OLD_WORKER_TIMEOUT
-        while any(_process.alive(pid) for pid in old):
+        while any(process.alive(pid) for pid in old):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.005)
 
     def _command(self, paths: Paths, config: Path, *flags: str) -> list[str]:
-        nginx = _process.binary("nginx", "nginx-light")
+        nginx = process.binary("nginx", "nginx-light")
         return [nginx, *flags, "-p", f"{paths.folder}/", "-c", str(config), "-e", str(paths.error_log)]
 
     def _paths(self, service: str) -> Paths:
         if not _SERVICE_NAME.fullmatch(service):
-            raise RouterError(f"service name {service!r} cannot name a router directory", delay=60.0)
+            raise RouterConfigError(f"service name {service!r} cannot name a router directory")
         return Paths(self.state_dir / "nginx" / service)
 
     def _lock(self, service: str) -> asyncio.Lock:
         return self._locks.setdefault(service, asyncio.Lock())
 
 
+def _boot(master: int) -> str:
+    return f"{master}-{process.start_time(master)}"
+
+
+def _root_user() -> tuple[str, str] | None:
+    """(user, group) of this process when it is root, for nginx's workers (else nginx makes them nobody)."""
+    if os.geteuid() != 0:
+        return None
+    return pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
+
+
 async def _run(argv: list[str], output: Path | None = None) -> tuple[int, str]:
     """Run a program to its end; its exit code and output (kept in `output` instead, if given)."""
     try:
         with open(output, "ab") if output else contextlib.nullcontext(asyncio.subprocess.PIPE) as out_to:  # noqa: ASYNC230
+            # close_fds: the daemon outlives us and must hold no descriptor of ours (a listener of the
+            # API server, say); the default already, said here because it matters
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_to,
-                                                        stderr=asyncio.subprocess.STDOUT)
+                                                        stderr=asyncio.subprocess.STDOUT, close_fds=True)
     except OSError as exc:
         raise RouterError(f"cannot run {argv[0]}: {exc}") from exc
     try:

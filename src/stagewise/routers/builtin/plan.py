@@ -22,7 +22,7 @@ new table keeps its warm connections.
 from __future__ import annotations
 
 from stagewise.core.routes import RouteTable, in_cohort
-from stagewise.routers._pool import EndpointPool
+from stagewise.routers.builtin.pool import EndpointPool
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -1,6 +1,7 @@
 """The builtin router's data plane: one reverse-proxy process per service.
 
-    python -m stagewise.routers.proxy --admin-socket PATH [--metrics-listen HOST:PORT]
+    python -m stagewise.routers.builtin.proxy --admin-socket PATH [--metrics-listen HOST:PORT]
+                                              [--log-file PATH [--log-max-bytes N]]
 
 It runs apart from the controller, so a controller restart or crash never
 drops a request: the controller (through `BuiltinRouter`) only talks to its
@@ -23,7 +24,8 @@ one process serves it; a second one exits 1.
 
 This module must import nothing of stagewise above `core` (the controller
 imports it, not the other way round), and nothing here runs per request except
-in `_fast` (plain requests, by protocol callbacks) and `_forward` (the rest).
+in `fast` and `fast_upstream` (plain requests, by protocol callbacks) and `streams`
+(the rest).
 """
 
 from __future__ import annotations
@@ -46,11 +48,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from stagewise.core.routes import RouteTable
-from stagewise.routers._counters import Counters
-from stagewise.routers._fast import FastClient, finish_on_streams
-from stagewise.routers._fast_upstream import Pending, stream_pair
-from stagewise.routers._forward import CLIENT_IDLE_TIMEOUT, Traffic
-from stagewise.routers._http import (
+from stagewise.routers.builtin.counters import Counters
+from stagewise.routers.builtin.fast import FastClient, finish_on_streams
+from stagewise.routers.builtin.fast_upstream import Pending
+from stagewise.routers.builtin.output import LOG_MAX_BYTES, log_to
+from stagewise.routers.builtin.plan import Endpoint, RoutePlan, split_address
+from stagewise.routers.builtin.pool import stream_pair
+from stagewise.routers.builtin.streams import CLIENT_IDLE_TIMEOUT, Traffic
+from stagewise.routers.builtin.wire import (
     CHUNKED,
     MAX_HEAD,
     BodyReader,
@@ -60,7 +65,6 @@ from stagewise.routers._http import (
     plain_response,
     request_framing,
 )
-from stagewise.routers._plan import Endpoint, RoutePlan, split_address
 
 log = logging.getLogger("stagewise.router")
 
@@ -155,7 +159,7 @@ class Proxy:
 
         def to_streams(transport: asyncio.Transport, data: bytes, upstream_data: bytes | None,
                        pending: Pending | None) -> None:
-            """A connection the fast path cannot serve goes on with the stream path (`_fast`)."""
+            """A connection the fast path cannot serve goes on with the stream path (see `fast`)."""
             reader, writer = stream_pair(transport, data)
             if pending is None or pending.upstream is None:
                 serving = self.traffic.serve(reader, writer, preview=preview)
@@ -373,13 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stagewise router", description="The stagewise builtin router.")
     parser.add_argument("--admin-socket", required=True, type=Path, help="Unix socket of the admin API")
     parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="also serve /metrics over TCP here")
+    parser.add_argument("--log-file", type=Path, help="log here (and make it stdout and stderr), rotated by size")
+    parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES, metavar="N",
+                        help=f"rotate the log file past N bytes, keeping one older file (default {LOG_MAX_BYTES})")
     args = parser.parse_args(argv)
     if args.metrics_listen:
         try:
             split_address(args.metrics_listen)
         except ValueError as exc:
             parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    log_to(args.log_file, args.log_max_bytes)
     try:
         import uvloop
 

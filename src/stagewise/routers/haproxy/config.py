@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from stagewise.core.routes import BUCKETS, RouteTable
-from stagewise.errors import RouterError
-from stagewise.routers._shares import endpoint_weights
+from stagewise.errors import RouterConfigError
+from stagewise.routers.common.shares import endpoint_weights
 
 MAX_WEIGHT = 256
 """HAProxy's largest server weight."""
@@ -125,7 +125,7 @@ def layout_for(table: RouteTable, previous: Layout | None, slots: dict[str, int]
     for route in table.header_routes:
         name = route.header.lower()
         if not _TOKEN.fullmatch(name):
-            raise RouterError(f"header name {route.header!r} cannot be routed on by HAProxy", delay=60.0)
+            raise RouterConfigError(f"header name {route.header!r} cannot be routed on by HAProxy")
         if name not in names:
             names.append(name)
     cohort_header = previous.cohort_header if previous else None
@@ -135,7 +135,7 @@ def layout_for(table: RouteTable, previous: Layout | None, slots: dict[str, int]
         cohort_cookie = table.cohort.cookie
         for key in (cohort_header, cohort_cookie):
             if key is not None and not _TOKEN.fullmatch(key):
-                raise RouterError(f"cohort key {key!r} cannot be read by HAProxy", delay=60.0)
+                raise RouterConfigError(f"cohort key {key!r} cannot be read by HAProxy")
     needed = max(slots.values(), default=-1) + 1
     size = max(previous.slots if previous else MIN_SLOTS, MIN_SLOTS)
     while size < needed:
@@ -164,7 +164,7 @@ def desired_for(table: RouteTable, layout: Layout, slots: dict[str, int]) -> Des
     weights = endpoint_weights(table, MAX_WEIGHT)
     for e in table.endpoints:
         if not _NAME.fullmatch(e.id):
-            raise RouterError(f"endpoint id {e.id!r} cannot name an HAProxy server", delay=60.0)
+            raise RouterConfigError(f"endpoint id {e.id!r} cannot name an HAProxy server")
         name = server_name(e.release, e.id)
         for backend, weight in ((ALL, weights[e.release, e.id]), (slot_backend(slots[e.release]), 1)):
             desired.servers[backend, name] = Server(backend, name, e.address, weight)
@@ -185,7 +185,7 @@ def desired_for(table: RouteTable, layout: Layout, slots: dict[str, int]) -> Des
         for route in table.header_routes:
             if route.header.lower() == name and route.value not in entries:
                 if not _MAP_VALUE.fullmatch(route.value) or ";" in route.value or "\\" in route.value:
-                    raise RouterError(f"header value {route.value!r} cannot be routed on by HAProxy", delay=60.0)
+                    raise RouterConfigError(f"header value {route.value!r} cannot be routed on by HAProxy")
                 entries[route.value] = backend_of(route.release)
         desired.maps[f"h{i}.map"] = entries
     return desired
@@ -223,7 +223,7 @@ def render(layout: Layout, desired: Desired, paths: Paths, *, threads: int = 1) 
     """The whole configuration file of a managed HAProxy."""
     for path in (paths.folder,):
         if any(c.isspace() for c in str(path)):
-            raise RouterError(f"HAProxy cannot use a state directory with spaces: {path}", delay=60.0)
+            raise RouterConfigError(f"HAProxy cannot use a state directory with spaces: {path}")
     vars_map = paths.map("vars.map")
     log_format = 'log-format "swlog %pid %s %ST %[var(txn.sw_t0)] %[date(0,us)] %b %tsc"'
     lines = [
