@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from stagewise.cli import advise, convert, render
+from stagewise.cli import advise, convert, render, server
 from stagewise.cli.client import ApiError, Client, Unreachable, default_state
 from stagewise.errors import SpecError, StagewiseError
 
@@ -97,16 +97,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec files.")]) -
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-@app.command()
-def server(state: StateOpt = DEFAULT_STATE,
-           listen: str = typer.Option("127.0.0.1:7420", help="host:port; port 0 picks a free one.")) -> None:
-    """Run the API server and the controller."""
-    from stagewise.api.server import serve
-
-    try:
-        serve(state, listen)
-    except OSError as exc:
-        fail(f"cannot listen on {listen}: {exc.strerror or exc}", EXIT_BAD_INPUT)
+server.register(app)  # its options and the systemd unit in cli/server.py
 
 
 @app.command()
