@@ -14,7 +14,8 @@ people's verbs) at INFO with its service and delivery, so an operator reads
 in the journal what `stagewise status` shows.
 
 Reconfiguring is atomic and may happen at any time (SIGHUP): the root
-logger's one handler gets a new formatter and level. It must never lose a
+logger's one handler gets a new formatter, the `stagewise` loggers a new
+level; the libraries below (httpx, uvicorn) only ever say their warnings. It must never lose a
 record nor print a traceback for an unserialisable context value (its repr
 is written instead).
 """
@@ -91,10 +92,13 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
         handler.set_name(_HANDLER_NAME)
         root.addHandler(handler)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    root.setLevel(level.upper())
-    # uvicorn keeps levels of its own; its INFO lines (startup banners) say nothing the server does not.
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # The level is stagewise's own; the libraries under it (httpx logs every request at INFO, uvicorn its
+    # banners) say only their warnings, whatever the level.
+    ours = logging.getLevelNamesMapping()[level.upper()]
+    logging.getLogger("stagewise").setLevel(ours)
+    root.setLevel(max(logging.WARNING, ours))
+    for name in ("uvicorn", "uvicorn.error"):  # uvicorn sets levels of its own
+        logging.getLogger(name).setLevel(max(logging.WARNING, ours))
 
 
 def announce(logger: logging.Logger, message: str, **context: Any) -> None:

@@ -197,6 +197,9 @@ def install_metrics(app: FastAPI, metrics: ControllerMetrics) -> None:
     """`GET /metrics` on `app`, documented as text in the OpenAPI document; open like every read."""
 
     @app.get("/metrics", operation_id="metrics", summary="The controller's own metrics, for Prometheus",
+             description="Deliveries started and ended, rollbacks by cause, analysis verdicts and e-values, the "
+                         "phase, step and candidate weight of each service's delivery, seconds to each decision, "
+                         "reconcile passes and failures (`stagewise_*`), and the process's own (`process_*`).",
              response_class=Response, responses=METRICS_DOC)
     async def scrape(request: Request) -> Response:
         body, content_type = metrics.exposition(request.headers.get("accept"))

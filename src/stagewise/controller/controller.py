@@ -143,7 +143,7 @@ class Controller:
                     recovered = self._retries.succeeded(name)
                     if recovered is not None:
                         log.info("%s: reconciled again after %d failure(s): %s", name, recovered.failures,
-                                 recovered.message)
+                                 recovered.message, extra={"service": name})
 
     def _failed(self, service: str, exc: StagewiseError, *, bug: Exception | None = None) -> None:
         """Hold the service back until its retry is due; report the failure if it is news (controller/retries.py)."""
@@ -157,9 +157,10 @@ class Controller:
             self.store.save_delivery(latest, [Event(at=now, kind="error", message=news.message)])
         if news.permanent:
             log.error("%s: %s (tried again with backoff, at most every %gs)", service, news.message, MAX_BACKOFF,
-                      exc_info=bug)
+                      exc_info=bug, extra={"service": service})
         else:
-            log.warning("%s: %s (tried again in %gs)", service, news.message, news.retry_at - now)
+            log.warning("%s: %s (tried again in %gs)", service, news.message, news.retry_at - now,
+                        extra={"service": service})
 
     async def _reconcile(self, name: str) -> None:
         record = self.store.get_service(name)
