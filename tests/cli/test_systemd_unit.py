@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -84,6 +85,18 @@ def test_options_given_are_passed_on_and_a_state_outside_var_lib_is_made_writabl
     assert s["ReadWritePaths"] == [f'"{state}"'] and "StateDirectory" not in s
     assert s["ExecStart"][0].endswith(f'--state "{state}" --settings {tmp_path}/s.toml --log-format json '
                                       "--tick 0.5")
+
+
+def test_the_units_command_line_is_one_the_server_takes(tmp_path: Path) -> None:
+    unit = print_unit("--state", str(tmp_path), "--listen", "127.0.0.1:7421", "--log-format", "json",
+                      "--log-level", "debug", "--tick", "0.5")
+    words = shlex.split(settings_of(unit)["ExecStart"][0].replace("%E", "/etc"))
+    server_args = words[words.index("server") + 1:]
+    assert server_args == ["--state", str(tmp_path), "--settings", "/etc/stagewise/server.toml", "--listen",
+                           "127.0.0.1:7421", "--log-level", "debug", "--log-format", "json", "--tick", "0.5"]
+    again = runner.invoke(app, ["server", *server_args, "--print-systemd-unit"], env={"STAGEWISE_STATE": ""})
+    assert again.exit_code == 0, again.output
+    assert again.stdout == unit.replace("%E/stagewise/server.toml", "/etc/stagewise/server.toml")
 
 
 @pytest.mark.parametrize(("arg", "word"), [

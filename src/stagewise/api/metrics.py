@@ -99,6 +99,8 @@ class EventMetrics:
                               "(its class; InternalError for a bug)", ["kind"], registry=None)
         self._attempt_started: dict[int, float] = {}
         """When each delivery in flight started its current attempt (its creation, or its retry)."""
+        self._known: set[tuple[str, str]] = set()
+        """(service, strategy) pairs whose counters have their zero."""
 
     def register(self, registry: CollectorRegistry) -> None:
         for metric in (self.started, self.ended, self.rollbacks, self.verdicts, self.delivery_decision,
@@ -107,6 +109,9 @@ class EventMetrics:
 
     def know(self, service: str, strategy: str) -> None:
         """Give a service's counters their zero, so that the first event of each shows as an increase."""
+        if (service, strategy) in self._known:
+            return
+        self._known.add((service, strategy))
         self.started.labels(service, strategy)
         for outcome in OUTCOMES:
             self.ended.labels(service, strategy, outcome)

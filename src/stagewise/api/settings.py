@@ -89,6 +89,8 @@ def check_format(value: object) -> LogFormat:
 
 
 def check_tick(value: object) -> float:
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        value = float(value)  # seconds, as the command line and the environment give them (0.25)
     seconds = parse_duration(value)
     if not 0 < seconds <= TICK_MAX:
         raise ValueError(f"expected more than 0 and at most {TICK_MAX:g} seconds, got {value!r}")
