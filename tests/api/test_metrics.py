@@ -85,6 +85,15 @@ async def test_a_rollback_by_analysis_is_counted_once_with_its_cause(world: Watc
     assert world.value("stagewise_delivery_candidate_weight_ratio", **shop) == 0
     assert world.value("stagewise_delivery_step", **shop) == world.value("stagewise_delivery_steps", **shop)
     assert world.value("stagewise_services") == 1
+    # the evidence that failed the candidate stays readable after the rollback...
+    errors = {**shop, "analysis": "step-1", "template": "errors"}
+    assert world.value("stagewise_analysis_verdict", **errors, verdict="Failed") == 1
+    failing = world.value("stagewise_analysis_e_value", **errors)
+    assert failing is not None and failing >= world.value("stagewise_analysis_e_value_threshold", **errors) == 20
+    # ...until the delivery goes on: a retry shows its own runs only
+    await world.controller.act("shop", "retry")
+    await world.run(seconds=1, until=set())
+    assert world.value("stagewise_analysis_verdict", **errors, verdict="Failed") is None
 
 
 async def test_a_delivery_in_flight_shows_its_step_weight_and_evidence(world: Watched) -> None:

@@ -56,16 +56,16 @@ class _Gauges:
             labels=["service"])
         self.e_value = GaugeMetricFamily(
             "stagewise_analysis_e_value", "The evidence against the candidate of a sequential judge, per template "
-            "of the latest run of each analysis of the service's latest delivery; the candidate fails at "
-            "stagewise_analysis_e_value_threshold",
+            "of each analysis of the service's latest delivery (open now, or the last run once it ended); the "
+            "candidate fails at stagewise_analysis_e_value_threshold",
             labels=["service", "analysis", "template"])
         self.threshold = GaugeMetricFamily(
             "stagewise_analysis_e_value_threshold", "The e-value at which the judge fails the candidate (1/alpha)",
             labels=["service", "analysis", "template"])
         self.verdict = GaugeMetricFamily(
-            "stagewise_analysis_verdict", "1 for the verdict of each template of the latest run of each analysis "
-            "of the service's latest delivery, 0 for the others", labels=["service", "analysis", "template",
-                                                                          "verdict"])
+            "stagewise_analysis_verdict", "1 for the verdict of each template of each analysis of the service's "
+            "latest delivery (open now, or the last run once it ended), 0 for the others",
+            labels=["service", "analysis", "template", "verdict"])
 
     def families(self) -> list[Metric]:
         return [self.phase, self.step, self.steps, self.weight, self.progress, self.deadline, self.e_value,
@@ -79,9 +79,10 @@ class _Gauges:
         self.step.add_metric([d.service], float(steps if d.phase.terminal else min(d.step + 1, steps)))
         self.steps.add_metric([d.service], float(steps))
         self.weight.add_metric([d.service], traffic_weights(d, plan).get(d.candidate.version, 0) / 100.0)
-        # The latest run of each analysis (the ones moved past included): its last word stays readable, so
-        # the e-value that failed a candidate is still there after the rollback.
-        for run in {run.key: run for run in [*d.past_analysis, *d.analysis.values()]}.values():
+        # In flight: the runs open now. Once ended: the last run of each analysis, those moved past included, so
+        # that the e-value that failed a candidate is still there after the rollback.
+        ended = d.past_analysis if d.phase.terminal else []
+        for run in {run.key: run for run in [*ended, *d.analysis.values()]}.values():
             self._add_run(d.service, run)
         if not d.phase.terminal:
             self.progress.add_metric([d.service], d.progress_at)
