@@ -172,6 +172,9 @@ def serve(state_dir: Path, settings: ServerSettings | None = None, *,
         if reread is not None:
             in_force[0] = reload_settings(app, in_force[0], reread)
 
+    # Until the app runs (and takes SIGHUP over), a reload that comes early must not end the server, as
+    # SIGHUP's default would. A handler, not SIG_IGN: an ignored signal stays ignored in the programs started.
+    signal.signal(signal.SIGHUP, lambda signum, frame: log.info("SIGHUP before the server runs: nothing to re-read"))
     # Said from the app's shutdown: on SIGTERM uvicorn ends this process by the signal right after it.
     app = create_app(state_dir, tick=settings.tick, hangup=hangup,
                      at_exit=lambda planes: announce(log, left_running(planes, state_dir), state=str(state_dir)))
