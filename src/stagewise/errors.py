@@ -7,7 +7,8 @@
     │   ├── ConflictError         a verb that does not fit the delivery's phase
     │   ├── UnknownDriverError    a router/platform/judge/provider name with no backend
     │   ├── PlatformRefusedError  the platform cannot run what it was given (no such program)
-    │   └── RouterConfigError     a router refused a route table or the configuration made of it
+    │   ├── RouterConfigError     a router refused a route table or the configuration made of it
+    │   └── SettingsError         the server's settings file is unreadable or invalid (file:line:column)
     └── TemporaryError(delay=)    worth retrying after `delay` seconds
         ├── RouterError           the data plane could not be reached or refused a table
         ├── PlatformError         an instance could not be started, probed or stopped
@@ -80,6 +81,14 @@ class PlatformRefusedError(PermanentError):
 class RouterConfigError(PermanentError):
     """A router refused a route table, or the configuration made of it (`nginx -t`, `haproxy -c`, a value
     the balancer cannot express): the same table fails the same way until it changes."""
+
+
+class SettingsError(PermanentError):
+    """The server's settings file cannot be read or is invalid; `problems` says each thing wrong, and where."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
 
 
 class TemporaryError(StagewiseError):

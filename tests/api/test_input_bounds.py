@@ -110,6 +110,8 @@ def test_every_route_documents_its_bodies_and_every_refusal(client: httpx.Client
         ok = responses["200"]["content"]
         if op["operationId"] == "eventStream":
             assert set(ok) == {"text/event-stream"}
+        elif op["operationId"] == "metrics":
+            assert set(ok) == {"text/plain", "application/openmetrics-text"}
         else:
             assert ok["application/json"]["schema"], (method, path)
         if op.get("parameters") or "requestBody" in op:

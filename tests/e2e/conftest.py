@@ -68,13 +68,15 @@ class Stagewise:
         self.client: Client | None = None
         self.starts = 0
 
-    def start(self, *, pass_fds: tuple[int, ...] = ()) -> None:
-        """Start the server; `pass_fds` are descriptors it inherits (as from a careless parent)."""
+    def start(self, *, pass_fds: tuple[int, ...] = (), options: tuple[str, ...] = ()) -> None:
+        """Start the server; `pass_fds` are descriptors it inherits (as from a careless parent); `options` more
+        options of `stagewise server`."""
         self.starts += 1
         (self.state / "server.json").unlink(missing_ok=True)
         with open(self.root / f"server-{self.starts}.log", "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stagewise", "server", "--state", str(self.state), "--listen", "127.0.0.1:0"],
+                [sys.executable, "-m", "stagewise", "server", "--state", str(self.state), "--listen", "127.0.0.1:0",
+                 *options],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 pass_fds=pass_fds,
             )

@@ -4,16 +4,22 @@ The server binds 127.0.0.1 by default. It writes `server.json` (its address)
 and `token` (mode 0600) into the state directory; every other verb of the
 CLI finds both there. Reads are open on loopback; every mutating call needs
 `Authorization: Bearer <token>`.
+
+Its settings (api/settings.py) come from the command line, the environment
+and a settings file; on SIGHUP it reads the file again and applies what may
+change while it runs (the log's level and format, the reconcile interval).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import secrets
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,13 +27,18 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from stagewise.api.dashboard import install_dashboard
+from stagewise.api.logs import EventLog, announce, configure_logging
+from stagewise.api.metrics import ControllerMetrics, install_metrics
 from stagewise.api.refusals import install_refusals
 from stagewise.api.routes import build_api_router
+from stagewise.api.settings import DEFAULT_LISTEN, ServerSettings
 from stagewise.controller import Controller
+from stagewise.controller.controller import TICK
 from stagewise.controller.lifecycle import DataPlane, in_words
-from stagewise.errors import StagewiseError
+from stagewise.controller.observer import Observers
+from stagewise.errors import SettingsError, StagewiseError
 
-DEFAULT_LISTEN = "127.0.0.1:7420"
+__all__ = ["DEFAULT_LISTEN", "bind", "create_app", "ensure_token", "read_token", "serve"]
 log = logging.getLogger("stagewise.server")
 
 
@@ -51,19 +62,29 @@ def ensure_token(state_dir: Path) -> str:
 
 
 def create_app(state_dir: Path, *, controller: Controller | None = None, run_loop: bool = True,
-               at_exit: Callable[[list[DataPlane]], None] | None = None) -> FastAPI:
-    """The API and dashboard over a controller; `at_exit` is told what data plane runs on when it stops."""
+               at_exit: Callable[[list[DataPlane]], None] | None = None, tick: float = TICK,
+               hangup: Callable[[], None] | None = None) -> FastAPI:
+    """The API, dashboard and metrics over a controller (a new one passes every `tick` seconds).
+
+    `at_exit` is told what data plane runs on when the app stops; `hangup` is called on SIGHUP while it runs.
+    """
     token = ensure_token(state_dir)
+    metrics = ControllerMetrics(lambda: getattr(app.state, "controller", None))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctl = controller or Controller(state_dir)
+        ctl = controller or Controller(state_dir, tick=tick)
+        ctl.observer = Observers(ctl.observer, metrics.events, EventLog())
         app.state.controller = ctl
         stop = asyncio.Event()
         task = asyncio.create_task(ctl.run(stop)) if run_loop else None
+        if hangup is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
         try:
             yield
         finally:
+            if hangup is not None:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             stop.set()
             if task is not None:
                 await task
@@ -77,8 +98,10 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
     app = FastAPI(title="stagewise", version="0.1.0", lifespan=lifespan,
                   description="Progressive delivery: full, phased, canary and blue-green, judged by statistics.")
 
+    app.state.metrics = metrics
     install_refusals(app)
     app.include_router(build_api_router(token))
+    install_metrics(app, metrics)
     install_dashboard(app)
     return app
 
@@ -131,26 +154,66 @@ def write_server_file(state_dir: Path, sock: socket.socket) -> str:
     return url
 
 
-def serve(state_dir: Path, listen: str = DEFAULT_LISTEN) -> None:
-    """Run the server until SIGINT/SIGTERM: API plus the controller loop."""
+def serve(state_dir: Path, settings: ServerSettings | None = None, *,
+          reread: Callable[[], ServerSettings] | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM: API plus the controller loop; `reread` gives the settings on SIGHUP."""
     import uvicorn
 
+    settings = settings or ServerSettings()
+    configure_logging(settings.log_level, settings.log_format)
     disinherit_descriptors()
     state_dir.mkdir(parents=True, exist_ok=True)
     ensure_token(state_dir)  # before server.json: a client that finds the address must find the token too
-    sock = bind(listen)
+    sock = bind(settings.listen)
     url = write_server_file(state_dir, sock)
+    in_force = [settings]
+
+    def hangup() -> None:
+        if reread is not None:
+            in_force[0] = reload_settings(app, in_force[0], reread)
+
+    # Until the app runs (and takes SIGHUP over), a reload that comes early must not end the server, as
+    # SIGHUP's default would. A handler, not SIG_IGN: an ignored signal stays ignored in the programs started.
+    signal.signal(signal.SIGHUP, lambda signum, frame: log.info("SIGHUP before the server runs: nothing to re-read"))
     # Said from the app's shutdown: on SIGTERM uvicorn ends this process by the signal right after it.
-    app = create_app(state_dir, at_exit=lambda planes: print(left_running(planes, state_dir), flush=True))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    app = create_app(state_dir, tick=settings.tick, hangup=hangup,
+                     at_exit=lambda planes: announce(log, left_running(planes, state_dir), state=str(state_dir)))
+    # uvicorn leaves the logging alone (log_config=None): configure_logging set it up, in the format asked for.
+    config = uvicorn.Config(app, log_config=None, log_level=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     app.state.stopping = lambda: server.should_exit  # ends the dashboard's event streams on shutdown
-    print(f"stagewise server on {url} (state {state_dir})", flush=True)
+    announce(log, f"stagewise server on {url} (state {state_dir})", url=url, state=str(state_dir), pid=os.getpid())
+    log.debug("settings: %s", settings.in_words())
     try:
         server.run(sockets=[sock])
     finally:
         with contextlib.suppress(OSError):
             (state_dir / "server.json").unlink()
+
+
+def reload_settings(app: FastAPI, current: ServerSettings, reread: Callable[[], ServerSettings]) -> ServerSettings:
+    """SIGHUP: read the settings again and apply those that can change while the server runs; the new ones.
+
+    A settings file that is not right changes nothing: the error is logged and the settings in force stay.
+    """
+    try:
+        new = reread()
+    except SettingsError as exc:
+        log.error("SIGHUP: the settings in force stay; the settings file is not right:\n%s", exc)
+        return current
+    configure_logging(new.log_level, new.log_format)
+    controller: Controller | None = getattr(app.state, "controller", None)
+    if controller is not None:
+        controller.tick_seconds = new.tick
+    changes = new.changed(current)
+    if "listen" in changes:
+        log.warning("SIGHUP: listen changed to %s; the server listens on %s until it restarts", new.listen,
+                    current.listen, extra={"setting": "listen"})
+        new = dataclasses.replace(new, listen=current.listen)
+        changes.pop("listen")
+    said = ", ".join(f"{key} {old} → {value}" for key, (value, old) in changes.items()) or "nothing changed"
+    log.info("SIGHUP: settings read again: %s", said, extra={"changed": sorted(changes)})
+    return new
 
 
 def left_running(planes: list[DataPlane], state_dir: Path) -> str:

@@ -6,24 +6,29 @@ from typing import Any
 
 from stagewise.controller import Controller
 from stagewise.core.delivery import Delivery, Phase, desired_world
+from stagewise.core.plan import Plan
 from stagewise.core.routes import split_weights
 from stagewise.core.service import ServiceRecord
+
+
+def traffic_weights(d: Delivery, plan: Plan) -> dict[str, int]:
+    """Each release's share of the traffic in percent, as the delivery's current step wants it."""
+    if d.phase is Phase.SUCCEEDED:
+        return {d.candidate.version: 100}
+    if d.phase is Phase.ROLLED_BACK and d.stable is not None:
+        return {d.stable.version: 100}
+    world = desired_world(d, plan)
+    if world is None:
+        return {}
+    if world.weights is not None:
+        return {r: w for r, w in world.weights.items() if world.instances.get(r, 0) > 0}
+    return split_weights({r: n for r, n in world.instances.items() if n > 0})
 
 
 def delivery_view(controller: Controller, d: Delivery) -> dict[str, Any]:
     plan = controller.plan(d)
     steps = d.steps(plan)
-    world = desired_world(d, plan)
-    if world is None:
-        weights: dict[str, int] = {}
-    elif world.weights is not None:
-        weights = {r: w for r, w in world.weights.items() if world.instances.get(r, 0) > 0}
-    else:
-        weights = split_weights({r: n for r, n in world.instances.items() if n > 0})
-    if d.phase is Phase.SUCCEEDED:
-        weights = {d.candidate.version: 100}
-    elif d.phase is Phase.ROLLED_BACK and d.stable is not None:
-        weights = {d.stable.version: 100}
+    weights = traffic_weights(d, plan)
     rolling_back = d.phase in (Phase.ABORTING, Phase.ROLLED_BACK, Phase.FAILED)
     current = d.step if not d.phase.terminal else len(steps)
     return {

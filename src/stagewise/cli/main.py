@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from stagewise.cli import advise, convert, render
+from stagewise.cli import advise, completion, convert, render, server
 from stagewise.cli.client import ApiError, Client, Unreachable, default_state
 from stagewise.errors import SpecError, StagewiseError
 
@@ -26,7 +26,7 @@ app = typer.Typer(
     name="stagewise",
     help="Progressive delivery for services on hosts, VMs and single boxes.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion; `stagewise completion SHELL` (cli/completion.py)
     pretty_exceptions_enable=False,
 )
 out = Console(width=None if sys.stdout.isatty() else 120)
@@ -97,16 +97,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec files.")]) -
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-@app.command()
-def server(state: StateOpt = DEFAULT_STATE,
-           listen: str = typer.Option("127.0.0.1:7420", help="host:port; port 0 picks a free one.")) -> None:
-    """Run the API server and the controller."""
-    from stagewise.api.server import serve
-
-    try:
-        serve(state, listen)
-    except OSError as exc:
-        fail(f"cannot listen on {listen}: {exc.strerror or exc}", EXIT_BAD_INPUT)
+server.register(app)  # its options and the systemd unit in cli/server.py
 
 
 @app.command()
@@ -148,7 +139,8 @@ def _wait(state: Path, service: str, timeout: float) -> int:
 
 
 @app.command()
-def status(service: Annotated[str | None, typer.Argument(help="A service; all when omitted.")] = None,
+def status(service: Annotated[str | None, typer.Argument(help="A service; all when omitted.",
+                                                        autocompletion=completion.complete_service)] = None,
            state: StateOpt = DEFAULT_STATE,
            watch: bool = typer.Option(False, "--watch", "-w", help="Keep the view live."),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
@@ -180,7 +172,7 @@ def _verb(verb: str, service: str, state: Path, **params: Any) -> None:
               f" (step {d['step']}/{d['steps']})")
 
 
-ServiceArg = Annotated[str, typer.Argument(help="The service.")]
+ServiceArg = Annotated[str, typer.Argument(help="The service.", autocompletion=completion.complete_service)]
 
 
 @app.command()
@@ -281,11 +273,12 @@ def router(admin_socket: str = typer.Option(..., "--admin-socket"),
 
 advise.register(app)  # recommend, compare
 convert.register(app)
+completion.register(app)
 
 
 def main() -> None:
     try:
-        app()
+        app(prog_name=completion.PROG_NAME)  # also under `python -m stagewise`: completion is keyed by the name
     except StagewiseError as exc:
         err.print(f"error: {exc}", highlight=False, markup=False)
         sys.exit(EXIT_BAD_INPUT)

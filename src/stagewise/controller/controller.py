@@ -31,8 +31,9 @@ from pathlib import Path
 from stagewise.controller import lifecycle
 from stagewise.controller.lifecycle import DataPlane, Deletion
 from stagewise.controller.measure import Measurer
+from stagewise.controller.observer import Observer, Unobserved
 from stagewise.controller.reconcile import Applied, make_world, note_boot, serve_ready
-from stagewise.controller.retries import MAX_BACKOFF, Retries
+from stagewise.controller.retries import MAX_BACKOFF, Failing, Retries
 from stagewise.core import delivery as machine
 from stagewise.core.delivery import Delivery, Event, Observation, Phase, desired_world
 from stagewise.core.plan import Plan, World
@@ -61,6 +62,7 @@ class Controller:
         tick: float = TICK,
         routers: dict[str, Router] | None = None,
         platforms: dict[str, Platform] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.clock = clock
@@ -77,6 +79,8 @@ class Controller:
         """Measurements of prometheus, http and command providers in flight (controller/measure.py)."""
         self.changed = asyncio.Event()
         """Set whenever a delivery's state changes (for live views)."""
+        self.observer: Observer = observer or Unobserved()
+        """Told of every committed change, pass and failure (the server's metrics and event log)."""
 
     # --- drivers ------------------------------------------------------------------------
 
@@ -95,6 +99,10 @@ class Controller:
             self._platforms[kind] = get_platform(kind, state_dir=self.state_dir)
         return self._platforms[kind]
 
+    def failing(self) -> dict[str, Failing]:
+        """The services whose last reconcile failed, each with when it is tried again."""
+        return self._retries.everyone_failing()
+
     def lock(self, service: str) -> asyncio.Lock:
         return self._locks.setdefault(service, asyncio.Lock())
 
@@ -110,7 +118,9 @@ class Controller:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            started = time.perf_counter()
             await self.tick()
+            self.observer.pass_finished(seconds=time.perf_counter() - started)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.tick_seconds)
 
@@ -133,11 +143,12 @@ class Controller:
                     recovered = self._retries.succeeded(name)
                     if recovered is not None:
                         log.info("%s: reconciled again after %d failure(s): %s", name, recovered.failures,
-                                 recovered.message)
+                                 recovered.message, extra={"service": name})
 
     def _failed(self, service: str, exc: StagewiseError, *, bug: Exception | None = None) -> None:
         """Hold the service back until its retry is due; report the failure if it is news (controller/retries.py)."""
         now = self.clock()
+        self.observer.reconcile_failed(service=service, error=exc, internal=bug is not None)
         news = self._retries.failed(service, exc, now)
         if news is None:
             return
@@ -146,9 +157,10 @@ class Controller:
             self.store.save_delivery(latest, [Event(at=now, kind="error", message=news.message)])
         if news.permanent:
             log.error("%s: %s (tried again with backoff, at most every %gs)", service, news.message, MAX_BACKOFF,
-                      exc_info=bug)
+                      exc_info=bug, extra={"service": service})
         else:
-            log.warning("%s: %s (tried again in %gs)", service, news.message, news.retry_at - now)
+            log.warning("%s: %s (tried again in %gs)", service, news.message, news.retry_at - now,
+                        extra={"service": service})
 
     async def _reconcile(self, name: str) -> None:
         record = self.store.get_service(name)
@@ -169,6 +181,7 @@ class Controller:
         else:
             if view.events:
                 self.store.put_service(record, _instance_events(view, now))
+                self.observer.service_events(service=name, events=_instance_events(view, now))
             world = steady_world(record)
         if world is None:
             return
@@ -204,6 +217,7 @@ class Controller:
             self.store.save_delivery(moved, events, update)
             self.store.add_measurements(_new_measurements(active, moved))
             self.changed.set()
+            self.observer.delivery_changed(before=active, after=moved, events=events, now=now)
         world = steady_world(update or record) if moved.phase.terminal else decision.world
         if held is not None and world == committed:
             raise held  # nothing new to try: the failure stands (and is retried on its schedule)
@@ -237,15 +251,18 @@ class Controller:
                 record = ServiceRecord(name=name, spec=spec, created_at=now, updated_at=now)
             elif record.stable == spec.spec.release:
                 record = record.model_copy(update={"spec": spec, "updated_at": now})
-                self.store.put_service(record, [Event(at=now, kind="user", message="spec applied; release unchanged")])
+                events = [Event(at=now, kind="user", message="spec applied; release unchanged")]
+                self.store.put_service(record, events)
+                self.observer.service_events(service=name, events=events)
                 self._acted(name)
                 return "configured: release unchanged", None
             else:
                 record = record.model_copy(update={"spec": spec, "updated_at": now})
             delivery = Delivery(service=name, spec=spec, stable=record.stable, created_at=now,
                                 updated_at=now, progress_at=now)
-            delivery = self.store.create_delivery(
-                delivery, [Event(at=now, kind="user", message=f"applied {spec.spec.release.version}")], record)
+            events = [Event(at=now, kind="user", message=f"applied {spec.spec.release.version}")]
+            delivery = self.store.create_delivery(delivery, events, record)
+            self.observer.delivery_changed(before=None, after=delivery, events=events, now=now)
             self._acted(name)
             return "delivery started", delivery
 
@@ -269,6 +286,7 @@ class Controller:
             else:
                 raise NotFoundError(f"unknown verb {verb!r}")
             self.store.save_delivery(d, events)
+            self.observer.delivery_changed(before=latest, after=d, events=events, now=now)
             self._acted(name)
             return d
 
@@ -290,8 +308,9 @@ class Controller:
             record = record.model_copy(update={"spec": spec, "updated_at": now})
             delivery = Delivery(service=name, spec=spec, stable=record.stable, created_at=now,
                                 updated_at=now, progress_at=now, undo=True)
-            delivery = self.store.create_delivery(
-                delivery, [Event(at=now, kind="user", message=f"undo: back to {previous.version}")], record)
+            events = [Event(at=now, kind="user", message=f"undo: back to {previous.version}")]
+            delivery = self.store.create_delivery(delivery, events, record)
+            self.observer.delivery_changed(before=None, after=delivery, events=events, now=now)
             self._acted(name)
             return delivery
 
@@ -332,6 +351,10 @@ class Controller:
             done = "kept running (unmanaged from now on)" if keep_running else "stopped"
             events.append(Event(at=now, kind="user", message=f"deleted; {done}: {lifecycle.in_words(plane)}"))
             self.store.delete_service(name, at=now, events=events, delivery=ended)
+            if ended is not None and active is not None:
+                self.observer.delivery_changed(before=active, after=ended, events=events, now=now)
+            else:
+                self.observer.service_events(service=name, events=events)
             self._measurer.forget(name)
             self._applied.tables.pop(name, None)
             self._applied.boots.pop(name, None)

@@ -91,3 +91,7 @@ class Retries:
 
     def failing(self, service: str) -> Failing | None:
         return self._failing.get(service)
+
+    def everyone_failing(self) -> dict[str, Failing]:
+        """Every failing service, by name (a copy)."""
+        return dict(self._failing)
