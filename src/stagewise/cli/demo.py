@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -114,6 +115,14 @@ class Demo:
         self.state = self.tmp / "state"
         self.server: subprocess.Popen[bytes] | None = None
         self.listen = f"127.0.0.1:{free_port()}"
+        self.scenarios = SCENARIOS
+        self.where = ""
+
+    def stop_data_plane(self) -> None:
+        asyncio.run(_stop_everything(self.state, self.router))
+
+    def spec_text(self, version: str, strategy: dict[str, Any]) -> str:
+        return spec(self.listen, version, strategy, self.router)
 
     def start_server(self) -> Client:
         self.state.mkdir(parents=True)
@@ -138,8 +147,7 @@ class Demo:
         raise RuntimeError("the server did not come up within 20 s")
 
     def deliver(self, client: Client, version: str, strategy: dict[str, Any], timeout: float = 120) -> str:
-        client.post("/api/v1/apply", {"spec": spec(self.listen, version, strategy, self.router),
-                                      "filename": f"{version}.yaml"})
+        client.post("/api/v1/apply", {"spec": self.spec_text(version, strategy), "filename": f"{version}.yaml"})
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -161,10 +169,10 @@ class Demo:
         try:
             self.console.print(f"[bold]stagewise demo[/] — state in {self.state}, service on http://{self.listen}"
                                f" through the {self.router} router")
-            self.console.print("first release v1 on 4 instances")
+            self.console.print(f"first release v1 on {REPLICAS} instances{self.where}")
             self.deliver(client, "v1", CANARY)
             results = []
-            for name, strategy, old, new, strat in SCENARIOS:
+            for name, strategy, old, new, strat in self.scenarios:
                 self.console.print(f"[bold]{name}[/] ({strategy})")
                 load = LoadInBackground(
                     f"http://{self.listen}/", connections=8, rate=RATE, max_seconds=150, max_requests=100_000,
@@ -196,7 +204,7 @@ class Demo:
                 self.server.kill()
                 self.server.wait()
         if self.state.exists():
-            asyncio.run(_stop_everything(self.state, self.router))
+            self.stop_data_plane()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -227,9 +235,10 @@ EXPECTED = {"canary v1→v2": "Succeeded", "canary v2→v3": "RolledBack", "blue
             "phased v2→v1": "Succeeded", "full v1→v2": "Succeeded"}
 
 
-def run_demo(*, as_json: bool, console: Console, router: str = "builtin") -> int:
+def run_demo(*, as_json: bool, console: Console, router: str = "builtin",
+             make: Callable[[Console, str], Demo] = Demo) -> int:
     quiet = Console(file=open(os.devnull, "w")) if as_json else console  # noqa: SIM115
-    demo = Demo(quiet, router)
+    demo = make(quiet, router)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         results = demo.run()
