@@ -57,15 +57,17 @@ def table(service: str, checks: list[HostCheck]) -> Table:
     for host, found in by_host.items():
         cells = []
         for name in CHECKS:
-            c = found.get(name)
-            if c is None:
-                cells.append("[dim]-[/]")
-            elif c.ok:
-                cells.append(f"[green]ok[/] {c.detail}" if name in ("program", "disk", "clock") else "[green]ok[/]")
-            else:
-                cells.append(f"[red]FAIL[/] {c.detail}")
+            cells.append(_cell(name, found.get(name)))
         t.add_row(host, *cells)
     return t
+
+
+def _cell(name: str, c: HostCheck | None) -> str:
+    if c is None:
+        return "[dim]-[/]"
+    if c.ok:
+        return f"[green]ok[/] {c.detail}" if name in ("program", "disk", "clock") else "[green]ok[/]"
+    return f"[red]FAIL[/] {c.detail}"
 
 
 @hosts_app.command("check")

@@ -212,7 +212,7 @@ __all__ = [
     "CommandTemplate", "Duration", "FullSpec", "FullStrategy", "HeaderMatch", "HeaderRouteSpec", "HeaderValueMatch",
     "HostSpec", "HttpTemplate", "Listen", "Metadata", "Model", "PauseSpec", "PauseStep", "PhasedCohorts", "PhasedSpec",
     "PhasedStrategy", "PhasedWaves", "PlatformSpec", "PrometheusTemplate", "ReadinessSpec", "ReleaseSpec",
-    "RouterSpec", "RouterTemplate", "RunSpec", "ServiceBody", "ServiceSpec", "SetHeaderRouteStep", "SetWeightStep", "SshSpec",
-    "StrategyName", "StrategySpec", "TemplateBase", "ThresholdRange", "WaveSize", "analysis_refs", "check_listen",
-    "parse_template", "strategy_key",
+    "RouterSpec", "RouterTemplate", "RunSpec", "ServiceBody", "ServiceSpec", "SetHeaderRouteStep", "SetWeightStep",
+    "SshSpec", "StrategyName", "StrategySpec", "TemplateBase", "ThresholdRange", "WaveSize", "analysis_refs",
+    "check_listen", "parse_template", "strategy_key",
 ]

@@ -125,7 +125,8 @@ while [ $i -lt $count ]; do
 done
 now=$(date +%s)
 rec=$base/instances/$id.rec
-printf '%s %s %s %s %s - - %s\n' "$id" "$seq" "$rel" "$port" "$token" "$now" > "$rec.tmp" && mv "$rec.tmp" "$rec" || exit 3
+printf '%s %s %s %s %s - - %s\n' "$id" "$seq" "$rel" "$port" "$token" "$now" > "$rec.tmp" || exit 3
+mv "$rec.tmp" "$rec" || exit 3
 cd "$dir" || exit 3
 log=$base/logs/$id.log
 # The arguments are the environment's assignments (nenv of them, NAME=value), then the program's argv:
@@ -138,7 +139,8 @@ if [ "$start" = - ]; then
   echo "E $id the process exited at once; log: $(tail -n 1 "$log" 2>/dev/null | cut -c1-300)"
   exit 0
 fi
-printf '%s %s %s %s %s %s %s %s\n' "$id" "$seq" "$rel" "$port" "$token" "$pid" "$start" "$now" > "$rec.tmp" && mv "$rec.tmp" "$rec"
+printf '%s %s %s %s %s %s %s %s\n' "$id" "$seq" "$rel" "$port" "$token" "$pid" "$start" "$now" \
+  > "$rec.tmp" && mv "$rec.tmp" "$rec"
 echo "S $id $port $pid $start $now"
 """
 
@@ -211,7 +213,8 @@ fi
 tar -xzf "$tmp.tar.gz" -C "$tmp" || { rm -rf "$tmp" "$tmp.tar.gz"; exit 5; }
 rm -f "$tmp.tar.gz"
 echo "$sha" > "$tmp/.stagewise-artifact"
-if mv -T "$tmp" "$base/releases/$rel" 2>/dev/null || { [ ! -e "$base/releases/$rel" ] && mv "$tmp" "$base/releases/$rel"; }; then
+# A rename is atomic: the release appears whole or not at all (a concurrent unpack of it loses, harmlessly).
+if mv -T "$tmp" "$base/releases/$rel" 2>/dev/null; then
   echo "U"
 else
   rm -rf "$tmp"; echo "H $(cat "$base/releases/$rel/.stagewise-artifact" 2>/dev/null)"

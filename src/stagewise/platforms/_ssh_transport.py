@@ -112,7 +112,8 @@ class Connection:
         self.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
         remote = " ".join(shlex.quote(a) for a in ["sh", "-c", script, "stagewise", *args])
         with contextlib.ExitStack() as stack:
-            source = stack.enter_context(open(stdin, "rb")) if stdin is not None else subprocess.DEVNULL
+            # an artifact on local disk: opening it does not block for long
+            source = stack.enter_context(open(stdin, "rb")) if stdin is not None else subprocess.DEVNULL  # noqa: ASYNC230
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *self.argv(), remote, stdin=source, stdout=asyncio.subprocess.PIPE,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from stagewise.examples.load import LoadInBackground
-from tests.e2e.fleet import FLEET_SIZE, FleetStagewise, fleet, on_hosts  # noqa: F401 - fixtures
+from tests.fleet.conftest import FLEET_SIZE, FleetStagewise
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

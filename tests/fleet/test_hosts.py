@@ -13,7 +13,7 @@ import pytest
 from stagewise.cli.client import ApiError
 from stagewise.examples.load import LoadInBackground
 from stagewise.testing.hosts import Fleet
-from tests.e2e.fleet import FLEET_SIZE, FleetStagewise, all_events, fleet, on_hosts, wait_event  # noqa: F401
+from tests.fleet.conftest import FLEET_SIZE, FleetStagewise, all_events, wait_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -69,7 +69,7 @@ def test_a_host_lost_mid_wave_rolls_back_with_max_unreachable_0(on_hosts: FleetS
 
 
 def test_a_host_lost_mid_wave_is_gone_on_without_with_max_unreachable_1(on_hosts: FleetStagewise) -> None:
-    status, detected, lost = lose_a_host_mid_wave(on_hosts, 1)
+    status, detected, _ = lose_a_host_mid_wave(on_hosts, 1)
     assert detected <= DETECTION_LIMIT
     assert status["phase"] == "Succeeded", status["delivery"]
     assert status["stable"] == "v2"

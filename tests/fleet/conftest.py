@@ -1,4 +1,4 @@
-"""Fixtures for deliveries to namespace hosts over SSH: a fleet per test module, a server driving it.
+"""Fixtures of the fleet tests: deliveries to namespace hosts over SSH: a fleet per test module, a server driving it.
 
 The hosts (stagewise.testing.hosts) are network namespaces with their own
 sshd, user and address; the service's router runs on this machine and sends
