@@ -57,9 +57,7 @@ class HostSpec(Model):
     @field_validator("target")
     @classmethod
     def _target(cls, value: str) -> str:
-        split_target(value)
-        if value.startswith("-"):
-            raise ValueError(f"a host may not start with '-', got {value!r}")
+        split_target(value)  # also refuses a leading '-': a target is never taken for an option of ssh
         return value
 
     @field_validator("address")
