@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from stagewise.controller.reconcile import choose_victims
 from stagewise.core import delivery as machine
 from stagewise.core.delivery import Delivery, Observation, Phase
-from stagewise.core.platform_spec import PlatformSpec, host_quotas, split_target, too_many_unreachable
+from stagewise.core.platform_spec import host_quotas, split_target, too_many_unreachable
 from stagewise.core.spec import ServiceSpec
 from stagewise.platforms import Instance, InstanceState
 from stagewise.strategies import compile_plan
@@ -57,7 +57,7 @@ def test_bad_platforms_are_refused_in_words(change: dict[str, Any], words: str) 
 def test_replicas_that_contradict_per_host_are_refused() -> None:
     doc = copy.deepcopy(DOC)
     doc["spec"]["replicas"] = 3
-    with pytest.raises(ValidationError, match="contradicts platform.perHost"):
+    with pytest.raises(ValidationError, match=r"contradicts platform\.perHost"):
         ServiceSpec.model_validate(doc)
 
 
@@ -80,7 +80,7 @@ def test_a_lost_host_beyond_the_limit_rolls_the_delivery_back_naming_it() -> Non
     plan = compile_plan(d.spec, d.stable)
     d, _ = machine.advance(d, plan, Observation(now=0))
     lost = {"web3": "web3: no answer for 2.1s (since 12:00:01)"}
-    d, events = machine.advance(d, plan, Observation(now=1, unreachable=lost))
+    d, _ = machine.advance(d, plan, Observation(now=1, unreachable=lost))
     assert d.phase is Phase.ABORTING
     assert d.abort_reason is not None and "web3: no answer" in d.abort_reason
     assert "maxUnreachable 0" in d.abort_reason

@@ -69,7 +69,8 @@ def test_hosts_check_passes_on_the_fleet_and_fails_a_host_with_an_unknown_key(fl
     partial = tmp_path / "known_hosts"
     partial.write_text("".join(line + "\n" for line in fleet.known_hosts.read_text().splitlines()
                                if not line.startswith(strange.address + " ")))
-    bad = hosts_check(fleet_spec(fleet, tmp_path / "bad", partial) if (tmp_path / "bad").mkdir() is None else None)
+    (tmp_path / "bad").mkdir()
+    bad = hosts_check(fleet_spec(fleet, tmp_path / "bad", partial))
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"{strange.target}: host key:" in bad.stdout and "ssh-keyscan" in bad.stdout, bad.stdout
     assert "password" not in (bad.stdout + bad.stderr).lower()
