@@ -51,8 +51,11 @@ SERVER_ALIVE_COUNT = 3
 """A master whose host stops answering is given up after about 3 s (interval × count)."""
 CONTROL_PERSIST = 120
 """Seconds a master outlives its last command: a restarted controller finds it still open."""
-SOCKET_PATH_MAX = 100
-"""Unix socket paths are limited to 108 bytes; %C expands to 40 characters."""
+SOCKET_PATH_MAX = 107
+"""Unix socket paths are limited to 108 bytes with the final NUL."""
+SOCKET_NAME_LENGTH = 1 + 40 + 17
+"""What ssh adds to the directory: '/', %C (40 hex digits), and while it binds a master a temporary suffix
+('.' and 16 random characters) that it renames away."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class Result:
 def control_dir(state_dir: Path) -> Path:
     """Where the masters' sockets live: under the state directory, or under /tmp when that path is too long."""
     preferred = state_dir / "ssh" / "cm"
-    if len(str(preferred)) + 41 <= SOCKET_PATH_MAX:
+    if len(str(preferred)) + SOCKET_NAME_LENGTH <= SOCKET_PATH_MAX:
         return preferred
     digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"stagewise-cm-{os.getuid()}-{digest}"
