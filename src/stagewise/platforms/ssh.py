@@ -294,7 +294,7 @@ class SshPlatform:
 
     async def _start_on(self, host: RemoteHost, service: str, release: ReleaseSpec, seqs: list[int]) -> list[Listed]:
         async with self._parallel, host.lock:
-            await host.ensure_release(service, release, self.artifacts, lambda news: self._copied(service, news))
+            await host.ensure_release(service, release, self.artifacts, lambda news: self._copied(service, host, news))
             started = []
             for seq in seqs:
                 instance_id = f"{service}-{release.version}-{seq}"
@@ -304,14 +304,13 @@ class SshPlatform:
                 self._set_prune(service, host.name, False)
         return started
 
-    def _copied(self, service: str, news: str) -> None:
+    def _copied(self, service: str, host: RemoteHost, news: str) -> None:
+        """An artifact was copied to `host`: counted, reported, and old releases there pruned after this start."""
         state = self._state(service)
         state["copies"] = int(state.get("copies", 0)) + 1
         self._save_state(service, state)
-        for host in self.hosts:
-            if news.endswith(f"to {host.name}"):
-                host.news.append(news)
-                self._set_prune(service, host.name, True)
+        host.news.append(news)
+        self._set_prune(service, host.name, True)
 
     def _set_prune(self, service: str, host: str, due: bool) -> None:
         state = self._state(service)
