@@ -105,7 +105,7 @@ class FleetStagewise(Stagewise):
 
     def processes(self) -> list[int]:
         """Instances of this test's service running on each host, counted by the host's processes."""
-        return [len(self.fleet.processes(h, "app.py")) for h in self.fleet.hosts]
+        return [len(self.fleet.processes(h, "python3 app.py ")) for h in self.fleet.hosts]
 
     def copies(self) -> int:
         path = self.state / "ssh" / "services" / f"{SERVICE}.json"

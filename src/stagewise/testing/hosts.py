@@ -185,6 +185,8 @@ class Fleet:
         self.directory.mkdir(mode=0o755, parents=True)
         os.chmod(self.directory, 0o755)
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "stagewise-test", "-f", str(self.identity))
+        # One fleet made at a time on this machine: the subnet is chosen free, and useradd/userdel lock
+        # /etc/passwd (a concurrent one fails instead of waiting).
         with _registry_lock():
             _sweep_stale()
             self.record.subnet = _free_subnet()
@@ -192,16 +194,18 @@ class Fleet:
             _run("ip", "link", "add", self.record.bridge, "type", "bridge")
             _run("ip", "addr", "add", f"{self.record.subnet}.1/24", "dev", self.record.bridge)
             _run("ip", "link", "set", self.record.bridge, "up")
-        for i in range(1, self.count + 1):
-            self._add_host(i)
+            for i in range(1, self.count + 1):
+                self._add_host(i)
         self._save()
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
         for host in self.hosts:
             self._start_sshd(host)
         self._wait_sshd()
-        self.known_hosts.write_text("".join(
-            f"{h.address} {(Path(h.directory) / 'ssh_host_ed25519_key.pub').read_text().split(' ')[0]} "
-            f"{(Path(h.directory) / 'ssh_host_ed25519_key.pub').read_text().split(' ')[1]}\n" for h in self.hosts))
+        lines = []
+        for h in self.hosts:
+            kind, key = (Path(h.directory) / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+            lines.append(f"{h.address} {kind} {key}\n")
+        self.known_hosts.write_text("".join(lines))
         os.chmod(self.known_hosts, 0o644)
 
     def _add_host(self, i: int) -> None:
@@ -284,9 +288,10 @@ class Fleet:
     def up(self, host: TestHost) -> None:
         _run("ip", "link", "set", host.link, "up")
 
-    def processes(self, host: TestHost, needle: str) -> list[int]:
-        """Pids of the host user's processes whose command line holds `needle`."""
-        return [pid for pid, cmdline in _processes_of(host.uid) if needle in cmdline]
+    def processes(self, host: TestHost, command: str) -> list[int]:
+        """Pids of the host user's processes whose command line starts with `command` (a program and its first
+        arguments: the shell scripts that start them carry the same words further along theirs)."""
+        return [pid for pid, cmdline in _processes_of(host.uid) if cmdline.startswith(command)]
 
     def ssh_options(self) -> dict[str, str]:
         """The spec's `platform.ssh` for this fleet."""
@@ -301,8 +306,9 @@ class Fleet:
         for proc in self._sshd:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-        _remove(self.record)
-        (REGISTRY / f"{self.prefix}.json").unlink(missing_ok=True)
+        with _registry_lock():
+            _remove(self.record)
+            (REGISTRY / f"{self.prefix}.json").unlink(missing_ok=True)
 
 
 def _processes_of(uid: int) -> list[tuple[int, str]]:
