@@ -81,3 +81,26 @@ def test_demo_with_hosts_says_it_needs_root(monkeypatch: pytest.MonkeyPatch) -> 
     out = io.StringIO()
     assert demo_hosts.run_hosts_demo(count=4, as_json=False, console=Console(file=out), router="builtin") == 2
     assert "need root" in out.getvalue()
+
+
+async def test_an_ssh_config_alias_is_reached_and_routed_to_as_openssh_reads_it(fleet: Fleet, tmp_path: Path) -> None:
+    from stagewise.core.spec import PlatformSpec, ReleaseSpec
+    from stagewise.platforms.ssh import SshPlatform
+
+    host = fleet.hosts[0]
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host web1\n  HostName {host.address}\n  User {host.user}\n"
+                      f"  IdentityFile {fleet.identity}\n  UserKnownHostsFile {fleet.known_hosts}\n")
+    spec = PlatformSpec.model_validate({"kind": "ssh", "hosts": ["web1"], "root": "~/.alias-test",
+                                        "ssh": {"config": str(config), "connectTimeout": "2s"}})
+    release = ReleaseSpec.model_validate({"version": "v1", "run": {"command": ["sleep", "30"]}})
+    platform = SshPlatform(tmp_path / "state", spec)
+    try:
+        assert await platform.preflight(service="alias", release=release) == []
+        (started,) = await platform.start(service="alias", release=release, count=1)
+        assert started.host == "web1" and started.address.startswith(host.address + ":")
+        view = await platform.observe(service="alias", releases={"v1": release})
+        assert [i.id for i in view.instances] == [started.id]
+        await platform.stop(service="alias", ids=[started.id], grace=1)
+    finally:
+        await platform.close()

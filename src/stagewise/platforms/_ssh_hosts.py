@@ -69,6 +69,7 @@ class RemoteHost:
         self.conn = connection
         self.root = root
         self.address = spec.address or connection.hostname
+        self._resolved = spec.address is not None
         self.lock = asyncio.Lock()
         self.listing: dict[str, dict[str, Listed]] = {}
         """service → instance id → what the host last said of it."""
@@ -122,8 +123,15 @@ class RemoteHost:
 
     # -- listing -------------------------------------------------------------------------------
 
+    async def resolve(self) -> None:
+        """The address routers use, once: an ssh_config alias's HostName as OpenSSH reads it (`ssh -G`)."""
+        if not self._resolved:
+            self.address = await self.conn.resolve_address(self.timeout)
+            self._resolved = True
+
     async def refresh(self, service: str) -> None:
         """List the service's instances here (adopting intents, reaping the dead); never raises for the network."""
+        await self.resolve()
         async with self.lock:
             self.busy_since[service] = time.monotonic()
             try:
@@ -194,6 +202,7 @@ class RemoteHost:
 
     async def spawn(self, service: str, instance_id: str, seq: int, release: ReleaseSpec, token: str) -> Listed:
         """Start one instance; call with the lock held. Its port is chosen here, on the host."""
+        await self.resolve()
         env = [f"{k}={v.replace('{host}', self.address)}" for k, v in release.run.env.items()]
         argv = [a.replace("{host}", self.address) for a in release.run.command]
         out = await self._run(SPAWN, [service, instance_id, str(seq), release.version, token, str(len(env)),
