@@ -45,7 +45,15 @@ def deliver(sw: FleetStagewise, version: str, strategy: dict[str, Any]) -> tuple
         time.sleep(0.3)
     finally:
         report = load.stop()
+    print(f"{sw.router}: {strategy_name(strategy)} → {version}: {status['phase']}; {report.requests} requests, "
+          f"{report.non_2xx + report.socket_errors} failed, {report.failed_by_version.get('v3', 0)} of them "
+          f"answered by the bad release v3")
     return status, report
+
+
+def strategy_name(strategy: dict[str, Any]) -> str:
+    (name,) = strategy
+    return str(name)
 
 
 def failed_but_bad(report: LoadReport, bad: str | None) -> int:
