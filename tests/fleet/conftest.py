@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import stagewise.examples.sample_service as sample_service
+from stagewise.cli.demo import stop_service
 from stagewise.core.spec import PlatformSpec
 from stagewise.platforms.ssh import SshPlatform
 from stagewise.routers import get_router
@@ -114,20 +115,10 @@ class FleetStagewise(Stagewise):
     def cleanup(self) -> None:
         self.stop()
 
-        async def stop_all() -> None:
-            spec = PlatformSpec.model_validate(self.platform())
-            platform = SshPlatform(self.state, spec)
-            router = get_router(self.router, state_dir=self.state)
-            try:
-                view = await platform.observe(service=SERVICE, releases={})
-                await platform.stop(service=SERVICE, ids=[i.id for i in view.instances], grace=2)
-                await router.stop(service=SERVICE)
-            finally:
-                await platform.close()
-                await router.close()
         for host in self.fleet.hosts:
             self.fleet.up(host)
-        asyncio.run(stop_all())
+        platform = SshPlatform(self.state, PlatformSpec.model_validate(self.platform()))
+        asyncio.run(stop_service(SERVICE, platform, get_router(self.router, state_dir=self.state), grace=2))
 
 
 @pytest.fixture

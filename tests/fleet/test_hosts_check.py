@@ -17,6 +17,7 @@ from stagewise.cli import demo_hosts
 from stagewise.spec import load_specs
 from stagewise.strategies import compile_plan
 from stagewise.testing.hosts import Fleet
+from tests.fleet.conftest import need_hosts
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -104,3 +105,20 @@ async def test_an_ssh_config_alias_is_reached_and_routed_to_as_openssh_reads_it(
         await platform.stop(service="alias", ids=[started.id], grace=1)
     finally:
         await platform.close()
+
+
+def test_a_fleet_left_by_a_killed_run_is_swept_by_the_next(tmp_path: Path) -> None:
+    need_hosts()
+    script = ("import sys, time; from stagewise.testing.hosts import Fleet; f = Fleet(1); f.create(); "
+              "print(f.prefix, flush=True); time.sleep(60)")
+    crashed = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert crashed.stdout is not None
+    prefix = crashed.stdout.readline().strip()
+    crashed.kill()
+    crashed.wait(10)
+    crashed.stdout.close()
+    assert f"{prefix}-h1" in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    with Fleet(1):
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert f"{prefix}-h1" not in left, "the killed run's namespace is still there"
+        assert subprocess.run(["id", f"{prefix}h1"], capture_output=True).returncode != 0, "its user is still there"

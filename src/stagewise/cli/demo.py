@@ -29,8 +29,9 @@ from rich.table import Table
 
 from stagewise.cli.client import Client, Unreachable
 from stagewise.examples.load import LoadInBackground
+from stagewise.platforms import Platform
 from stagewise.platforms.local import LocalPlatform
-from stagewise.routers import get_router
+from stagewise.routers import Router, get_router
 
 SERVICE = "demo"
 REPLICAS = 4
@@ -209,12 +210,15 @@ class Demo:
 
 
 async def _stop_everything(state: Path, kind: str = "builtin") -> None:
-    platform = LocalPlatform(state_dir=state)
-    router = get_router(kind, state_dir=state)
+    await stop_service(SERVICE, LocalPlatform(state_dir=state), get_router(kind, state_dir=state))
+
+
+async def stop_service(service: str, platform: Platform, router: Router, grace: float = 3) -> None:
+    """Stop every instance of `service` and its router, then close both drivers (the demo's and tests' cleanup)."""
     try:
-        view = await platform.observe(service=SERVICE, releases={})
-        await platform.stop(service=SERVICE, ids=[i.id for i in view.instances], grace=3)
-        await router.stop(service=SERVICE)
+        view = await platform.observe(service=service, releases={})
+        await platform.stop(service=service, ids=[i.id for i in view.instances], grace=grace)
+        await router.stop(service=service)
     finally:
         await platform.close()
         await router.close()

@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 import stagewise.examples.sample_service as sample_service
-from stagewise.cli.demo import BAD, SCENARIOS, SERVICE, Demo, run_demo, spec
+from stagewise.cli.demo import BAD, SCENARIOS, SERVICE, Demo, run_demo, spec, stop_service
 from stagewise.core.spec import PlatformSpec
 from stagewise.platforms.ssh import SshPlatform
 from stagewise.routers import get_router
@@ -60,17 +60,8 @@ class HostsDemo(Demo):
         if self.fleet is None:
             return
 
-        async def stop() -> None:
-            platform = SshPlatform(self.state, PlatformSpec.model_validate(self.platform()))
-            router = get_router(self.router, state_dir=self.state)
-            try:
-                view = await platform.observe(service=SERVICE, releases={})
-                await platform.stop(service=SERVICE, ids=[i.id for i in view.instances], grace=3)
-                await router.stop(service=SERVICE)
-            finally:
-                await platform.close()
-                await router.close()
-        asyncio.run(stop())
+        platform = SshPlatform(self.state, PlatformSpec.model_validate(self.platform()))
+        asyncio.run(stop_service(SERVICE, platform, get_router(self.router, state_dir=self.state)))
 
     def cleanup(self) -> None:
         try:
