@@ -220,7 +220,8 @@ class RemoteHost:
     async def stop(self, service: str, ids: list[str], grace: float) -> list[str]:
         """SIGTERM, `grace`, SIGKILL; returns the ids still running after that."""
         async with self.lock:
-            out = await self._run(STOP, [service, str(max(0, round(grace))), *ids], timeout=self.timeout + grace + 8)
+            out = await self._run(STOP, [service, str(max(0, round(grace * 10))), *ids],  # tenths of a second
+                                  timeout=self.timeout + grace + 8)
         for line in out.splitlines():
             if line.startswith("G "):
                 self.listing.get(service, {}).pop(line.split()[1], None)

@@ -145,7 +145,7 @@ echo "S $id $port $pid $start $now"
 """
 
 STOP = _PRELUDE + r"""
-grace=$1; shift
+tenths=$1; shift
 pending=
 for id; do
   f=$base/instances/$id.rec
@@ -172,7 +172,7 @@ wait_gone() { # tenths of a second
     sleep 0.1; t=$((t + 1))
   done
 }
-wait_gone $((grace * 10))
+wait_gone "$tenths"
 for e in $pending; do p=${e#*:}; kill -KILL "-${p%%:*}" 2>/dev/null || kill -KILL "${p%%:*}" 2>/dev/null; done
 survivors=$pending
 pending=$survivors
