@@ -7,11 +7,14 @@ killed mid-spawn, a process that died, a command line full of shell syntax.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,15 +41,13 @@ def listing(root: Path) -> scripts.Listing:
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
+def root(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
     for record in (tmp_path / "svc" / "instances").glob("*.rec"):
         fields = record.read_text().split()
         if fields[5] != "-":
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(fields[5]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_arguments_reach_the_program_verbatim_with_the_port_filled_in(root: Path, tmp_path: Path) -> None:
@@ -60,8 +61,6 @@ def test_arguments_reach_the_program_verbatim_with_the_port_filled_in(root: Path
     deadline = time.monotonic() + 10
     while not out.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
-    import json
-
     argv, greeting, cwd = json.loads(out.read_text())
     assert argv == [a.replace("{port}", port) for a in tricky]
     assert greeting == f"hello {port} $HOME"
