@@ -5,13 +5,16 @@
     │   ├── SpecError             a spec file is malformed or invalid (file:line:column)
     │   ├── NotFoundError         a service or delivery that does not exist
     │   ├── ConflictError         a verb that does not fit the delivery's phase
+    │   │   └── PreflightError    a host fails a check a delivery needs (ssh: hosts check)
     │   ├── UnknownDriverError    a router/platform/judge/provider name with no backend
     │   ├── PlatformRefusedError  the platform cannot run what it was given (no such program)
+    │   │   └── HostKeyError      a host's SSH key is unknown or changed: refused, never accepted blindly
     │   ├── RouterConfigError     a router refused a route table or the configuration made of it
     │   └── SettingsError         the server's settings file is unreadable or invalid (file:line:column)
     └── TemporaryError(delay=)    worth retrying after `delay` seconds
         ├── RouterError           the data plane could not be reached or refused a table
         ├── PlatformError         an instance could not be started, probed or stopped
+        │   └── HostUnreachableError  a host did not answer over SSH (its own kind: never a failed release)
         └── ProviderError         a metric provider could not measure
 
 Drivers translate third-party exceptions into these at their boundary
@@ -78,6 +81,20 @@ class PlatformRefusedError(PermanentError):
     executable, a service name that cannot name a directory. Trying again only helps once that changes."""
 
 
+class PreflightError(ConflictError):
+    """A delivery was refused before its first instance started: a host fails a check it needs (unreachable,
+    host key unknown, program missing, no disk, root not writable, clock skew); the message names each."""
+
+
+class HostKeyError(PlatformRefusedError):
+    """A host's SSH key is not in the known_hosts file, or differs from it: the connection is refused until a
+    person verifies the key and adds it."""
+
+    def __init__(self, host: str, message: str) -> None:
+        self.host = host
+        super().__init__(message)
+
+
 class RouterConfigError(PermanentError):
     """A router refused a route table, or the configuration made of it (`nginx -t`, `haproxy -c`, a value
     the balancer cannot express): the same table fails the same way until it changes."""
@@ -105,6 +122,14 @@ class RouterError(TemporaryError):
 
 class PlatformError(TemporaryError):
     """An instance could not be started, probed or stopped."""
+
+
+class HostUnreachableError(PlatformError):
+    """A host did not answer over SSH (no route, connection refused or timed out, the link lost)."""
+
+    def __init__(self, host: str, message: str, *, delay: float = 1.0) -> None:
+        self.host = host
+        super().__init__(message, delay=delay)
 
 
 class ProviderError(TemporaryError):

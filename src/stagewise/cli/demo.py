@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from rich.table import Table
 
 from stagewise.cli.client import Client, Unreachable
 from stagewise.examples.load import LoadInBackground
+from stagewise.platforms import Platform
 from stagewise.platforms.local import LocalPlatform
-from stagewise.routers import get_router
+from stagewise.routers import Router, get_router
 
 SERVICE = "demo"
 REPLICAS = 4
@@ -114,6 +116,14 @@ class Demo:
         self.state = self.tmp / "state"
         self.server: subprocess.Popen[bytes] | None = None
         self.listen = f"127.0.0.1:{free_port()}"
+        self.scenarios = SCENARIOS
+        self.where = ""
+
+    def stop_data_plane(self) -> None:
+        asyncio.run(_stop_everything(self.state, self.router))
+
+    def spec_text(self, version: str, strategy: dict[str, Any]) -> str:
+        return spec(self.listen, version, strategy, self.router)
 
     def start_server(self) -> Client:
         self.state.mkdir(parents=True)
@@ -138,8 +148,7 @@ class Demo:
         raise RuntimeError("the server did not come up within 20 s")
 
     def deliver(self, client: Client, version: str, strategy: dict[str, Any], timeout: float = 120) -> str:
-        client.post("/api/v1/apply", {"spec": spec(self.listen, version, strategy, self.router),
-                                      "filename": f"{version}.yaml"})
+        client.post("/api/v1/apply", {"spec": self.spec_text(version, strategy), "filename": f"{version}.yaml"})
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -161,10 +170,10 @@ class Demo:
         try:
             self.console.print(f"[bold]stagewise demo[/] — state in {self.state}, service on http://{self.listen}"
                                f" through the {self.router} router")
-            self.console.print("first release v1 on 4 instances")
+            self.console.print(f"first release v1 on {REPLICAS} instances{self.where}")
             self.deliver(client, "v1", CANARY)
             results = []
-            for name, strategy, old, new, strat in SCENARIOS:
+            for name, strategy, old, new, strat in self.scenarios:
                 self.console.print(f"[bold]{name}[/] ({strategy})")
                 load = LoadInBackground(
                     f"http://{self.listen}/", connections=8, rate=RATE, max_seconds=150, max_requests=100_000,
@@ -196,17 +205,20 @@ class Demo:
                 self.server.kill()
                 self.server.wait()
         if self.state.exists():
-            asyncio.run(_stop_everything(self.state, self.router))
+            self.stop_data_plane()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 async def _stop_everything(state: Path, kind: str = "builtin") -> None:
-    platform = LocalPlatform(state_dir=state)
-    router = get_router(kind, state_dir=state)
+    await stop_service(SERVICE, LocalPlatform(state_dir=state), get_router(kind, state_dir=state))
+
+
+async def stop_service(service: str, platform: Platform, router: Router, grace: float = 3) -> None:
+    """Stop every instance of `service` and its router, then close both drivers (the demo's and tests' cleanup)."""
     try:
-        view = await platform.observe(service=SERVICE, releases={})
-        await platform.stop(service=SERVICE, ids=[i.id for i in view.instances], grace=3)
-        await router.stop(service=SERVICE)
+        view = await platform.observe(service=service, releases={})
+        await platform.stop(service=service, ids=[i.id for i in view.instances], grace=grace)
+        await router.stop(service=service)
     finally:
         await platform.close()
         await router.close()
@@ -227,9 +239,10 @@ EXPECTED = {"canary v1→v2": "Succeeded", "canary v2→v3": "RolledBack", "blue
             "phased v2→v1": "Succeeded", "full v1→v2": "Succeeded"}
 
 
-def run_demo(*, as_json: bool, console: Console, router: str = "builtin") -> int:
+def run_demo(*, as_json: bool, console: Console, router: str = "builtin",
+             make: Callable[[Console, str], Demo] = Demo) -> int:
     quiet = Console(file=open(os.devnull, "w")) if as_json else console  # noqa: SIM115
-    demo = Demo(quiet, router)
+    demo = make(quiet, router)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         results = demo.run()

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from stagewise.cli import advise, completion, convert, render, server
+from stagewise.cli import advise, completion, convert, hosts, render, server
 from stagewise.cli.client import ApiError, Client, Unreachable, default_state
 from stagewise.errors import SpecError, StagewiseError
 
@@ -239,14 +239,20 @@ def history(service: ServiceArg, state: StateOpt = DEFAULT_STATE,
 def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     router: str = typer.Option("builtin", "--router", help="The data plane: builtin, haproxy or nginx."),
+    hosts: int = typer.Option(0, "--hosts", min=0, max=32,
+                              help="Run on N hosts over SSH (network namespaces made for the demo; root only)."),
 ) -> None:
-    """Watch a good release promoted and bad ones rolled back, on this machine."""
+    """Watch a good release promoted and bad ones rolled back, on this machine (or on N namespace hosts)."""
     from stagewise.cli.demo import run_demo
     from stagewise.routers import ROUTER_KINDS
 
     if router not in ROUTER_KINDS:
         err.print(f"--router {router}: expected one of {', '.join(ROUTER_KINDS)}")
         raise typer.Exit(2)
+    if hosts:
+        from stagewise.cli.demo_hosts import run_hosts_demo
+
+        raise typer.Exit(run_hosts_demo(count=hosts, as_json=as_json, console=out, router=router))
     code = run_demo(as_json=as_json, console=out, router=router)
     raise typer.Exit(code)
 
@@ -274,6 +280,7 @@ def router(admin_socket: str = typer.Option(..., "--admin-socket"),
 advise.register(app)  # recommend, compare
 convert.register(app)
 completion.register(app)
+hosts.register(app)  # hosts check
 
 
 def main() -> None:

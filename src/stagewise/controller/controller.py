@@ -41,7 +41,7 @@ from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
 from stagewise.engine import decide
-from stagewise.errors import ConflictError, NotFoundError, StagewiseError
+from stagewise.errors import ConflictError, NotFoundError, PreflightError, StagewiseError
 from stagewise.platforms import Platform, PlatformView, get_platform
 from stagewise.routers import Router, get_router
 from stagewise.store import Measurement, Store, open_store
@@ -94,10 +94,12 @@ class Controller:
         return self._routers[key]
 
     def platform(self, spec: ServiceSpec) -> Platform:
-        kind = spec.spec.platform.kind
-        if kind not in self._platforms:
-            self._platforms[kind] = get_platform(kind, state_dir=self.state_dir)
-        return self._platforms[kind]
+        options = spec.spec.platform
+        # local is one per controller; ssh is one per fleet of hosts and the way to reach them
+        key = options.kind if options.kind == "local" else f"{options.kind}:{options.model_dump_json()}"
+        if key not in self._platforms:
+            self._platforms[key] = get_platform(options.kind, state_dir=self.state_dir, spec=options)
+        return self._platforms[key]
 
     def failing(self) -> dict[str, Failing]:
         """The services whose last reconcile failed, each with when it is tried again."""
@@ -207,6 +209,7 @@ class Controller:
             live={r: sum(1 for i in view.instances if i.release == r) for r in releases},
             failures=view.failures,
             stats=stats,
+            unreachable=view.unreachable,
             held=f"the router does not serve the step: {held}" if held is not None else None,
         )
         decision = decide(active, plan, observation, measured=self._measurer.collect(active, now))
@@ -258,6 +261,7 @@ class Controller:
                 return "configured: release unchanged", None
             else:
                 record = record.model_copy(update={"spec": spec, "updated_at": now})
+            await self._preflight(spec, spec.spec.release)
             delivery = Delivery(service=name, spec=spec, stable=record.stable, created_at=now,
                                 updated_at=now, progress_at=now)
             events = [Event(at=now, kind="user", message=f"applied {spec.spec.release.version}")]
@@ -306,6 +310,7 @@ class Controller:
             spec = record.spec.model_copy(
                 update={"spec": record.spec.spec.model_copy(update={"release": previous})})
             record = record.model_copy(update={"spec": spec, "updated_at": now})
+            await self._preflight(spec, previous)
             delivery = Delivery(service=name, spec=spec, stable=record.stable, created_at=now,
                                 updated_at=now, progress_at=now, undo=True)
             events = [Event(at=now, kind="user", message=f"undo: back to {previous.version}")]
@@ -313,6 +318,13 @@ class Controller:
             self.observer.delivery_changed(before=None, after=delivery, events=events, now=now)
             self._acted(name)
             return delivery
+
+    async def _preflight(self, spec: ServiceSpec, release: ReleaseSpec) -> None:
+        """Refuse a delivery whose release could not start where it must (ssh: the hosts' checks)."""
+        problems = await self.platform(spec).preflight(service=spec.name, release=release)
+        if problems:
+            raise PreflightError(f"{spec.name}: {release.version} cannot be delivered; pre-flight checks failed:\n"
+                                 + "\n".join(f"  {p}" for p in problems))
 
     async def delete(self, name: str, *, keep_running: bool = False, force: bool = False) -> Deletion:
         """Stop the service's router (drained first) and instances, then forget it; its history stays.

@@ -37,13 +37,27 @@ class Applied:
     boots: dict[str, str] = field(default_factory=dict)
 
 
-def choose_victims(instances: list[Instance], want: int) -> list[Instance]:
-    """Which instances to stop to get down to `want`: not-ready ones first, then the newest."""
+def choose_victims(instances: list[Instance], want: int, *, load: dict[str, int] | None = None,
+                   host_order: dict[str, int] | None = None) -> list[Instance]:
+    """Which instances to stop to get down to `want`: not-ready ones first, then the newest.
+
+    On hosts (ssh), ready instances go from the most loaded host first — so a host that took
+    another's instances while it was unreachable gives them back — and, among equally loaded
+    hosts, from the first in the spec's order: a phased wave updates hosts in order, whole,
+    each instance replaced on its own host (the platform starts the new one where room is).
+    """
     if len(instances) <= want:
         return []
-    newest_first = sorted(instances, key=lambda i: i.seq, reverse=True)
-    not_ready = [i for i in newest_first if i.state is not InstanceState.READY]
-    ready = [i for i in newest_first if i.state is InstanceState.READY]
+    load, host_order = load or {}, host_order or {}
+
+    def rank(i: Instance) -> tuple[int, int, int]:
+        if i.host is None:
+            return 0, 0, -i.seq
+        return -load.get(i.host, 0), host_order.get(i.host, 0), -i.seq
+
+    ordered = sorted(instances, key=rank)
+    not_ready = [i for i in ordered if i.state is not InstanceState.READY]
+    ready = [i for i in ordered if i.state is InstanceState.READY]
     return (not_ready + ready)[: len(instances) - want]
 
 
@@ -85,12 +99,21 @@ def build_table(spec: ServiceSpec, world: World, endpoints: list[Instance]) -> R
 def _victims(world: World, view: PlatformView) -> tuple[dict[str, list[Instance]], list[Instance]]:
     """The observed instances per release, and those `world` has no place for."""
     by_release: dict[str, list[Instance]] = {}
+    load: dict[str, int] = {}
     for inst in view.instances:
         by_release.setdefault(inst.release, []).append(inst)
+        if inst.host is not None:
+            load[inst.host] = load.get(inst.host, 0) + 1
+    order = view_host_order(view)
     victims: list[Instance] = []
     for release, instances in by_release.items():
-        victims += choose_victims(instances, world.instances.get(release, 0))
+        victims += choose_victims(instances, world.instances.get(release, 0), load=load, host_order=order)
     return by_release, victims
+
+
+def view_host_order(view: PlatformView) -> dict[str, int]:
+    """The hosts' places in the spec's order, as the platform reports them."""
+    return {host: i for i, host in enumerate(view.hosts)}
 
 
 def _table(spec: ServiceSpec, world: World, view: PlatformView, victims: list[Instance]) -> RouteTable:

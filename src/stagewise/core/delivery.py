@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from stagewise.core.durations import format_duration
 from stagewise.core.judge_state import JudgeState, ProviderNote
 from stagewise.core.plan import Plan, Step, World
+from stagewise.core.platform_spec import too_many_unreachable
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
 from stagewise.core.verdict import Outcome, Verdict
@@ -84,6 +85,9 @@ class Observation(BaseModel):
     failures: dict[str, int] = {}
     """Instances that died or missed readiness, per release, ever."""
     stats: RouterStats | None = None
+    unreachable: dict[str, str] = {}
+    """Hosts the platform cannot reach now, each with why and since when (ssh); their instances are in
+    none of the counts above. More than `platform.maxUnreachable` of them roll the delivery back."""
     held: str | None = None
     """Why the router could not be brought to serve the committed world (a driver's error): its
     instances do not count as ready then, and a delivery stuck on it is aborted in these words."""
@@ -291,6 +295,8 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
 
     if not aborting:
         failed = _failed_analysis(d)
+        if failed is None and d.stable is not None:  # a first delivery has nothing to roll back to: it waits
+            failed = too_many_unreachable(d.spec.spec.platform, obs.unreachable)
         if failed is not None:
             d2, ev = abort(d, plan, now=now, reason=failed)
             return d2, events + ev
@@ -394,6 +400,12 @@ def _ready(world: World, obs: Observation) -> bool:
 
 
 def _stuck_reason(d: Delivery, step: Step, obs: Observation) -> str:
+    lost = "; ".join(f"{host} unreachable: {why}" for host, why in sorted(obs.unreachable.items()))
+    reason = _stuck_on(d, step, obs)
+    return f"{reason} ({lost})" if lost else reason
+
+
+def _stuck_on(d: Delivery, step: Step, obs: Observation) -> str:
     if d.ready_at is None and step.wait_ready and obs.held is not None:
         return obs.held
     if d.ready_at is None and step.wait_ready:

@@ -30,6 +30,7 @@ from stagewise.core.analysis_spec import (
     ThresholdRange,
     parse_template,
 )
+from stagewise.core.platform_spec import HostSpec, PlatformSpec, SshSpec
 from stagewise.core.spec_common import (
     TEMPLATES_CONTEXT,
     AnalysisRef,
@@ -118,18 +119,12 @@ class RouterSpec(Model):
         return self
 
 
-class PlatformSpec(Model):
-    kind: Literal["local", "ssh"] = "local"
-    """What starts and stops instances."""
-    hosts: list[str] = Field(default_factory=list)
-    """ssh: the hosts instances run on."""
-
-
 class RunSpec(Model):
     command: Annotated[list[str], Field(min_length=1)]
-    """argv of one instance; `{port}` is replaced by the instance's port. Never a shell."""
+    """argv of one instance; `{port}` and `{host}` are replaced by the instance's port and address. Never a
+    shell."""
     env: dict[str, str] = Field(default_factory=dict)
-    """Extra environment; `{port}` is replaced here too."""
+    """Extra environment; `{port}` and `{host}` are replaced here too."""
 
     @field_validator("command")
     @classmethod
@@ -160,6 +155,9 @@ class ReleaseSpec(Model):
     """The release's name, unique within the service (v2, 2024.06.1, a git sha)."""
     run: RunSpec
     readiness: ReadinessSpec = ReadinessSpec()
+    artifact: str | None = None
+    """ssh: the release's files, a directory or a .tar.gz on the controller's machine; copied once to each
+    host and unpacked in `<root>/<service>/releases/<version>/`, where `run.command` runs."""
 
 
 class ServiceBody(Model):
@@ -173,6 +171,18 @@ class ServiceBody(Model):
     analysis: dict[str, AnalysisTemplate] = Field(default_factory=dict)
     progress_deadline: Duration = 600.0
     """A delivery that makes no progress for this long is aborted."""
+
+    @model_validator(mode="after")
+    def _per_host(self) -> ServiceBody:
+        per_host = self.platform.per_host
+        if per_host is None:
+            return self
+        replicas = per_host * len(self.platform.hosts)
+        if "replicas" in self.model_fields_set and self.replicas != replicas:
+            raise ValueError(f"replicas {self.replicas} contradicts platform.perHost {per_host} on "
+                             f"{len(self.platform.hosts)} host(s) ({replicas}); give one of them")
+        object.__setattr__(self, "replicas", replicas)  # frozen model: set once, while it is validated
+        return self
 
     @model_validator(mode="after")
     def _templates_exist(self) -> ServiceBody:
@@ -200,9 +210,9 @@ __all__ = [
     "AnalysisTemplate", "AnyStrategy", "AnyTemplate", "AutoPromotion", "BackgroundAnalysis", "BlueGreenSpec",
     "BlueGreenStrategy", "CanarySpec", "CanaryStep", "CanaryStrategy", "CohortKey", "CohortsSpec",
     "CommandTemplate", "Duration", "FullSpec", "FullStrategy", "HeaderMatch", "HeaderRouteSpec", "HeaderValueMatch",
-    "HttpTemplate", "Listen", "Metadata", "Model", "PauseSpec", "PauseStep", "PhasedCohorts", "PhasedSpec",
+    "HostSpec", "HttpTemplate", "Listen", "Metadata", "Model", "PauseSpec", "PauseStep", "PhasedCohorts", "PhasedSpec",
     "PhasedStrategy", "PhasedWaves", "PlatformSpec", "PrometheusTemplate", "ReadinessSpec", "ReleaseSpec",
     "RouterSpec", "RouterTemplate", "RunSpec", "ServiceBody", "ServiceSpec", "SetHeaderRouteStep", "SetWeightStep",
-    "StrategyName", "StrategySpec", "TemplateBase", "ThresholdRange", "WaveSize", "analysis_refs", "check_listen",
-    "parse_template", "strategy_key",
+    "SshSpec", "StrategyName", "StrategySpec", "TemplateBase", "ThresholdRange", "WaveSize", "analysis_refs",
+    "check_listen", "parse_template", "strategy_key",
 ]

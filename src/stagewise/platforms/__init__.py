@@ -13,7 +13,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from stagewise.core.spec import ReleaseSpec
+from stagewise.core.spec import PlatformSpec, ReleaseSpec
 from stagewise.errors import UnknownDriverError
 
 
@@ -32,6 +32,8 @@ class Instance(BaseModel):
     release: str
     address: str
     """host:port the instance serves on."""
+    host: str | None = None
+    """The host it runs on (ssh: the host's target); none on the local platform."""
     state: InstanceState
     pid: int | None = None
     started_at: float
@@ -48,6 +50,11 @@ class PlatformView(BaseModel):
     """Per release: instances that exited or missed their readiness deadline, ever."""
     events: list[str] = []
     """What happened since the previous call, in words (an instance exited, ...)."""
+    hosts: list[str] = []
+    """The hosts instances may run on, in the spec's order (ssh); empty on the local platform."""
+    unreachable: dict[str, str] = {}
+    """Hosts that cannot be reached now (ssh), each with the error and since when; their instances are not
+    in `instances` (nothing can be known of them, and no router must send them a request)."""
 
 
 class Platform(Protocol):
@@ -60,6 +67,9 @@ class Platform(Protocol):
     async def stop(self, *, service: str, ids: list[str], grace: float = 10.0) -> None:
         """Stop these instances: SIGTERM, then SIGKILL after `grace` seconds."""
 
+    async def preflight(self, *, service: str, release: ReleaseSpec) -> list[str]:
+        """What would stop `release` from starting, one problem a line naming where; empty when nothing would."""
+
     async def close(self) -> None:
         """Release client resources; instances keep running."""
 
@@ -67,9 +77,16 @@ class Platform(Protocol):
 PLATFORM_KINDS = ("local", "ssh")
 
 
-def get_platform(kind: str, *, state_dir: Path) -> Platform:
+def get_platform(kind: str, *, state_dir: Path, spec: PlatformSpec | None = None) -> Platform:
+    """The platform of `kind`; ssh needs the spec's `platform:` (its hosts and how to reach them)."""
     if kind == "local":
         from stagewise.platforms.local import LocalPlatform
 
         return LocalPlatform(state_dir=state_dir)
-    raise UnknownDriverError("platform", kind, ["local"])
+    if kind == "ssh":
+        from stagewise.platforms.ssh import SshPlatform
+
+        if spec is None or not spec.hosts:
+            raise UnknownDriverError("platform", "ssh without hosts", ["local", "ssh with hosts"])
+        return SshPlatform(state_dir=state_dir, spec=spec)
+    raise UnknownDriverError("platform", kind, list(PLATFORM_KINDS))

@@ -262,6 +262,10 @@ class LocalPlatform:
             names = ", ".join(f"{r.id} (pid {r.pid})" for r in stuck)
             raise PlatformError(f"still running after SIGKILL: {names}")
 
+    async def preflight(self, *, service: str, release: ReleaseSpec) -> list[str]:
+        """Nothing to check ahead: a program that cannot start is refused when it is started."""
+        return []
+
     async def close(self) -> None:
         """Close the probe client; instances keep running."""
         if self._client is not None:
@@ -275,7 +279,7 @@ class LocalPlatform:
     ) -> _Record:
         def substitute(value: str) -> str:
             # Plain replace, not str.format: other braces in a command are the user's own.
-            return value.replace("{port}", str(port))
+            return value.replace("{port}", str(port)).replace("{host}", "127.0.0.1")
 
         argv = [substitute(a) for a in release.run.command]
         env = {k: substitute(v) for k, v in release.run.env.items()}

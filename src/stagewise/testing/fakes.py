@@ -69,6 +69,9 @@ class FakePlatform:
             if self.instances.setdefault(service, {}).pop(iid, None) is not None:
                 self.stops += 1
 
+    async def preflight(self, *, service: str, release: ReleaseSpec) -> list[str]:
+        return []
+
     async def close(self) -> None:
         return None
 
