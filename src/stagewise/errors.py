@@ -5,6 +5,7 @@
     │   ├── SpecError             a spec file is malformed or invalid (file:line:column)
     │   ├── NotFoundError         a service or delivery that does not exist
     │   ├── ConflictError         a verb that does not fit the delivery's phase
+    │   ├── ForbiddenError        the caller's role or name may not do this (an approver list, a viewer token)
     │   ├── UnknownDriverError    a router/platform/judge/provider name with no backend
     │   ├── PlatformRefusedError  the platform cannot run what it was given (no such program)
     │   └── RouterConfigError     a router refused a route table or the configuration made of it
@@ -62,6 +63,10 @@ class NotFoundError(PermanentError):
 
 class ConflictError(PermanentError):
     """The verb does not fit the current phase (promote a finished delivery, ...)."""
+
+
+class ForbiddenError(PermanentError):
+    """The caller may not do this: their token's role is too small, or they are not among a gate's approvers."""
 
 
 class UnknownDriverError(PermanentError, ValueError):

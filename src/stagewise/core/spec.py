@@ -30,6 +30,13 @@ from stagewise.core.analysis_spec import (
     ThresholdRange,
     parse_template,
 )
+from stagewise.core.gates_spec import (
+    ApprovalSpec,
+    HookSpec,
+    NotificationSpec,
+    WindowSpec,
+    unique_names,
+)
 from stagewise.core.spec_common import (
     TEMPLATES_CONTEXT,
     AnalysisRef,
@@ -44,6 +51,7 @@ from stagewise.core.strategy_spec import (
     STRATEGY_KEYS,
     AnalysisStep,
     AnyStrategy,
+    ApprovalStep,
     AutoPromotion,
     BlueGreenSpec,
     BlueGreenStrategy,
@@ -173,9 +181,17 @@ class ServiceBody(Model):
     analysis: dict[str, AnalysisTemplate] = Field(default_factory=dict)
     progress_deadline: Duration = 600.0
     """A delivery that makes no progress for this long is aborted."""
+    hooks: list[HookSpec] = Field(default_factory=list)
+    """Calls at named points of a delivery (confirm-rollout, pre-rollout, rollout, ...): HTTP or a command."""
+    notifications: list[NotificationSpec] = Field(default_factory=list)
+    """Where the delivery's events are sent: signed webhooks, Slack-compatible webhooks, commands."""
+    windows: list[WindowSpec] = Field(default_factory=list)
+    """Deny and allow windows: a delivery starts and adds traffic only when they let it."""
 
     @model_validator(mode="after")
     def _templates_exist(self) -> ServiceBody:
+        unique_names(self.hooks, "hooks")
+        unique_names(self.notifications, "notifications")
         known = set(self.analysis)
         for ref in analysis_refs(self.strategy):
             missing = [t for t in ref.templates if t not in known]
@@ -197,7 +213,8 @@ class ServiceSpec(Model):
 
 __all__ = [
     "PROVIDERS", "STRATEGY_KEYS", "TEMPLATES_CONTEXT", "TEMPLATE_MODELS", "AnalysisRef", "AnalysisStep",
-    "AnalysisTemplate", "AnyStrategy", "AnyTemplate", "AutoPromotion", "BackgroundAnalysis", "BlueGreenSpec",
+    "AnalysisTemplate", "AnyStrategy", "ApprovalSpec", "ApprovalStep", "HookSpec", "NotificationSpec",
+    "WindowSpec", "AnyTemplate", "AutoPromotion", "BackgroundAnalysis", "BlueGreenSpec",
     "BlueGreenStrategy", "CanarySpec", "CanaryStep", "CanaryStrategy", "CohortKey", "CohortsSpec",
     "CommandTemplate", "Duration", "FullSpec", "FullStrategy", "HeaderMatch", "HeaderRouteSpec", "HeaderValueMatch",
     "HttpTemplate", "Listen", "Metadata", "Model", "PauseSpec", "PauseStep", "PhasedCohorts", "PhasedSpec",
