@@ -361,7 +361,9 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
             return d2, events + ev
 
     if not started(d):
-        return d, events if d.paused else _wait_or_go(d, plan, now, events, obs.windows)
+        if d.paused:
+            return d, events
+        return _wait_or_go(d, plan, now, events, obs.windows)
 
     bg = plan.background
     if bg and not aborting and d.step >= bg.starting_step and "background" not in d.analysis:
