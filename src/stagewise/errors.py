@@ -12,7 +12,8 @@
     └── TemporaryError(delay=)    worth retrying after `delay` seconds
         ├── RouterError           the data plane could not be reached or refused a table
         ├── PlatformError         an instance could not be started, probed or stopped
-        └── ProviderError         a metric provider could not measure
+        ├── ProviderError         a metric provider could not measure
+        └── NotifyError           a sink did not take a notification (the sender tries again later)
 
 Drivers translate third-party exceptions into these at their boundary
 (`raise RouterError(...) from exc`), so the controller only ever handles this tree:
@@ -105,3 +106,7 @@ class PlatformError(TemporaryError):
 
 class ProviderError(TemporaryError):
     """A metric provider could not take a measurement."""
+
+
+class NotifyError(TemporaryError):
+    """A sink did not take a notification: unreachable, an answer other than 2xx, a command that failed."""
