@@ -86,7 +86,7 @@ class Controller:
         self._retries = Retries()
         self._measurer = Measurer()
         """Measurements of prometheus, http and command providers in flight (controller/measure.py)."""
-        self.notifier = notifier or Notifier(clock=clock)
+        self.notifier = notifier or Notifier()
         self._hooks = HookRunner(self.notifier, clock)
         """Hook calls in flight (controller/hooks.py)."""
         self.sender = Sender(self.store, self.notifier, clock)

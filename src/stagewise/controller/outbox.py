@@ -3,8 +3,8 @@
 The store writes a notification into its outbox in the same transaction as
 the event it is about (store/sqlite_gates.py), so what was committed is
 never lost. This sender, a task of its own in the controller's process,
-reads what is due, sends each to its sink (stagewise.notify), and records
-the outcome:
+reads what is due, sends each to its sink (stagewise.notify) — a sink gets
+its notifications in the order of their events — and records the outcome:
 
 - taken (2xx, exit 0): marked sent, never sent again;
 - not taken: tried again after an exponential backoff with jitter — from
@@ -80,10 +80,25 @@ class Sender:
                 await asyncio.wait_for(_first(stop, self.wake), timeout=POLL)
 
     async def flush(self) -> int:
-        """Send every notification due now, once; how many were taken."""
+        """Send every notification due now, once; how many were taken.
+
+        Each sink gets its notifications in order, one at a time, and nothing after one it did not take
+        (that one is tried again first); different sinks are sent to side by side.
+        """
         due = self.store.due_notifications(self.clock(), limit=BATCH)
-        results = await asyncio.gather(*(self._send(item) for item in due))
+        queues: dict[tuple[str, str], list[OutboxItem]] = {}
+        for item in due:
+            queues.setdefault((item.service, item.sink), []).append(item)
+        results = await asyncio.gather(*(self._send_in_order(queue) for queue in queues.values()))
         return sum(results)
+
+    async def _send_in_order(self, queue: list[OutboxItem]) -> int:
+        taken = 0
+        for item in queue:
+            if not await self._send(item):
+                break
+            taken += 1
+        return taken
 
     async def _send(self, item: OutboxItem) -> bool:
         async with self._slots:
