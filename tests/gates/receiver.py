@@ -59,7 +59,7 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_POST = do_PUT = _any  # noqa: N815 - the names http.server calls
+            do_GET = do_POST = do_PUT = _any
 
             def log_message(self, format: str, *args: Any) -> None:
                 return None

@@ -108,7 +108,8 @@ async def test_a_command_hook_gets_the_body_on_stdin_and_fails_the_delivery(worl
     assert await drive(world, {Phase.ROLLED_BACK}) is Phase.ROLLED_BACK
     latest = world.controller.store.latest_delivery("shop")
     assert latest is not None
-    assert latest.abort_reason == "pre-rollout hook smoke failed 1 time(s), last exit 3: smoke test: 3 of 5 checks failed"
+    assert latest.abort_reason == ("pre-rollout hook smoke failed 1 time(s), last exit 3: "
+                                   "smoke test: 3 of 5 checks failed")
     bodies = [json.loads(line) for line in seen.read_text().splitlines()]
     assert [(b["release"], b["point"], b["step"]) for b in bodies] == [("v2", "pre-rollout", 1),
                                                                        ("v3", "pre-rollout", 1)]

@@ -180,7 +180,7 @@ def test_a_rejection_rolls_back() -> None:
     d = delivery(strategy={"canary": {"steps": [{"setWeight": 20}, {"approval": {}}]}})
     r = Run(d)
     r.until({Phase.WAITING})
-    r.d, events = machine.reject(r.d, plan_of(r.d), now=r.now, who="alice", comment="not today")
+    r.d, _ = machine.reject(r.d, plan_of(r.d), now=r.now, who="alice", comment="not today")
     assert r.d.phase is Phase.ABORTING and r.d.abort_reason == "rejected by alice: not today"
     assert r.until({Phase.ROLLED_BACK}).phase is Phase.ROLLED_BACK
 

@@ -29,6 +29,7 @@ from starlette.routing import Match
 from stagewise.api.models import NAME_RULE, BadSpecBody, ErrorBody, InvalidRequestBody
 from stagewise.errors import (
     ConflictError,
+    ForbiddenError,
     NotFoundError,
     SpecError,
     StagewiseError,
@@ -46,6 +47,8 @@ ECHO_LIMIT = 60
 _STANDARD: dict[int, tuple[type[BaseModel], str]] = {
     400: (BadSpecBody, "The spec is invalid; `problems` lists each problem with file:line:column"),
     401: (ErrorBody, "The token is missing or wrong (it is in the server's state directory, file `token`)"),
+    403: (ErrorBody, "The token's role may not do this (viewer < operator < admin), or its name is not among a "
+                     "gate's approvers"),
     404: (ErrorBody, "No service by that name"),
     409: (ErrorBody, "The request does not fit the service's delivery now; `detail` says why and what to do"),
     422: (InvalidRequestBody, "A parameter or the body is outside what this route takes; `errors` names each"),
@@ -71,6 +74,8 @@ def refusal_status(exc: StagewiseError) -> int:
     """The HTTP status for an error the controller raised on purpose."""
     if isinstance(exc, NotFoundError):
         return 404
+    if isinstance(exc, ForbiddenError):
+        return 403
     if isinstance(exc, ConflictError):
         return 409
     if isinstance(exc, SpecError | UnknownDriverError):

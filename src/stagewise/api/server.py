@@ -2,8 +2,11 @@
 
 The server binds 127.0.0.1 by default. It writes `server.json` (its address)
 and `token` (mode 0600) into the state directory; every other verb of the
-CLI finds both there. Reads are open on loopback; every mutating call needs
-`Authorization: Bearer <token>`.
+CLI finds both there. That token is the admin token named `admin`; others
+are made with `stagewise token create` (api/access.py). Reads are open on
+loopback unless the server runs with `--reads token`; every mutating call
+needs `Authorization: Bearer <token>` of a role that may make it, and is in
+the audit log.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from stagewise.api.access import AuditLog, ReadAccess, register_server_token
+from stagewise.api.access_routes import build_access_router
 from stagewise.api.dashboard import install_dashboard
+from stagewise.api.pipeline_routes import build_pipeline_router
 from stagewise.api.refusals import install_refusals
 from stagewise.api.routes import build_api_router
 from stagewise.controller import Controller
 from stagewise.controller.lifecycle import DataPlane, in_words
 from stagewise.errors import StagewiseError
+from stagewise.pipelines import Pipelines
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 log = logging.getLogger("stagewise.server")
@@ -51,22 +58,30 @@ def ensure_token(state_dir: Path) -> str:
 
 
 def create_app(state_dir: Path, *, controller: Controller | None = None, run_loop: bool = True,
-               at_exit: Callable[[list[DataPlane]], None] | None = None) -> FastAPI:
-    """The API and dashboard over a controller; `at_exit` is told what data plane runs on when it stops."""
+               at_exit: Callable[[list[DataPlane]], None] | None = None, reads: ReadAccess = "open",
+               windows_file: Path | None = None) -> FastAPI:
+    """The API and dashboard over a controller; `at_exit` is told what data plane runs on when it stops.
+
+    `reads`: "open" (anyone who reaches the address reads) or "token" (at least a viewer token);
+    `windows_file`: the freeze windows every service shares.
+    """
     token = ensure_token(state_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctl = controller or Controller(state_dir)
+        ctl = controller or Controller(state_dir, windows_file=windows_file)
+        register_server_token(ctl, token)
         app.state.controller = ctl
+        app.state.pipelines = pipelines = Pipelines(ctl)
         stop = asyncio.Event()
-        task = asyncio.create_task(ctl.run(stop)) if run_loop else None
+        tasks = [asyncio.create_task(ctl.run(stop)), asyncio.create_task(pipelines.run(stop))] if run_loop else []
         try:
             yield
         finally:
             stop.set()
-            if task is not None:
+            for task in tasks:
                 await task
+            await pipelines.close()
             if at_exit is not None:
                 try:
                     at_exit(await ctl.data_planes())
@@ -78,8 +93,12 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
                   description="Progressive delivery: full, phased, canary and blue-green, judged by statistics.")
 
     install_refusals(app)
-    app.include_router(build_api_router(token))
+    app.include_router(build_api_router(reads))
+    app.include_router(build_access_router())
+    app.include_router(build_pipeline_router(reads))
     install_dashboard(app)
+    app.add_middleware(AuditLog)
+    app.state.reads = reads
     return app
 
 
@@ -131,7 +150,8 @@ def write_server_file(state_dir: Path, sock: socket.socket) -> str:
     return url
 
 
-def serve(state_dir: Path, listen: str = DEFAULT_LISTEN) -> None:
+def serve(state_dir: Path, listen: str = DEFAULT_LISTEN, *, reads: ReadAccess = "open",
+          windows_file: Path | None = None) -> None:
     """Run the server until SIGINT/SIGTERM: API plus the controller loop."""
     import uvicorn
 
@@ -141,7 +161,8 @@ def serve(state_dir: Path, listen: str = DEFAULT_LISTEN) -> None:
     sock = bind(listen)
     url = write_server_file(state_dir, sock)
     # Said from the app's shutdown: on SIGTERM uvicorn ends this process by the signal right after it.
-    app = create_app(state_dir, at_exit=lambda planes: print(left_running(planes, state_dir), flush=True))
+    app = create_app(state_dir, at_exit=lambda planes: print(left_running(planes, state_dir), flush=True),
+                     reads=reads, windows_file=windows_file)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     app.state.stopping = lambda: server.should_exit  # ends the dashboard's event streams on shutdown

@@ -12,7 +12,8 @@ from rich.text import Text
 
 PHASE_STYLE = {
     "Succeeded": "bold green", "RolledBack": "bold yellow", "Failed": "bold red",
-    "Aborting": "yellow", "Paused": "cyan", "Progressing": "blue", "Promoting": "magenta", "Pending": "dim",
+    "Aborting": "yellow", "Paused": "cyan", "Waiting": "bold cyan", "Progressing": "blue", "Promoting": "magenta",
+    "Pending": "dim",
 }
 
 
@@ -35,6 +36,13 @@ def status_panel(s: dict[str, Any]) -> RenderableType:
         parts.append(line)
         if d.get("abort_reason"):
             parts.append(Text(f"abort: {d['abort_reason']}", style="yellow"))
+        for hold in (d.get("waiting") or {}).get("holds", []):
+            parts.append(Text(f"waiting: {hold['message']}", style="cyan"))
+        for a in d.get("approvals", []):
+            parts.append(Text(f"approved by {a['by']} ({a['gate']})" + (f": {a['comment']}" if a["comment"] else ""),
+                              style="dim"))
+        if d.get("freeze_override"):
+            parts.append(Text(f"freeze overridden: {d['freeze_override']}", style="yellow"))
         if d.get("message") and d["phase"] in ("Succeeded", "RolledBack", "Failed"):
             parts.append(Text(d["message"], style="dim"))
         weights = Text("traffic ")
@@ -50,6 +58,11 @@ def status_panel(s: dict[str, Any]) -> RenderableType:
         for run in d["analysis"]:
             parts.append(Text.assemble((f"analysis {run['run']}: ", "dim"),
                                        phase_text_verdict(run["outcome"]), f"  {run['message']}"))
+    for sink in s.get("sinks") or []:
+        if sink["failing"]:
+            parts.append(Text(f"sink {sink['sink']} ({sink['kind']}) failing: {sink['pending']} not sent, "
+                              f"{sink['attempts']} tries, last error: {sink['last_error'] or '-'}"
+                              + (f"; {sink['given_up']} given up" if sink["given_up"] else ""), style="bold red"))
     events = s.get("events") or []
     if events:
         ev = Table(box=None, show_header=False, padding=(0, 1))

@@ -38,9 +38,9 @@ from stagewise.controller.hooks import HookRunner
 from stagewise.controller.lifecycle import DataPlane, Deletion
 from stagewise.controller.measure import Measurer
 from stagewise.controller.outbox import Sender
-from stagewise.controller.shared_windows import SharedWindows
 from stagewise.controller.reconcile import Applied, make_world, note_boot, serve_ready
 from stagewise.controller.retries import MAX_BACKOFF, Retries
+from stagewise.controller.shared_windows import SharedWindows
 from stagewise.core import delivery as machine
 from stagewise.core.delivery import Delivery, Event, Observation, Phase, desired_world
 from stagewise.core.plan import Plan, World
@@ -345,7 +345,7 @@ class Controller:
         self.sender.wake.set()
         self._acted(delivery.service)
 
-    async def undo(self, name: str) -> Delivery:
+    async def undo(self, name: str, *, actor: str = "") -> Delivery:
         """Deliver the previous stable release again, with the service's strategy."""
         async with self.lock(name):
             now = self.clock()
@@ -364,7 +364,8 @@ class Controller:
             delivery = Delivery(service=name, spec=spec, stable=record.stable, created_at=now,
                                 updated_at=now, progress_at=now, undo=True)
             delivery = self.store.create_delivery(
-                delivery, [Event(at=now, kind="user", message=f"undo: back to {previous.version}")], record)
+                delivery, [Event(at=now, kind="user", message=f"undo: back to {previous.version}"
+                                 + (f" by {actor}" if actor else ""))], record)
             self._acted(name)
             return delivery
 

@@ -19,14 +19,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from stagewise.core import gates
 from stagewise.core.durations import format_duration
-from stagewise.core.gate_state import Approval, HookAnswer, HookState, Hold, Waiting
+from stagewise.core.gate_state import Approval, HookAnswer, HookState, Waiting
 from stagewise.core.gates_spec import NoticeEvent, WindowSpec
 from stagewise.core.judge_state import JudgeState, ProviderNote
-from stagewise.core.phase import ACTIVE, Event, Phase
+from stagewise.core.phase import ACTIVE
+from stagewise.core.phase import Event as Event  # re-exported: the machine's words
+from stagewise.core.phase import Phase as Phase
 from stagewise.core.plan import Plan, Step, World
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats

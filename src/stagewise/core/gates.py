@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stagewise.core.durations import format_duration
-from stagewise.core.gate_state import Approval, HookAnswer, HookCall, HookState, Hold
+from stagewise.core.gate_state import Approval, Hold, HookAnswer, HookCall, HookState
 from stagewise.core.gates_spec import ApprovalSpec, HookSpec, WindowSpec
 from stagewise.core.phase import Event, Phase
 from stagewise.core.plan import Plan, World

@@ -177,6 +177,10 @@ class SlackSink(Model):
         return _http_url(value)
 
 
+def _all_events() -> list[NoticeEvent]:
+    return ["started", "step", "paused", "waiting", "analysis-failed", "rolled-back", "succeeded", "failed"]
+
+
 class NotificationSpec(Model):
     name: str
     webhook: WebhookSink | None = None
@@ -185,7 +189,7 @@ class NotificationSpec(Model):
     """A Slack-compatible incoming webhook: blocks with the verdict in words and a link to the dashboard."""
     command: CommandCall | None = None
     """argv with the JSON body on stdin; exit status 0 means delivered."""
-    events: Annotated[list[NoticeEvent], Field(min_length=1)] = Field(default_factory=lambda: list(NOTICE_EVENTS))
+    events: Annotated[list[NoticeEvent], Field(min_length=1)] = Field(default_factory=lambda: _all_events())
     """Which events this sink gets: started, step, paused, waiting, analysis-failed, rolled-back, succeeded,
     failed (default: all)."""
 

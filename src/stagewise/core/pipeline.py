@@ -51,16 +51,28 @@ class StageSpec(Model):
         if (self.service is None) == (self.service_ref is None):
             raise ValueError("a stage names its service exactly once: service (a Service spec) or serviceRef")
         if self.service is not None and self.verification is not None:
-            known = set(self.service.spec.analysis)
-            missing = [t for t in self.verification.templates if t not in known]
-            if missing:
-                raise ValueError(undefined_templates(missing, known).replace("spec.analysis",
-                                                                             "the stage's spec.analysis"))
+            problem = verification_problem(self.verification, self.service)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @property
     def service_name(self) -> str:
         return self.service.name if self.service is not None else str(self.service_ref)
+
+
+def verification_problem(verification: AnalysisRef, service: ServiceSpec) -> str | None:
+    """Why `verification` cannot verify a release of `service` alone; None when it can."""
+    templates = service.spec.analysis
+    missing = [t for t in verification.templates if t not in templates]
+    if missing:
+        return undefined_templates(missing, set(templates)).replace("spec.analysis",
+                                                                    f"the spec.analysis of {service.name}")
+    alone = [t for t in verification.templates if not templates[t].gives_values]
+    if alone:
+        return (f"verification checks the release alone, with one value per check: {', '.join(alone)} compares "
+                "two releases; use http, command or prometheus (with a query) templates")
+    return None
 
 
 class PipelineBody(Model):

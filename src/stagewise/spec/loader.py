@@ -48,8 +48,12 @@ def load_specs(path: StrPath) -> list[ServiceSpec]:
 def load_documents(path: StrPath) -> list[Spec]:
     """Every Service or Pipeline spec in the file at `path`, in order."""
     filename = os.fspath(path)
-    return [_typed(doc, filename, _APPLIED) for doc in _checked(_documents(_read(path, filename), filename),
-                                                                filename, _APPLIED)]
+    out: list[Spec] = []
+    for doc in _checked(_documents(_read(path, filename), filename), filename, _APPLIED):
+        spec = _typed(doc, filename, _APPLIED)
+        assert not isinstance(spec, WindowsFile)  # only Service and Pipeline documents pass `_APPLIED`
+        out.append(spec)
+    return out
 
 
 def load_document_text(text: str, filename: str = "<string>") -> Spec:
@@ -58,7 +62,9 @@ def load_document_text(text: str, filename: str = "<string>") -> Spec:
         raise _too_large(filename)
     documents = _documents_from_text(text, filename)
     _one(documents, filename, "spec")
-    return _typed(_checked(documents, filename, _APPLIED)[0], filename, _APPLIED)
+    spec = _typed(_checked(documents, filename, _APPLIED)[0], filename, _APPLIED)
+    assert not isinstance(spec, WindowsFile)  # only Service and Pipeline documents pass `_APPLIED`
+    return spec
 
 
 def load_windows(path: StrPath) -> WindowsFile:

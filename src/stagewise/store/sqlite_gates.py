@@ -203,7 +203,8 @@ class GatesTables:
 
     def record_audit(self, entry: AuditEntry) -> None:
         with self._write() as conn:
-            conn.execute("INSERT INTO audit (at, actor, role, method, path, status, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO audit (at, actor, role, method, path, status, detail)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (entry.at, entry.actor, entry.role, entry.method, entry.path, entry.status, entry.detail))
 
     def audit(self, *, after_id: int = 0, limit: int = 200) -> list[AuditEntry]:
