@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from stagewise.core.delivery import Phase
 from stagewise.core.plan import StepKind
@@ -81,16 +81,8 @@ class ApplyBody(BaseModel):
     """The spec's YAML (or JSON) text."""
     filename: Annotated[str, Field(min_length=1, max_length=4096)] = "<request>"
     """Named in error messages."""
-    override_freeze: bool = False
-    """Let the delivery through the freeze windows (recorded in the event log with `reason`)."""
-    reason: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
-    """Why the freeze windows are overridden; required with `override_freeze`."""
-
-    @model_validator(mode="after")
-    def _reason_given(self) -> ApplyBody:
-        if self.override_freeze and not self.reason:
-            raise ValueError("override_freeze needs a reason (it goes into the event log)")
-        return self
+    override_freeze: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    """Let the delivery through the freeze windows, for this reason (recorded in the event log)."""
 
 
 class ApproveBody(BaseModel):

@@ -41,6 +41,8 @@ NAMED_PARAMETERS = {("path", "name"), ("query", "service")}
 """Parameters that hold a service name: a pattern or length mismatch is explained in words."""
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 """The methods a 405's `Allow` is drawn from."""
+BODY_NOT_JSON = "There was an error parsing the body"
+"""What FastAPI raises (as a 400) for a request body that is not the JSON its content type says."""
 ECHO_LIMIT = 60
 """Characters of a refused value repeated in the error; a huge value is cut."""
 
@@ -121,6 +123,10 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     path served by two routes (GET and DELETE of a service) would claim to allow only one of them.
     """
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == BODY_NOT_JSON:
+        # FastAPI's own answer to a body it cannot parse: a body outside what the route takes, like any other
+        return JSONResponse(status_code=422, content={"detail": "body: not valid JSON",
+                                                      "errors": [{"where": "body", "message": "not valid JSON"}]})
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         allowed = [method for method in METHODS

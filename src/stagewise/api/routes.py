@@ -160,7 +160,7 @@ def build_api_router(reads: ReadAccess = "open") -> APIRouter:
             result = await request.app.state.pipelines.apply(spec, actor=_who(request), filename=body.filename)
             return {"service": spec.name, "kind": "Pipeline", "result": result, "delivery": None}
         result, delivery = await _controller(request).apply(
-            spec, actor=_who(request), override_freeze=body.reason if body.override_freeze else None)
+            spec, actor=_who(request), override_freeze=body.override_freeze)
         return {"service": spec.name, "result": result, "delivery": delivery.id if delivery else None}
 
     def verb_responses(role: Role) -> dict[int | str, dict[str, Any]]:

@@ -153,7 +153,7 @@ def apply(files: Annotated[list[Path], typer.Argument(help="Spec files.")],
             fail(f"{f}: holds {len(documents)} specs; apply takes one spec per file", EXIT_BAD_INPUT)
         body: dict[str, Any] = {"spec": f.read_text(), "filename": str(f)}
         if override_freeze:
-            body.update(override_freeze=True, reason=reason)
+            body["override_freeze"] = reason
         r = call(state, "POST", "/api/v1/apply", json=body)
         out.print(f"{r['service']}: {r['result']}" + (f" (delivery #{r['delivery']})" if r["delivery"] else ""))
         results.append(r)
