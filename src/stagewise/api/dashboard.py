@@ -11,6 +11,12 @@ every button posts to the documented API routes (`/api/v1/services/{name}/
 promote` and the rest), which check the token. Page handlers are plain
 functions, so Starlette runs them in its thread pool and a page for hundreds
 of services never stalls the controller loop that shares the event loop.
+
+On a server whose reads need a token (`--reads token`), the pages, partials
+and the event stream need one too: the browser has no way to add a header
+to a page it navigates to or to an EventSource, so the dashboard's token
+dialog also keeps the token in a same-site cookie (`COOKIE`) that these GETs
+accept — for reading only; every change still needs the Authorization header.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from typing import Annotated, Any
 
 import jinja2
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
 
+from stagewise.api.access import MISSING, caller_of
 from stagewise.api.delivery_page import ServiceDeleted, deleted_actions, delivery_page
 from stagewise.api.live import event_stream
 from stagewise.api.models import NAME_PATTERN, NAME_RULE, ROW_ID_MAX
@@ -60,10 +68,32 @@ def _iso(at: float | None) -> str:
 _env.filters.update(clock=_clock, when=_when, iso=_iso, slug=lambda s: str(s).lower())
 
 
+COOKIE = "stagewise_token"
+"""The cookie the dashboard keeps its token in when reads need one (SameSite=Strict; reads only)."""
+
+
 def render(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     # Pages change with every state change; a cached copy would show a stale phase.
     return HTMLResponse(_env.get_template(template).render(**context), status_code=status_code,
                         headers={"Cache-Control": "no-store"})
+
+
+def reads_of(request: Request) -> str:
+    return str(getattr(request.app.state, "reads", "open"))
+
+
+def may_read(request: Request) -> bool:
+    """Whether this GET may be answered: reads are open, or it carries a valid token (cookie or header)."""
+    if reads_of(request) != "token":
+        return True
+    header = request.headers.get("Authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.cookies.get(COOKIE, "")
+    credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+    return bool(token) and caller_of(request, credentials) is not None
+
+
+def token_needed() -> HTMLResponse:
+    return render("token_needed.html", 401, reads="token")
 
 
 def _controller(request: Request) -> Controller:
@@ -82,6 +112,8 @@ def build_router() -> APIRouter:
 
     @router.get("/", include_in_schema=False)
     def overview(request: Request, phase: str = "", q: str = "") -> HTMLResponse:
+        if not may_read(request):
+            return token_needed()
         # htmx asks for the same URL it pushes into the address bar, and gets the table only;
         # a reload, or htmx restoring history, gets the whole page.
         partial = "HX-Request" in request.headers and "HX-History-Restore-Request" not in request.headers
@@ -91,18 +123,24 @@ def build_router() -> APIRouter:
 
     @router.get("/partials/overview", include_in_schema=False)
     def overview_partial(request: Request, phase: str = "", q: str = "") -> HTMLResponse:
+        if not may_read(request):
+            return token_needed()
         return render("_overview_table.html", **_overview(request, phase, q))
 
     @router.get("/services/{name}", include_in_schema=False)
     def delivery(name: str, request: Request, delivery: DeliveryId = None) -> HTMLResponse:
+        if not may_read(request):
+            return token_needed()
         try:
             page = delivery_page(_controller(request), name, delivery)
         except NotFoundError as exc:
             return render("not_found.html", 404, message=str(exc))
-        return render("delivery.html", page=page, selected=delivery)
+        return render("delivery.html", page=page, selected=delivery, reads=reads_of(request))
 
     @router.get("/partials/services/{name}", include_in_schema=False)
     def delivery_partial(name: str, request: Request, delivery: DeliveryId = None) -> HTMLResponse:
+        if not may_read(request):
+            return token_needed()
         try:
             page = delivery_page(_controller(request), name, delivery)
         except ServiceDeleted as exc:
@@ -119,8 +157,10 @@ def build_router() -> APIRouter:
                 response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}},
                                  "description": "An event stream; with `service`, only that service's changes"},
-                           **documented([422])})
-    async def events_stream(request: Request, service: StreamService = None) -> StreamingResponse:
+                           **documented([401, 422])})
+    async def events_stream(request: Request, service: StreamService = None) -> Response:
+        if not may_read(request):
+            return JSONResponse(status_code=401, content={"detail": MISSING}, headers={"WWW-Authenticate": "Bearer"})
         return StreamingResponse(event_stream(request, service), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -132,6 +172,7 @@ def _overview(request: Request, phase: str, query: str) -> dict[str, Any]:
     rows = overview_rows(_controller(request))
     shown = filter_rows(rows, phase=phase, query=query)
     return {"rows": shown, "counts": phase_counts(rows), "phase": phase, "q": query, "phases": PHASE_ORDER,
+            "reads": reads_of(request),
             "total": len(rows), "elapsed_ms": (time.perf_counter() - started) * 1000}
 
 

@@ -85,13 +85,6 @@ class ApplyBody(BaseModel):
     """Let the delivery through the freeze windows, for this reason (recorded in the event log)."""
 
 
-class ApproveBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    comment: Annotated[str, Field(max_length=1000)] = ""
-    """Kept with the approval in the event log."""
-    reject: bool = False
-    """Say no instead: the delivery rolls back."""
 
 
 # --- responses -----------------------------------------------------------------------------

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from stagewise.api.access import Caller, ReadAccess, reader, require
-from stagewise.api.models import NAME_PATTERN, PAGE_MAX, ApproveBody, PipelineReleaseView, PipelineView, ReleaseBody
+from stagewise.api.models import NAME_PATTERN, PAGE_MAX, PipelineReleaseView, PipelineView, ReleaseBody
 from stagewise.api.refusals import documented
+from stagewise.api.routes import Comment, Reject
 from stagewise.core.pipeline import PipelineRecord
 from stagewise.errors import NotFoundError
 from stagewise.pipelines import Pipelines
@@ -77,9 +78,8 @@ def build_pipeline_router(reads: ReadAccess = "open") -> APIRouter:
                                 409: "No release waits for an approval, or this token approved already"})})
     async def approve(name: PipelineName, request: Request,
                       caller: Annotated[Caller, require("operator", "approve")],
-                      body: Annotated[ApproveBody | None, Body()] = None) -> dict[str, Any]:
-        body = body or ApproveBody()
-        r = await _pipelines(request).approve(name, who=caller.name, comment=body.comment, reject=body.reject)
+                      comment: Comment = "", reject: Reject = False) -> dict[str, Any]:
+        r = await _pipelines(request).approve(name, who=caller.name, comment=comment, reject=reject)
         return r.model_dump()
 
     router.include_router(readers)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from stagewise.api.access import Caller, ReadAccess, reader, require
 from stagewise.api.models import (
@@ -27,7 +27,6 @@ from stagewise.api.models import (
     ROW_ID_MAX,
     ApplyBody,
     ApplyResult,
-    ApproveBody,
     DeliveryView,
     EventView,
     Health,
@@ -47,6 +46,8 @@ ServiceName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, examples=
 SERVICE_ROUTES = ("getService", "serviceHistory", "serviceEvents", "promote", "abort", "pause", "resume", "retry",
                   "undo", "approve", "deleteService")
 """Operations that take a service's name: an answer that names a service links to each of them."""
+Comment = Annotated[str, Query(max_length=1000, description="Kept with the approval in the event log")]
+Reject = Annotated[bool, Query(description="Say no instead: the delivery rolls back")]
 PLAIN_VERBS: dict[str, tuple[str, Role]] = {
     "abort": ("Roll the delivery back to the stable release (admin)", "admin"),
     "pause": ("Hold the delivery where it is (operator)", "operator"),
@@ -192,11 +193,10 @@ def build_api_router(reads: ReadAccess = "open") -> APIRouter:
                                   403: "The token's role is below operator, or its name is not among the approvers",
                                   404: VERB_404, 409: "Nothing waits for an approval now, or this token approved "
                                                       "it already"})})
-    async def approve(name: ServiceName, request: Request,
-                      body: Annotated[ApproveBody | None, Body()] = None) -> dict[str, Any]:
+    async def approve(name: ServiceName, request: Request, comment: Comment = "", reject: Reject = False
+                      ) -> dict[str, Any]:
         c = _controller(request)
-        body = body or ApproveBody()
-        return delivery_view(c, await c.approve(name, who=_who(request), comment=body.comment, reject=body.reject))
+        return delivery_view(c, await c.approve(name, who=_who(request), comment=comment, reject=reject))
 
     @mutating.post("/services/{name}/undo", operation_id="undo", response_model=DeliveryView,
                    summary="Deliver the previous stable release again (admin)",

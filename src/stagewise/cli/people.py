@@ -28,15 +28,15 @@ def approve(service: Annotated[str, typer.Argument(help="The service (or pipelin
             comment: str = typer.Option("", "--comment", "-m", help="Kept with the approval in the event log."),
             reject: bool = typer.Option(False, "--reject", help="Say no: the delivery rolls back.")) -> None:
     """Approve what a delivery (or a pipeline's next stage) waits for, as your token's name; --reject to say no."""
-    body = {"comment": comment, "reject": reject}
+    params = {"comment": comment, "reject": reject}
     path = f"/api/v1/services/{service}/approve"
     if _is_pipeline(state, service):
         path = f"/api/v1/pipelines/{service}/approve"
-        r = cli.call(state, "POST", path, json=body)
+        r = cli.call(state, "POST", path, params=params)
         cli.out.print(f"{service}: release {r['version']} is {r['phase']}"
                       + "".join(f"; {s['name']} {s['status']}" for s in r["stages"]), highlight=False)
         return
-    d = cli.call(state, "POST", path, json=body)
+    d = cli.call(state, "POST", path, params=params)
     waiting = (d.get("waiting") or {}).get("holds") or []
     still = "; still waiting: " + "; ".join(h["message"] for h in waiting) if d["phase"] == "Waiting" and waiting \
         else ""
