@@ -50,8 +50,9 @@ def release(pipeline: Annotated[str, typer.Argument(help="The pipeline.")],
 
 def pipeline_panel(p: dict[str, Any]) -> RenderableType:
     """Where each release of a pipeline stands, stage by stage (newest first)."""
-    table = Table(title=f"pipeline {p['name']}: " + " → ".join(
-        f"{s['name']} ({s['service']})" for s in p["stages"]), title_justify="left")
+    head = Text(f"pipeline {p['name']}: " + " → ".join(f"{s['name']} ({s['service']})" for s in p["stages"]),
+                style="bold")
+    table = Table()
     table.add_column("release")
     table.add_column("phase")
     for stage in p["stages"]:
@@ -68,7 +69,7 @@ def pipeline_panel(p: dict[str, Any]) -> RenderableType:
                                   + (f" (delivery #{s['delivery']})" if s["delivery"] else ""), style="dim"))
         if latest["message"]:
             notes.append(Text(f"{latest['version']}: {latest['message']}"))
-    return Group(table, *notes)
+    return Group(head, table, *notes)
 
 
 def show(state: Path, name: str, *, as_json: bool) -> bool:
