@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
@@ -107,13 +107,28 @@ StreamService = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=63,
                                             description=f"Only this service's changes: {NAME_RULE}")]
 
 
+class ReadRefused(Exception):
+    """A dashboard GET without a token on a server whose reads need one."""
+
+
+def readable(request: Request) -> None:
+    """Every dashboard route's check: a token is needed to read here and none valid came with the request."""
+    if not may_read(request):
+        raise ReadRefused
+
+
+async def read_refused(request: Request, exc: Exception) -> Response:
+    """The token page for a page; a 401 for the event stream (an EventSource shows no page)."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse(status_code=401, content={"detail": MISSING}, headers={"WWW-Authenticate": "Bearer"})
+    return token_needed()
+
+
 def build_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(readable)])
 
     @router.get("/", include_in_schema=False)
     def overview(request: Request, phase: str = "", q: str = "") -> HTMLResponse:
-        if not may_read(request):
-            return token_needed()
         # htmx asks for the same URL it pushes into the address bar, and gets the table only;
         # a reload, or htmx restoring history, gets the whole page.
         partial = "HX-Request" in request.headers and "HX-History-Restore-Request" not in request.headers
@@ -123,14 +138,10 @@ def build_router() -> APIRouter:
 
     @router.get("/partials/overview", include_in_schema=False)
     def overview_partial(request: Request, phase: str = "", q: str = "") -> HTMLResponse:
-        if not may_read(request):
-            return token_needed()
         return render("_overview_table.html", **_overview(request, phase, q))
 
     @router.get("/services/{name}", include_in_schema=False)
     def delivery(name: str, request: Request, delivery: DeliveryId = None) -> HTMLResponse:
-        if not may_read(request):
-            return token_needed()
         try:
             page = delivery_page(_controller(request), name, delivery)
         except NotFoundError as exc:
@@ -139,8 +150,6 @@ def build_router() -> APIRouter:
 
     @router.get("/partials/services/{name}", include_in_schema=False)
     def delivery_partial(name: str, request: Request, delivery: DeliveryId = None) -> HTMLResponse:
-        if not may_read(request):
-            return token_needed()
         try:
             page = delivery_page(_controller(request), name, delivery)
         except ServiceDeleted as exc:
@@ -158,9 +167,7 @@ def build_router() -> APIRouter:
                 responses={200: {"content": {"text/event-stream": {}},
                                  "description": "An event stream; with `service`, only that service's changes"},
                            **documented([401, 422])})
-    async def events_stream(request: Request, service: StreamService = None) -> Response:
-        if not may_read(request):
-            return JSONResponse(status_code=401, content={"detail": MISSING}, headers={"WWW-Authenticate": "Bearer"})
+    async def events_stream(request: Request, service: StreamService = None) -> StreamingResponse:
         return StreamingResponse(event_stream(request, service), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -179,5 +186,6 @@ def _overview(request: Request, phase: str, query: str) -> dict[str, Any]:
 def install_dashboard(app: FastAPI) -> None:
     """Mount the dashboard on `app`: its pages, its static files and the security headers."""
     app.include_router(build_router())
+    app.add_exception_handler(ReadRefused, read_refused)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(SecurityHeaders)

@@ -99,6 +99,17 @@ def _who(request: Request) -> str:
     return caller.name if caller is not None else ""
 
 
+async def _apply(body: ApplyBody, request: Request) -> dict[str, Any]:
+    """A Service spec to the controller, a Pipeline spec to the pipelines."""
+    spec = load_document_text(body.spec, filename=body.filename)
+    if isinstance(spec, PipelineSpec):
+        result = await request.app.state.pipelines.apply(spec, actor=_who(request), filename=body.filename)
+        return {"service": spec.name, "kind": "Pipeline", "result": result, "delivery": None}
+    result, delivery = await _controller(request).apply(spec, actor=_who(request),
+                                                        override_freeze=body.override_freeze)
+    return {"service": spec.name, "result": result, "delivery": delivery.id if delivery else None}
+
+
 def build_api_router(reads: ReadAccess = "open") -> APIRouter:
     """The `/api/v1` routes; each mutating one needs a token of the role it names, reads as `reads` says."""
     router = APIRouter(prefix="/api/v1")
@@ -156,13 +167,7 @@ def build_api_router(reads: ReadAccess = "open") -> APIRouter:
                               **documented([400, 401, 403, 409, 422, 503],
                                            {409: "A delivery of another release is in flight; promote or abort it"})})
     async def apply(body: ApplyBody, request: Request) -> dict[str, Any]:
-        spec = load_document_text(body.spec, filename=body.filename)
-        if isinstance(spec, PipelineSpec):
-            result = await request.app.state.pipelines.apply(spec, actor=_who(request), filename=body.filename)
-            return {"service": spec.name, "kind": "Pipeline", "result": result, "delivery": None}
-        result, delivery = await _controller(request).apply(
-            spec, actor=_who(request), override_freeze=body.override_freeze)
-        return {"service": spec.name, "result": result, "delivery": delivery.id if delivery else None}
+        return await _apply(body, request)
 
     def verb_responses(role: Role) -> dict[int | str, dict[str, Any]]:
         return {**ok("The delivery after the verb"),

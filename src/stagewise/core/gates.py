@@ -207,13 +207,13 @@ def due_calls(d: Delivery, plan: Plan, now: float) -> list[HookCall]:
 
 
 def body(d: Delivery, plan: Plan, key: str, point: str, hook: HookSpec) -> dict[str, Any]:
-    """The JSON a hook receives (the README documents it)."""
+    """The JSON a hook receives (the README documents it); `metadata` is the hook's own."""
     steps = d.steps(plan)
     return {
         "id": key, "hook": hook.name, "type": hook.type, "point": point, "service": d.service,
         "release": d.candidate.version, "stable": d.stable.version if d.stable else None,
         "strategy": d.strategy, "step": min(d.step + 1, len(steps)), "steps": len(steps),
-        "phase": d.phase.value, "attempt": d.attempt, "delivery": d.id,
+        "phase": d.phase.value, "attempt": d.attempt, "delivery": d.id, "metadata": dict(hook.metadata),
     }
 
 

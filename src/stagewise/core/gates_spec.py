@@ -121,6 +121,8 @@ class HookSpec(Model):
     """How often a confirm or rollback hook is asked again, and a failed check hook tried again."""
     failure_limit: Annotated[int, Field(ge=1, le=100)] = 1
     """Check hooks (pre-rollout, rollout, post-rollout): failed answers that fail the delivery."""
+    metadata: dict[str, str] = Field(default_factory=dict)
+    """Passed along in the call's body as `metadata` (as Flagger's webhooks do: a load tester's command, say)."""
 
     @field_validator("name")
     @classmethod
