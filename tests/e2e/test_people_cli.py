@@ -50,7 +50,8 @@ def test_token_create_prints_the_token_last_and_approvals_carry_its_name(stagewi
     status = json.loads(cli(sw, "status", SERVICE, "--json").stdout)
     assert [(a["by"], a["comment"]) for a in status["delivery"]["approvals"]] == [("alice", "dashboards look fine")]
     audit = json.loads(cli(sw, "audit", "--json").stdout)
-    approvals = [(e["actor"], e["status"]) for e in audit if e["path"].startswith(f"/api/v1/services/{SERVICE}/approve")]
+    route = f"/api/v1/services/{SERVICE}/approve"
+    approvals = [(e["actor"], e["status"]) for e in audit if e["path"].startswith(route)]
     assert approvals == [("vic", 403), ("admin", 403), ("alice", 200)]
     assert cli(sw, "token", "delete", "alice").returncode == 0
     assert cli(sw, "status", SERVICE, token=alice).returncode == 0, "reads stay open by default"

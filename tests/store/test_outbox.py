@@ -106,7 +106,8 @@ def test_a_v4_database_upgrades_to_the_gates_keeping_its_rows(tmp_path: Path) ->
     path = tmp_path / "stagewise.db"
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         assert migrate(conn, upto=4) == 4
-        conn.execute("INSERT INTO events (delivery_id, service, at, kind, message) VALUES (NULL, 'web', 1, 'user', 'x')")
+        conn.execute("INSERT INTO events (delivery_id, service, at, kind, message)"
+                     " VALUES (NULL, 'web', 1, 'user', 'x')")
     with SqliteStore(path) as store:
         assert [e.message for e in store.events("web")] == ["x"]
         assert store.notifications() == [] and store.list_tokens() == [] and store.list_pipelines() == []
