@@ -9,7 +9,6 @@ Then the audit log must name the caller of every mutating call, allowed or refus
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from stagewise.api.server import bind, create_app, read_token
-from stagewise.controller import Controller
-from stagewise.testing import FakePlatform, FakeRouter
-from tests.api.conftest import spec_text
+from stagewise.api.server import read_token
+from tests.api.conftest import serve, spec_text
 
 READ, OPEN = "read", "open"
 LEAST_ROLE = {
@@ -39,30 +35,9 @@ RANK = {"viewer": 0, "operator": 1, "admin": 2}
 CALLERS = ("none", "wrong", "viewer", "operator", "admin")
 
 
-def serve(state: Path, reads: str) -> Iterator[httpx.Client]:
-    controller = Controller(state, tick=0.02, routers={"builtin": FakeRouter(time.time, rate=100)},
-                            platforms={"local": FakePlatform(time.time, startup=0.05)})
-    app = create_app(state, controller=controller, reads="token" if reads == "token" else "open")
-    sock = bind("127.0.0.1:0")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    host, port = sock.getsockname()
-    try:
-        with httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as c:
-            deadline = time.monotonic() + 10
-            while not server.started and time.monotonic() < deadline:
-                time.sleep(0.01)
-            yield c
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 @pytest.fixture(params=["open", "token"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[httpx.Client, str]]:
-    for client in serve(tmp_path, request.param):
+    for client in serve(tmp_path, "token" if request.param == "token" else "open"):
         yield client, request.param
 
 

@@ -192,18 +192,23 @@ def _conclude(out: Step, now: float) -> None:
         out.events.append(r.message)
 
 
-def approve(release: PipelineRelease, spec: PipelineSpec, *, who: str, comment: str, now: float) -> tuple[
-        PipelineRelease, str]:
-    """`who` approves the stage the release waits at; LookupError / PermissionError as the delivery's approve."""
-    r = release.model_copy(deep=True)
+def _waiting_stage(r: PipelineRelease, spec: PipelineSpec, who: str) -> tuple[int, StageState]:
+    """The stage `r` waits at for people, once `who` may answer it; LookupError / PermissionError otherwise."""
     waiting = [(i, s) for i, s in enumerate(r.stages) if s.status == "waiting"]
     if r.terminal or not waiting:
         raise LookupError(f"release {r.version} of {r.pipeline} waits for no approval")
     index, state = waiting[0]
     policy = spec.spec.stages[index].approval
-    assert policy is not None  # only a stage with a policy waits
-    if policy.approvers and who not in policy.approvers:
+    if policy is not None and policy.approvers and who not in policy.approvers:
         raise PermissionError(f"{who} is not among the approvers of {state.name} ({', '.join(policy.approvers)})")
+    return index, state
+
+
+def approve(release: PipelineRelease, spec: PipelineSpec, *, who: str, comment: str, now: float) -> tuple[
+        PipelineRelease, str]:
+    """`who` approves the stage the release waits at; LookupError / PermissionError as the delivery's approve."""
+    r = release.model_copy(deep=True)
+    _, state = _waiting_stage(r, spec, who)
     if who in {a.by for a in state.approvals}:
         raise LookupError(f"{who} already approved {state.name}")
     state.approvals.append(Approval(at=now, by=who, gate=f"stage/{state.name}", comment=comment))
@@ -212,14 +217,8 @@ def approve(release: PipelineRelease, spec: PipelineSpec, *, who: str, comment: 
 
 
 def reject(release: PipelineRelease, spec: PipelineSpec, *, who: str, comment: str, now: float) -> PipelineRelease:
+    """`who`, who may approve the stage the release waits at, says no: the release stops there."""
     r = release.model_copy(deep=True)
-    waiting = [(i, s) for i, s in enumerate(r.stages) if s.status == "waiting"]
-    if r.terminal or not waiting:
-        raise LookupError(f"release {r.version} of {r.pipeline} waits for no approval")
-    index, state = waiting[0]
-    policy = spec.spec.stages[index].approval
-    if policy is not None and policy.approvers and who not in policy.approvers:
-        raise PermissionError(f"{who} is not among the approvers of {state.name} ({', '.join(policy.approvers)})")
-    step = Step(release=r)
-    _fail(step, index, state, f"rejected by {who}" + (f": {comment}" if comment else ""), now)
+    index, state = _waiting_stage(r, spec, who)
+    _fail(Step(release=r), index, state, f"rejected by {who}" + (f": {comment}" if comment else ""), now)
     return r
