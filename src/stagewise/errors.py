@@ -6,6 +6,7 @@
     │   ├── NotFoundError         a service or delivery that does not exist
     │   ├── ConflictError         a verb that does not fit the delivery's phase
     │   │   └── PreflightError    a host fails a check a delivery needs (ssh: hosts check)
+    │   ├── ForbiddenError        the caller's role or name may not do this (an approver list, a viewer token)
     │   ├── UnknownDriverError    a router/platform/judge/provider name with no backend
     │   ├── PlatformRefusedError  the platform cannot run what it was given (no such program)
     │   │   └── HostKeyError      a host's SSH key is unknown or changed: refused, never accepted blindly
@@ -15,7 +16,8 @@
         ├── RouterError           the data plane could not be reached or refused a table
         ├── PlatformError         an instance could not be started, probed or stopped
         │   └── HostUnreachableError  a host did not answer over SSH (its own kind: never a failed release)
-        └── ProviderError         a metric provider could not measure
+        ├── ProviderError         a metric provider could not measure
+        └── NotifyError           a sink did not take a notification (the sender tries again later)
 
 Drivers translate third-party exceptions into these at their boundary
 (`raise RouterError(...) from exc`), so the controller only ever handles this tree:
@@ -66,6 +68,10 @@ class NotFoundError(PermanentError):
 
 class ConflictError(PermanentError):
     """The verb does not fit the current phase (promote a finished delivery, ...)."""
+
+
+class ForbiddenError(PermanentError):
+    """The caller may not do this: their token's role is too small, or they are not among a gate's approvers."""
 
 
 class UnknownDriverError(PermanentError, ValueError):
@@ -134,3 +140,7 @@ class HostUnreachableError(PlatformError):
 
 class ProviderError(TemporaryError):
     """A metric provider could not take a measurement."""
+
+
+class NotifyError(TemporaryError):
+    """A sink did not take a notification: unreachable, an answer other than 2xx, a command that failed."""

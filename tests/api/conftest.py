@@ -12,6 +12,7 @@ import httpx
 import pytest
 import uvicorn
 
+from stagewise.api.access import ReadAccess
 from stagewise.api.server import bind, create_app, read_token
 from stagewise.controller import Controller
 from stagewise.testing import FakePlatform, FakeRouter
@@ -25,10 +26,17 @@ def spec_text(version: str, strategy: dict[str, object]) -> str:
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[httpx.Client]:
     """A client of a live server, sending the server's token on every request."""
+    for c in serve(tmp_path):
+        c.headers["Authorization"] = f"Bearer {read_token(tmp_path)}"
+        yield c
+
+
+def serve(state: Path, reads: ReadAccess = "open") -> Iterator[httpx.Client]:
+    """A live server over a controller on the fakes, in a thread, and a client of it (no token)."""
     platform = FakePlatform(time.time, startup=0.05)
     router = FakeRouter(time.time, rate=500)
-    controller = Controller(tmp_path, tick=0.02, routers={"builtin": router}, platforms={"local": platform})
-    app = create_app(tmp_path, controller=controller)
+    controller = Controller(state, tick=0.02, routers={"builtin": router}, platforms={"local": platform})
+    app = create_app(state, controller=controller, reads=reads)
     sock = bind("127.0.0.1:0")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -39,7 +47,6 @@ def client(tmp_path: Path) -> Iterator[httpx.Client]:
             deadline = time.monotonic() + 10
             while not server.started and time.monotonic() < deadline:
                 time.sleep(0.01)
-            c.headers["Authorization"] = f"Bearer {read_token(tmp_path)}"
             yield c
     finally:
         server.should_exit = True

@@ -82,10 +82,11 @@ def test_an_ab_test_with_a_metric_template_and_its_deployment() -> None:
         "provider": "prometheus", "address": "http://prometheus:9090",
         "query": 'sum(rate(requests{code="404",pod=~"podinfo-.*",ns="test"}[{{window}}]))', "judge": "threshold",
         "thresholdRange": {"max": 5}, "interval": "1m", "failureLimit": 3}
-    hooks = [n for n in notes if "stagewise has no hooks yet" in n]
-    assert hooks[0].startswith("canary.yaml:20:7: spec.analysis.webhooks[0]: stagewise has no hooks yet; this "
-                               "rollout webhook")  # no type: Flagger's default, rollout
-    assert '"type": "confirm-promotion", "name": "gate"' in hooks[1]
+    assert spec["hooks"] == [  # no type: Flagger's default, rollout; metadata travels in the call's body
+        {"type": "rollout", "name": "load-test", "http": {"url": "http://loadtester/", "timeout": "5s"},
+         "metadata": {"cmd": "hey -z 1m"}},
+        {"type": "confirm-promotion", "name": "gate", "http": {"url": "http://gate/"}}]
+    assert not [n for n in notes if "webhooks" in n]
 
 
 def test_skip_analysis_promotes_without_analysis() -> None:

@@ -31,11 +31,11 @@ TALLIES: dict[str, dict[str, tuple[int, int]]] = {
     "rollout-background-analysis": {"argo-rollouts/examples/rollout-background-analysis.yaml": (10, 4),
                                     "argo-rollouts/examples/analysis-templates.yaml": (10, 16)},
     "notifications-rollout-canary": {"argo-rollouts/examples/notifications/rollout-canary.yaml": (19, 22)},
-    "linkerd-canary": {"flagger/artifacts/examples/linkerd-canary.yaml": (17, 23)},
-    "linkerd-canary-steps": {"flagger/artifacts/examples/linkerd-canary-steps.yaml": (26, 23)},
-    "istio-canary": {"flagger/artifacts/examples/istio-canary.yaml": (17, 30)},
-    "istio-abtest": {"flagger/artifacts/examples/istio-abtest.yaml": (14, 32)},
-    "kubernetes-blue-green": {"flagger/docs/gitbook/tutorials/kubernetes-blue-green-canary.yaml": (14, 20)},
+    "linkerd-canary": {"flagger/artifacts/examples/linkerd-canary.yaml": (29, 11)},
+    "linkerd-canary-steps": {"flagger/artifacts/examples/linkerd-canary-steps.yaml": (38, 11)},
+    "istio-canary": {"flagger/artifacts/examples/istio-canary.yaml": (29, 18)},
+    "istio-abtest": {"flagger/artifacts/examples/istio-abtest.yaml": (26, 20)},
+    "kubernetes-blue-green": {"flagger/docs/gitbook/tutorials/kubernetes-blue-green-canary.yaml": (25, 9)},
 }
 """Per case and input file: (fields mapped, fields not mapped), every document of the file counted (the
 `pass` template of analysis-templates.yaml, which no example names, is 13 fields not mapped)."""

@@ -165,3 +165,14 @@ def test_any_sequence_of_verbs_and_verdicts_keeps_the_machine_sane(
             assert d.abort_world is not None and d.abort_reason
         if d.phase is Phase.SUCCEEDED:
             assert d.finished_at is not None
+
+
+def test_aborting_a_delivery_that_never_started_starts_nothing_of_its_candidate() -> None:
+    """Aborted while Pending (or waiting before its first step), the rollback starts from the steady world:
+    it used to start from the first step's world, and so started the candidate's instances to roll them back."""
+    d = delivery(CANARY)
+    assert d.phase is Phase.PENDING
+    d, _ = machine.abort(d, plan_of(d), now=0, reason="changed my mind")
+    plan = plan_of(d)
+    assert plan.rollback and all(step.world.instances.get("v2", 0) == 0 for step in plan.rollback)
+    assert d.abort_world is not None and d.abort_world.instances == {"v1": 2}

@@ -153,8 +153,8 @@ def test_the_delivery_page_shows_plan_weights_verdicts_and_actions(live: Server)
     assert data["charts"]["traffic"]["series"]["v2"][0] == 20
     assert len(data["charts"]["runs"]["background"]["t"]) >= 1
     allowed = {a["name"]: a["allowed"] for a in data["actions"]}
-    assert allowed == {"promote": True, "promote-full": True, "pause": True, "resume": False, "abort": True,
-                       "retry": False, "undo": False, "delete": False}
+    assert allowed == {"approve": False, "reject": False, "promote": True, "promote-full": True, "pause": True,
+                       "resume": False, "abort": True, "retry": False, "undo": False, "delete": False}
     paths = {a["name"]: a["path"] for a in data["actions"]}
     assert paths["promote-full"] == "/api/v1/services/shop/promote?full=true"
     assert {name: "disabled" not in b for name, b in page.buttons.items()} == allowed
@@ -233,9 +233,9 @@ def test_every_button_calls_a_documented_api_route(live: Server) -> None:
         apply(c, "shop", "v1", {"full": {}})
         doc = c.get("/openapi.json").json()
         html = c.get("/services/shop").text
-    buttons = re.findall(r'data-action="([\w-]+)" hx-(post|delete)="([^"]+)"', html)
-    assert {name for name, _, _ in buttons} == {"promote", "promote-full", "pause", "resume", "abort", "retry",
-                                                 "undo", "delete"}
+    buttons = re.findall(r'data-action="([\w-]+)" data-role="\w+" hx-(post|delete)="([^"]+)"', html)
+    assert {name for name, _, _ in buttons} == {"approve", "reject", "promote", "promote-full", "pause", "resume",
+                                                 "abort", "retry", "undo", "delete"}
     for _, method, url in buttons:
         path = re.sub(r"/shop(/|$)", r"/{name}\1", url.split("?")[0])
         assert method in doc["paths"][path], url

@@ -220,7 +220,7 @@ CASES: list[tuple[str, int, int, str]] = [
     ("snake_case_strategy.yaml", 12, 5, "spec.strategy: unknown field 'blue_green'; did you mean 'blueGreen'? "
      "(valid fields here: full, phased, canary, blueGreen)"),
     ("canary_step_not_a_mapping.yaml", 14, 11, "steps[0]: expected a mapping with fields setWeight, pause, "
-     "analysis, setHeaderRoute, got the number 10"),
+     "analysis, setHeaderRoute, approval, got the number 10"),
 ]
 
 

@@ -11,6 +11,12 @@ every button posts to the documented API routes (`/api/v1/services/{name}/
 promote` and the rest), which check the token. Page handlers are plain
 functions, so Starlette runs them in its thread pool and a page for hundreds
 of services never stalls the controller loop that shares the event loop.
+
+On a server whose reads need a token (`--reads token`), the pages, partials
+and the event stream need one too: the browser has no way to add a header
+to a page it navigates to or to an EventSource, so the dashboard's token
+dialog also keeps the token in a same-site cookie (`COOKIE`) that these GETs
+accept — for reading only; every change still needs the Authorization header.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
-from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
 
+from stagewise.api.access import MISSING, caller_of
 from stagewise.api.delivery_page import ServiceDeleted, deleted_actions, delivery_page
 from stagewise.api.live import event_stream
 from stagewise.api.models import NAME_PATTERN, NAME_RULE, ROW_ID_MAX
@@ -60,10 +68,32 @@ def _iso(at: float | None) -> str:
 _env.filters.update(clock=_clock, when=_when, iso=_iso, slug=lambda s: str(s).lower())
 
 
+COOKIE = "stagewise_token"
+"""The cookie the dashboard keeps its token in when reads need one (SameSite=Strict; reads only)."""
+
+
 def render(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     # Pages change with every state change; a cached copy would show a stale phase.
     return HTMLResponse(_env.get_template(template).render(**context), status_code=status_code,
                         headers={"Cache-Control": "no-store"})
+
+
+def reads_of(request: Request) -> str:
+    return str(getattr(request.app.state, "reads", "open"))
+
+
+def may_read(request: Request) -> bool:
+    """Whether this GET may be answered: reads are open, or it carries a valid token (cookie or header)."""
+    if reads_of(request) != "token":
+        return True
+    header = request.headers.get("Authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.cookies.get(COOKIE, "")
+    credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+    return bool(token) and caller_of(request, credentials) is not None
+
+
+def token_needed() -> HTMLResponse:
+    return render("token_needed.html", 401, reads="token")
 
 
 def _controller(request: Request) -> Controller:
@@ -77,8 +107,25 @@ StreamService = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=63,
                                             description=f"Only this service's changes: {NAME_RULE}")]
 
 
+class ReadRefused(Exception):
+    """A dashboard GET without a token on a server whose reads need one."""
+
+
+def readable(request: Request) -> None:
+    """Every dashboard route's check: a token is needed to read here and none valid came with the request."""
+    if not may_read(request):
+        raise ReadRefused
+
+
+async def read_refused(request: Request, exc: Exception) -> Response:
+    """The token page for a page; a 401 for the event stream (an EventSource shows no page)."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse(status_code=401, content={"detail": MISSING}, headers={"WWW-Authenticate": "Bearer"})
+    return token_needed()
+
+
 def build_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(readable)])
 
     @router.get("/", include_in_schema=False)
     def overview(request: Request, phase: str = "", q: str = "") -> HTMLResponse:
@@ -99,7 +146,7 @@ def build_router() -> APIRouter:
             page = delivery_page(_controller(request), name, delivery)
         except NotFoundError as exc:
             return render("not_found.html", 404, message=str(exc))
-        return render("delivery.html", page=page, selected=delivery)
+        return render("delivery.html", page=page, selected=delivery, reads=reads_of(request))
 
     @router.get("/partials/services/{name}", include_in_schema=False)
     def delivery_partial(name: str, request: Request, delivery: DeliveryId = None) -> HTMLResponse:
@@ -119,7 +166,7 @@ def build_router() -> APIRouter:
                 response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}},
                                  "description": "An event stream; with `service`, only that service's changes"},
-                           **documented([422])})
+                           **documented([401, 422])})
     async def events_stream(request: Request, service: StreamService = None) -> StreamingResponse:
         return StreamingResponse(event_stream(request, service), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -132,11 +179,13 @@ def _overview(request: Request, phase: str, query: str) -> dict[str, Any]:
     rows = overview_rows(_controller(request))
     shown = filter_rows(rows, phase=phase, query=query)
     return {"rows": shown, "counts": phase_counts(rows), "phase": phase, "q": query, "phases": PHASE_ORDER,
+            "reads": reads_of(request),
             "total": len(rows), "elapsed_ms": (time.perf_counter() - started) * 1000}
 
 
 def install_dashboard(app: FastAPI) -> None:
     """Mount the dashboard on `app`: its pages, its static files and the security headers."""
     app.include_router(build_router())
+    app.add_exception_handler(ReadRefused, read_refused)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(SecurityHeaders)

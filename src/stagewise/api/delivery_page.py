@@ -14,8 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from stagewise.api.charts import analysis_series, traffic_series
-from stagewise.api.views import delivery_view
+from stagewise.api.views import delivery_view, sinks_view
 from stagewise.controller import Controller
+from stagewise.core import gates
 from stagewise.core.delivery import AnalysisRun, Delivery, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.core.verdict import Outcome
@@ -25,7 +26,7 @@ EVENTS_SHOWN = 60
 """Newest events in the log; the CLI's `status` and the events API give the rest."""
 DELIVERIES_SHOWN = 12
 
-_ACTIVE = {Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING}
+_ACTIVE = {Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.WAITING, Phase.PROMOTING}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Action:
     """The route's HTTP method."""
     then: str = ""
     """Where the page goes once the call succeeded; empty: it stays and refreshes."""
+    role: str = "operator"
+    """The least role a token needs for the route (the page hides the button from smaller ones)."""
 
 
 class ServiceDeleted(NotFoundError):
@@ -91,6 +94,7 @@ def delivery_page(controller: Controller, name: str, delivery_id: int | None = N
         "runs": runs,
         "charts": charts,
         "actions": [a.__dict__ for a in actions(controller, record, latest)],
+        "sinks": sinks_view(controller, name),
         "events": [e.model_dump() for e in reversed(events[-EVENTS_SHOWN:])],
         "deliveries": [{"id": d.id, "from": d.stable.version if d.stable else None, "to": d.candidate.version,
                         "strategy": d.strategy, "phase": d.phase.value, "created_at": d.created_at,
@@ -171,7 +175,7 @@ def _p(value: Any) -> str:
 
 
 def actions(controller: Controller, record: ServiceRecord, latest: Delivery | None) -> list[Action]:
-    """The eight buttons, each allowed exactly when the state machine (or `delete`) would accept its call."""
+    """The ten buttons, each allowed exactly when the state machine (or `delete`) would accept its call."""
     base = f"/api/v1/services/{record.name}"
     phase = latest.phase if latest else None
     active = phase in _ACTIVE
@@ -183,9 +187,14 @@ def actions(controller: Controller, record: ServiceRecord, latest: Delivery | No
     can_abort = active and latest is not None and latest.stable is not None
     can_retry = phase in (Phase.ROLLED_BACK, Phase.FAILED)
     can_undo = not active and bool(previous)
+    can_approve = latest is not None and bool(gates.approvable(latest, controller.plan(latest)))
+    waits = "nothing waits for an approval"
     in_flight = phase is not None and not phase.terminal  # aborting, too: delete waits for the rollback
     idle = "no delivery in flight"
     return [
+        Action("approve", "Approve", f"{base}/approve", can_approve, "" if can_approve else waits),
+        Action("reject", "Reject", f"{base}/approve?reject=true", can_approve, "" if can_approve else waits,
+               confirm=f"Reject {to}? The delivery rolls back to {stable}."),
         Action("promote", "Promote", f"{base}/promote", active, "" if active else idle),
         Action("promote-full", "Promote fully", f"{base}/promote?full=true", can_full,
                "" if can_full else "already promoting" if active else idle,
@@ -195,21 +204,23 @@ def actions(controller: Controller, record: ServiceRecord, latest: Delivery | No
         Action("resume", "Resume", f"{base}/resume", active and held,
                "" if active and held else "not paused by a person" if active else idle),
         Action("abort", "Abort", f"{base}/abort", can_abort, "" if can_abort else idle,
-               confirm=f"Abort the delivery of {to} and send every user back to {stable}?"),
-        Action("retry", "Retry", f"{base}/retry", can_retry, "" if can_retry else "only after a rollback"),
+               confirm=f"Abort the delivery of {to} and send every user back to {stable}?", role="admin"),
+        Action("retry", "Retry", f"{base}/retry", can_retry, "" if can_retry else "only after a rollback",
+               role="admin"),
         Action("undo", "Undo", f"{base}/undo", can_undo,
                "" if can_undo else "a delivery is in flight" if active else "no previous release",
-               confirm=f"Deliver the previous release {previous} again, replacing {stable}?"),
+               confirm=f"Deliver the previous release {previous} again, replacing {stable}?", role="admin"),
         Action("delete", "Delete", base, not in_flight,
                "a delivery is in flight: abort it first (or: stagewise delete --force)" if in_flight else "",
                confirm=f"Delete {record.name}? Its router stops taking requests and finishes the ones in flight, "
                        f"then its instances stop, and {record.name} is forgotten. Its deliveries and events stay "
                        "readable.",
-               method="delete", then="/"),
+               method="delete", then="/", role="admin"),
     ]
 
 
 def deleted_actions(name: str) -> list[dict[str, Any]]:
     """The buttons of a page whose service was deleted meanwhile: all of them off."""
     return [{"name": a, "allowed": False, "why_not": f"{name} was deleted"}
-            for a in ("promote", "promote-full", "pause", "resume", "abort", "retry", "undo", "delete")]
+            for a in ("approve", "reject", "promote", "promote-full", "pause", "resume", "abort", "retry", "undo",
+                      "delete")]

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from stagewise import __version__
+from stagewise.api.access import ReadAccess, reader
 from stagewise.api.metrics_state import StateCollector
 from stagewise.controller import Controller
 from stagewise.core.delivery import AnalysisRun, Delivery, Event, Phase
@@ -198,14 +199,17 @@ METRICS_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-def install_metrics(app: FastAPI, metrics: ControllerMetrics) -> None:
-    """`GET /metrics` on `app`, documented as text in the OpenAPI document; open like every read."""
+def install_metrics(app: FastAPI, metrics: ControllerMetrics, reads: ReadAccess = "open") -> None:
+    """`GET /metrics` on `app`, documented as text in the OpenAPI document; a read like every other.
+
+    With `reads` "token", Prometheus scrapes with a viewer token (`authorization: {credentials_file: ...}`).
+    """
 
     @app.get("/metrics", operation_id="metrics", summary="The controller's own metrics, for Prometheus",
              description="Deliveries started and ended, rollbacks by cause, analysis verdicts and e-values, the "
                          "phase, step and candidate weight of each service's delivery, seconds to each decision, "
                          "reconcile passes and failures (`stagewise_*`), and the process's own (`process_*`).",
-             response_class=Response, responses=METRICS_DOC)
+             response_class=Response, responses=METRICS_DOC, dependencies=[reader(reads)])
     async def scrape(request: Request) -> Response:
         body, content_type = metrics.exposition(request.headers.get("accept"))
         return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})

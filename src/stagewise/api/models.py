@@ -81,6 +81,10 @@ class ApplyBody(BaseModel):
     """The spec's YAML (or JSON) text."""
     filename: Annotated[str, Field(min_length=1, max_length=4096)] = "<request>"
     """Named in error messages."""
+    override_freeze: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    """Let the delivery through the freeze windows, for this reason (recorded in the event log)."""
+
+
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -94,6 +98,8 @@ class ApplyResult(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     service: str
+    """The name of the service (or pipeline) applied."""
+    kind: Literal["Service", "Pipeline"] = "Service"
     result: str
     """What the apply did: started a delivery, changed the configuration only, or nothing."""
     delivery: int | None
@@ -121,6 +127,27 @@ class AnalysisRunView(BaseModel):
     message: str
     evidence: dict[str, Any]
     history: list[dict[str, Any]]
+
+
+class HoldView(BaseModel):
+    kind: Literal["hook", "approval", "window"]
+    point: str
+    name: str
+    message: str
+    """In words, with a hook's last answer, the approvals so far, or until when a window holds."""
+    until: float | None
+
+
+class WaitingView(BaseModel):
+    since: float
+    holds: list[HoldView]
+
+
+class ApprovalView(BaseModel):
+    at: float
+    by: str
+    gate: str
+    comment: str
 
 
 class DeliveryView(BaseModel):
@@ -153,6 +180,11 @@ class DeliveryView(BaseModel):
     created_at: float
     updated_at: float
     finished_at: float | None
+    waiting: WaitingView | None = None
+    """What holds the delivery (phase Waiting): confirm hooks, approvals, a freeze window."""
+    approvals: list[ApprovalView] = []
+    freeze_override: str | None = None
+    """Why a person let this delivery through the freeze windows."""
 
 
 class EventView(BaseModel):
@@ -185,3 +217,136 @@ class ServiceView(BaseModel):
     delivery: DeliveryView | None
     events: list[EventView]
     """The newest events, oldest first (none in the list of all services)."""
+    sinks: list[SinkView] = []
+    """How each notification sink fares (none in the list of all services)."""
+
+
+class SinkView(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    sink: str
+    kind: str
+    pending: int
+    """Notifications not sent yet."""
+    given_up: int
+    attempts: int
+    """Tries of its most tried pending notification."""
+    failing: bool
+    """It keeps failing: a pending notification was tried several times, or one was given up."""
+    last_sent_at: float | None
+    last_error: str
+
+
+# --- people ----------------------------------------------------------------------------------
+
+RoleName = Literal["viewer", "operator", "admin"]
+
+
+class TokenBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+    """Who holds it: the name the audit log and approvals show (lower-case letters, digits, '-')."""
+    role: RoleName
+    """viewer (read), operator (promote, pause, resume, approve) or admin (everything)."""
+
+
+class TokenView(BaseModel):
+    name: str
+    role: RoleName
+    created_at: float
+    created_by: str
+
+
+class NewToken(BaseModel):
+    name: str
+    role: RoleName
+    token: str
+    """Shown this once; only its hash is kept."""
+
+
+class WhoAmI(BaseModel):
+    name: str
+    role: RoleName
+
+
+class AuditView(BaseModel):
+    id: int
+    at: float
+    actor: str
+    role: str
+    method: str
+    path: str
+    status: int
+    detail: str
+
+
+# --- pipelines -------------------------------------------------------------------------------
+
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""A release version as the spec allows it."""
+
+
+class ReleaseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    version: Annotated[str, Field(min_length=1, max_length=63, pattern=VERSION_PATTERN)]
+    """The release each stage's service gets (its `release.version`; `{version}` in its command)."""
+
+
+class StageApprovalView(BaseModel):
+    at: float
+    by: str
+    comment: str
+
+
+class VerificationView(BaseModel):
+    checks: int
+    failed: int
+    last: str
+
+
+class StageView(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    name: str
+    service: str
+    status: Literal["pending", "waiting", "delivering", "soaking", "succeeded", "failed", "stopped"]
+    delivery: int | None
+    """The stage service's delivery of this release."""
+    started_at: float | None
+    soak_until: float | None
+    finished_at: float | None
+    message: str
+    approvals: list[StageApprovalView]
+    verification: VerificationView | None
+
+
+class PipelineReleaseView(BaseModel):
+    id: int
+    pipeline: str
+    version: str
+    phase: Literal["Progressing", "Succeeded", "Failed", "Superseded"]
+    stages: list[StageView]
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    message: str
+    by: str
+
+
+class PipelineStageSpecView(BaseModel):
+    name: str
+    service: str
+    required_soak: float
+    verification: list[str]
+    approval: bool
+
+
+class PipelineView(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    name: str
+    stages: list[PipelineStageSpecView]
+    releases: list[PipelineReleaseView]
+    """Newest first (only the latest in the list of all pipelines)."""

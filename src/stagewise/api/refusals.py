@@ -29,6 +29,7 @@ from starlette.routing import Match
 from stagewise.api.models import NAME_RULE, BadSpecBody, ErrorBody, InvalidRequestBody
 from stagewise.errors import (
     ConflictError,
+    ForbiddenError,
     NotFoundError,
     SpecError,
     StagewiseError,
@@ -40,12 +41,16 @@ NAMED_PARAMETERS = {("path", "name"), ("query", "service")}
 """Parameters that hold a service name: a pattern or length mismatch is explained in words."""
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 """The methods a 405's `Allow` is drawn from."""
+BODY_NOT_JSON = "There was an error parsing the body"
+"""What FastAPI raises (as a 400) for a request body that is not the JSON its content type says."""
 ECHO_LIMIT = 60
 """Characters of a refused value repeated in the error; a huge value is cut."""
 
 _STANDARD: dict[int, tuple[type[BaseModel], str]] = {
     400: (BadSpecBody, "The spec is invalid; `problems` lists each problem with file:line:column"),
     401: (ErrorBody, "The token is missing or wrong (it is in the server's state directory, file `token`)"),
+    403: (ErrorBody, "The token's role may not do this (viewer < operator < admin), or its name is not among a "
+                     "gate's approvers"),
     404: (ErrorBody, "No service by that name"),
     409: (ErrorBody, "The request does not fit the service's delivery now; `detail` says why and what to do"),
     422: (InvalidRequestBody, "A parameter or the body is outside what this route takes; `errors` names each"),
@@ -71,6 +76,8 @@ def refusal_status(exc: StagewiseError) -> int:
     """The HTTP status for an error the controller raised on purpose."""
     if isinstance(exc, NotFoundError):
         return 404
+    if isinstance(exc, ForbiddenError):
+        return 403
     if isinstance(exc, ConflictError):
         return 409
     if isinstance(exc, SpecError | UnknownDriverError):
@@ -116,6 +123,10 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     path served by two routes (GET and DELETE of a service) would claim to allow only one of them.
     """
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == BODY_NOT_JSON:
+        # FastAPI's own answer to a body it cannot parse: a body outside what the route takes, like any other
+        return JSONResponse(status_code=422, content={"detail": "body: not valid JSON",
+                                                      "errors": [{"where": "body", "message": "not valid JSON"}]})
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         allowed = [method for method in METHODS

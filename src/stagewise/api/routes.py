@@ -14,13 +14,12 @@ controller, which takes its per-service lock for each.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Path, Query, Request
 
+from stagewise.api.access import Caller, ReadAccess, reader, require
 from stagewise.api.models import (
     NAME_PATTERN,
     NAME_RULE,
@@ -37,24 +36,26 @@ from stagewise.api.refusals import documented
 from stagewise.api.views import delivery_view, service_view
 from stagewise.controller import Controller
 from stagewise.controller.lifecycle import Deletion
+from stagewise.core.pipeline import PipelineSpec
 from stagewise.errors import NotFoundError
-from stagewise.spec import load_spec_text
+from stagewise.spec import load_document_text
+from stagewise.store import Role
 
 ServiceName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, examples=["checkout"],
                                   description=f"The service's `metadata.name`: {NAME_RULE}.")]
 SERVICE_ROUTES = ("getService", "serviceHistory", "serviceEvents", "promote", "abort", "pause", "resume", "retry",
-                  "undo", "deleteService")
+                  "undo", "approve", "deleteService")
 """Operations that take a service's name: an answer that names a service links to each of them."""
-BEARER = HTTPBearer(scheme_name="token", auto_error=False,
-                    description="The token the server wrote into its state directory (file `token`).")
-"""Reads `Authorization: Bearer ...`; `authorised` refuses a missing or wrong one with a 401 of ours."""
-PLAIN_VERBS = {
-    "abort": "Roll the delivery back to the stable release",
-    "pause": "Hold the delivery where it is",
-    "resume": "Let a paused delivery go on",
-    "retry": "Start a rolled-back delivery again",
+Comment = Annotated[str, Query(max_length=1000, description="Kept with the approval in the event log")]
+Reject = Annotated[bool, Query(description="Say no instead: the delivery rolls back")]
+PLAIN_VERBS: dict[str, tuple[str, Role]] = {
+    "abort": ("Roll the delivery back to the stable release (admin)", "admin"),
+    "pause": ("Hold the delivery where it is (operator)", "operator"),
+    "resume": ("Let a paused delivery go on (operator)", "operator"),
+    "retry": ("Start a rolled-back delivery again (admin)", "admin"),
 }
-"""The controller's verbs that take only a name (promote also takes `full`; undo starts a delivery)."""
+"""The controller's verbs that take only a name, and the role each needs (promote also takes `full`; undo starts
+a delivery)."""
 VERB_404 = "No service by that name, or it never had a delivery"
 
 
@@ -83,32 +84,43 @@ def _known(controller: Controller, name: str) -> None:
         raise NotFoundError(f"no service named {name!r}, now or before")
 
 
-def _verb_route(verb: str) -> Callable[[str, Request], Awaitable[dict[str, Any]]]:
+def _verb_route(verb: str) -> Callable[..., Awaitable[dict[str, Any]]]:
     """The handler of a verb that takes nothing but the service's name."""
 
     async def handler(name: ServiceName, request: Request) -> dict[str, Any]:
         c = _controller(request)
-        return delivery_view(c, await c.act(name, verb))
+        return delivery_view(c, await c.act(name, verb, actor=_who(request)))
 
     return handler
 
 
-def build_api_router(token: str) -> APIRouter:
-    """The `/api/v1` routes; the mutating ones need `token` as a bearer token."""
-    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-        given = credentials.credentials if credentials is not None else ""
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong token; it is in the server's state "
-                                "directory, file 'token'", headers={"WWW-Authenticate": "Bearer"})
+def _who(request: Request) -> str:
+    caller: Caller | None = getattr(request.state, "caller", None)
+    return caller.name if caller is not None else ""
 
+
+async def _apply(body: ApplyBody, request: Request) -> dict[str, Any]:
+    """A Service spec to the controller, a Pipeline spec to the pipelines."""
+    spec = load_document_text(body.spec, filename=body.filename)
+    if isinstance(spec, PipelineSpec):
+        result = await request.app.state.pipelines.apply(spec, actor=_who(request), filename=body.filename)
+        return {"service": spec.name, "kind": "Pipeline", "result": result, "delivery": None}
+    result, delivery = await _controller(request).apply(spec, actor=_who(request),
+                                                        override_freeze=body.override_freeze)
+    return {"service": spec.name, "result": result, "delivery": delivery.id if delivery else None}
+
+
+def build_api_router(reads: ReadAccess = "open") -> APIRouter:
+    """The `/api/v1` routes; each mutating one needs a token of the role it names, reads as `reads` says."""
     router = APIRouter(prefix="/api/v1")
-    mutating = APIRouter(dependencies=[Depends(authorised)])
+    readers = APIRouter(dependencies=[reader(reads)])
+    mutating = APIRouter()
 
     @router.get("/health", operation_id="health", summary="Whether the server answers")
     async def health() -> Health:
         return Health(status="ok")
 
-    @router.get("/services", operation_id="listServices", response_model=list[ServiceView],
+    @readers.get("/services", operation_id="listServices", response_model=list[ServiceView],
                 summary="Every service with its latest delivery",
                 responses={**ok("The services, by name; `events` is empty here", pointer="/0/service"),
                            **documented([503])})
@@ -116,7 +128,7 @@ def build_api_router(token: str) -> APIRouter:
         c = _controller(request)
         return [service_view(c, r, events=0) for r in c.store.list_services()]
 
-    @router.get("/services/{name}", operation_id="getService", response_model=ServiceView,
+    @readers.get("/services/{name}", operation_id="getService", response_model=ServiceView,
                 summary="A service, its latest delivery and its newest events",
                 responses={**ok("The service"), **documented([404, 422, 503])})
     async def service(name: ServiceName, request: Request) -> dict[str, Any]:
@@ -126,7 +138,7 @@ def build_api_router(token: str) -> APIRouter:
             raise NotFoundError(f"no service named {name!r}")
         return service_view(c, record)
 
-    @router.get("/services/{name}/history", operation_id="serviceHistory", response_model=list[DeliveryView],
+    @readers.get("/services/{name}/history", operation_id="serviceHistory", response_model=list[DeliveryView],
                 summary="The service's deliveries, newest first",
                 responses={**ok("The deliveries", pointer=None), **documented([404, 422, 503])})
     async def history(name: ServiceName, request: Request,
@@ -136,7 +148,7 @@ def build_api_router(token: str) -> APIRouter:
         _known(c, name)
         return [delivery_view(c, d) for d in c.store.deliveries(name, limit=limit)]
 
-    @router.get("/services/{name}/events", operation_id="serviceEvents", response_model=list[EventView],
+    @readers.get("/services/{name}/events", operation_id="serviceEvents", response_model=list[EventView],
                 summary="The service's event log, oldest first, from after an event id",
                 responses={**ok("The events", pointer=None), **documented([404, 422, 503])})
     async def events(name: ServiceName, request: Request,
@@ -149,46 +161,67 @@ def build_api_router(token: str) -> APIRouter:
         return [e.model_dump() for e in c.store.events(name, after_id=after, limit=limit)]
 
     @mutating.post("/apply", operation_id="apply", response_model=ApplyResult,
-                   summary="Store a spec; a new release starts a delivery",
+                   summary="Store a spec (a Service or a Pipeline); a new release starts a delivery (admin)",
+                   dependencies=[require("admin", "apply")],
                    responses={**ok("What the apply did"),
-                              **documented([400, 401, 409, 422, 503],
+                              **documented([400, 401, 403, 409, 422, 503],
                                            {409: "A delivery of another release is in flight; promote or abort it"})})
     async def apply(body: ApplyBody, request: Request) -> dict[str, Any]:
-        spec = load_spec_text(body.spec, filename=body.filename)
-        result, delivery = await _controller(request).apply(spec)
-        return {"service": spec.name, "result": result, "delivery": delivery.id if delivery else None}
+        return await _apply(body, request)
 
-    verb_responses = {**ok("The delivery after the verb"), **documented([401, 404, 409, 422, 503], {404: VERB_404})}
+    def verb_responses(role: Role) -> dict[int | str, dict[str, Any]]:
+        return {**ok("The delivery after the verb"),
+                **documented([401, 403, 404, 409, 422, 503], {404: VERB_404, 403: f"The token's role is below {role}"})}
 
     @mutating.post("/services/{name}/promote", operation_id="promote", response_model=DeliveryView,
-                   summary="Go past the current pause or analysis; with `full`, promote at once",
-                   responses=verb_responses)
+                   summary="Go past the current pause or analysis; with `full`, promote at once (operator)",
+                   dependencies=[require("operator", "promote")],
+                   responses=verb_responses("operator"))
     async def promote(name: ServiceName, request: Request,
                       full: Annotated[bool, Query(description="Skip every remaining step")] = False) -> dict[str, Any]:
         c = _controller(request)
-        return delivery_view(c, await c.act(name, "promote", full=full))
+        return delivery_view(c, await c.act(name, "promote", full=full, actor=_who(request)))
 
-    for verb, summary in PLAIN_VERBS.items():
+    for verb, (summary, role) in PLAIN_VERBS.items():
         mutating.post(f"/services/{{name}}/{verb}", operation_id=verb, response_model=DeliveryView, summary=summary,
-                      responses=verb_responses)(_verb_route(verb))
+                      dependencies=[require(role, verb)],
+                      responses=verb_responses(role))(_verb_route(verb))
+
+    @mutating.post("/services/{name}/approve", operation_id="approve", response_model=DeliveryView,
+                   summary="Approve (or reject) what the delivery waits for, as the token's name (operator)",
+                   description="An approval step, or a confirm hook people may answer (every confirm-promotion "
+                               "hook; others with an `approval` policy). A rejection rolls the delivery back. "
+                               "Approvals and refusals are in the event log.",
+                   dependencies=[require("operator", "approve")],
+                   responses={**ok("The delivery after the approval"),
+                              **documented([401, 403, 404, 409, 422, 503], {
+                                  403: "The token's role is below operator, or its name is not among the approvers",
+                                  404: VERB_404, 409: "Nothing waits for an approval now, or this token approved "
+                                                      "it already"})})
+    async def approve(name: ServiceName, request: Request, comment: Comment = "", reject: Reject = False
+                      ) -> dict[str, Any]:
+        c = _controller(request)
+        return delivery_view(c, await c.approve(name, who=_who(request), comment=comment, reject=reject))
 
     @mutating.post("/services/{name}/undo", operation_id="undo", response_model=DeliveryView,
-                   summary="Deliver the previous stable release again",
+                   summary="Deliver the previous stable release again (admin)",
+                   dependencies=[require("admin", "undo")],
                    responses={**ok("The delivery undo started"),
-                              **documented([401, 404, 409, 422, 503], {409: "A delivery is in flight, or there is "
-                                           "no previous release to go back to"})})
+                              **documented([401, 403, 404, 409, 422, 503], {409: "A delivery is in flight, or there "
+                                           "is no previous release to go back to"})})
     async def undo(name: ServiceName, request: Request) -> dict[str, Any]:
         c = _controller(request)
-        return delivery_view(c, await c.undo(name))
+        return delivery_view(c, await c.undo(name, actor=_who(request)))
 
     @mutating.delete(
         "/services/{name}", operation_id="deleteService", response_model=Deletion,
-        summary="Delete a service: drain and stop its router, stop its instances, forget it",
+        summary="Delete a service: drain and stop its router, stop its instances, forget it (admin)",
+        dependencies=[require("admin", "delete a service")],
         description="The router stops taking requests and finishes the ones in flight before the instances "
                     "stop. The service's deliveries and events stay readable (history, events); applying its "
                     "name again makes a new service. The answer names the processes stopped (or left running).",
         responses={**ok("Deleted: the processes stopped (or, with keep_running, left running)"),
-                   **documented([401, 404, 409, 422, 503], {
+                   **documented([401, 403, 404, 409, 422, 503], {
                        409: "A delivery is in flight: abort it first, or use force",
                        503: "A router or an instance could not be stopped; the service is kept, and the "
                             "controller restores it"})})
@@ -201,5 +234,6 @@ def build_api_router(token: str) -> APIRouter:
     ) -> Deletion:
         return await _controller(request).delete(name, keep_running=keep_running, force=force)
 
+    router.include_router(readers)
     router.include_router(mutating)
     return router

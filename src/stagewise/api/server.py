@@ -2,8 +2,11 @@
 
 The server binds 127.0.0.1 by default. It writes `server.json` (its address)
 and `token` (mode 0600) into the state directory; every other verb of the
-CLI finds both there. Reads are open on loopback; every mutating call needs
-`Authorization: Bearer <token>`.
+CLI finds both there. That token is the admin token named `admin`; others
+are made with `stagewise token create` (api/access.py). Reads are open on
+loopback unless the server runs with `--reads token`; every mutating call
+needs `Authorization: Bearer <token>` of a role that may make it, and is in
+the audit log.
 
 Its settings (api/settings.py) come from the command line, the environment
 and a settings file; on SIGHUP it reads the file again and applies what may
@@ -26,9 +29,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from stagewise.api.access import AuditLog, ReadAccess, register_server_token
+from stagewise.api.access_routes import build_access_router
 from stagewise.api.dashboard import install_dashboard
 from stagewise.api.logs import EventLog, announce, configure_logging
 from stagewise.api.metrics import ControllerMetrics, install_metrics
+from stagewise.api.pipeline_routes import build_pipeline_router
 from stagewise.api.refusals import install_refusals
 from stagewise.api.routes import build_api_router
 from stagewise.api.settings import DEFAULT_LISTEN, ServerSettings
@@ -37,6 +43,7 @@ from stagewise.controller.controller import TICK
 from stagewise.controller.lifecycle import DataPlane, in_words
 from stagewise.controller.observer import Observers
 from stagewise.errors import SettingsError, StagewiseError
+from stagewise.pipelines import Pipelines
 
 __all__ = ["DEFAULT_LISTEN", "bind", "create_app", "ensure_token", "read_token", "serve"]
 log = logging.getLogger("stagewise.server")
@@ -63,21 +70,26 @@ def ensure_token(state_dir: Path) -> str:
 
 def create_app(state_dir: Path, *, controller: Controller | None = None, run_loop: bool = True,
                at_exit: Callable[[list[DataPlane]], None] | None = None, tick: float = TICK,
-               hangup: Callable[[], None] | None = None) -> FastAPI:
+               hangup: Callable[[], None] | None = None, reads: ReadAccess = "open",
+               windows_file: Path | None = None) -> FastAPI:
     """The API, dashboard and metrics over a controller (a new one passes every `tick` seconds).
 
     `at_exit` is told what data plane runs on when the app stops; `hangup` is called on SIGHUP while it runs.
+    `reads`: "open" (anyone who reaches the address reads) or "token" (at least a viewer token);
+    `windows_file`: the freeze windows every service shares.
     """
     token = ensure_token(state_dir)
     metrics = ControllerMetrics(lambda: getattr(app.state, "controller", None))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctl = controller or Controller(state_dir, tick=tick)
+        ctl = controller or Controller(state_dir, tick=tick, windows_file=windows_file)
         ctl.observer = Observers(ctl.observer, metrics.events, EventLog())
+        register_server_token(ctl, token)
         app.state.controller = ctl
+        app.state.pipelines = pipelines = Pipelines(ctl)
         stop = asyncio.Event()
-        task = asyncio.create_task(ctl.run(stop)) if run_loop else None
+        tasks = [asyncio.create_task(ctl.run(stop)), asyncio.create_task(pipelines.run(stop))] if run_loop else []
         if hangup is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
         try:
@@ -86,8 +98,9 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
             if hangup is not None:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             stop.set()
-            if task is not None:
+            for task in tasks:
                 await task
+            await pipelines.close()
             if at_exit is not None:
                 try:
                     at_exit(await ctl.data_planes())
@@ -100,9 +113,13 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
 
     app.state.metrics = metrics
     install_refusals(app)
-    app.include_router(build_api_router(token))
-    install_metrics(app, metrics)
+    app.include_router(build_api_router(reads))
+    app.include_router(build_access_router())
+    app.include_router(build_pipeline_router(reads))
+    install_metrics(app, metrics, reads)
     install_dashboard(app)
+    app.add_middleware(AuditLog)
+    app.state.reads = reads
     return app
 
 
@@ -155,8 +172,12 @@ def write_server_file(state_dir: Path, sock: socket.socket) -> str:
 
 
 def serve(state_dir: Path, settings: ServerSettings | None = None, *,
-          reread: Callable[[], ServerSettings] | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM: API plus the controller loop; `reread` gives the settings on SIGHUP."""
+          reread: Callable[[], ServerSettings] | None = None, reads: ReadAccess = "open",
+          windows_file: Path | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM: API plus the controller loop; `reread` gives the settings on SIGHUP.
+
+    `reads` and `windows_file` as for `create_app`.
+    """
     import uvicorn
 
     settings = settings or ServerSettings()
@@ -176,7 +197,7 @@ def serve(state_dir: Path, settings: ServerSettings | None = None, *,
     # SIGHUP's default would. A handler, not SIG_IGN: an ignored signal stays ignored in the programs started.
     signal.signal(signal.SIGHUP, lambda signum, frame: log.info("SIGHUP before the server runs: nothing to re-read"))
     # Said from the app's shutdown: on SIGTERM uvicorn ends this process by the signal right after it.
-    app = create_app(state_dir, tick=settings.tick, hangup=hangup,
+    app = create_app(state_dir, tick=settings.tick, hangup=hangup, reads=reads, windows_file=windows_file,
                      at_exit=lambda planes: announce(log, left_running(planes, state_dir), state=str(state_dir)))
     # uvicorn leaves the logging alone (log_config=None): configure_logging set it up, in the format asked for.
     config = uvicorn.Config(app, log_config=None, log_level=None, access_log=False, lifespan="on")

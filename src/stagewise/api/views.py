@@ -63,7 +63,19 @@ def delivery_view(controller: Controller, d: Delivery) -> dict[str, Any]:
         "created_at": d.created_at,
         "updated_at": d.updated_at,
         "finished_at": d.finished_at,
+        "waiting": d.waiting.model_dump(exclude={"enter"}) if d.waiting is not None else None,
+        "approvals": [a.model_dump() for a in d.approvals],
+        "freeze_override": d.freeze_override,
     }
+
+
+FAILING_AFTER = 3
+"""Tries after which a sink with a notification still pending is reported as failing."""
+
+
+def sinks_view(controller: Controller, service: str) -> list[dict[str, Any]]:
+    return [{**h.model_dump(), "failing": h.given_up > 0 or (h.pending > 0 and h.attempts >= FAILING_AFTER)}
+            for h in controller.store.sink_health(service)]
 
 
 def service_view(controller: Controller, record: ServiceRecord, *, events: int = 20) -> dict[str, Any]:
@@ -82,4 +94,5 @@ def service_view(controller: Controller, record: ServiceRecord, *, events: int =
         # `[-0:]` would be every event: the list of services asks for none.
         "events": [e.model_dump() for e in controller.store.events(record.name, limit=100_000)][-events:]
         if events > 0 else [],
+        "sinks": sinks_view(controller, record.name) if events > 0 else [],
     }

@@ -1,4 +1,10 @@
-"""The CLI's HTTP client: finds the server and its token in the state directory."""
+"""The CLI's HTTP client: finds the server and its token in the state directory.
+
+The token is `STAGEWISE_TOKEN` when set (a person's own, made with `stagewise
+token create`), else the server's own from the state directory's file
+`token`; it goes with every request, reads too, so a server that requires a
+token for reads (`--reads token`) answers them.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +46,8 @@ class Client:
                 f"start one with: stagewise server --state {state_dir}"
             ) from exc
         token_file = state_dir / "token"
-        self.token = token_file.read_text().strip() if token_file.exists() else ""
+        self.token = os.environ.get("STAGEWISE_TOKEN", "").strip() or (
+            token_file.read_text().strip() if token_file.exists() else "")
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
 
     def close(self) -> None:
@@ -53,7 +60,7 @@ class Client:
         self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if method != "GET" and self.token else {}
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             response = self.http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as exc:

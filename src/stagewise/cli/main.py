@@ -105,20 +105,30 @@ def apply(files: Annotated[list[Path], typer.Argument(help="Spec files.")],
           state: StateOpt = DEFAULT_STATE,
           wait: bool = typer.Option(False, "--wait",
                                     help="Wait until the delivery ends; exit 1 if it did not succeed."),
-          timeout: float = typer.Option(1800, help="With --wait: give up after this many seconds.")) -> None:
-    """Apply specs: a new release starts a delivery."""
-    from stagewise.spec import load_specs
+          timeout: float = typer.Option(1800, help="With --wait: give up after this many seconds."),
+          override_freeze: bool = typer.Option(False, "--override-freeze",
+                                               help="Let the delivery through the freeze windows (needs --reason; "
+                                                    "recorded in the event log)."),
+          reason: str | None = typer.Option(None, "--reason", help="Why the freeze windows are overridden.")) -> None:
+    """Apply specs (Services or Pipelines): a new release starts a delivery."""
+    from stagewise.spec import load_documents
 
+    if override_freeze and not reason:
+        fail("--override-freeze needs --reason TEXT: it goes into the event log", EXIT_BAD_INPUT)
     results = []
     for f in files:
         try:
-            specs = load_specs(f)
+            documents = load_documents(f)
         except SpecError as exc:
             for p in exc.problems:
                 err.print(str(p), highlight=False, markup=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
-        del specs
-        r = call(state, "POST", "/api/v1/apply", json={"spec": f.read_text(), "filename": str(f)})
+        if len(documents) != 1:
+            fail(f"{f}: holds {len(documents)} specs; apply takes one spec per file", EXIT_BAD_INPUT)
+        body: dict[str, Any] = {"spec": f.read_text(), "filename": str(f)}
+        if override_freeze:
+            body["override_freeze"] = reason
+        r = call(state, "POST", "/api/v1/apply", json=body)
         out.print(f"{r['service']}: {r['result']}" + (f" (delivery #{r['delivery']})" if r["delivery"] else ""))
         results.append(r)
     if wait:
@@ -139,12 +149,17 @@ def _wait(state: Path, service: str, timeout: float) -> int:
 
 
 @app.command()
-def status(service: Annotated[str | None, typer.Argument(help="A service; all when omitted.",
+def status(service: Annotated[str | None, typer.Argument(help="A service or a pipeline; all services when omitted.",
                                                         autocompletion=completion.complete_service)] = None,
            state: StateOpt = DEFAULT_STATE,
            watch: bool = typer.Option(False, "--watch", "-w", help="Keep the view live."),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Show services and their deliveries."""
+    """Show services and their deliveries, or where each release of a pipeline stands."""
+    if service and not watch and not _is_service(state, service):
+        from stagewise.cli import pipelines
+
+        if pipelines.show(state, service, as_json=as_json):
+            return
     path = f"/api/v1/services/{service}" if service else "/api/v1/services"
     if as_json:
         out.print_json(json.dumps(call(state, "GET", path)))
@@ -164,6 +179,17 @@ def status(service: Annotated[str | None, typer.Argument(help="A service; all wh
                 live.update(view())
     except KeyboardInterrupt:
         pass
+
+
+def _is_service(state: Path, name: str) -> bool:
+    with client(state) as c:
+        try:
+            c.request("GET", f"/api/v1/services/{name}")
+        except ApiError:
+            return False
+        except Unreachable as exc:
+            fail(str(exc), EXIT_UNREACHABLE)
+    return True
 
 
 def _verb(verb: str, service: str, state: Path, **params: Any) -> None:
@@ -281,6 +307,17 @@ advise.register(app)  # recommend, compare
 convert.register(app)
 completion.register(app)
 hosts.register(app)  # hosts check
+
+
+def _register_people() -> None:
+    """`approve`, `token create|list|delete`, `audit` (stagewise.cli.people); `release` (stagewise.cli.pipelines)."""
+    from stagewise.cli import people, pipelines
+
+    people.register(app)
+    pipelines.register(app)
+
+
+_register_people()
 
 
 def main() -> None:

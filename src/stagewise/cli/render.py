@@ -12,7 +12,8 @@ from rich.text import Text
 
 PHASE_STYLE = {
     "Succeeded": "bold green", "RolledBack": "bold yellow", "Failed": "bold red",
-    "Aborting": "yellow", "Paused": "cyan", "Progressing": "blue", "Promoting": "magenta", "Pending": "dim",
+    "Aborting": "yellow", "Paused": "cyan", "Waiting": "bold cyan", "Progressing": "blue", "Promoting": "magenta",
+    "Pending": "dim",
 }
 
 
@@ -35,6 +36,7 @@ def status_panel(s: dict[str, Any]) -> RenderableType:
         parts.append(line)
         if d.get("abort_reason"):
             parts.append(Text(f"abort: {d['abort_reason']}", style="yellow"))
+        parts += gate_lines(d)
         if d.get("message") and d["phase"] in ("Succeeded", "RolledBack", "Failed"):
             parts.append(Text(d["message"], style="dim"))
         weights = Text("traffic ")
@@ -50,6 +52,7 @@ def status_panel(s: dict[str, Any]) -> RenderableType:
         for run in d["analysis"]:
             parts.append(Text.assemble((f"analysis {run['run']}: ", "dim"),
                                        phase_text_verdict(run["outcome"]), f"  {run['message']}"))
+    parts += sink_lines(s.get("sinks") or [])
     events = s.get("events") or []
     if events:
         ev = Table(box=None, show_header=False, padding=(0, 1))
@@ -57,6 +60,23 @@ def status_panel(s: dict[str, Any]) -> RenderableType:
             ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], e["message"])
         parts.append(Panel(ev, title="events", expand=False))
     return Panel(Group(*parts), title=f"stagewise · {s['service']}", expand=False)
+
+
+def gate_lines(d: dict[str, Any]) -> list[Text]:
+    """What a delivery waits for, who approved it, and a freeze override, one line each."""
+    lines = [Text(f"waiting: {hold['message']}", style="cyan") for hold in (d.get("waiting") or {}).get("holds", [])]
+    lines += [Text(f"approved by {a['by']} ({a['gate']})" + (f": {a['comment']}" if a["comment"] else ""), style="dim")
+              for a in d.get("approvals", [])]
+    if d.get("freeze_override"):
+        lines.append(Text(f"freeze overridden: {d['freeze_override']}", style="yellow"))
+    return lines
+
+
+def sink_lines(sinks: list[dict[str, Any]]) -> list[Text]:
+    """A line per notification sink that keeps failing."""
+    return [Text(f"sink {s['sink']} ({s['kind']}) failing: {s['pending']} not sent, {s['attempts']} tries, last "
+                 f"error: {s['last_error'] or '-'}" + (f"; {s['given_up']} given up" if s["given_up"] else ""),
+                 style="bold red") for s in sinks if s["failing"]]
 
 
 def phase_text_verdict(outcome: str) -> Text:

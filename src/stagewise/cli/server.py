@@ -82,11 +82,21 @@ def server(
     low_ports: Annotated[bool, typer.Option(
         "--low-ports", help="With --print-systemd-unit: routers may listen below port 1024 "
                             "(grants CAP_NET_BIND_SERVICE).")] = False,
+    reads: Annotated[str, typer.Option(
+        "--reads", help="open: anyone who reaches the address may read; token: reads need at least a "
+                        "viewer token.")] = "open",
+    windows: Annotated[Path | None, typer.Option(
+        "--windows", help="A `kind: Windows` file of freeze windows for every service (read again when it "
+                          "changes).")] = None,
 ) -> None:
     """Run the API server, the dashboard and the controller (SIGHUP: read the settings file again)."""
     from stagewise.api.settings import load_settings
 
     fixed = _fixed(listen, log_level, log_format, tick)
+    if reads not in ("open", "token"):
+        raise _refuse(f"--reads {reads}: expected open or token")
+    if windows is not None:
+        _check_windows(windows)
     if print_unit:
         _print_unit(state, fixed, settings, unit_user, low_ports)
         return
@@ -99,9 +109,23 @@ def server(
     from stagewise.api.server import serve
 
     try:
-        serve(state, in_force, reread=lambda: load_settings(settings, fixed))
+        serve(state, in_force, reread=lambda: load_settings(settings, fixed),
+              reads="token" if reads == "token" else "open", windows_file=windows)
     except OSError as exc:
         raise _refuse(f"cannot listen on {in_force.listen}: {exc.strerror or exc}") from None
+
+
+def _check_windows(path: Path) -> None:
+    """Refuse a shared windows file that does not load, each problem at file:line:column."""
+    from stagewise.errors import SpecError
+    from stagewise.spec import load_windows
+
+    try:
+        load_windows(path)
+    except SpecError as exc:
+        for p in exc.problems:
+            err.print(str(p), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def _print_unit(state: Path, fixed: dict[str, Any], settings: Path | None, user: str, low_ports: bool) -> None:

@@ -11,6 +11,11 @@ and carries on; since every action is idempotent, repeating the last one
 does no harm. The data plane never runs here: the router and the instances
 are processes of their own, so a controller restart drops no request.
 
+Hook calls run beside the ticks like measurements do (controller/hooks.py):
+a tick starts the calls the committed state asks for and feeds the answers
+back as observations. Notifications leave through the store's outbox, sent
+by a task of their own (controller/outbox.py) that never holds a delivery.
+
 A service whose reconcile fails is left alone until its retry is due — after
 a TemporaryError's delay, or with capped backoff for anything else — and the
 failure is reported once (controller/retries.py). A router that cannot serve
@@ -29,11 +34,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stagewise.controller import lifecycle
+from stagewise.controller.hooks import HookRunner
 from stagewise.controller.lifecycle import DataPlane, Deletion
 from stagewise.controller.measure import Measurer
 from stagewise.controller.observer import Observer, Unobserved
+from stagewise.controller.outbox import Sender
 from stagewise.controller.reconcile import Applied, make_world, note_boot, serve_ready
 from stagewise.controller.retries import MAX_BACKOFF, Failing, Retries
+from stagewise.controller.shared_windows import SharedWindows
 from stagewise.core import delivery as machine
 from stagewise.core.delivery import Delivery, Event, Observation, Phase, desired_world
 from stagewise.core.plan import Plan, World
@@ -41,7 +49,8 @@ from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
 from stagewise.engine import decide
-from stagewise.errors import ConflictError, NotFoundError, PreflightError, StagewiseError
+from stagewise.errors import ConflictError, ForbiddenError, NotFoundError, PreflightError, StagewiseError
+from stagewise.notify import Notifier
 from stagewise.platforms import Platform, PlatformView, get_platform
 from stagewise.routers import Router, get_router
 from stagewise.store import Measurement, Store, open_store
@@ -63,6 +72,8 @@ class Controller:
         routers: dict[str, Router] | None = None,
         platforms: dict[str, Platform] | None = None,
         observer: Observer | None = None,
+        notifier: Notifier | None = None,
+        windows_file: Path | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.clock = clock
@@ -77,6 +88,13 @@ class Controller:
         self._retries = Retries()
         self._measurer = Measurer()
         """Measurements of prometheus, http and command providers in flight (controller/measure.py)."""
+        self.notifier = notifier or Notifier()
+        self._hooks = HookRunner(self.notifier, clock)
+        """Hook calls in flight (controller/hooks.py)."""
+        self.sender = Sender(self.store, self.notifier, clock)
+        """Sends the outbox (controller/outbox.py); `run` starts it."""
+        self.windows = SharedWindows(windows_file)
+        """The windows every service shares (the server's `--windows` file)."""
         self.changed = asyncio.Event()
         """Set whenever a delivery's state changes (for live views)."""
         self.observer: Observer = observer or Unobserved()
@@ -114,17 +132,24 @@ class Controller:
         for p in self._platforms.values():
             await p.close()
         await self._measurer.close()
+        await self._hooks.close()
+        await self.notifier.close()
         self.store.close()
 
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            started = time.perf_counter()
-            await self.tick()
-            self.observer.pass_finished(seconds=time.perf_counter() - started)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.tick_seconds)
+        sender = asyncio.create_task(self.sender.run(stop))
+        try:
+            while not stop.is_set():
+                started = time.perf_counter()
+                await self.tick()
+                self.observer.pass_finished(seconds=time.perf_counter() - started)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.tick_seconds)
+        finally:
+            stop.set()
+            await sender
 
     async def tick(self) -> None:
         """One reconcile pass over every service whose retry (after a failure) is due."""
@@ -157,6 +182,7 @@ class Controller:
         latest = self.store.latest_delivery(service)
         if latest is not None and not latest.phase.terminal:
             self.store.save_delivery(latest, [Event(at=now, kind="error", message=news.message)])
+            self.sender.wake.set()
         if news.permanent:
             log.error("%s: %s (tried again with backoff, at most every %gs)", service, news.message, MAX_BACKOFF,
                       exc_info=bug, extra={"service": service})
@@ -211,6 +237,8 @@ class Controller:
             stats=stats,
             unreachable=view.unreachable,
             held=f"the router does not serve the step: {held}" if held is not None else None,
+            hook_answers=self._hooks.collect(active, plan, now),
+            windows=self.windows.current(),
         )
         decision = decide(active, plan, observation, measured=self._measurer.collect(active, now))
         moved = decision.delivery
@@ -221,7 +249,9 @@ class Controller:
             self.store.add_measurements(_new_measurements(active, moved))
             self.changed.set()
             self.observer.delivery_changed(before=active, after=moved, events=events, now=now)
-        world = steady_world(update or record) if moved.phase.terminal else decision.world
+            self.sender.wake.set()
+        # ended, or not started yet (waiting for a confirm-rollout hook, a window): the steady world applies
+        world = decision.world if decision.world is not None else steady_world(update or record)
         if held is not None and world == committed:
             raise held  # nothing new to try: the failure stands (and is retried on its schedule)
         return world
@@ -236,15 +266,26 @@ class Controller:
         self._retries.wake(name)
         self.changed.set()
 
-    async def apply(self, spec: ServiceSpec) -> tuple[str, Delivery | None]:
-        """Store `spec`; start a delivery when its release differs from the stable one."""
+    async def apply(self, spec: ServiceSpec, *, actor: str = "",
+                    override_freeze: str | None = None) -> tuple[str, Delivery | None]:
+        """Store `spec`; start a delivery when its release differs from the stable one.
+
+        `override_freeze`: the reason a person gives to let the delivery through the freeze windows
+        (recorded in the event log, with `actor`); it also frees the same release's delivery in flight.
+        """
         name = spec.name
         async with self.lock(name):
             now = self.clock()
             record = self.store.get_service(name)
             latest = self.store.latest_delivery(name)
+            by = f" by {actor}" if actor else ""
+            overridden = [] if override_freeze is None else [
+                Event(at=now, kind="user", message=f"freeze windows overridden{by}: {override_freeze}")]
             if latest is not None and not latest.phase.terminal:
                 if latest.candidate == spec.spec.release:
+                    if overridden and latest.freeze_override is None:
+                        self._save_verb(latest.model_copy(update={"freeze_override": override_freeze}),
+                                        overridden, "", before=latest)
                     return "unchanged: this release is being delivered", latest
                 raise ConflictError(
                     f"{name}: delivery {latest.id} ({latest.stable.version if latest.stable else '-'} → "
@@ -263,24 +304,27 @@ class Controller:
                 record = record.model_copy(update={"spec": spec, "updated_at": now})
             await self._preflight(spec, spec.spec.release)
             delivery = Delivery(service=name, spec=spec, stable=record.stable, created_at=now,
-                                updated_at=now, progress_at=now)
-            events = [Event(at=now, kind="user", message=f"applied {spec.spec.release.version}")]
+                                updated_at=now, progress_at=now, freeze_override=override_freeze)
+            events = [Event(at=now, kind="user", message=f"applied {spec.spec.release.version}{by}"), *overridden]
             delivery = self.store.create_delivery(delivery, events, record)
             self.observer.delivery_changed(before=None, after=delivery, events=events, now=now)
+            self.sender.wake.set()
             self._acted(name)
             return "delivery started", delivery
 
-    async def act(self, name: str, verb: str, *, full: bool = False) -> Delivery:
-        """promote, abort, pause, resume or retry the service's latest delivery."""
+    async def act(self, name: str, verb: str, *, full: bool = False, actor: str = "") -> Delivery:
+        """promote, abort, pause, resume or retry the service's latest delivery; `actor`: who (a token's name)."""
         async with self.lock(name):
             now = self.clock()
             latest = self.store.latest_delivery(name)
             if latest is None:
                 raise NotFoundError(f"service {name!r} has no delivery")
+            by = f" by {actor}" if actor else ""
             if verb == "promote":
-                d, events = machine.promote(latest, self.plan(latest), now=now, full=full)
+                d, events = machine.promote(latest, self.plan(latest), now=now, full=full,
+                                            windows=self.windows.current())
             elif verb == "abort":
-                d, events = machine.abort(latest, self.plan(latest), now=now, reason="aborted by a person")
+                d, events = machine.abort(latest, self.plan(latest), now=now, reason=f"aborted by a person{by}")
             elif verb == "pause":
                 d, events = machine.pause(latest, now=now)
             elif verb == "resume":
@@ -289,12 +333,40 @@ class Controller:
                 d, events = machine.retry(latest, now=now)
             else:
                 raise NotFoundError(f"unknown verb {verb!r}")
-            self.store.save_delivery(d, events)
-            self.observer.delivery_changed(before=latest, after=d, events=events, now=now)
-            self._acted(name)
+            self._save_verb(d, events, by, before=latest)
             return d
 
-    async def undo(self, name: str) -> Delivery:
+    async def approve(self, name: str, *, who: str, comment: str = "", reject: bool = False) -> Delivery:
+        """`who` approves (or rejects) what the service's delivery waits for; a refusal is in the event log too."""
+        async with self.lock(name):
+            now = self.clock()
+            latest = self.store.latest_delivery(name)
+            if latest is None:
+                raise NotFoundError(f"service {name!r} has no delivery")
+            plan = self.plan(latest)
+            try:
+                if reject:
+                    d, events = machine.reject(latest, plan, now=now, who=who, comment=comment)
+                else:
+                    d, events = machine.approve(latest, plan, now=now, who=who, comment=comment,
+                                                windows=self.windows.current())
+            except ForbiddenError as exc:
+                what = "rejection" if reject else "approval"
+                self.store.save_delivery(latest, [Event(at=now, kind="user", message=f"{what} refused: {exc}")])
+                self.changed.set()
+                raise
+            self._save_verb(d, events, "", before=latest)
+            return d
+
+    def _save_verb(self, delivery: Delivery, events: list[Event], by: str, *, before: Delivery) -> None:
+        if by:
+            events = [e.model_copy(update={"message": e.message + by}) if e.kind == "user" else e for e in events]
+        self.store.save_delivery(delivery, events)
+        self.observer.delivery_changed(before=before, after=delivery, events=events, now=self.clock())
+        self.sender.wake.set()
+        self._acted(delivery.service)
+
+    async def undo(self, name: str, *, actor: str = "") -> Delivery:
         """Deliver the previous stable release again, with the service's strategy."""
         async with self.lock(name):
             now = self.clock()
@@ -313,9 +385,11 @@ class Controller:
             await self._preflight(spec, previous)
             delivery = Delivery(service=name, spec=spec, stable=record.stable, created_at=now,
                                 updated_at=now, progress_at=now, undo=True)
-            events = [Event(at=now, kind="user", message=f"undo: back to {previous.version}")]
+            events = [Event(at=now, kind="user", message=f"undo: back to {previous.version}"
+                            + (f" by {actor}" if actor else ""))]
             delivery = self.store.create_delivery(delivery, events, record)
             self.observer.delivery_changed(before=None, after=delivery, events=events, now=now)
+            self.sender.wake.set()
             self._acted(name)
             return delivery
 
@@ -424,14 +498,29 @@ def steady_world(record: ServiceRecord) -> World | None:
 
 
 def _releases(record: ServiceRecord, active: Delivery | None) -> dict[str, ReleaseSpec]:
+    """The releases the platform runs, `{version}` in their commands and environments replaced."""
     out: dict[str, ReleaseSpec] = {}
     if record.stable is not None:
-        out[record.stable.version] = record.stable
+        out[record.stable.version] = with_version(record.stable)
     if active is not None:
         if active.stable is not None:
-            out[active.stable.version] = active.stable
-        out[active.candidate.version] = active.candidate
+            out[active.stable.version] = with_version(active.stable)
+        out[active.candidate.version] = with_version(active.candidate)
     return out
+
+
+VERSION_PLACEHOLDER = "{version}"
+
+
+def with_version(release: ReleaseSpec) -> ReleaseSpec:
+    """`release` with `{version}` replaced by its version in its argv and environment (a pipeline's stages
+    name their release that way; the platform replaces `{port}` itself)."""
+    run = release.run
+    if not any(VERSION_PLACEHOLDER in a for a in [*run.command, *run.env.values()]):
+        return release
+    command = [a.replace(VERSION_PLACEHOLDER, release.version) for a in run.command]
+    env = {k: v.replace(VERSION_PLACEHOLDER, release.version) for k, v in run.env.items()}
+    return release.model_copy(update={"run": run.model_copy(update={"command": command, "env": env})})
 
 
 def _service_after(record: ServiceRecord, delivery: Delivery, now: float) -> ServiceRecord | None:

@@ -112,6 +112,10 @@ def convert_rollout(source: Source, index: Index) -> tuple[dict[str, Any], list[
         value = carry.load(anno.get(anno_key)) if isinstance(anno, dict) else None
         if isinstance(value, dict):
             body[key] = value
+    for key, anno_key in carry.GATES.items():
+        gates = carry.load(anno.get(anno_key)) if isinstance(anno, dict) else None
+        if isinstance(gates, list):
+            body[key] = gates
     replicas = spec_in.get("replicas")
     if isinstance(replicas, int) and not isinstance(replicas, bool):
         body["replicas"] = max(1, replicas)

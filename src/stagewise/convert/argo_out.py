@@ -131,6 +131,12 @@ def _rollout_documents(led: Ledger, normal: dict[str, Any]) -> list[dict[str, An
     rollout_meta: dict[str, Any] = {"name": name}
     if meta.get("labels"):
         rollout_meta["labels"] = dict(meta["labels"])
+    for key, anno_key in carry.GATES.items():
+        if body.get(key):
+            anno[anno_key] = carry.dump(body[key])
+            led.mapped(("spec", key))
+            led.caveat(("spec", key), f"carried in the {anno_key} annotation: Argo Rollouts has no {key} of this "
+                                      "kind (its analysis runs and notification engine take their place)")
     rollout_meta["annotations"] = anno
     templates = _analysis_templates(led, body, name)
     strategy, services, preview_anno = _strategy(led, body, name)
@@ -392,7 +398,10 @@ def _strategy(led: Ledger, body: dict[str, Any], name: str) -> tuple[dict[str, A
     if "canary" in strategy:
         cfg = strategy["canary"]
         steps, routes = [], []
-        for step in cfg["steps"]:
+        for index, step in enumerate(cfg["steps"]):
+            if "approval" in step:
+                led.caveat(("spec", "strategy", "canary", "steps", index),
+                           "an approval becomes a pause until promoted: Argo Rollouts names no approvers")
             steps.append(_step(step, ref_args))
             if "setHeaderRoute" in step:
                 routes.append(step["setHeaderRoute"]["name"])
@@ -441,6 +450,8 @@ def _step(step: dict[str, Any], ref_args: dict[str, list[dict[str, Any]]]) -> di
         return {"pause": {"duration": go_duration(math.ceil(body_seconds(step["pause"]["duration"])))}}
     if "analysis" in step:
         return {"analysis": _ref(step["analysis"], ref_args)}
+    if "approval" in step:
+        return {"pause": {}}
     route = step["setHeaderRoute"]
     return {"setHeaderRoute": {"name": route["name"], "match": route["match"]}}
 

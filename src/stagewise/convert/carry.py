@@ -20,6 +20,8 @@ LISTEN = PREFIX + "listen"
 ROUTER = PREFIX + "router"
 PLATFORM = PREFIX + "platform"
 PREVIEW = PREFIX + "preview"
+GATES = {"hooks": PREFIX + "hooks", "notifications": PREFIX + "notifications", "windows": PREFIX + "windows"}
+"""On a Rollout: the spec's hooks, notifications and freeze windows, which Argo Rollouts has no field for."""
 TEMPLATE = PREFIX + "analysis-template"
 """On an AnalysisTemplate: the stagewise template it was written from, as JSON."""
 NAME = PREFIX + "name"
@@ -43,5 +45,5 @@ def load(text: Any) -> Any:
         return None
 
 
-__all__ = ["LISTEN", "MANAGED_BY", "NAME", "PLATFORM", "PREFIX", "PREVIEW", "ROUTER", "SERVICE", "TEMPLATE", "dump",
-           "load"]
+__all__ = ["GATES", "LISTEN", "MANAGED_BY", "NAME", "PLATFORM", "PREFIX", "PREVIEW", "ROUTER", "SERVICE", "TEMPLATE",
+           "dump", "load"]

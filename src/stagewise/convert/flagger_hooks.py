@@ -1,11 +1,11 @@
 """Flagger's webhooks → stagewise hooks, one type name for one type name.
 
-stagewise's spec has no `hooks` yet, so every webhook is reported as not
-converted, with the `spec.hooks` entry it will become. The mapping itself is
-here and complete — Flagger's types keep their names (`confirm-rollout`,
-`pre-rollout`, `rollout`, `confirm-traffic-increase`, `confirm-promotion`,
-`post-rollout`, `rollback`, `event`; no type means `rollout`, as in Flagger)
-— so once the spec grows `hooks`, turning `SPEC_HAS_HOOKS` on is the whole change.
+Every webhook becomes one `spec.hooks` entry: Flagger's types keep their
+names (`confirm-rollout`, `pre-rollout`, `rollout`, `confirm-traffic-increase`,
+`confirm-promotion`, `post-rollout`, `rollback`, `event`; no type means
+`rollout`, as in Flagger), the URL and timeout become the hook's http call,
+and `metadata` travels in the call's body as Flagger sends it. A name that is
+no stagewise name (a DNS label) is made into one.
 
 Pure.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
 
 from stagewise.convert.kube import parse_go_duration
@@ -23,8 +24,8 @@ from stagewise.spec.yamltree import Path
 
 HOOK_TYPES = ("confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion",
               "post-rollout", "rollback", "event")
-SPEC_HAS_HOOKS = False
-"""True once `spec.hooks` exists in the spec format: webhooks are then converted instead of reported."""
+SPEC_HAS_HOOKS = True
+"""`spec.hooks` exists in the spec format: webhooks are converted (False would report each, with its entry)."""
 
 
 def hook_entry(webhook: dict[str, Any]) -> dict[str, Any] | None:
@@ -37,9 +38,16 @@ def hook_entry(webhook: dict[str, Any]) -> dict[str, Any] | None:
     if isinstance(timeout, str):
         with contextlib.suppress(ValueError):  # a timeout Flagger itself would refuse: the hook keeps its default
             call["timeout"] = format_duration(parse_go_duration(timeout))
+    entry: dict[str, Any] = {"type": kind, "name": _name(str(webhook.get("name", kind))), "http": call}
     if isinstance(webhook.get("metadata"), dict):
-        call["metadata"] = {str(k): str(v) for k, v in webhook["metadata"].items()}
-    return {"type": kind, "name": str(webhook.get("name", kind)), "http": call}
+        entry["metadata"] = {str(k): str(v) for k, v in webhook["metadata"].items()}
+    return entry
+
+
+def _name(text: str) -> str:
+    """`text` as a stagewise name: lower-case letters, digits and '-', at most 63."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
+    return name or "hook"
 
 
 def convert_webhooks(led: Ledger, at: Path, webhooks: Any) -> list[dict[str, Any]]:

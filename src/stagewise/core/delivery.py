@@ -9,48 +9,32 @@ controller crash at any moment harmless.
 
 Phases, after Argo Rollouts: Pending → Progressing ⇄ Paused → Promoting →
 Succeeded, or → Aborting → RolledBack, or Failed when even the rollback
-could not finish (a person must act; the event log says why).
+could not finish (a person must act; the event log says why). Between
+steps, and before the first, a delivery may be Waiting: on a confirm hook,
+an approval, or a freeze window (`core.gates`); aborting is never held.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
+from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
+from stagewise.core import gates
 from stagewise.core.durations import format_duration
+from stagewise.core.gate_state import Approval, HookAnswer, HookState, Waiting
+from stagewise.core.gates_spec import NoticeEvent, WindowSpec
 from stagewise.core.judge_state import JudgeState, ProviderNote
+from stagewise.core.phase import ACTIVE
+from stagewise.core.phase import Event as Event  # re-exported: the machine's words
+from stagewise.core.phase import Phase as Phase
 from stagewise.core.plan import Plan, Step, World
 from stagewise.core.platform_spec import too_many_unreachable
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
 from stagewise.core.verdict import Outcome, Verdict
-from stagewise.errors import ConflictError
-
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    PROGRESSING = "Progressing"
-    PAUSED = "Paused"
-    PROMOTING = "Promoting"
-    SUCCEEDED = "Succeeded"
-    ABORTING = "Aborting"
-    ROLLED_BACK = "RolledBack"
-    FAILED = "Failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED)
-
-
-class Event(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    at: float
-    kind: str
-    """phase, step, analysis, instance, user, error."""
-    message: str
+from stagewise.errors import ConflictError, ForbiddenError
 
 
 class AnalysisRun(BaseModel):
@@ -91,6 +75,10 @@ class Observation(BaseModel):
     held: str | None = None
     """Why the router could not be brought to serve the committed world (a driver's error): its
     instances do not count as ready then, and a delivery stuck on it is aborted in these words."""
+    hook_answers: list[HookAnswer] = []
+    """Hook calls that ended since the last tick (the controller makes them: core.gates.due_calls)."""
+    windows: list[WindowSpec] = []
+    """Windows shared by every service (the server's windows file), besides the spec's own."""
 
 
 class Delivery(BaseModel):
@@ -127,6 +115,14 @@ class Delivery(BaseModel):
     """Step analysis runs the delivery moved past, for the record (verdict, evidence, chart history).
 
     Never judged again; kept without the judges' working state to stay small."""
+    waiting: Waiting | None = None
+    """What holds the delivery now (phase Waiting): confirm hooks, approvals, a window."""
+    hooks: dict[str, HookState] = {}
+    """Each hook at each point where it was called: its calls and last answer (core.gates)."""
+    approvals: list[Approval] = []
+    """Who approved which gate, and when."""
+    freeze_override: str | None = None
+    """A person overrode the freeze windows for this delivery, for this reason."""
 
     @property
     def candidate(self) -> ReleaseSpec:
@@ -154,12 +150,20 @@ def evolve(delivery: Delivery) -> Delivery:
                                     "history": list(run.history)})
         for key, run in delivery.analysis.items()
     }
-    return delivery.model_copy(update={"analysis": runs, "failures_base": dict(delivery.failures_base)})
+    return delivery.model_copy(update={"analysis": runs, "failures_base": dict(delivery.failures_base),
+                                       "hooks": dict(delivery.hooks)})
+
+
+def started(delivery: Delivery) -> bool:
+    """Whether the delivery entered its first step (it may wait before it: a confirm-rollout hook, a window)."""
+    if delivery.phase is Phase.PENDING:
+        return False
+    return delivery.waiting is None or delivery.waiting.enter != 0 or delivery.phase is Phase.ABORTING
 
 
 def desired_world(delivery: Delivery, plan: Plan) -> World | None:
-    """The world the controller must make real now; none when nothing is to be done."""
-    if delivery.phase is Phase.PENDING:
+    """The world the controller must make real now; none when nothing is to be done (the steady world applies)."""
+    if not started(delivery):
         return None
     steps = delivery.steps(plan)
     if not steps:
@@ -170,7 +174,7 @@ def desired_world(delivery: Delivery, plan: Plan) -> World | None:
 # --- verbs a person uses -------------------------------------------------------------
 
 
-def _require(delivery: Delivery, verb: str, allowed: set[Phase]) -> None:
+def _require(delivery: Delivery, verb: str, allowed: set[Phase] | frozenset[Phase]) -> None:
     if delivery.phase not in allowed:
         raise ConflictError(
             f"cannot {verb} delivery {delivery.id} of {delivery.service}: it is {delivery.phase.value}"
@@ -178,15 +182,26 @@ def _require(delivery: Delivery, verb: str, allowed: set[Phase]) -> None:
         )
 
 
-_ACTIVE = {Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING}
+_ACTIVE = ACTIVE
 
 
-def promote(delivery: Delivery, plan: Plan, *, now: float, full: bool = False) -> tuple[Delivery, list[Event]]:
-    """Skip the current step's remaining gates, or with `full` go straight to promotion."""
+def promote(delivery: Delivery, plan: Plan, *, now: float, full: bool = False,
+            windows: Sequence[WindowSpec] = ()) -> tuple[Delivery, list[Event]]:
+    """Skip the current step's remaining gates, or with `full` go straight to promotion.
+
+    Neither skips a gate between steps: a full promotion that a confirm-promotion hook, an approval
+    or a window holds waits for it (phase Waiting), as the step it skips to would have.
+    """
     _require(delivery, "promote", _ACTIVE)
     d = evolve(delivery)
     d.paused = False
-    if full and d.step < plan.promote_from:
+    if full and started(d) and d.step < plan.promote_from:
+        holds = gates.holds_before(d, plan, plan.promote_from, now=now, windows=windows)
+        if holds:
+            d.waiting = Waiting(enter=plan.promote_from, since=now, holds=holds)
+            d.phase = Phase.WAITING
+            return d, [Event(at=now, kind="user", message="promoted fully: waiting for "
+                             + d.waiting.words(), notice="waiting")]
         _enter(d, plan.promote_from, now)
         d.phase = Phase.PROMOTING
         return d, [Event(at=now, kind="user", message="promoted fully: skipping to the promotion")]
@@ -194,38 +209,43 @@ def promote(delivery: Delivery, plan: Plan, *, now: float, full: bool = False) -
     return d, [Event(at=now, kind="user", message=f"promoted past step {d.step + 1}")]
 
 
-def abort(delivery: Delivery, plan: Plan, *, now: float, reason: str) -> tuple[Delivery, list[Event]]:
-    """Roll back to the stable release; the rollback plan starts from the world now."""
+def abort(delivery: Delivery, plan: Plan, *, now: float, reason: str,
+          notice: NoticeEvent | None = None) -> tuple[Delivery, list[Event]]:
+    """Roll back to the stable release; the rollback plan starts from the world now. Never held by a gate."""
     _require(delivery, "abort", _ACTIVE)
     d = evolve(delivery)
     if d.stable is None:
         raise ConflictError(f"cannot abort the first delivery of {d.service}: there is no stable release")
-    d.abort_world = desired_world(d, plan) or plan.steps[0].world
+    # Before its first step nothing of the candidate runs: the rollback starts from the steady world.
+    d.abort_world = desired_world(d, plan) or gates.steady_world(d)
     d.abort_reason = reason
     d.phase = Phase.ABORTING
     d.paused = False
+    d.waiting = None
     _enter(d, 0, now)
-    return d, [Event(at=now, kind="phase", message=f"Aborting: {reason}")]
+    return d, [Event(at=now, kind="phase", message=f"Aborting: {reason}", notice=notice)]
 
 
 def pause(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
-    _require(delivery, "pause", {Phase.PENDING, Phase.PROGRESSING, Phase.PROMOTING, Phase.PAUSED})
+    _require(delivery, "pause", _ACTIVE)
     d = evolve(delivery)
     d.paused = True
     d.phase = Phase.PAUSED
-    return d, [Event(at=now, kind="user", message="paused")]
+    return d, [Event(at=now, kind="user", message="paused", notice="paused")]
 
 
 def resume(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
-    _require(delivery, "resume", {Phase.PAUSED, Phase.PROGRESSING, Phase.PROMOTING})
+    _require(delivery, "resume", {Phase.PAUSED, Phase.PROGRESSING, Phase.PROMOTING, Phase.WAITING})
     d = evolve(delivery)
     d.paused = False
     d.progress_at = now
+    if d.waiting is not None:
+        d.phase = Phase.WAITING
     return d, [Event(at=now, kind="user", message="resumed")]
 
 
 def retry(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
-    """Start an aborted delivery again from its first step."""
+    """Start an aborted delivery again from its first step (its gates asked again)."""
     _require(delivery, "retry", {Phase.ROLLED_BACK, Phase.FAILED})
     d = evolve(delivery)
     d.phase = Phase.PENDING
@@ -234,8 +254,53 @@ def retry(delivery: Delivery, *, now: float) -> tuple[Delivery, list[Event]]:
     d.analysis = {}
     d.finished_at = None
     d.attempt += 1
+    d.waiting = None
+    d.hooks = {}
+    d.approvals = []
     _enter(d, 0, now)
     return d, [Event(at=now, kind="user", message=f"retry: attempt {d.attempt}")]
+
+
+def approve(delivery: Delivery, plan: Plan, *, now: float, who: str, comment: str = "",
+            windows: Sequence[WindowSpec] = ()) -> tuple[Delivery, list[Event]]:
+    """`who` approves the gates that wait for them (an approval step, a confirm hook a person may answer).
+
+    ConflictError when nothing waits for an approval (or `who` already approved it); ForbiddenError
+    when `who` is not among the approvers of any gate that waits.
+    """
+    _require(delivery, "approve", {Phase.WAITING, Phase.PAUSED})
+    d = evolve(delivery)
+    try:
+        added = gates.add_approval(d, plan, who, comment, now)
+    except PermissionError as exc:
+        raise ForbiddenError(f"cannot approve delivery {d.id} of {d.service}: {exc}") from exc
+    except LookupError as exc:
+        raise ConflictError(f"cannot approve delivery {d.id} of {d.service}: {exc}") from exc
+    said = f": {comment}" if comment else ""
+    events = [Event(at=now, kind="user", message=f"approved by {who} ({a.gate}){said}") for a in added]
+    if d.waiting is not None and not d.paused:
+        d, more = _wait_or_go(d, plan, now, [], windows)
+        events += more
+    return d, events
+
+
+def reject(delivery: Delivery, plan: Plan, *, now: float, who: str, comment: str = "") -> tuple[Delivery, list[Event]]:
+    """`who`, an approver of a gate that waits, says no: the delivery rolls back (Failed if it is the first)."""
+    _require(delivery, "reject", {Phase.WAITING, Phase.PAUSED})
+    gates_now = gates.approvable(delivery, plan)
+    if not gates_now:
+        raise ConflictError(f"cannot reject delivery {delivery.id} of {delivery.service}: nothing waits for an "
+                            "approval")
+    if not any(gates.may_approve(policy, who) for _, policy in gates_now):
+        names = sorted({n for _, p in gates_now for n in p.approvers})
+        raise ForbiddenError(f"cannot reject delivery {delivery.id} of {delivery.service}: {who} is not among the "
+                             f"approvers ({', '.join(names)})")
+    reason = f"rejected by {who}" + (f": {comment}" if comment else "")
+    if delivery.stable is None:
+        d = evolve(delivery)
+        d.waiting = None
+        return d, _finish(d, Phase.FAILED, now, reason)
+    return abort(delivery, plan, now=now, reason=reason)
 
 
 # --- the machine -----------------------------------------------------------------------
@@ -253,11 +318,15 @@ def _enter(d: Delivery, index: int, now: float) -> None:
     d.analysis = {k: run for k, run in d.analysis.items() if run.background}
 
 
+_NOTICE = {Phase.SUCCEEDED: "succeeded", Phase.ROLLED_BACK: "rolled-back", Phase.FAILED: "failed"}
+
+
 def _finish(d: Delivery, phase: Phase, now: float, message: str) -> list[Event]:
     d.phase = phase
     d.finished_at = now
     d.message = message
-    return [Event(at=now, kind="phase", message=f"{phase.value}: {message}")]
+    d.waiting = None
+    return [Event(at=now, kind="phase", message=f"{phase.value}: {message}", notice=_NOTICE.get(phase))]
 
 
 def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery, list[Event]]:
@@ -266,40 +335,43 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
         return delivery, []
     d = evolve(delivery)
     now = obs.now
-    events: list[Event] = []
+    answered = gates.record_answers(d, obs.hook_answers)
+    events: list[Event] = list(answered.events)
 
     if d.phase is Phase.PENDING:
-        _enter(d, 0, now)
         d.failures_base = dict(obs.failures)
-        d.phase = Phase.PROMOTING if plan.steps[0].promoting else Phase.PROGRESSING
-        what = f"{d.stable.version} → {d.candidate.version}" if d.stable else d.candidate.version
-        return d, [Event(at=now, kind="phase", message=f"Progressing: {plan.strategy} {what}")]
+        return _go(d, plan, 0, now, events, obs.windows)
 
     aborting = d.phase is Phase.ABORTING
     steps = d.steps(plan)
     step = steps[d.step]
 
     deadline = d.spec.spec.progress_deadline
+    if d.waiting is not None and not gates.waits_on_a_call(d.waiting.holds):
+        d.progress_at = now  # a person's or a window's wait is planned waiting, not a stuck delivery
     waiting_on_person = d.paused or (step.manual and d.ready_at is not None and not aborting)
     if not waiting_on_person and now - d.progress_at > deadline:
-        reason = _stuck_reason(d, step, obs)
-        if aborting:
-            return d, _finish(d, Phase.FAILED, now, f"the rollback made no progress for "
-                              f"{format_duration(deadline)}: {reason}; a person must act")
-        if d.stable is None:
-            return d, _finish(d, Phase.FAILED, now, f"no progress for {format_duration(deadline)}: "
-                              f"{reason}; there is no earlier release to roll back to")
-        d2, ev = abort(d, plan, now=now, reason=f"progress deadline {format_duration(deadline)} "
-                       f"exceeded: {reason}")
-        return d2, events + ev
+        return _deadline(d, plan, step, obs, events)
 
     if not aborting:
-        failed = _failed_analysis(d)
-        if failed is None and d.stable is not None:  # a first delivery has nothing to roll back to: it waits
-            failed = too_many_unreachable(d.spec.spec.platform, obs.unreachable)
+        failed = answered.check_failed or _failed_analysis(d)
+        asked = answered.rollback_asked
+        if (failed or asked) and d.stable is None:
+            return d, events + _finish(d, Phase.FAILED, now, f"{failed or asked}; there is no earlier release "
+                                       "to roll back to")
+        if failed is None and asked is None and d.stable is not None:  # a first delivery waits for its hosts
+            asked = too_many_unreachable(d.spec.spec.platform, obs.unreachable)
         if failed is not None:
-            d2, ev = abort(d, plan, now=now, reason=failed)
+            d2, ev = abort(d, plan, now=now, reason=failed, notice="analysis-failed")
             return d2, events + ev
+        if asked is not None:
+            d2, ev = abort(d, plan, now=now, reason=asked)
+            return d2, events + ev
+
+    if not started(d):
+        if d.paused:
+            return d, events
+        return _wait_or_go(d, plan, now, events, obs.windows)
 
     bg = plan.background
     if bg and not aborting and d.step >= bg.starting_step and "background" not in d.analysis:
@@ -313,6 +385,8 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
     if d.paused:
         d.phase = Phase.PAUSED
         return d, events
+    if d.waiting is not None and d.waiting.enter is not None:
+        return _wait_or_go(d, plan, now, events, obs.windows)
 
     # Gate 1: readiness, and instance failures within the step's budget.
     new_failures = obs.failures.get(d.candidate.version, 0) - d.failures_base.get(d.candidate.version, 0)
@@ -325,63 +399,160 @@ def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery,
             return d, events
         d.ready_at = now
         d.progress_at = now
+    if aborting:
+        return _timed(d, plan, step, now, events, obs.windows)
+    return _forward_gates(d, plan, step, now, events, obs)
 
+
+def _forward_gates(d: Delivery, plan: Plan, step: Step, now: float, events: list[Event],
+                   obs: Observation) -> tuple[Delivery, list[Event]]:
+    """A forward step's gates once its world is ready: approval, promote, hooks, analysis, pause."""
+    # An approval is a person's decision: `promote` does not skip it.
+    if step.approval is not None:
+        gate = f"approval@{d.step}"
+        hold = gates.step_approval_hold(d, gate, step.approval.approvers, step.approval.count)
+        if hold is not None:
+            return _hold(d, Waiting(enter=None, since=now, holds=[hold]), now, events)
+        if d.waiting is not None:
+            d.waiting = None
+            d.phase = Phase.PROMOTING if step.promoting else Phase.PROGRESSING
     if d.release_gate:
-        return _next(d, plan, now, events, "promoted")
-
-    # Gate 2: analysis.
-    if step.analysis is not None and not aborting:
-        key = f"step-{d.step}"
-        run = d.analysis.get(key)
-        if run is None:
-            d.analysis[key] = AnalysisRun(
-                key=key, templates=list(step.analysis.templates), started_at=now,
-                duration=step.analysis.duration, since=obs.stats, last=obs.stats,
-            )
-            events.append(Event(at=now, kind="analysis", message=f"analysis started: "
-                                f"{', '.join(step.analysis.templates)}"))
-            return d, events
-        outcome = run.verdict.outcome
-        if outcome is Outcome.RUNNING:
-            d.progress_at = now  # a running analysis is progress; only a stuck one (NoData) is not
-            return d, events
-        if outcome is Outcome.NO_DATA:
-            return d, events  # the judge applies the policy; waiting ends at the deadline
-        if outcome is not Outcome.SUCCESSFUL:
-            d2, ev = abort(d, plan, now=now, reason=f"analysis {outcome.value}: {run.verdict.message}")
+        return _next(d, plan, now, events, "promoted", obs.windows)
+    if _checks_pending(d, step):
+        d.progress_at = now  # check hooks conclude by themselves (a call times out): progress
+        return d, events
+    if step.analysis is not None:
+        done, d2, ev = _analysis_gate(d, plan, step, now, obs)
+        if not done:
             return d2, events + ev
-        if not run.history or run.history[-1].get("final") is not True:
-            run.history.append({"t": now, "final": True})
-            events.append(Event(at=now, kind="analysis", message=f"analysis Successful: {run.verdict.message}"))
-
+        events += ev
     # Gate 3: pause, timed or until a person promotes.
-    if step.manual and not aborting:
+    if step.manual:
         if d.phase is not Phase.PAUSED:
             d.phase = Phase.PAUSED
             events.append(Event(at=now, kind="phase", message=f"Paused at step {d.step + 1}: "
-                                f"{step.title}; waiting for promote"))
+                                f"{step.title}; waiting for promote", notice="paused"))
         return d, events
+    return _timed(d, plan, step, now, events, obs.windows)
+
+
+def _timed(d: Delivery, plan: Plan, step: Step, now: float, events: list[Event],
+           windows: Sequence[WindowSpec]) -> tuple[Delivery, list[Event]]:
+    assert d.ready_at is not None  # readiness is gate 1
     if step.pause and now - d.ready_at < step.pause:
         d.progress_at = now  # a timed pause is planned waiting, not a stuck delivery
         return d, events
-    return _next(d, plan, now, events, "")
+    return _next(d, plan, now, events, "", windows)
 
 
-def _next(d: Delivery, plan: Plan, now: float, events: list[Event], why: str) -> tuple[Delivery, list[Event]]:
+def _checks_pending(d: Delivery, step: Step) -> bool:
+    """Whether the step's check hooks (its hook point's, or the rollout hooks) have not all passed yet."""
+    point, hook_type = (step.hook_point, step.hook_point) if step.hook_point else (f"rollout@{d.step}", "rollout")
+    return any(not (state := d.hooks.get(gates.state_key(point, h.name))) or not state.passed
+               for h in gates.hooks_of(d, hook_type) if h.http is not None or h.command is not None)
+
+
+def _analysis_gate(d: Delivery, plan: Plan, step: Step, now: float,
+                   obs: Observation) -> tuple[bool, Delivery, list[Event]]:
+    """Gate 2: (passed, the delivery, events): passed once the step's analysis run ended Successful."""
+    assert step.analysis is not None
+    key = f"step-{d.step}"
+    run = d.analysis.get(key)
+    if run is None:
+        d.analysis[key] = AnalysisRun(
+            key=key, templates=list(step.analysis.templates), started_at=now,
+            duration=step.analysis.duration, since=obs.stats, last=obs.stats,
+        )
+        return False, d, [Event(at=now, kind="analysis", message=f"analysis started: "
+                                f"{', '.join(step.analysis.templates)}")]
+    outcome = run.verdict.outcome
+    if outcome is Outcome.RUNNING:
+        d.progress_at = now  # a running analysis is progress; only a stuck one (NoData) is not
+        return False, d, []
+    if outcome is Outcome.NO_DATA:
+        return False, d, []  # the judge applies the policy; waiting ends at the deadline
+    if outcome is not Outcome.SUCCESSFUL:
+        d2, ev = abort(d, plan, now=now, reason=f"analysis {outcome.value}: {run.verdict.message}",
+                       notice="analysis-failed")
+        return False, d2, ev
+    if not run.history or run.history[-1].get("final") is not True:
+        run.history.append({"t": now, "final": True})
+        return True, d, [Event(at=now, kind="analysis", message=f"analysis Successful: {run.verdict.message}")]
+    return True, d, []
+
+
+def _deadline(d: Delivery, plan: Plan, step: Step, obs: Observation,
+              events: list[Event]) -> tuple[Delivery, list[Event]]:
+    now = obs.now
+    deadline = d.spec.spec.progress_deadline
+    reason = _stuck_reason(d, step, obs)
+    if d.phase is Phase.ABORTING:
+        return d, events + _finish(d, Phase.FAILED, now, f"the rollback made no progress for "
+                                   f"{format_duration(deadline)}: {reason}; a person must act")
+    if d.stable is None:
+        return d, events + _finish(d, Phase.FAILED, now, f"no progress for {format_duration(deadline)}: "
+                                   f"{reason}; there is no earlier release to roll back to")
+    d2, ev = abort(d, plan, now=now, reason=f"progress deadline {format_duration(deadline)} exceeded: {reason}")
+    return d2, events + ev
+
+
+def _go(d: Delivery, plan: Plan, target: int, now: float, events: list[Event],
+        windows: Sequence[WindowSpec]) -> tuple[Delivery, list[Event]]:
+    """Enter step `target`, or wait for what holds it (forward steps only; a rollback is never held)."""
+    if d.phase is not Phase.ABORTING:
+        holds = gates.holds_before(d, plan, target, now=now, windows=windows)
+        if holds:
+            return _hold(d, Waiting(enter=target, since=now, holds=holds), now, events)
+    first = target == 0 and d.phase is not Phase.ABORTING
+    d.waiting = None
+    _enter(d, target, now)
+    if d.phase is not Phase.ABORTING:
+        d.phase = Phase.PROMOTING if plan.steps[target].promoting else Phase.PROGRESSING
+    if first:
+        what = f"{d.stable.version} → {d.candidate.version}" if d.stable else d.candidate.version
+        events.append(Event(at=now, kind="phase", message=f"Progressing: {plan.strategy} {what}", notice="started"))
+    return d, events
+
+
+def _hold(d: Delivery, waiting: Waiting, now: float, events: list[Event]) -> tuple[Delivery, list[Event]]:
+    """Wait (phase Waiting) for `waiting`; says so when what holds it is news."""
+    before = d.waiting
+    news = before is None or [(h.point, h.name, h.kind) for h in before.holds] != \
+        [(h.point, h.name, h.kind) for h in waiting.holds]
+    if before is not None:
+        waiting = waiting.model_copy(update={"since": before.since})
+    if before is None or (gates.waits_on_a_call(waiting.holds) and not gates.waits_on_a_call(before.holds)):
+        d.progress_at = now  # the deadline counts from when a hook's call began to hold it
+    d.waiting = waiting
+    d.phase = Phase.WAITING
+    if news:
+        events.append(Event(at=now, kind="phase", message=f"Waiting: {waiting.words()}", notice="waiting"))
+    return d, events
+
+
+def _wait_or_go(d: Delivery, plan: Plan, now: float, events: list[Event],
+                windows: Sequence[WindowSpec]) -> tuple[Delivery, list[Event]]:
+    assert d.waiting is not None
+    if d.waiting.enter is None:
+        return d, events  # an approval step: its gate is checked where the step's gates are
+    return _go(d, plan, d.waiting.enter, now, events, windows)
+
+
+def _next(d: Delivery, plan: Plan, now: float, events: list[Event], why: str,
+          windows: Sequence[WindowSpec]) -> tuple[Delivery, list[Event]]:
     aborting = d.phase is Phase.ABORTING
     steps = d.steps(plan)
     done = steps[d.step]
     events.append(Event(at=now, kind="step", message=f"step {d.step + 1}/{len(steps)} done: {done.title}"
-                        + (f" ({why})" if why else "")))
+                        + (f" ({why})" if why else ""), notice=None if aborting else "step"))
     if d.step + 1 >= len(steps):
         if aborting:
             return d, events + _finish(d, Phase.ROLLED_BACK, now, d.abort_reason or "aborted")
         return d, events + _finish(d, Phase.SUCCEEDED, now, f"{d.candidate.version} is stable")
-    _enter(d, d.step + 1, now)
-    if not aborting:
-        upcoming = steps[d.step]
-        d.phase = Phase.PROMOTING if upcoming.promoting else Phase.PROGRESSING
-    return d, events
+    if aborting:
+        _enter(d, d.step + 1, now)
+        return d, events
+    return _go(d, plan, d.step + 1, now, events, windows)
 
 
 def _failed_analysis(d: Delivery) -> str | None:

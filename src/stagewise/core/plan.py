@@ -5,7 +5,7 @@ how many instances of each release, the traffic split, the routes — not a
 change to make. The controller makes the world match the current step's world
 on every tick, so applying a step twice, or again after a crash, does no harm.
 A step then has a gate: wait for readiness, run an analysis, wait out a pause,
-or wait for a person to promote.
+wait for a person to promote or to approve, or for check hooks to pass.
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ class AnalysisGate(Frozen):
     """How long the analysis runs before it can pass; none: while its steps last."""
 
 
+class ApprovalGate(Frozen):
+    approvers: tuple[str, ...]
+    """Token names whose holders may approve; empty: any operator or admin."""
+    count: int
+    """Distinct approvers needed."""
+
+
 class Step(Frozen):
     kind: StepKind
     title: str
@@ -89,6 +96,10 @@ class Step(Frozen):
     """This step makes the candidate the stable release (phase Promoting)."""
     max_failures: int | None = None
     """Candidate instances that may fail during this step before the delivery aborts."""
+    approval: ApprovalGate | None = None
+    """Gate 3'': wait until enough people approve."""
+    hook_point: str | None = None
+    """A `hook` step: the check hooks of this type (pre-rollout, post-rollout) must pass."""
 
 
 class BackgroundAnalysis(Frozen):

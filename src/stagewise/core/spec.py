@@ -30,6 +30,13 @@ from stagewise.core.analysis_spec import (
     ThresholdRange,
     parse_template,
 )
+from stagewise.core.gates_spec import (
+    ApprovalSpec,
+    HookSpec,
+    NotificationSpec,
+    WindowSpec,
+    unique_names,
+)
 from stagewise.core.platform_spec import HostSpec, PlatformSpec, SshSpec
 from stagewise.core.spec_common import (
     TEMPLATES_CONTEXT,
@@ -45,6 +52,7 @@ from stagewise.core.strategy_spec import (
     STRATEGY_KEYS,
     AnalysisStep,
     AnyStrategy,
+    ApprovalStep,
     AutoPromotion,
     BlueGreenSpec,
     BlueGreenStrategy,
@@ -171,6 +179,12 @@ class ServiceBody(Model):
     analysis: dict[str, AnalysisTemplate] = Field(default_factory=dict)
     progress_deadline: Duration = 600.0
     """A delivery that makes no progress for this long is aborted."""
+    hooks: list[HookSpec] = Field(default_factory=list)
+    """Calls at named points of a delivery (confirm-rollout, pre-rollout, rollout, ...): HTTP or a command."""
+    notifications: list[NotificationSpec] = Field(default_factory=list)
+    """Where the delivery's events are sent: signed webhooks, Slack-compatible webhooks, commands."""
+    windows: list[WindowSpec] = Field(default_factory=list)
+    """Deny and allow windows: a delivery starts and adds traffic only when they let it."""
 
     @model_validator(mode="after")
     def _per_host(self) -> ServiceBody:
@@ -186,6 +200,8 @@ class ServiceBody(Model):
 
     @model_validator(mode="after")
     def _templates_exist(self) -> ServiceBody:
+        unique_names(self.hooks, "hooks")
+        unique_names(self.notifications, "notifications")
         known = set(self.analysis)
         for ref in analysis_refs(self.strategy):
             missing = [t for t in ref.templates if t not in known]
@@ -206,13 +222,66 @@ class ServiceSpec(Model):
 
 
 __all__ = [
-    "PROVIDERS", "STRATEGY_KEYS", "TEMPLATES_CONTEXT", "TEMPLATE_MODELS", "AnalysisRef", "AnalysisStep",
-    "AnalysisTemplate", "AnyStrategy", "AnyTemplate", "AutoPromotion", "BackgroundAnalysis", "BlueGreenSpec",
-    "BlueGreenStrategy", "CanarySpec", "CanaryStep", "CanaryStrategy", "CohortKey", "CohortsSpec",
-    "CommandTemplate", "Duration", "FullSpec", "FullStrategy", "HeaderMatch", "HeaderRouteSpec", "HeaderValueMatch",
-    "HostSpec", "HttpTemplate", "Listen", "Metadata", "Model", "PauseSpec", "PauseStep", "PhasedCohorts", "PhasedSpec",
-    "PhasedStrategy", "PhasedWaves", "PlatformSpec", "PrometheusTemplate", "ReadinessSpec", "ReleaseSpec",
-    "RouterSpec", "RouterTemplate", "RunSpec", "ServiceBody", "ServiceSpec", "SetHeaderRouteStep", "SetWeightStep",
-    "SshSpec", "StrategyName", "StrategySpec", "TemplateBase", "ThresholdRange", "WaveSize", "analysis_refs",
-    "check_listen", "parse_template", "strategy_key",
+    "PROVIDERS",
+    "STRATEGY_KEYS",
+    "TEMPLATES_CONTEXT",
+    "TEMPLATE_MODELS",
+    "AnalysisRef",
+    "AnalysisStep",
+    "AnalysisTemplate",
+    "AnyStrategy",
+    "AnyTemplate",
+    "ApprovalSpec",
+    "ApprovalStep",
+    "AutoPromotion",
+    "BackgroundAnalysis",
+    "BlueGreenSpec",
+    "BlueGreenStrategy",
+    "CanarySpec",
+    "CanaryStep",
+    "CanaryStrategy",
+    "CohortKey",
+    "CohortsSpec",
+    "CommandTemplate",
+    "Duration",
+    "FullSpec",
+    "FullStrategy",
+    "HeaderMatch",
+    "HeaderRouteSpec",
+    "HeaderValueMatch",
+    "HookSpec",
+    "HostSpec",
+    "HttpTemplate",
+    "Listen",
+    "Metadata",
+    "Model",
+    "NotificationSpec",
+    "PauseSpec",
+    "PauseStep",
+    "PhasedCohorts",
+    "PhasedSpec",
+    "PhasedStrategy",
+    "PhasedWaves",
+    "PlatformSpec",
+    "PrometheusTemplate",
+    "ReadinessSpec",
+    "ReleaseSpec",
+    "RouterSpec",
+    "RouterTemplate",
+    "RunSpec",
+    "ServiceBody",
+    "ServiceSpec",
+    "SetHeaderRouteStep",
+    "SetWeightStep",
+    "SshSpec",
+    "StrategyName",
+    "StrategySpec",
+    "TemplateBase",
+    "ThresholdRange",
+    "WaveSize",
+    "WindowSpec",
+    "analysis_refs",
+    "check_listen",
+    "parse_template",
+    "strategy_key",
 ]

@@ -20,6 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, Tag, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from stagewise.core.gates_spec import ApprovalSpec
 from stagewise.core.spec_common import (
     AnalysisRef,
     BackgroundAnalysis,
@@ -80,7 +81,13 @@ class SetHeaderRouteStep(Model):
     """Send requests carrying a header to the canary (testers), whatever the weight."""
 
 
-CANARY_STEP_KEYS = ("setWeight", "pause", "analysis", "setHeaderRoute")
+class ApprovalStep(Model):
+    TAG: ClassVar[str] = "approval"
+    approval: ApprovalSpec
+    """Wait until enough people approve (`stagewise approve`, or the dashboard's Approve button)."""
+
+
+CANARY_STEP_KEYS = ("setWeight", "pause", "analysis", "setHeaderRoute", "approval")
 
 
 def _bare_pause(value: Any) -> Any:
@@ -95,12 +102,13 @@ CanaryStep = Annotated[
     Annotated[SetWeightStep, Tag("setWeight")]
     | Annotated[PauseStep, Tag("pause")]
     | Annotated[AnalysisStep, Tag("analysis")]
-    | Annotated[SetHeaderRouteStep, Tag("setHeaderRoute")],
+    | Annotated[SetHeaderRouteStep, Tag("setHeaderRoute")]
+    | Annotated[ApprovalStep, Tag("approval")],
     by_key(CANARY_STEP_KEYS, subject="a canary step has"),
     without_null_keys(CANARY_STEP_KEYS),
     BeforeValidator(_bare_pause),
 ]
-"""One canary step: exactly one of setWeight, pause, analysis, setHeaderRoute."""
+"""One canary step: exactly one of setWeight, pause, analysis, setHeaderRoute, approval."""
 
 
 class CanarySpec(Model):

@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from stagewise.core.gates_spec import WindowsFile
+from stagewise.core.pipeline import PipelineSpec
 from stagewise.core.spec import TEMPLATES_CONTEXT, ServiceSpec
 from stagewise.errors import Problem, SpecError
 from stagewise.spec.messages import describe, problems_from
@@ -29,10 +31,88 @@ MAX_BYTES = 1 << 20
 StrPath = str | os.PathLike[str]
 
 
+Spec = ServiceSpec | PipelineSpec
+"""A document `stagewise apply` takes: a Service or a Pipeline."""
+_MODELS: dict[str, type[ServiceSpec] | type[PipelineSpec] | type[WindowsFile]] = {
+    "Service": ServiceSpec, "Pipeline": PipelineSpec, "Windows": WindowsFile,
+}
+_APPLIED = ("Service", "Pipeline")
+
+
 def load_specs(path: StrPath) -> list[ServiceSpec]:
     """Every Service spec in the file at `path` (YAML documents separated by `---`)."""
     filename = os.fspath(path)
     return _validate_all(_documents(_read(path, filename), filename), filename)
+
+
+def load_documents(path: StrPath) -> list[Spec]:
+    """Every Service or Pipeline spec in the file at `path`, in order."""
+    filename = os.fspath(path)
+    out: list[Spec] = []
+    for doc in _checked(_documents(_read(path, filename), filename), filename, _APPLIED):
+        spec = _typed(doc, filename, _APPLIED)
+        assert not isinstance(spec, WindowsFile)  # only Service and Pipeline documents pass `_APPLIED`
+        out.append(spec)
+    return out
+
+
+def load_document_text(text: str, filename: str = "<string>") -> Spec:
+    """The one Service or Pipeline spec in `text`."""
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise _too_large(filename)
+    documents = _documents_from_text(text, filename)
+    _one(documents, filename, "spec")
+    spec = _typed(_checked(documents, filename, _APPLIED)[0], filename, _APPLIED)
+    assert not isinstance(spec, WindowsFile)  # only Service and Pipeline documents pass `_APPLIED`
+    return spec
+
+
+def load_windows(path: StrPath) -> WindowsFile:
+    """The one `kind: Windows` document in the file at `path` (the server's shared freeze windows)."""
+    filename = os.fspath(path)
+    documents = _documents(_read(path, filename), filename)
+    _one(documents, filename, "Windows document")
+    result = _typed(_checked(documents, filename, ("Windows",))[0], filename, ("Windows",))
+    assert isinstance(result, WindowsFile)
+    return result
+
+
+def _one(documents: list[Document], filename: str, what: str) -> None:
+    if len(documents) > 1:
+        second = documents[1].start
+        raise SpecError([Problem(filename, second.line, second.column, "",
+                                 f"expected exactly one {what}, but the file holds {len(documents)} "
+                                 "YAML documents (separated by ---)")])
+
+
+def _checked(documents: list[Document], filename: str, kinds: tuple[str, ...]) -> list[Document]:
+    """The documents, once every one is valid; the problems of all of them together otherwise."""
+    problems: list[Problem] = []
+    for doc in documents:
+        try:
+            _typed(doc, filename, kinds)
+        except SpecError as exc:
+            problems += exc.problems
+    if problems:
+        raise SpecError(problems)
+    return documents
+
+
+def _typed(doc: Document, filename: str, kinds: tuple[str, ...]) -> ServiceSpec | PipelineSpec | WindowsFile:
+    """`doc` validated as the model its `kind` names (one of `kinds`); anything else is read as a Service."""
+    kind = doc.data.get("kind") if isinstance(doc.data, dict) else None
+    if isinstance(kind, str) and kind in _MODELS and kind not in kinds:
+        located = doc.where.get(("kind",))
+        at = located.value if located is not None else doc.start
+        raise SpecError([Problem(filename, at.line, at.column, "kind",
+                                 f"expected kind {' or '.join(kinds)} here, got {kind!r}")])
+    if kind == "Service" or not isinstance(kind, str) or kind not in _MODELS:
+        return _validate(doc, filename)
+    model = _MODELS[kind]
+    try:
+        return model.model_validate(doc.data, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        raise SpecError(problems_from(exc, model, doc, filename)) from exc
 
 
 def load_spec(path: StrPath) -> ServiceSpec:
@@ -173,4 +253,5 @@ def _too_large(filename: str) -> SpecError:
     )
 
 
-__all__: list[str] = ["MAX_BYTES", "load_spec", "load_spec_text", "load_specs"]
+__all__: list[str] = ["MAX_BYTES", "Spec", "load_document_text", "load_documents", "load_spec", "load_spec_text",
+                      "load_specs", "load_windows"]

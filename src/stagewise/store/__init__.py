@@ -2,20 +2,25 @@
 
 The controller commits a delivery's new state here *before* acting on it; a
 store write is therefore the unit of crash safety, and `save_delivery` writes
-the delivery, its events and (optionally) its service in one transaction.
+the delivery, its events, the notifications of those events (the outbox)
+and (optionally) its service in one transaction. Tokens (hashes only), the
+audit log and pipelines are kept here too.
 Each backend lives in its own module and imports `stagewise.core` only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from stagewise.core.delivery import Delivery, Event
+from stagewise.core.pipeline import PipelineRecord, PipelineRelease
 from stagewise.core.service import ServiceRecord
 from stagewise.errors import UnknownDriverError
+
+Role = Literal["viewer", "operator", "admin"]
 
 
 class StoredEvent(BaseModel):
@@ -43,6 +48,61 @@ class DeletedService(BaseModel):
 
     record: ServiceRecord
     deleted_at: float
+
+
+class OutboxItem(BaseModel):
+    """One notification in the outbox: an event for one sink, and how sending it went."""
+
+    id: int
+    key: str
+    """The idempotency key, `<event id>.<sink>`: the same on every try (the payload's `id`)."""
+    service: str
+    sink: str
+    kind: str
+    target: dict[str, Any]
+    payload: dict[str, Any]
+    attempts: int
+    created_at: float
+    next_at: float
+    sent_at: float | None
+    gave_up_at: float | None
+    last_error: str
+
+
+class SinkHealth(BaseModel):
+    """How a sink of a service fares: what waits to be sent to it, and why it failed last."""
+
+    sink: str
+    kind: str
+    pending: int
+    """Notifications not sent yet."""
+    given_up: int
+    """Notifications it failed to take for so long that they were given up."""
+    attempts: int
+    """Tries of its most tried pending notification."""
+    last_sent_at: float | None
+    last_error: str
+
+
+class TokenRecord(BaseModel):
+    name: str
+    role: Role
+    hash: str
+    """SHA-256 of the token, hex; the token itself is never stored."""
+    created_at: float
+    created_by: str
+
+
+class AuditEntry(BaseModel):
+    id: int = 0
+    at: float
+    actor: str
+    """The name of the token that made the call ("-" when there was none, or it was wrong)."""
+    role: str
+    method: str
+    path: str
+    status: int
+    detail: str = ""
 
 
 class Store(Protocol):
@@ -89,6 +149,33 @@ class Store(Protocol):
 
     def add_measurements(self, rows: list[Measurement]) -> None: ...
     def measurements(self, delivery_id: int) -> list[Measurement]: ...
+
+    # notifications: the outbox rows are written with the events they notify about
+    def due_notifications(self, now: float, limit: int = 50) -> list[OutboxItem]: ...
+    def notifications(self, service: str | None = None, *, after_id: int = 0, limit: int = 200
+                      ) -> list[OutboxItem]: ...
+    def notification_sent(self, item_id: int, *, at: float) -> None: ...
+    def notification_failed(self, item_id: int, *, at: float, error: str, next_at: float, give_up: bool) -> None: ...
+    def retry_notifications_now(self, now: float) -> int: ...
+    def sink_health(self, service: str) -> list[SinkHealth]: ...
+
+    # people
+    def add_token(self, token: TokenRecord) -> None: ...
+    def put_token(self, token: TokenRecord) -> None: ...
+    def token_by_hash(self, digest: str) -> TokenRecord | None: ...
+    def list_tokens(self) -> list[TokenRecord]: ...
+    def delete_token(self, name: str) -> None: ...
+    def record_audit(self, entry: AuditEntry) -> None: ...
+    def audit(self, *, after_id: int = 0, limit: int = 200) -> list[AuditEntry]: ...
+
+    # pipelines
+    def put_pipeline(self, record: PipelineRecord) -> None: ...
+    def get_pipeline(self, name: str) -> PipelineRecord | None: ...
+    def list_pipelines(self) -> list[PipelineRecord]: ...
+    def create_pipeline_release(self, release: PipelineRelease) -> PipelineRelease: ...
+    def save_pipeline_release(self, release: PipelineRelease) -> None: ...
+    def pipeline_releases(self, pipeline: str | None = None, *, active: bool = False,
+                          limit: int = 50) -> list[PipelineRelease]: ...
     def close(self) -> None: ...
 
 

@@ -30,6 +30,7 @@ from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.errors import NotFoundError, PermanentError, TemporaryError
 from stagewise.store import DeletedService, Measurement, StoredEvent, upgrades  # the interface; it imports us lazily
+from stagewise.store.sqlite_gates import GatesTables, v5_outbox, v6_tokens_and_audit, v7_pipelines, write_events
 
 
 class StoreError(PermanentError):
@@ -107,7 +108,7 @@ def _v4_typed_specs_and_judge_states(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: tuple[Migration, ...] = (_v1_core_tables, _v2_measurements, _v3_deleted_services,
-                                  _v4_typed_specs_and_judge_states)
+                                  _v4_typed_specs_and_judge_states, v5_outbox, v6_tokens_and_audit, v7_pipelines)
 """`MIGRATIONS[n]` takes a database from schema version n to n + 1. Append only: never edit one
 that has shipped, since databases in the field already ran it."""
 
@@ -174,7 +175,7 @@ _TERMINAL = tuple(p.value for p in Phase if p.terminal)
 # --- the store -----------------------------------------------------------------------------
 
 
-class SqliteStore:
+class SqliteStore(GatesTables):
     """The `Store` protocol over one SQLite file, safe to share between threads.
 
     One connection serves every thread (the server calls from workers), so a lock
@@ -269,7 +270,8 @@ class SqliteStore:
             conn.execute("DELETE FROM services WHERE name = ?", (name,))
             if delivery is not None:
                 _update_delivery(conn, delivery)
-            _append_events(conn, events, delivery.id if delivery else None, name)
+            write_events(conn, events, delivery.id if delivery else None, name,
+                         delivery.spec if delivery else None, delivery)
 
     def deleted_services(self, name: str) -> list[DeletedService]:
         """The services once named `name` and deleted, oldest first."""
@@ -294,17 +296,18 @@ class SqliteStore:
             # The id only exists once inserted, and the JSON state must carry it too.
             conn.execute("UPDATE deliveries SET state = ? WHERE id = ?",
                          (stored.model_dump_json(), stored.id))
-            _append_events(conn, events, stored.id, stored.service)
+            write_events(conn, events, stored.id, stored.service, stored.spec, stored)
             if service is not None:
                 _upsert_service(conn, service)
         return stored
 
     def save_delivery(self, delivery: Delivery, events: Sequence[Event],
                       service: ServiceRecord | None = None) -> None:
-        """Replace the delivery's state, append its events and update its service, atomically."""
+        """Replace the delivery's state, append its events (and their notifications) and update its service,
+        atomically."""
         with self._write() as conn:
             _update_delivery(conn, delivery)
-            _append_events(conn, events, delivery.id, delivery.service)
+            write_events(conn, events, delivery.id, delivery.service, delivery.spec, delivery)
             if service is not None:
                 _upsert_service(conn, service)
 

@@ -4,7 +4,8 @@ Each strategy is a plain function of the spec, its own configuration (the
 member of the spec's strategy union: a `CanarySpec` for canary, ...), the
 stable and the candidate release, returning a `Plan`, in its own module;
 `compile_plan` picks it by the spec's strategy and adds the rollback plan
-when the delivery is aborting. Nothing here reads a clock or touches the
+when the delivery is aborting, and the `hook` steps of pre-rollout and
+post-rollout hooks (`hook_steps`). Nothing here reads a clock or touches the
 world.
 """
 
@@ -23,6 +24,7 @@ from stagewise.strategies._shared import rollback_steps
 from stagewise.strategies.bluegreen import blue_green
 from stagewise.strategies.canary import canary
 from stagewise.strategies.full import full
+from stagewise.strategies.hook_steps import with_hook_steps
 from stagewise.strategies.phased import phased
 
 
@@ -30,6 +32,7 @@ def compile_plan(spec: ServiceSpec, stable: ReleaseSpec | None, *, abort_world: 
     """The plan that delivers `spec`'s release over `stable` (and its rollback, when aborting)."""
     candidate = spec.spec.release
     plan = first_delivery(spec) if stable is None else strategy_plan(spec, stable, candidate)
+    plan = with_hook_steps(plan, spec, stable)
     if abort_world is not None and stable is not None:
         plan = plan.model_copy(update={"rollback": rollback_steps(spec, stable, candidate, abort_world)})
     return plan

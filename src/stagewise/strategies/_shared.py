@@ -50,6 +50,9 @@ def rollback_steps(spec: ServiceSpec, stable: ReleaseSpec, candidate: ReleaseSpe
             world=World(instances={s: have_stable, c: have_cand}, stable=s,
                         weights=None if waves is not None and have_cand else {s: 100}),
         ))
+    if not steps:  # aborted before the first step: nothing of the candidate runs, the stable world stays
+        steps.append(Step(kind=StepKind.SCALE, title=f"{s} on {n} instance(s)",
+                          world=World(instances={s: n}, stable=s, weights={s: 100})))
     return tuple(steps)
 
 

@@ -7,10 +7,11 @@ abort only has to move the weight back to 0 — at once.
 
 from __future__ import annotations
 
-from stagewise.core.plan import BackgroundAnalysis, Plan, Step, StepKind, World
+from stagewise.core.plan import ApprovalGate, BackgroundAnalysis, Plan, Step, StepKind, World
 from stagewise.core.routes import HeaderRoute
 from stagewise.core.spec import (
     AnalysisStep,
+    ApprovalStep,
     CanarySpec,
     CanaryStep,
     PauseStep,
@@ -64,6 +65,10 @@ def _step(raw: CanaryStep, world: World, weight: int, routes: tuple[HeaderRoute,
             timed = pause.duration is not None
             title = f"pause {_shared.fmt(pause.duration)}" if timed else "pause until promoted"
             return Step(kind=StepKind.PAUSE, title=title, world=world, pause=pause.duration, manual=not timed)
+        case ApprovalStep(approval=approval):
+            who = ", ".join(approval.approvers) if approval.approvers else "an operator"
+            return Step(kind=StepKind.APPROVE, title=f"approval: {approval.count} of {who}", world=world,
+                        approval=ApprovalGate(approvers=tuple(approval.approvers), count=approval.count))
         case AnalysisStep(analysis=ref):
             gate = _shared.gate(ref, DEFAULT_ANALYSIS_DURATION)
             return Step(kind=StepKind.ANALYSIS, title=f"analysis {', '.join(gate.templates)}", world=world,

@@ -11,12 +11,20 @@
  *    keeps the chart objects across swaps so they update instead of blinking;
  *  - asks for the API token once (kept in sessionStorage, i.e. for this tab),
  *    sends it as `Authorization: Bearer` on every POST or DELETE, and asks for
- *    confirmation before the destructive actions.
+ *    confirmation before the destructive actions;
+ *  - learns the token's name and role (`/api/v1/whoami`) and hides the buttons
+ *    its role may not use (a viewer sees no Approve, an operator no Abort);
+ *  - on a server whose reads need a token (`data-reads="token"`), also keeps
+ *    the token in a same-site cookie, which the pages and the event stream
+ *    (plain GETs a browser cannot add a header to) accept for reading only.
  */
 (function () {
   "use strict";
 
   var TOKEN_KEY = "stagewise.token";
+  var ROLE_KEY = "stagewise.who"; // "name role" of the token, from /api/v1/whoami
+  var COOKIE = "stagewise_token";
+  var RANK = { viewer: 0, operator: 1, admin: 2 };
   var FLASH_KEY = "stagewise.flash"; // a toast for the next page, after an action that leaves this one
   var MIN_GAP_MS = 50; // at most one refresh per this many ms; htmx queues the rest into one
   var COLORS = { stable: "#3b6fd4", candidate: "#e8710a", extra: ["#1e9e6a", "#9c4dcc", "#c73e5a", "#6b7785"] };
@@ -29,9 +37,43 @@
   function setToken(value) {
     try {
       if (value) { sessionStorage.setItem(TOKEN_KEY, value); } else { sessionStorage.removeItem(TOKEN_KEY); }
+      if (!value) { sessionStorage.removeItem(ROLE_KEY); }
     } catch (e) { /* storage disabled: the token lives until the page reloads */ }
+    if (document.body.getAttribute("data-reads") === "token") {
+      document.cookie = COOKIE + "=" + (value ? encodeURIComponent(value) : "") + "; path=/; SameSite=Strict" +
+        (value ? "" : "; max-age=0");
+    }
     var forget = document.getElementById("forget-token");
     if (forget) { forget.hidden = !value; }
+    if (!value) { applyRole(); }
+  }
+
+  // ---- who the token is: hide what its role may not do ---------------------------------------
+
+  function who() {
+    try { return (sessionStorage.getItem(ROLE_KEY) || "").split(" "); } catch (e) { return [""]; }
+  }
+
+  function applyRole() {
+    var me = who();
+    var role = me[1] || "";
+    document.querySelectorAll("[data-action][data-role]").forEach(function (b) {
+      b.hidden = role !== "" && RANK[role] < RANK[b.getAttribute("data-role")];
+    });
+    var label = document.getElementById("whoami");
+    if (label) { label.textContent = role ? "token " + me[0] + " (" + role + ")" : ""; }
+  }
+
+  function learnRole() {
+    if (!token() || !window.fetch) { return Promise.resolve(); }
+    return fetch("/api/v1/whoami", { headers: { Authorization: "Bearer " + token() } }).then(function (r) {
+      return r.ok ? r.json() : null;
+    }).then(function (me) {
+      if (me) {
+        try { sessionStorage.setItem(ROLE_KEY, me.name + " " + me.role); } catch (e) { /* no storage */ }
+      }
+      applyRole();
+    }).catch(function () { /* the server is away: the buttons stay as they are */ });
   }
 
   // ---- dialogs -------------------------------------------------------------------------
@@ -63,7 +105,10 @@
     input.value = "";
     var answer = openDialog(dialog, function () { return input.value.trim(); });
     input.focus();
-    return answer.then(function (value) { if (value) { setToken(value); } return value; });
+    return answer.then(function (value) {
+      if (value) { setToken(value); learnRole(); }
+      return value;
+    });
   }
 
   function confirmAction(question, label) {
@@ -123,6 +168,9 @@
         var again = retries.get(elt);
         if (tok && again) { again(); }
       });
+    } else if (xhr.status === 403) {
+      toast(label + ": refused: " + detailOf(xhr), "error");
+      learnRole(); // the token's role may not do this: hide what it may not use
     } else if (xhr.status >= 400 || xhr.status === 0) {
       toast(label + ": " + (xhr.status ? detailOf(xhr) : "the server did not answer"), "error");
     } else if (elt.hasAttribute("data-then")) {
@@ -367,9 +415,17 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     setToken(token());
+    applyRole();
+    learnRole();
     var forget = document.getElementById("forget-token");
     if (forget) {
       forget.addEventListener("click", function () { setToken(""); toast("Token forgotten for this tab.", "ok"); });
+    }
+    var ask = document.getElementById("token-ask"); // the page a server that needs a token for reads shows
+    if (ask) {
+      ask.addEventListener("click", function () {
+        askToken("").then(function (tok) { if (tok) { window.location.reload(); } });
+      });
     }
     pageData();
     connect();

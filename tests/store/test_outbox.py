@@ -1,0 +1,115 @@
+"""The outbox, tokens, audit and pipelines against a real SQLite file: notifications are written with their events
+in one transaction (both or neither), addressed by each sink's filter, and a v4 database upgrades keeping its rows."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stagewise.core.delivery import Delivery, Event, Phase
+from stagewise.core.spec import ServiceSpec
+from stagewise.errors import ConflictError, StagewiseError
+from stagewise.store import AuditEntry, TokenRecord
+from stagewise.store.sqlite import SCHEMA_VERSION, SqliteStore, migrate
+
+pytestmark = pytest.mark.timeout(30)
+
+SINKS: list[dict[str, Any]] = [
+    {"name": "ops", "webhook": {"url": "http://127.0.0.1:9/notify", "secret": "s"}, "events": ["succeeded"]},
+    {"name": "chat", "slack": {"url": "http://127.0.0.1:9/slack"}},
+]
+
+
+def spec(**body: Any) -> ServiceSpec:
+    return ServiceSpec.model_validate({
+        "apiVersion": "stagewise.dev/v1alpha1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"listen": "127.0.0.1:8080", "release": {"version": "v2", "run": {"command": ["app"]}}, **body}})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    with SqliteStore(tmp_path / "stagewise.db") as s:
+        yield s
+
+
+def delivery(store: SqliteStore, **body: Any) -> Delivery:
+    return store.create_delivery(Delivery(service="web", spec=spec(**body)), [])
+
+
+def test_each_notice_goes_to_the_sinks_that_want_it_under_one_key(store: SqliteStore) -> None:
+    d = delivery(store, notifications=SINKS,
+                 hooks=[{"name": "trail", "type": "event", "http": {"url": "http://127.0.0.1:9/e"}}])
+    store.save_delivery(d.model_copy(update={"phase": Phase.SUCCEEDED}), [
+        Event(at=1, kind="step", message="step 1/1 done", notice="step"),
+        Event(at=2, kind="phase", message="Succeeded: v2 is stable", notice="succeeded"),
+        Event(at=3, kind="instance", message="instance web-v1-1 stopped"),
+    ])
+    events = store.events("web")
+    items = store.notifications("web")
+    by_event = {e.id: sorted(i.sink for i in items if i.key.startswith(f"{e.id}.")) for e in events}
+    assert list(by_event.values()) == [["chat", "hook/trail"], ["chat", "hook/trail", "ops"], ["hook/trail"]]
+    ops = next(i for i in items if i.sink == "ops")
+    assert ops.key == f"{events[1].id}.ops" and ops.payload["id"] == ops.key
+    assert ops.payload["event"] == "succeeded" and ops.payload["phase"] == "Succeeded"
+    assert ops.target["secret"] == "s" and ops.kind == "webhook"
+    assert [i.key for i in store.due_notifications(10)] == [i.key for i in items]
+
+
+def test_an_event_and_its_notifications_are_written_together_or_not_at_all(store: SqliteStore,
+                                                                           tmp_path: Path) -> None:
+    d = delivery(store, notifications=SINKS)
+    next_event = 1 + max([e.id for e in store.events("web")], default=0)
+    with closing(sqlite3.connect(tmp_path / "stagewise.db")) as conn, conn:
+        # a row already holding the key the next event's notification will need: its insert must fail
+        conn.execute("INSERT INTO outbox (key, event_id, service, sink, kind, target, payload, created_at, next_at)"
+                     " VALUES (?, 0, 'web', 'chat', 'slack', '{}', '{}', 0, 0)", (f"{next_event}.chat",))
+    moved = d.model_copy(update={"phase": Phase.PROGRESSING})
+    with pytest.raises(StagewiseError):
+        store.save_delivery(moved, [Event(at=1, kind="phase", message="Progressing", notice="started")])
+    assert store.events("web") == [], "the event was not kept without its notification"
+    stored = store.get_delivery(d.id)
+    assert stored is not None and stored.phase is Phase.PENDING, "nor the delivery's new state"
+
+
+def test_sent_failed_and_given_up_notifications_and_what_a_sink_health_says(store: SqliteStore) -> None:
+    d = delivery(store, notifications=SINKS)
+    store.save_delivery(d, [Event(at=1, kind="phase", message="Succeeded", notice="succeeded")])
+    ops, chat = sorted(store.notifications("web"), key=lambda i: i.sink, reverse=True)
+    store.notification_sent(chat.id, at=5)
+    store.notification_failed(ops.id, at=5, error="HTTP 500: down", next_at=100, give_up=False)
+    assert store.due_notifications(50) == []
+    assert store.retry_notifications_now(50) == 1 and [i.key for i in store.due_notifications(50)] == [ops.key]
+    health = {h.sink: h for h in store.sink_health("web")}
+    assert health["ops"].pending == 1 and health["ops"].attempts == 1 and health["ops"].last_error == "HTTP 500: down"
+    assert health["chat"].pending == 0 and health["chat"].last_sent_at == 5
+    store.notification_failed(ops.id, at=9, error="HTTP 500: down", next_at=10, give_up=True)
+    assert store.due_notifications(1000) == [] and store.sink_health("web")[1].given_up == 1
+
+
+def test_tokens_and_the_audit_log(store: SqliteStore) -> None:
+    alice = TokenRecord(name="alice", role="operator", hash="ab" * 32, created_at=1, created_by="admin")
+    store.add_token(alice)
+    with pytest.raises(ConflictError):
+        store.add_token(alice.model_copy(update={"hash": "cd" * 32}))
+    assert store.token_by_hash("ab" * 32) == alice and store.token_by_hash("ef" * 32) is None
+    store.put_token(alice.model_copy(update={"hash": "cd" * 32, "role": "admin"}))
+    assert [(t.name, t.role) for t in store.list_tokens()] == [("alice", "admin")]
+    store.record_audit(AuditEntry(at=2, actor="alice", role="admin", method="POST", path="/api/v1/apply", status=200))
+    assert [(e.id, e.actor, e.status) for e in store.audit()] == [(1, "alice", 200)]
+
+
+def test_a_v4_database_upgrades_to_the_gates_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "stagewise.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        assert migrate(conn, upto=4) == 4
+        conn.execute("INSERT INTO events (delivery_id, service, at, kind, message)"
+                     " VALUES (NULL, 'web', 1, 'user', 'x')")
+    with SqliteStore(path) as store:
+        assert [e.message for e in store.events("web")] == ["x"]
+        assert store.notifications() == [] and store.list_tokens() == [] and store.list_pipelines() == []
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION >= 7
