@@ -186,24 +186,27 @@ def decide(
     requests: tuple[int, int],
     elapsed: float,
     duration: float | None,
+    unit: str = "requests",
 ) -> tuple[Outcome, str]:
     """The outcome every judge shares, and the sentence about missing data ('' when none is missing).
 
     Failed on detection, else Running until the deadline. At the deadline:
-    Successful when both arms saw `min_requests`, otherwise the template's
-    `no_data` policy — and the sentence says which arm lacked what, so a service
-    without traffic never passes silently.
+    Successful when both arms saw `min_requests` (with unit "samples":
+    `min_samples`), otherwise the template's `no_data` policy — and the
+    sentence says which arm lacked what, so a service without traffic never
+    passes silently.
     """
     if detected:
         return Outcome.FAILED, ""
     if duration is None or elapsed < duration:
         return Outcome.RUNNING, ""
-    need = template.min_requests
+    need = template.min_samples if unit == "samples" else template.min_requests
     if min(requests) >= need:
         return Outcome.SUCCESSFUL, ""
     parts = [f"{arm} {n:,} of {need:,}" for arm, n in zip(ARMS, requests, strict=True) if n < need]
-    parts[0] += " requests needed"
-    lack = f"too little traffic to judge after {fmt_seconds(elapsed)}: {', '.join(parts)}"
+    parts[0] += f" {unit} needed"
+    what = "too few samples" if unit == "samples" else "too little traffic"
+    lack = f"{what} to judge after {fmt_seconds(elapsed)}: {', '.join(parts)}"
     if template.no_data == "fail":
         return Outcome.FAILED, f"{lack}; failing (noData: fail)"
     if template.no_data == "pass":
