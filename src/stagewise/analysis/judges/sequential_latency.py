@@ -209,7 +209,7 @@ class LatencyProcess:
         self.rung_lse = [seq.log_sum_exp(sums) for sums in self.llr]
         # The active rungs are those with requests on both sides; "slower than T" counts fall as T rises, so
         # they form one range of the ladder, [low, high), that only widens.
-        self.low, self.high = self._live_range(0, len(ladder))
+        self.low, self.high = self._live_range(len(ladder), 0)
         self.blocks = 0
         self._recount()
 
