@@ -161,7 +161,7 @@ def test_missing_values_are_no_data_never_a_pass() -> None:
 
 def test_values_outside_the_bounds_are_clipped_and_counted() -> None:
     t = template()
-    state, verdict = judge(t, None, EMPTY, EMPTY, elapsed=1.0, duration=None, values=(-3.0, 7.0))
+    _, verdict = judge(t, None, EMPTY, EMPTY, elapsed=1.0, duration=None, values=(-3.0, 7.0))
     assert verdict.evidence["clipped"] == 2 and verdict.evidence["mean"] == {"baseline": 0.0, "candidate": 1.0}
 
 

@@ -42,8 +42,12 @@ def prometheus_binary() -> str:
 
 
 @contextmanager
-def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.0) -> Iterator[str]:
-    """A Prometheus scraping `targets` (host:port, path /metrics) every second; yields its base URL."""
+def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.0,
+                       address: str | None = None) -> Iterator[str]:
+    """A Prometheus scraping `targets` (host:port, path /metrics) every second; yields its base URL.
+
+    `address`: where it listens (default a free loopback port); a restart keeps its storage in `folder`.
+    """
     binary = prometheus_binary()
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "prometheus.yml"
@@ -52,8 +56,8 @@ def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.
         f"global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n"
         f"scrape_configs:\n  - job_name: stagewise\n    static_configs:\n      - targets: [{listed}]\n"
     )
-    address = f"127.0.0.1:{free_port()}"
-    with open(folder / "prometheus.log", "wb") as log:
+    address = address or f"127.0.0.1:{free_port()}"
+    with open(folder / "prometheus.log", "ab") as log:
         proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
              f"--web.listen-address={address}", "--storage.tsdb.retention.time=1h"],
