@@ -16,12 +16,13 @@ import pytest
 from pydantic import ValidationError
 
 from stagewise.analysis.judges import judge
-from stagewise.analysis.judges.runs import split_alpha
+from stagewise.analysis.judges.runs import judge_runs, split_alpha
 from stagewise.analysis.judges.sequential_value import Tally, fresh_state, loss_scale
 from stagewise.core.analysis_spec import parse_template
+from stagewise.core.delivery import AnalysisRun, Delivery
 from stagewise.core.judge_state import JUDGE_STATE, JudgeState, ValueState
-from stagewise.core.spec import AnalysisTemplate, PrometheusTemplate
-from stagewise.core.stats import ReleaseStats
+from stagewise.core.spec import AnalysisTemplate, PrometheusTemplate, ServiceSpec
+from stagewise.core.stats import ReleaseStats, RouterStats
 from stagewise.core.verdict import Outcome, Verdict
 
 pytestmark = pytest.mark.timeout(120)
@@ -218,3 +219,40 @@ def test_router_and_error_rate_templates_refuse_value_fields() -> None:
         parse_template({"metric": "error-rate", "direction": "decrease"})
     with pytest.raises(ValidationError, match="needs total"):
         parse_template({"provider": "prometheus", "address": "http://x", "query": "errors_total"})
+
+
+# ---- several metrics, one decision -------------------------------------------------------------
+
+
+def router_delivery(templates: dict[str, dict[str, object]]) -> Delivery:
+    spec = ServiceSpec.model_validate({
+        "apiVersion": "stagewise.dev/v1alpha1", "kind": "Service", "metadata": {"name": "shop"},
+        "spec": {"listen": "127.0.0.1:1", "release": {"version": "v2", "run": {"command": ["x"]}},
+                 "strategy": {"canary": {"steps": [{"analysis": {"templates": list(templates)}}]}},
+                 "analysis": templates},
+    })
+    stable = spec.spec.release.model_copy(update={"version": "v1"})
+    run = AnalysisRun(key="step-0", templates=list(templates), started_at=0.0, duration=None)
+    return Delivery(id=1, service="shop", spec=spec, stable=stable, analysis={"step-0": run})
+
+
+def test_a_run_of_several_sequential_metrics_splits_alpha_and_names_the_one_that_failed() -> None:
+    d = router_delivery({"errors": {"metric": "error-rate"}, "latency": {"metric": "latency"},
+                         "p99": {"metric": "latency", "judge": "threshold", "thresholdRange": {"max": 10_000}}})
+    fast = [0] * 20 + [100] + [0] * 40
+    totals = {"v1": [0, 0], "v2": [0, 0]}
+    for second in range(120):
+        totals["v1"] = [totals["v1"][0] + 100, totals["v1"][1] + 1]
+        totals["v2"] = [totals["v2"][0] + 100, totals["v2"][1] + 12]
+        stats = RouterStats(boot="b", releases={
+            v: ReleaseStats(requests=n, errors=e, latency_buckets=[x * n // 100 for x in fast])
+            for v, (n, e) in totals.items()})
+        d = judge_runs(d, stats, float(second))
+        if d.analysis["step-0"].verdict.outcome is Outcome.FAILED:
+            break
+    verdict = d.analysis["step-0"].verdict
+    assert verdict.outcome is Outcome.FAILED and verdict.message.startswith("errors: candidate error rate")
+    metrics = {m["evidence"]["template"]: m["evidence"] for m in verdict.evidence["metrics"]}
+    assert metrics["errors"]["alpha"] == metrics["latency"]["alpha"] == pytest.approx(0.025)  # two sequential
+    assert metrics["errors"]["threshold"] == pytest.approx(40.0)
+    assert metrics["p99"]["judge"] == "threshold"  # not sequential: its own checks, alpha untouched
