@@ -38,7 +38,7 @@ class Bounds(Model):
     @model_validator(mode="after")
     def _ordered(self) -> Bounds:
         if not self.min < self.max:
-            raise ValueError(f"bounds: min must be below max, got min {self.min:g}, max {self.max:g}")
+            raise ValueError(f"min must be below max, got min {self.min:g}, max {self.max:g}")
         return self
 
 

@@ -18,7 +18,9 @@ Judges that decide on a schedule (threshold, mannwhitney) keep it in their
 state and check once per `interval`; the sequential judges may be looked at
 after every increment, even of one request. A provider that measures a value
 rather than counts (a PromQL query, an http or command check) hands it over
-as `values` (baseline, candidate) on the tick it was measured.
+as `values` (baseline, candidate) on the tick it was measured: one pair of a
+gauge for the sequential value judge (`sequential_value`), or a value for
+threshold.
 
 Judges never read a clock, touch a file or draw random numbers, and import only
 `stagewise.core`, `stagewise.errors` and the standard library.
