@@ -45,6 +45,14 @@ prints a bound: the power of the most powerful test there is, given a third
 of the requests mannwhitney needed, at mannwhitney's false-positive rate (see
 `best_possible`). Where that bound is below mannwhitney's power, "3× fewer
 requests" is out of reach of every judge, not only of this one.
+
+Measured against the limit (limits.py). The oracle — Wald's SPRT told the
+true effect — at `sequential`'s own error rates, and `sequential`'s median
+requests as a multiple of its expected requests; Kayenta as users run it
+(`kayenta-as-run`: one value per release per minute, NetflixACAJudge every
+five minutes); savvi's canary test on the same error events. Then the gauges
+(gauges.py): the value judge's A/A rate, power, oracle, Kayenta as run, and
+k = 5 metrics in one analysis. One run, one table each, and the wall time.
 """
 
 from __future__ import annotations
@@ -541,12 +549,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     def f(x: float | None, fmt: str = "{:,.0f}") -> str:
         return "-" if x is None else fmt.format(x)
 
-    head = (f"{'scenario':<16} {'metric':<10} {'split':<6} {'judge':<12} {'reps':>5} {'FPR/power':>9} "
+    head = (f"{'scenario':<16} {'metric':<10} {'split':<6} {'judge':<14} {'reps':>5} {'FPR/power':>9} "
             f"{'req p50':>8} {'req p90':>8} {'s p50':>6} {'s p90':>6} {'errs p50':>8} {'bad p50':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['scenario']:<16} {r['metric']:<10} {r['split']:<6} {r['judge']:<12} {r['reps']:>5} "
+        print(f"{r['scenario']:<16} {r['metric']:<10} {r['split']:<6} {r['judge']:<14} {r['reps']:>5} "
               f"{r['rate']:>9.1%} {f(r['requests_p50']):>8} {f(r['requests_p90']):>8} "
               f"{f(r['seconds_p50']):>6} {f(r['seconds_p90']):>6} {f(r['events_p50']):>8} {f(r['bad_p50']):>8}")
 
