@@ -730,6 +730,28 @@ def seconds_to_power(row: dict[str, Any], power: float) -> float | None:
     return times[need - 1] if 0 < need <= len(times) else None
 
 
+def print_ratios(rows: list[dict[str, Any]], by: dict[tuple[str, str, str, str], dict[str, Any]]) -> None:
+    """Every judge's median requests to detection as a multiple of the oracle's E[N] (its power beside it)."""
+    names = [j for j in JUDGES if j != "oracle"]
+    print("\nmedian requests to detection / oracle E[N], each judge (its power; '-' below 50 % power):")
+    print(f"{'scenario':<16} {'split':<6} " + " ".join(f"{j:>16}" for j in names))
+    for s in rows:
+        if s["judge"] != "sequential" or s["scenario"] == "A/A":
+            continue
+        key = (s["scenario"], s["metric"], s["split"])
+        expected = by[(*key, "oracle")]["expected_requests"]
+        cells = []
+        for name in names:
+            r = by.get((*key, name))
+            if r is None:
+                cells.append(f"{'':>16}")
+                continue
+            ratio = f"{r['requests_p50'] / expected:.2f}" if r["requests_p50"] and r["rate"] >= 0.5 else "-"
+            power = f"{r['rate']:.0%}"
+            cells.append(f"{ratio} ({power})".rjust(16))
+        print(f"{key[0]:<16} {key[2]:<6} " + " ".join(cells))
+
+
 def print_limits(rows: list[dict[str, Any]]) -> None:
     """sequential against the limit (the oracle), Kayenta as users run it, and savvi."""
 
@@ -770,6 +792,7 @@ def print_limits(rows: list[dict[str, Any]]) -> None:
               f"{power:>4.0%} {f(seq_s):>6} {f(kay_s):>6} "
               f"{'-' if savvi is None else format(savvi['rate'], '.1%'):>11} "
               f"{'-' if savvi is None else f(savvi['requests_p50']):>9}")
+    print_ratios(rows, by)
     fpr = {(r["metric"], r["split"], r["judge"]): r["rate"] for r in rows if r["scenario"] == "A/A"}
     print("\nA/A false-positive rates: " + ", ".join(
         f"{j} {m} {sp} {v:.1%}" for (m, sp, j), v in sorted(fpr.items()) if j in ("sequential", KAYENTA, "savvi")))
