@@ -40,7 +40,7 @@ bound must not ruin the bettor). On the benchmark's CPU share (0.4 ± 0.04
 within [0, 1]) an oracle told the Gaussian noise needs about a tenth of the
 pairs; the tighter the honest bounds, the smaller that gap. (The cap was ½ in
 the literature's analysis of the step; 0.9 keeps every factor above 0.1 and
-found a 5 % shift in 85 % of the benchmark's runs instead of 0 %.)
+found a 5 % shift in 83 % of the benchmark's runs instead of 0 %.)
 
 What must hold, and what breaks it.
 - Bounded values, with bounds known before the data: without a bound no test
