@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stagewise.analysis.providers.prometheus import SETTLE
+
 SCRAPE_INTERVAL = "1s"
 
 
@@ -87,10 +89,14 @@ def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.
 
 
 def wait_for_series(url: str, promql: str, *, timeout: float = 20.0) -> None:
-    """Until `promql` returns a sample: the first scrapes have landed."""
+    """Until `promql` returns a sample as of a few seconds ago: scrapes have landed where the provider reads.
+
+    The provider evaluates a few seconds in the past (prometheus.SETTLE), so a sample of now is not enough.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=2.0).json()
+        at = time.time() - SETTLE - 1.0
+        body = httpx.get(f"{url}/api/v1/query", params={"query": promql, "time": f"{at:.3f}"}, timeout=2.0).json()
         if body.get("status") == "success" and body["data"]["result"]:
             return
         time.sleep(0.2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stagewise.analysis.providers import Target, fill, get_provider
-from stagewise.analysis.providers.prometheus import CounterTracker, fill_promql
+from stagewise.analysis.providers.prometheus import SETTLE, CounterTracker, fill_promql
 from stagewise.analysis.providers.router import RouterProvider
 from stagewise.core.spec import AnalysisTemplate, CommandTemplate, HttpTemplate, PrometheusTemplate, RouterTemplate
 from stagewise.core.stats import ReleaseStats, RouterStats
@@ -220,7 +221,8 @@ def test_prometheus_counters_of_a_release_without_series_are_no_data(prometheus:
                                   total='stagewise_router_requests_total{release="{{release}}"}')
     m = measure(template)
     assert m.counts is not None and (m.counts[0].requests, m.counts[1].errors) == (1000, 30)
-    assert m.evidence["time"] > 0  # both releases read at this one evaluation time
+    # both releases read at one whole second in the past, when the scrapes up to it have been stored
+    assert m.evidence["time"] == int(m.evidence["time"]) <= time.time() - SETTLE
     with pytest.raises(ProviderError, match="no series for release v9"):
         measure(template, Target(service="shop", baseline="v1", candidate="v9", window=30))
 

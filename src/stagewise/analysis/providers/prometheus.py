@@ -37,8 +37,11 @@ and a run that never gets data ends in NoData, never in a pass. A bad-event
 counter without series is zero (such series often appear only at the first
 error).
 
-Both releases are read at one evaluation time (`time=`), so
-their values come from the same instant however long the first query took.
+Both releases are read at one evaluation time (`time=`), a whole second
+SETTLE seconds in the past, so their values come from the same scrapes however
+long the queries take: a scrape's samples carry the time it started and are
+visible only once it is stored, so at "now" a scrape landing between the
+baseline's query and the candidate's would be seen by one and not the other.
 
 Prometheus's own errors (a bad query, a timeout) come back as ProviderError
 with Prometheus's words in them, never as a number.
@@ -67,6 +70,8 @@ from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats
 from stagewise.errors import ProviderError
 
 TIMEOUT = 10.0
+SETTLE = 2.0
+"""Seconds between now and the evaluation time: longer than a scrape takes to be stored."""
 SELECTOR = 'service="{{service}}",release="{{release}}"'
 ROUTER_COUNTERS = {
     "requests": f"stagewise_router_requests_total{{{SELECTOR}}}",
@@ -148,7 +153,7 @@ class PrometheusProvider:
         if not isinstance(template, PrometheusTemplate):
             raise not_mine("prometheus", template)
         base = template.address.rstrip("/")
-        at = round(time.time(), 3)
+        at = evaluation_time(time.time())
         async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as client:
             if template.gives_values:
                 return await self._values(client, template, target, at)
@@ -191,6 +196,11 @@ class PrometheusProvider:
         requests = math.fsum(totals["requests"].values()) if "requests" in totals else float(sum(buckets))
         errors = math.fsum(totals["errors"].values()) if "errors" in totals else 0.0
         return ReleaseStats(requests=round(requests), errors=round(errors), latency_buckets=buckets)
+
+
+def evaluation_time(now: float) -> float:
+    """The instant both releases are read at: a whole second, SETTLE seconds ago (see the module's notes)."""
+    return float(math.floor(now - SETTLE))
 
 
 def counter_queries(template: PrometheusTemplate) -> dict[str, str]:
