@@ -45,6 +45,14 @@ prints a bound: the power of the most powerful test there is, given a third
 of the requests mannwhitney needed, at mannwhitney's false-positive rate (see
 `best_possible`). Where that bound is below mannwhitney's power, "3× fewer
 requests" is out of reach of every judge, not only of this one.
+
+Measured against the limit (limits.py). The oracle — Wald's SPRT told the
+true effect — at `sequential`'s own error rates, and `sequential`'s median
+requests as a multiple of its expected requests; Kayenta as users run it
+(`kayenta-as-run`: one value per release per minute, NetflixACAJudge every
+five minutes); savvi's canary test on the same error events. Then the gauges
+(gauges.py): the value judge's A/A rate, power, oracle, Kayenta as run, and
+k = 5 metrics in one analysis. One run, one table each, and the wall time.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import gauges
+import limits
 import numpy as np
 
 from stagewise.analysis.judges import judge
@@ -123,6 +133,7 @@ class Traffic:
     error: np.ndarray
     latency: np.ndarray
     p99_baseline: float
+    median: float = 0.0
 
 
 def simulate(rng: np.random.Generator, scenario: Scenario, share: float) -> Traffic:
@@ -149,7 +160,7 @@ def simulate(rng: np.random.Generator, scenario: Scenario, share: float) -> Traf
         latency = np.where(candidate & (latency > p98), latency * 1.2, latency)
     latency = latency + np.where(candidate, scenario.shift_ms, 0.0)
     return Traffic(t=t, candidate=candidate, error=error, latency=latency,
-                   p99_baseline=median * math.exp(SIGMA * 2.3263))
+                   p99_baseline=median * math.exp(SIGMA * 2.3263), median=median)
 
 
 # ---- sequential, as if consulted after every request -----------------------------------------------
@@ -279,7 +290,7 @@ def sequential_latency(traffic: Traffic, template: AnalysisTemplate = LATENCY_SE
 
 def truncate(traffic: Traffic, n: int) -> Traffic:
     return Traffic(t=traffic.t[:n], candidate=traffic.candidate[:n], error=traffic.error[:n],
-                   latency=traffic.latency[:n], p99_baseline=traffic.p99_baseline)
+                   latency=traffic.latency[:n], p99_baseline=traffic.p99_baseline, median=traffic.median)
 
 
 def sequential_latency_real(traffic: Traffic) -> int | None:
@@ -376,7 +387,9 @@ def latency_threshold(p99: float) -> AnalysisTemplate:
 
 CALIBRATED = "mw@5%FPR"
 """mannwhitney at the confidence that gives it, on this benchmark's A/A runs, the false-positive rate α = 5 %."""
-JUDGES = ("sequential", "mannwhitney", CALIBRATED, "threshold")
+KAYENTA = "kayenta-as-run"
+"""NetflixACAJudge over one value per release per minute, judged every five minutes (benchmarks/limits.py)."""
+JUDGES = ("sequential", "mannwhitney", CALIBRATED, "threshold", KAYENTA, "savvi", "oracle")
 
 
 def run_job(job: tuple[int, int, int, int]) -> dict[str, Any]:
@@ -385,44 +398,96 @@ def run_job(job: tuple[int, int, int, int]) -> dict[str, Any]:
     scenario, share = SCENARIOS[index], SPLITS[split_index]
     metrics = ("error-rate", "latency") if scenario.name == "A/A" else (scenario.metric,)
     rng = np.random.default_rng(seed)
-    run = [j for j in JUDGES if j != CALIBRATED]
-    found: dict[tuple[str, str], list[int | None]] = {(j, m): [] for j in run for m in metrics}
-    events: dict[tuple[str, str], list[int]] = {(j, m): [] for j in run for m in metrics}
+    found: dict[tuple[str, str], list[int | None]] = {}
+    times: dict[tuple[str, str], list[float | None]] = {}
+    events: dict[tuple[str, str], list[int]] = {}
     mw_checks: dict[str, list[list[Check]]] = {m: [] for m in metrics}
     totals: list[list[int]] = []
+    arms: list[tuple[np.ndarray, np.ndarray]] = []
+    medians: list[float] = []
     started = time.perf_counter()
     crosschecked = 0
     for rep in range(reps):
         traffic = simulate(rng, scenario, share)
+        medians.append(traffic.median)
         for metric in metrics:
             if metric == "error-rate":
-                mw, checks = interval_judge(traffic, ERRORS_MW)
-                hits = {"sequential": sequential_errors(traffic), "mannwhitney": mw,
-                        "threshold": interval_judge(traffic, ERRORS_THRESHOLD)[0]}
+                arms.append(limits.event_arms(traffic.candidate, traffic.error))
+                hits, checks = error_judges(traffic, share, arms[-1])
                 totals.append(np.cumsum(traffic.error)[STRIDE - 1 :: STRIDE].tolist())
             else:
-                fast = sequential_latency(traffic)
-                if rep < CROSSCHECK:
-                    prefix = truncate(traffic, CROSSCHECK_REQUESTS)
-                    fast_prefix, real = sequential_latency(prefix), sequential_latency_real(prefix)
-                    if real != fast_prefix:
-                        raise SystemExit(f"{scenario.name} {share}: numpy e-process {fast_prefix} != judge {real}")
-                    crosschecked += 1
-                mw, checks = interval_judge(traffic, LATENCY_MW)
-                hits = {"sequential": fast, "mannwhitney": mw,
-                        "threshold": interval_judge(traffic, latency_threshold(traffic.p99_baseline))[0]}
+                crosschecked += crosscheck(scenario, share, traffic) if rep < CROSSCHECK else 0
+                hits, checks = latency_judges(traffic)
             mw_checks[metric].append(checks)
-            for j, hit in hits.items():
-                found[j, metric].append(hit)
+            for j, (hit, at) in hits.items():
+                found.setdefault((j, metric), []).append(hit)
+                times.setdefault((j, metric), []).append(at if at is not None or hit is None
+                                                         else float(traffic.t[hit]))
                 upto = HORIZON if hit is None else hit + 1
-                events[j, metric].append(int(traffic.error[:upto].sum()))
+                events.setdefault((j, metric), []).append(int(traffic.error[:upto].sum()))
     rows = []
     for (j, metric), hits in found.items():
-        rows.append(summarize(scenario, share, j, metric, hits, events[j, metric]))
+        rows.append(summarize(scenario, share, j, metric, hits, events[j, metric], times[j, metric]))
         if j == "sequential" and metric == "error-rate":
             rows[-1]["error_totals"] = totals
+    rows += oracle_rows(scenario, share, metrics, found, arms, medians)
     return {"rows": rows, "seconds": time.perf_counter() - started, "crosschecked": crosschecked,
             "scenario": index, "split": split_index, "checks": mw_checks}
+
+
+Hits = dict[str, tuple[int | None, float | None]]
+"""Per judge: the request where it failed the candidate (or None), and when, if not that request's time."""
+
+
+def error_judges(traffic: Traffic, share: float, arms: tuple[np.ndarray, np.ndarray]) -> tuple[Hits, list[Check]]:
+    mw, checks = interval_judge(traffic, ERRORS_MW)
+    kayenta = limits.kayenta_as_run(traffic.t, traffic.candidate, traffic.error.astype(float))
+    hits: Hits = {"sequential": (sequential_errors(traffic), None), "mannwhitney": (mw, None),
+                  "threshold": (interval_judge(traffic, ERRORS_THRESHOLD)[0], None),
+                  KAYENTA: (limits.index_at(traffic.t, kayenta), kayenta),
+                  "savvi": (limits.savvi_errors(arms, share, ERRORS_SEQ.alpha), None)}
+    return hits, checks
+
+
+def latency_judges(traffic: Traffic) -> tuple[Hits, list[Check]]:
+    mw, checks = interval_judge(traffic, LATENCY_MW)
+    kayenta = limits.kayenta_as_run(traffic.t, traffic.candidate, traffic.latency)
+    hits: Hits = {"sequential": (sequential_latency(traffic), None), "mannwhitney": (mw, None),
+                  "threshold": (interval_judge(traffic, latency_threshold(traffic.p99_baseline))[0], None),
+                  KAYENTA: (limits.index_at(traffic.t, kayenta), kayenta)}
+    return hits, checks
+
+
+def crosscheck(scenario: Scenario, share: float, traffic: Traffic) -> int:
+    """The numpy e-process against the real latency judge on a prefix of the run: the same request, or stop."""
+    prefix = truncate(traffic, CROSSCHECK_REQUESTS)
+    fast, real = sequential_latency(prefix), sequential_latency_real(prefix)
+    if real != fast:
+        raise SystemExit(f"{scenario.name} {share}: numpy e-process {fast} != judge {real}")
+    return 1
+
+
+def oracle_rows(scenario: Scenario, share: float, metrics: tuple[str, ...],
+                found: dict[tuple[str, str], list[int | None]], arms: list[tuple[np.ndarray, np.ndarray]],
+                medians: list[float]) -> list[dict[str, Any]]:
+    """The oracle at `sequential`'s own error rates: α, and β its miss rate within the horizon (1 % to 50 %)."""
+    if scenario.name == "A/A":
+        return []
+    metric = metrics[0]
+    hits = found["sequential", metric]
+    beta = min(0.5, max(0.01, 1 - sum(h is not None for h in hits) / len(hits)))
+    alpha = ERRORS_SEQ.alpha
+    if metric == "error-rate":
+        runs = [limits.sprt_errors(a, share, scenario.error_ratio, alpha, beta, HORIZON) for a in arms]
+        expected = float(np.mean([n for _, n in runs]))
+        row = summarize(scenario, share, "oracle", metric, [h for h, _ in runs], [0] * len(runs))
+    else:
+        expected = limits.oracle_latency_requests(medians, SIGMA, scenario.shift_ms, scenario.tail, share,
+                                                  alpha, beta)
+        row = summarize(scenario, share, "oracle", metric, [None] * len(hits), [0] * len(hits))
+        row["rate"] = 1 - beta
+    row.update({"expected_requests": expected, "beta": beta})
+    return [row]
 
 
 def add_calibrated(results: list[dict[str, Any]], target: float) -> dict[str, float]:
@@ -446,11 +511,14 @@ def add_calibrated(results: list[dict[str, Any]], target: float) -> dict[str, fl
 
 
 def summarize(scenario: Scenario, share: float, judge_name: str, metric: str, hits: list[int | None],
-              events: list[int]) -> dict[str, Any]:
+              events: list[int], times: list[float | None] | None = None) -> dict[str, Any]:
     detected = [h for h in hits if h is not None]
     reps = len(hits)
     requests = np.array([h + 1 for h in detected]) if detected else np.array([])
-    seconds = requests / RATE  # the mean rate: seconds are requests at RATE
+    if times is None:
+        seconds = requests / RATE  # the mean rate: seconds are requests at RATE
+    else:
+        seconds = np.array([s for s, h in zip(times, hits, strict=True) if h is not None])
     bad = [share * (HORIZON if h is None else h + 1) for h in hits]
     ev = [e for e, h in zip(events, hits, strict=True) if h is not None]
     return {
@@ -464,6 +532,7 @@ def summarize(scenario: Scenario, share: float, judge_name: str, metric: str, hi
         "events_p50": float(np.median(ev)) if ev else None,
         "bad_p50": float(np.median(bad)),
         "hits": hits,
+        "times": times if times is not None else [None if h is None else (h + 1) / RATE for h in hits],
     }
 
 
@@ -480,12 +549,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     def f(x: float | None, fmt: str = "{:,.0f}") -> str:
         return "-" if x is None else fmt.format(x)
 
-    head = (f"{'scenario':<16} {'metric':<10} {'split':<6} {'judge':<12} {'reps':>5} {'FPR/power':>9} "
+    head = (f"{'scenario':<16} {'metric':<10} {'split':<6} {'judge':<14} {'reps':>5} {'FPR/power':>9} "
             f"{'req p50':>8} {'req p90':>8} {'s p50':>6} {'s p90':>6} {'errs p50':>8} {'bad p50':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['scenario']:<16} {r['metric']:<10} {r['split']:<6} {r['judge']:<12} {r['reps']:>5} "
+        print(f"{r['scenario']:<16} {r['metric']:<10} {r['split']:<6} {r['judge']:<14} {r['reps']:>5} "
               f"{r['rate']:>9.1%} {f(r['requests_p50']):>8} {f(r['requests_p90']):>8} "
               f"{f(r['seconds_p50']):>6} {f(r['seconds_p90']):>6} {f(r['events_p50']):>8} {f(r['bad_p50']):>8}")
 
@@ -520,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} p < {v:.2g}" for k, v in sorted(levels.items())))
     print()
     print_comparisons(rows)
+    print_limits(rows)
+    gauges.main(args.reps_aa, args.reps)
     crosschecked = sum(r["crosschecked"] for r in results)
     print(f"\nlatency e-process (numpy) matched the real judge, request for request, on the first "
           f"{CROSSCHECK_REQUESTS:,} requests of {crosschecked} runs")
@@ -650,6 +721,86 @@ def print_comparisons(rows: list[dict[str, Any]]) -> None:
           "mannwhitney's false-positive rate: below mannwhitney's power, no judge can be 3× faster.")
     print(f"out of reach of any test, against both mannwhitney runs: {len(impossible)} of {len(missed)} not met: "
           f"{', '.join(impossible) or 'none'}")
+
+
+def seconds_to_power(row: dict[str, Any], power: float) -> float | None:
+    """Seconds by which a share `power` of the replications had been failed."""
+    times = sorted(t for t, h in zip(row["times"], row["hits"], strict=True) if h is not None and t is not None)
+    need = math.ceil(power * len(row["hits"]) - 1e-9)
+    return times[need - 1] if 0 < need <= len(times) else None
+
+
+def print_ratios(rows: list[dict[str, Any]], by: dict[tuple[str, str, str, str], dict[str, Any]]) -> None:
+    """Every judge's median requests to detection as a multiple of the oracle's E[N] (its power beside it)."""
+    names = [j for j in JUDGES if j != "oracle"]
+    print("\nmedian requests to detection / oracle E[N], each judge (its power; '-' below 50 % power):")
+    print(f"{'scenario':<16} {'split':<6} " + " ".join(f"{j:>16}" for j in names))
+    for s in rows:
+        if s["judge"] != "sequential" or s["scenario"] == "A/A":
+            continue
+        key = (s["scenario"], s["metric"], s["split"])
+        expected = by[(*key, "oracle")]["expected_requests"]
+        cells = []
+        for name in names:
+            r = by.get((*key, name))
+            if r is None:
+                cells.append(f"{'':>16}")
+                continue
+            ratio = f"{r['requests_p50'] / expected:.2f}" if r["requests_p50"] and r["rate"] >= 0.5 else "-"
+            power = f"{r['rate']:.0%}"
+            cells.append(f"{ratio} ({power})".rjust(16))
+        print(f"{key[0]:<16} {key[2]:<6} " + " ".join(cells))
+
+
+def print_limits(rows: list[dict[str, Any]]) -> None:
+    """sequential against the limit (the oracle), Kayenta as users run it, and savvi."""
+
+    def f(x: float | None, fmt: str = "{:,.0f}") -> str:
+        return "-" if x is None else fmt.format(x)
+
+    by = {(r["scenario"], r["metric"], r["split"], r["judge"]): r for r in rows}
+    print("\nMeasured against the limit. oracle: Wald's SPRT told the true effect, at α 0.05 and β = sequential's\n"
+          "miss rate (1–50 %): E[N] requests (error rates: run on the simulated events; latency: Wald's bound for\n"
+          "an oracle told the baseline's distribution). ×oracle: sequential's median requests / E[N] (goal ≤ 2).\n"
+          "kayenta-as-run: NetflixACAJudge on one value per release per minute, judged every 5 minutes, 98 %;\n"
+          "seconds compared at the power both reach (80 %, else 50 %). savvi: its canary test on the same events.")
+    head = (f"{'scenario':<16} {'split':<6} {'seq power':>9} {'seq req':>8} {'oracle E[N]':>11} {'×oracle':>8} "
+            f"{'kayenta power':>13} {'at':>4} {'seq s':>6} {'kay s':>6} {'savvi power':>11} {'savvi req':>9}")
+    print(head)
+    print("-" * len(head))
+    near, far, sooner, later, undecided = [], [], [], [], []
+    for s in rows:
+        if s["judge"] != "sequential" or s["scenario"] == "A/A":
+            continue
+        key = (s["scenario"], s["metric"], s["split"])
+        label = f"{key[0]} {key[2]}"
+        oracle, kay = by[(*key, "oracle")], by[(*key, KAYENTA)]
+        savvi = by.get((*key, "savvi"))
+        ratio = s["requests_p50"] / oracle["expected_requests"] if s["requests_p50"] and s["rate"] >= 0.5 else None
+        if ratio is not None and ratio <= 2:
+            near.append(f"{label} {ratio:.1f}×")
+        else:
+            far.append(f"{label} {f(ratio, '{:.1f}×')}" if ratio else f"{label} (power {s['rate']:.0%})")
+        power = at_power(s["rate"], kay["rate"])
+        seq_s, kay_s = seconds_to_power(s, power), seconds_to_power(kay, power)
+        if power < 0.5 or seq_s is None or kay_s is None:
+            undecided.append(f"{label} (kayenta power {kay['rate']:.0%})")
+        else:
+            (sooner if seq_s < kay_s else later).append(f"{label} {seq_s:,.0f}s vs {kay_s:,.0f}s")
+        print(f"{key[0]:<16} {key[2]:<6} {s['rate']:>9.1%} {f(s['requests_p50']):>8} "
+              f"{f(oracle['expected_requests']):>11} {f(ratio, '{:.2f}'):>8} {kay['rate']:>13.1%} "
+              f"{power:>4.0%} {f(seq_s):>6} {f(kay_s):>6} "
+              f"{'-' if savvi is None else format(savvi['rate'], '.1%'):>11} "
+              f"{'-' if savvi is None else f(savvi['requests_p50']):>9}")
+    print_ratios(rows, by)
+    fpr = {(r["metric"], r["split"], r["judge"]): r["rate"] for r in rows if r["scenario"] == "A/A"}
+    print("\nA/A false-positive rates: " + ", ".join(
+        f"{j} {m} {sp} {v:.1%}" for (m, sp, j), v in sorted(fpr.items()) if j in ("sequential", KAYENTA, "savvi")))
+    print(f"sequential within 2× of the oracle: {len(near)} of {len(near) + len(far)}: {', '.join(near) or 'none'}")
+    print(f"  not within 2×: {', '.join(far) or 'none'}")
+    print(f"sequential before kayenta-as-run (both detect): {len(sooner)} of {len(sooner) + len(later)}; "
+          f"later: {', '.join(later) or 'none'}")
+    print(f"  not detected by both (power < 50 %): {', '.join(undecided) or 'none'}")
 
 
 if __name__ == "__main__":

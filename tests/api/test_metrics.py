@@ -89,7 +89,7 @@ async def test_a_rollback_by_analysis_is_counted_once_with_its_cause(world: Watc
     errors = {**shop, "analysis": "step-1", "template": "errors"}
     assert world.value("stagewise_analysis_verdict", **errors, verdict="Failed") == 1
     failing = world.value("stagewise_analysis_e_value", **errors)
-    assert failing is not None and failing >= world.value("stagewise_analysis_e_value_threshold", **errors) == 20
+    assert failing is not None and failing >= world.value("stagewise_analysis_e_value_threshold", **errors) == 40
     # ...until the delivery goes on: a retry shows its own runs only
     await world.controller.act("shop", "retry")
     await world.run(seconds=1, until=set())
@@ -111,7 +111,7 @@ async def test_a_delivery_in_flight_shows_its_step_weight_and_evidence(world: Wa
     assert world.value("stagewise_delivery_last_progress_timestamp_seconds", **shop) == latest.progress_at
     run = {**shop, "analysis": "step-1"}
     for template in ("errors", "latency"):
-        assert world.value("stagewise_analysis_e_value_threshold", **run, template=template) == 20  # 1/alpha
+        assert world.value("stagewise_analysis_e_value_threshold", **run, template=template) == 40  # k/alpha: two sequential templates share alpha
         e_value = world.value("stagewise_analysis_e_value", **run, template=template)
         assert e_value is not None and e_value >= 0
         verdicts = {v: world.value("stagewise_analysis_verdict", **run, template=template, verdict=v)

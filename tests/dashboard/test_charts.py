@@ -89,6 +89,7 @@ async def test_analysis_series_give_rates_quantiles_and_evidence_against_the_bou
     assert n >= 1
     assert all(len(series[key][arm]) == n for key in ("error_rate", "p50", "p99") for arm in ("baseline", "candidate"))
     assert series["error_rate"]["candidate"][-1] > 20 > series["error_rate"]["baseline"][-1]
-    assert series["bounds"] == {"error-rate": 20.0, "latency": 20.0}
-    assert series["e_value"]["error-rate"][-1] >= 20.0, "the last point is where the judge failed it"
+    # two sequential metrics share the run's alpha 0.05: each is judged at 0.025, against 1/0.025 = 40
+    assert series["bounds"] == {"error-rate": 40.0, "latency": 40.0}
+    assert series["e_value"]["error-rate"][-1] >= 40.0, "the last point is where the judge failed it"
     assert run.judge_state == {} and run.since is None, "a past run keeps no working state"

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stagewise.analysis.providers.prometheus import SETTLE
+
 SCRAPE_INTERVAL = "1s"
 
 
@@ -42,8 +44,12 @@ def prometheus_binary() -> str:
 
 
 @contextmanager
-def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.0) -> Iterator[str]:
-    """A Prometheus scraping `targets` (host:port, path /metrics) every second; yields its base URL."""
+def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.0,
+                       address: str | None = None) -> Iterator[str]:
+    """A Prometheus scraping `targets` (host:port, path /metrics) every second; yields its base URL.
+
+    `address`: where it listens (default a free loopback port); a restart keeps its storage in `folder`.
+    """
     binary = prometheus_binary()
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "prometheus.yml"
@@ -52,8 +58,8 @@ def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.
         f"global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n"
         f"scrape_configs:\n  - job_name: stagewise\n    static_configs:\n      - targets: [{listed}]\n"
     )
-    address = f"127.0.0.1:{free_port()}"
-    with open(folder / "prometheus.log", "wb") as log:
+    address = address or f"127.0.0.1:{free_port()}"
+    with open(folder / "prometheus.log", "ab") as log:
         proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
              f"--web.listen-address={address}", "--storage.tsdb.retention.time=1h"],
@@ -83,10 +89,14 @@ def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.
 
 
 def wait_for_series(url: str, promql: str, *, timeout: float = 20.0) -> None:
-    """Until `promql` returns a sample: the first scrapes have landed."""
+    """Until `promql` returns a sample as of a few seconds ago: scrapes have landed where the provider reads.
+
+    The provider evaluates a few seconds in the past (prometheus.SETTLE), so a sample of now is not enough.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=2.0).json()
+        at = time.time() - SETTLE - 1.0
+        body = httpx.get(f"{url}/api/v1/query", params={"query": promql, "time": f"{at:.3f}"}, timeout=2.0).json()
         if body.get("status") == "success" and body["data"]["result"]:
             return
         time.sleep(0.2)

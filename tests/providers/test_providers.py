@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stagewise.analysis.providers import Target, fill, get_provider
-from stagewise.analysis.providers.prometheus import fill_promql
+from stagewise.analysis.providers.prometheus import SETTLE, CounterTracker, fill_promql
 from stagewise.analysis.providers.router import RouterProvider
 from stagewise.core.spec import AnalysisTemplate, CommandTemplate, HttpTemplate, PrometheusTemplate, RouterTemplate
 from stagewise.core.stats import ReleaseStats, RouterStats
@@ -202,3 +203,33 @@ def test_placeholders_and_unknown_providers() -> None:
                 release="v2") == "shop/v2[30s] v1>v2"
     with pytest.raises(UnknownDriverError, match="expected one of: command, http, prometheus"):
         get_provider("graphite")
+
+
+def test_counters_are_followed_series_by_series_as_increase_counts_them() -> None:
+    tracker = CounterTracker()
+    a, b = (("instance", "a"),), (("instance", "b"),)
+    assert tracker.totals("q", [(a, 10.0)]) == {a: 10.0}
+    assert tracker.totals("q", [(a, 20.0), (b, 3.0)]) == {a: 20.0, b: 3.0}  # a new series brings its value
+    assert tracker.totals("q", [(a, 5.0), (b, 4.0)]) == {a: 25.0, b: 4.0}  # a fell: restarted, so +5 not -15
+    assert tracker.totals("q", [(b, 6.0)]) == {a: 25.0, b: 6.0}  # a missing (a failed scrape) keeps its total
+    assert tracker.totals("q", [(a, 7.0), (b, 6.0)]) == {a: 27.0, b: 6.0}  # and counts what it gained meanwhile
+
+
+def test_prometheus_counters_of_a_release_without_series_are_no_data(prometheus: str) -> None:
+    template = PrometheusTemplate(provider="prometheus", address=prometheus, metric="error-rate",
+                                  query='stagewise_router_errors_total{release="{{release}}"}',
+                                  total='stagewise_router_requests_total{release="{{release}}"}')
+    m = measure(template)
+    assert m.counts is not None and (m.counts[0].requests, m.counts[1].errors) == (1000, 30)
+    # both releases read at one whole second in the past, when the scrapes up to it have been stored
+    assert m.evidence["time"] == int(m.evidence["time"]) <= time.time() - SETTLE
+    with pytest.raises(ProviderError, match="no series for release v9"):
+        measure(template, Target(service="shop", baseline="v1", candidate="v9", window=30))
+
+
+def test_prometheus_gauge_is_the_mean_of_the_instances(prometheus: str) -> None:
+    template = PrometheusTemplate(provider="prometheus", address=prometheus, metric="value",
+                                  bounds={"min": 0, "max": 10_000},
+                                  query='demo_server_responses_total{server=~"{{release}}.*"}')
+    m = measure(template, Target(service="shop", baseline="v1", candidate="v9", window=30))
+    assert m.values == (pytest.approx((10 + 1000 + 7 + 500) / 4), None)

@@ -29,12 +29,26 @@ class ThresholdRange(Model):
     """The highest acceptable value; none: no upper limit."""
 
 
+class Bounds(Model):
+    min: float
+    """The lowest value the metric can take."""
+    max: float
+    """The highest value the metric can take."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if not self.min < self.max:
+            raise ValueError(f"min must be below max, got min {self.min:g}, max {self.max:g}")
+        return self
+
+
 class TemplateBase(Model):
     """What every template has, whatever its provider: the metric, the judge and the judge's settings."""
 
     provider: Literal["router", "prometheus", "http", "command"] = "router"
     """Where the numbers come from (each member narrows it to its own)."""
-    metric: Literal["error-rate", "latency"] = "error-rate"
+    metric: Literal["error-rate", "latency", "value"] = "error-rate"
+    """error-rate and latency: counts of requests (or a counter and a histogram); value: a gauge's mean."""
     judge: Literal["sequential", "threshold", "mannwhitney"] = "sequential"
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """False-alarm rate the judge keeps, however often it looks."""
@@ -59,6 +73,35 @@ class TemplateBase(Model):
     """mannwhitney: one worse interval fails at once, and no data at the end fails (Kayenta's critical metric)."""
     floor: Duration | None = None
     """sequential latency: latencies below this are never judged (default 5ms)."""
+    direction: Literal["increase", "decrease", "either"] = "increase"
+    """metric value: which shift of the candidate's mean fails it."""
+    bounds: Bounds | None = None
+    """sequential value: the range the metric can take (values outside are clipped into it); the test's scale."""
+    min_samples: Annotated[int, Field(ge=1)] = 10
+    """sequential value: pairs of samples (one per release) needed before the analysis can pass."""
+
+    @model_validator(mode="after")
+    def _value_fits(self) -> TemplateBase:
+        if self.metric != "value":
+            if self.direction != "increase":
+                raise ValueError("direction is for metric: value (error rates and latencies fail on an increase)")
+            return self
+        if self.judge == "mannwhitney":
+            raise ValueError("metric: value is judged by sequential or threshold, not mannwhitney")
+        if self.judge == "sequential":
+            self._sequential_value_fits()
+        return self
+
+    def _sequential_value_fits(self) -> None:
+        if self.bounds is None:
+            raise ValueError("sequential judging of a value needs bounds: {min: ..., max: ...}, the range the "
+                             "metric can take (such as {min: 0, max: 1} for a ratio): no test of means is valid "
+                             "without a bound")
+        margin = self.margin or 0.0
+        if margin > 0 and self.bounds.min < 0:
+            raise ValueError("margin is relative to the baseline's mean: it needs bounds.min ≥ 0")
+        if margin >= 1 and self.direction != "increase":
+            raise ValueError(f"margin {margin:g} allows any decrease: below 1 with direction {self.direction}")
 
     @property
     def gives_values(self) -> bool:
@@ -74,23 +117,37 @@ class RouterTemplate(TemplateBase):
     provider: Literal["router"] = "router"
     """router: the router's own per-release counts and latencies (the default)."""
 
+    @model_validator(mode="after")
+    def _counts_only(self) -> RouterTemplate:
+        if self.metric == "value":
+            raise ValueError("the router counts requests: metric value needs provider: prometheus with a query")
+        return self
+
 
 class PrometheusTemplate(TemplateBase):
     provider: Literal["prometheus"]
     address: str
     """prometheus: base URL of the server, such as http://127.0.0.1:9090."""
     query: str | None = None
-    """prometheus: a PromQL query giving one value per release ({{service}}, {{release}}, {{window}} filled
-    in); none: the builtin router's exported counters, for any judge."""
+    """prometheus: a PromQL query per release ({{service}}, {{release}}, {{window}} filled in) — a value for
+    threshold and metric value, a counter of bad events with `total` (error-rate), or `_bucket` series by `le`
+    (latency); none: the builtin router's exported counters, for any judge."""
+    total: str | None = None
+    """prometheus, error-rate: the counter of all events beside `query`'s bad ones, per release."""
 
     @property
     def gives_values(self) -> bool:
-        return self.query is not None
+        return self.query is not None and (self.judge == "threshold" or self.metric == "value")
 
     @model_validator(mode="after")
     def _judge_fits(self) -> PrometheusTemplate:
-        if self.query is not None:
-            self._one_value_per_check("a PromQL query")
+        if self.total is not None and (self.query is None or self.metric != "error-rate"):
+            raise ValueError("total is the counter beside query's bad events: it needs query and metric: error-rate")
+        if self.metric == "value" and self.query is None:
+            raise ValueError("metric: value needs a query giving the metric per release")
+        if self.query is not None and self.judge != "threshold" and self.metric == "error-rate" and not self.total:
+            raise ValueError(f"judge {self.judge} on a query's error rate needs total: the counter of all events "
+                             "beside query's counter of bad ones (or judge: threshold on a ratio)")
         return self
 
 

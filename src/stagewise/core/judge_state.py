@@ -66,6 +66,41 @@ class LatencyState:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Bet:
+    """One direction's betting e-process of the sequential value judge."""
+
+    log_wealth: float
+    """log of the wealth: the e-value of this direction."""
+    bet: float
+    """The share of wealth staked on the next pair (fixed before it is seen)."""
+    curvature: float
+    """1 + the sum of squared gradients so far: online Newton step's memory."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValueState:
+    """The sequential value judge: one betting e-process per tested direction, and the samples' sums."""
+
+    kind: Literal["sequential/value"] = "sequential/value"
+    margin: float
+    direction: str
+    bounds: tuple[float, float]
+    """The range the values were clipped into; with the margin and the direction, what the bets test."""
+    samples: Pair
+    """Values seen per release (a pair needs both)."""
+    pairs: int
+    sums: tuple[float, float]
+    """Sums of the paired values (after clipping), baseline and candidate."""
+    squares: tuple[float, float]
+    clipped: int
+    """Values that fell outside the bounds."""
+    bets: tuple[Bet, ...]
+    """increase, or decrease, or both (direction either), in that order."""
+    max_log_e: float
+    verdict: Verdict | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Checks:
     """The schedule of a judge that checks once per interval (threshold, mannwhitney)."""
 
@@ -100,12 +135,12 @@ class MannWhitneyState(Checks):
 
 
 JudgeState = Annotated[
-    ErrorRateState | LatencyState | ThresholdState | MannWhitneyState,
+    ErrorRateState | LatencyState | ValueState | ThresholdState | MannWhitneyState,
     Field(discriminator="kind"),
 ]
 """Any judge's state."""
 
-JUDGE_KINDS = frozenset({"sequential/error-rate", "sequential/latency/4", "threshold/error-rate",
+JUDGE_KINDS = frozenset({"sequential/error-rate", "sequential/latency/4", "sequential/value", "threshold/error-rate",
                          "threshold/latency", "mannwhitney/error-rate", "mannwhitney/latency"})
 """The kinds of state the judges make now."""
 
@@ -119,5 +154,6 @@ class ProviderNote:
     error: str | None = None
 
 
-JUDGE_STATE: TypeAdapter[ErrorRateState | LatencyState | ThresholdState | MannWhitneyState] = TypeAdapter(JudgeState)
+JUDGE_STATE: TypeAdapter[ErrorRateState | LatencyState | ValueState | ThresholdState | MannWhitneyState] = (
+    TypeAdapter(JudgeState))
 """Reads and writes a judge's state as JSON (`JUDGE_STATE.dump_python(state, mode="json")`)."""

@@ -18,7 +18,9 @@ Judges that decide on a schedule (threshold, mannwhitney) keep it in their
 state and check once per `interval`; the sequential judges may be looked at
 after every increment, even of one request. A provider that measures a value
 rather than counts (a PromQL query, an http or command check) hands it over
-as `values` (baseline, candidate) on the tick it was measured.
+as `values` (baseline, candidate) on the tick it was measured: one pair of a
+gauge for the sequential value judge (`sequential_value`), or a value for
+threshold.
 
 Judges never read a clock, touch a file or draw random numbers, and import only
 `stagewise.core`, `stagewise.errors` and the standard library.
@@ -31,6 +33,7 @@ from typing import Any, Protocol
 from stagewise.analysis.judges.mannwhitney import judge_mannwhitney
 from stagewise.analysis.judges.sequential import judge_error_rate
 from stagewise.analysis.judges.sequential_latency import judge_latency
+from stagewise.analysis.judges.sequential_value import judge_value
 from stagewise.analysis.judges.threshold import judge_threshold
 from stagewise.core.judge_state import JudgeState
 from stagewise.core.spec import AnalysisTemplate
@@ -97,11 +100,28 @@ def _counts_only(fn: Any) -> JudgeFn:
     return call
 
 
+def _values_only(
+    template: AnalysisTemplate,
+    state: JudgeState | None,
+    baseline: ReleaseStats,
+    candidate: ReleaseStats,
+    *,
+    elapsed: float,
+    duration: float | None,
+    values: Values | None = None,
+) -> tuple[JudgeState | None, Verdict]:
+    """The sequential value judge: it tests a provider's values, so counts have nothing for it."""
+    del baseline, candidate
+    return judge_value(template, state, values=values, elapsed=elapsed, duration=duration)
+
+
 JUDGES: dict[str, JudgeFn] = {
     "sequential/error-rate": _counts_only(judge_error_rate),
     "sequential/latency": _counts_only(judge_latency),
     "threshold/error-rate": judge_threshold,
     "threshold/latency": judge_threshold,
+    "sequential/value": _values_only,
+    "threshold/value": judge_threshold,
     "mannwhitney/error-rate": judge_mannwhitney,
     "mannwhitney/latency": judge_mannwhitney,
 }

@@ -67,8 +67,9 @@ def judge_runs(
         increment = stats.since(run.last)
         b, c = increment.release(baseline), increment.release(candidate)
         verdicts = []
+        shares = sequential_metrics(run.templates, d.spec.spec.analysis)
         for name in run.templates:
-            template = d.spec.spec.analysis[name]
+            template = split_alpha(d.spec.spec.analysis[name], shares)
             if template.provider == "router":
                 state, verdict = judge(template, run.judge_state.get(name), b, c,
                                        elapsed=now - run.started_at, duration=run.duration)
@@ -76,11 +77,38 @@ def judge_runs(
                 state, verdict = _judge_measured(run, name, template, measured.get((run.key, name)), now)
             if state is not None:
                 run.judge_state[name] = state
-            verdicts.append(verdict)
+            verdicts.append(named(verdict, name, several=len(run.templates) > 1))
         run.verdict = combine(verdicts)
         run.last = stats
         _record(run, stats, now, baseline, candidate)
     return d
+
+
+def sequential_metrics(names: list[str], templates: Mapping[str, AnalysisTemplate]) -> int:
+    """How many of a run's templates are judged sequentially: they share the run's false-alarm rate."""
+    return sum(1 for name in names if templates[name].judge == "sequential")
+
+
+def split_alpha(template: AnalysisTemplate, shares: int) -> AnalysisTemplate:
+    """The template judged at alpha / k when k sequential metrics decide one run (Bonferroni on e-values).
+
+    Each of the k e-processes then fails at e ≥ k/α; the run false-alarms only
+    if one of them does, so at most Σ α_i / k ≤ the largest α of them —
+    looked at after every increment, as each one alone. (The mean of the k
+    e-values is an e-value too, and fails sooner when several metrics move
+    together; the split fails sooner when one metric moves alone, the usual
+    way a release breaks, and names that metric.)
+    """
+    if shares <= 1 or template.judge != "sequential":
+        return template
+    return template.model_copy(update={"alpha": template.alpha / shares})
+
+
+def named(verdict: Verdict, name: str, *, several: bool) -> Verdict:
+    """The verdict with its template's name in the evidence — and in the message when the run has several."""
+    evidence = {**verdict.evidence, "template": name}
+    message = f"{name}: {verdict.message}" if several and verdict.message else verdict.message
+    return verdict.model_copy(update={"evidence": evidence, "message": message})
 
 
 def _judge_measured(

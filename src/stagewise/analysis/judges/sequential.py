@@ -186,24 +186,27 @@ def decide(
     requests: tuple[int, int],
     elapsed: float,
     duration: float | None,
+    unit: str = "requests",
 ) -> tuple[Outcome, str]:
     """The outcome every judge shares, and the sentence about missing data ('' when none is missing).
 
     Failed on detection, else Running until the deadline. At the deadline:
-    Successful when both arms saw `min_requests`, otherwise the template's
-    `no_data` policy — and the sentence says which arm lacked what, so a service
-    without traffic never passes silently.
+    Successful when both arms saw `min_requests` (with unit "samples":
+    `min_samples`), otherwise the template's `no_data` policy — and the
+    sentence says which arm lacked what, so a service without traffic never
+    passes silently.
     """
     if detected:
         return Outcome.FAILED, ""
     if duration is None or elapsed < duration:
         return Outcome.RUNNING, ""
-    need = template.min_requests
+    need = template.min_samples if unit == "samples" else template.min_requests
     if min(requests) >= need:
         return Outcome.SUCCESSFUL, ""
     parts = [f"{arm} {n:,} of {need:,}" for arm, n in zip(ARMS, requests, strict=True) if n < need]
-    parts[0] += " requests needed"
-    lack = f"too little traffic to judge after {fmt_seconds(elapsed)}: {', '.join(parts)}"
+    parts[0] += f" {unit} needed"
+    what = "too few samples" if unit == "samples" else "too little traffic"
+    lack = f"{what} to judge after {fmt_seconds(elapsed)}: {', '.join(parts)}"
     if template.no_data == "fail":
         return Outcome.FAILED, f"{lack}; failing (noData: fail)"
     if template.no_data == "pass":
@@ -241,6 +244,71 @@ def counts(stats: ReleaseStats) -> tuple[int, int]:
 # ---- the error-rate judge ----------------------------------------------------------------------
 
 
+class ErrorRateProcess:
+    """The error-rate e-process between two looks, mutable: a look folds one increment, a replay many.
+
+    `add` takes an increment as the controller hands it over (held until both
+    arms show up, see `gather`); `fold` takes a block already holding both
+    arms. The judge builds one from its state, adds the increment and writes
+    the state back; `stagewise analyze` keeps one for a whole recording and
+    asks the judge for a verdict only when the e-value crosses its bound.
+    """
+
+    def __init__(self, rho0: float, state: ErrorRateState | None = None) -> None:
+        self.rho0 = rho0
+        self.llr = [0.0] * GRID_SIZE if state is None else list(state.llr)
+        self.requests = [0, 0] if state is None else list(state.requests)
+        self.errors = [0, 0] if state is None else list(state.errors)
+        self.max_log_e = 0.0 if state is None else state.max_log_e
+        self.pending: list[int] = [] if state is None else list(state.pending)
+        self.log_e = log_mean_exp(self.llr)
+
+    def add(self, n_b: int, e_b: int, n_c: int, e_c: int) -> None:
+        """One increment: counted in the totals, folded once it makes a block with both arms."""
+        block, self.pending = gather(self.pending, [n_b, n_c, e_b, e_c])
+        if block is not None:
+            self.fold(block[0], block[1], block[2], block[3])
+        self.count(n_b, e_b, n_c, e_c)
+
+    def add_block(self, n_b: int, e_b: int, n_c: int, e_c: int) -> None:
+        """A block with both arms, already gathered: folded and counted."""
+        self.fold(n_b, n_c, e_b, e_c)
+        self.count(n_b, e_b, n_c, e_c)
+
+    def count(self, n_b: int, e_b: int, n_c: int, e_c: int) -> None:
+        """Requests and errors into the totals of the evidence (a dropped block too)."""
+        self.requests = [self.requests[0] + n_b, self.requests[1] + n_c]
+        self.errors = [self.errors[0] + e_b, self.errors[1] + e_c]
+
+    def fold(self, n_b: int, n_c: int, e_b: int, e_c: int) -> None:
+        """A block's events into the sums (its requests are counted by `add`, or by the caller)."""
+        if e_b == 0 and e_c == 0:
+            return
+        weights = event_weights(split(n_b, n_c), self.rho0)
+        if weights is None:
+            return
+        self.llr = add_events(self.llr, weights, e_b, e_c)
+        self.log_e = log_mean_exp(self.llr)
+        self.max_log_e = max(self.max_log_e, self.log_e)
+
+    def state(self, verdict: Verdict | None = None) -> ErrorRateState:
+        return ErrorRateState(rho0=self.rho0, requests=(self.requests[0], self.requests[1]),
+                              errors=(self.errors[0], self.errors[1]), llr=tuple(self.llr),
+                              max_log_e=self.max_log_e, pending=tuple(self.pending), verdict=verdict)
+
+
+def error_rate_rho0(template: AnalysisTemplate) -> float:
+    return 1.0 + (template.margin if template.margin is not None else DEFAULT_MARGIN)
+
+
+def error_rate_state(template: AnalysisTemplate, state: JudgeState | None) -> ErrorRateState | None:
+    """`state` if it tests this template's null, else None (another margin or grid: start afresh)."""
+    kept = state if isinstance(state, ErrorRateState) else None
+    if kept is not None and (kept.rho0 != error_rate_rho0(template) or len(kept.llr) != GRID_SIZE):
+        return None
+    return kept
+
+
 def judge_error_rate(
     template: AnalysisTemplate,
     state: JudgeState | None,
@@ -257,41 +325,33 @@ def judge_error_rate(
     seen (for the p-value). A state made for another margin is started
     afresh, since its sums test another null; so is one made for another grid.
     """
-    rho0 = 1.0 + (template.margin if template.margin is not None else DEFAULT_MARGIN)
-    kept = state if isinstance(state, ErrorRateState) else None
-    if kept is not None and (kept.rho0 != rho0 or len(kept.llr) != GRID_SIZE):
-        kept = None  # made for another margin or grid: its sums test another null
+    kept = error_rate_state(template, state)
     if kept is not None and kept.verdict is not None:
         return kept, kept.verdict
-    llr: list[float] = [0.0] * GRID_SIZE if kept is None else list(kept.llr)
-    total_n = [0, 0] if kept is None else list(kept.requests)
-    total_e = [0, 0] if kept is None else list(kept.errors)
-    max_log_e = 0.0 if kept is None else kept.max_log_e
-    held: list[int] = [] if kept is None else list(kept.pending)
-
+    process = ErrorRateProcess(error_rate_rho0(template), kept)
     (n_b, e_b), (n_c, e_c) = counts(baseline), counts(candidate)
-    block, held = gather(held, [n_b, n_c, e_b, e_c])
-    if block is not None:
-        weights = event_weights(split(block[0], block[1]), rho0)
-        if weights is not None:
-            llr = add_events(llr, weights, block[2], block[3])
-    total_n = [total_n[0] + n_b, total_n[1] + n_c]
-    total_e = [total_e[0] + e_b, total_e[1] + e_c]
-    log_e = log_mean_exp(llr)
-    max_log_e = max(max_log_e, log_e)
+    process.add(n_b, e_b, n_c, e_c)
+    process.max_log_e = max(process.max_log_e, process.log_e)
+    verdict = error_rate_verdict(template, process, elapsed=elapsed, duration=duration)
+    return process.state(verdict if finished(verdict.outcome) else None), verdict
 
+
+def error_rate_verdict(
+    template: AnalysisTemplate, process: ErrorRateProcess, *, elapsed: float, duration: float | None
+) -> Verdict:
+    """What the process shows now: the outcome, a sentence and the evidence."""
+    total_n, total_e, rho0 = process.requests, process.errors, process.rho0
     bound = 1.0 / template.alpha
     rate_b = total_e[0] / total_n[0] if total_n[0] else 0.0
     rate_c = total_e[1] / total_n[1] if total_n[1] else 0.0
-    rho, relation = rho_hat(llr, rho0, rho_grid(rho0))
-    ev = e_value(log_e)
-    requests = sum(total_n)
+    rho, relation = rho_hat(process.llr, rho0, rho_grid(rho0))
+    ev = e_value(process.log_e)
     evidence: dict[str, Any] = {
         "judge": "sequential",
         "metric": "error-rate",
         "e_value": ev,
         "threshold": bound,
-        "p_value": p_value(max_log_e),
+        "p_value": p_value(process.max_log_e),
         "alpha": template.alpha,
         "rho0": rho0,
         "rho_hat": round(rho, 4),
@@ -301,32 +361,20 @@ def judge_error_rate(
         "errors": {"baseline": total_e[0], "candidate": total_e[1]},
         "min_requests": template.min_requests,
     }
-    outcome, lack = decide(
-        template,
-        detected=log_e >= math.log(bound),
-        requests=(total_n[0], total_n[1]),
-        elapsed=elapsed,
-        duration=duration,
-    )
+    outcome, lack = decide(template, detected=process.log_e >= math.log(bound),
+                           requests=(total_n[0], total_n[1]), elapsed=elapsed, duration=duration)
+    if lack:
+        evidence["no_data"] = template.no_data
     rates = f"candidate error rate {rate_c:.1%} vs baseline {rate_b:.1%}"
+    requests = f"after {sum(total_n):,} requests"
     if lack:
         message = lack
-        evidence["no_data"] = template.no_data
     elif outcome is Outcome.FAILED:
-        message = (
-            f"{rates} ({fmt_rho(rho, relation)}), e-value {fmt_e(ev)} ≥ 1/α = {bound:g} after {requests:,} requests"
-        )
+        message = f"{rates} ({fmt_rho(rho, relation)}), e-value {fmt_e(ev)} ≥ 1/α = {bound:g} {requests}"
     elif outcome is Outcome.SUCCESSFUL:
         allowed = f"more than {rho0:g}× the baseline's" if rho0 > 1.0 else "higher than the baseline's"
-        message = (
-            f"{rates}: no evidence of an error rate {allowed} "
-            f"(e-value {fmt_e(ev)} < 1/α = {bound:g}) after {requests:,} requests"
-        )
+        message = (f"{rates}: no evidence of an error rate {allowed} "
+                   f"(e-value {fmt_e(ev)} < 1/α = {bound:g}) {requests}")
     else:
-        message = f"{rates}, e-value {fmt_e(ev)} (fails at {bound:g}) after {requests:,} requests"
-    verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
-    new_state = ErrorRateState(
-        rho0=rho0, requests=(total_n[0], total_n[1]), errors=(total_e[0], total_e[1]), llr=tuple(llr),
-        max_log_e=max_log_e, pending=tuple(held), verdict=verdict if finished(outcome) else None,
-    )
-    return new_state, verdict
+        message = f"{rates}, e-value {fmt_e(ev)} (fails at {bound:g}) {requests}"
+    return Verdict(outcome=outcome, message=message, evidence=evidence)

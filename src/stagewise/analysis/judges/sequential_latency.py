@@ -161,14 +161,6 @@ def log_choose(n: int, k: int) -> float:
     return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
 
 
-def _fold(sums: list[float], n_b: int, n_c: int, slow_b: int, slow_c: int, psi0: float) -> list[float]:
-    """One rung's log-likelihood-ratio sums after an increment."""
-    weights = odds_weights(n_b, n_c, slow_b + slow_c, psi0)
-    if weights is None:
-        return sums
-    return [total + slow_c * a + c for total, (a, c) in zip(sums, weights, strict=True)]
-
-
 def active(seen: list[int]) -> list[int]:
     """The rungs (positions in the ladder) the next block's e-value is spread over.
 
@@ -179,6 +171,148 @@ def active(seen: list[int]) -> list[int]:
     a test conditioned on that split, is evidence of nothing.
     """
     return [r for r, slow in enumerate(seen[1:]) if 0 < slow < seen[0]]
+
+
+RECOUNT = 1024
+"""Blocks between two fresh sums of the active rungs' weight (see `LatencyProcess._step`)."""
+Change = tuple[int, int, int]
+"""A rung a block says something about: (position in the ladder, slow baseline requests, slow candidate ones)."""
+
+
+class LatencyProcess:
+    """The per-rung e-processes between two looks, mutable: a look folds one increment, a replay many.
+
+    Per rung it keeps the sums and their log-sum-exp, so a block costs only
+    the rungs it has something to say about — those with requests of the
+    block on both sides of them (a block's "slower than T" counts fall with T:
+    every request is slow below the block's fastest, none above its slowest).
+    The e-value's step is LSE(after) − LSE(before) over the rungs active
+    before the block, exactly as the judge has always computed it.
+    """
+
+    def __init__(self, rho0: float, floor_ms: float, state: LatencyState | None = None) -> None:
+        self.rho0, self.floor_ms = rho0, floor_ms
+        self.ladder = ladder = rungs(floor_ms)
+        k = len(ladder)
+        if state is None:
+            self.llr = [[0.0] * ODDS_SIZE for _ in ladder]
+            self.hist = [[0] * BUCKETS, [0] * BUCKETS]
+            self.log_e = self.max_log_e = 0.0
+            self.seen = [0] * (k + 1)
+            self.pending: list[int] = []
+        else:
+            self.llr = [list(sums) for sums in state.llr]
+            self.hist = [list(state.hist[0]), list(state.hist[1])]
+            self.log_e, self.max_log_e = state.log_e, state.max_log_e
+            self.seen = list(state.seen)
+            self.pending = list(state.pending)
+        self.rung_lse = [seq.log_sum_exp(sums) for sums in self.llr]
+        # The active rungs are those with requests on both sides; "slower than T" counts fall as T rises, so
+        # they form one range of the ladder, [low, high), that only widens.
+        self.low, self.high = self._live_range(len(ladder), 0)
+        self.blocks = 0
+        self._recount()
+
+    def _live_range(self, low: int, high: int) -> tuple[int, int]:
+        """The active rungs' range, widened from [low, high) — or, before any request, an empty one."""
+        seen = self.seen
+        if seen[0] == 0:
+            return len(self.ladder), 0
+        low = min(low, len(self.ladder))
+        while low > 0 and seen[low] < seen[0]:
+            low -= 1
+        while low < len(self.ladder) and seen[low + 1] == seen[0]:
+            low += 1
+        high = max(high, low)
+        while high < len(self.ladder) and seen[high + 1] > 0:
+            high += 1
+        return low, high
+
+    @property
+    def live(self) -> list[int]:
+        return list(range(self.low, self.high))
+
+    def _recount(self) -> None:
+        """The active rungs' total weight, summed afresh: log-sum-exp, and the sum in a frame that keeps it exact."""
+        self.offset = max((self.rung_lse[r] for r in range(self.low, self.high)), default=0.0)
+        self.total = math.fsum(math.exp(self.rung_lse[r] - self.offset) for r in range(self.low, self.high))
+        self.live_lse = self.offset + math.log(self.total) if self.total > 0 else 0.0
+
+    def add(self, inc_b: list[int], inc_c: list[int]) -> None:
+        """One increment's histograms: counted, and folded once it makes a block with both arms."""
+        slow_b, slow_c = slower_than(inc_b), slower_than(inc_c)
+        block, self.pending = seq.gather(
+            self.pending,
+            [sum(inc_b), sum(inc_c), *(slow_b[i] for i in self.ladder), *(slow_c[i] for i in self.ladder)],
+        )
+        if block is not None:
+            self.fold_dense(block)
+        self.hist = [[a + b for a, b in zip(h, inc, strict=True)] for h, inc in zip(self.hist, (inc_b, inc_c),
+                                                                                     strict=True)]
+
+    def fold_dense(self, block: list[int]) -> None:
+        """A block as `gather` makes it: [n_b, n_c, slow_b per rung..., slow_c per rung...]."""
+        k = len(self.ladder)
+        n = block[0] + block[1]
+        slow_b, slow_c = block[2 : 2 + k], block[2 + k :]
+        prefix = next((r for r in range(k) if slow_b[r] + slow_c[r] < n), k)
+        changes = [(r, slow_b[r], slow_c[r]) for r in range(prefix, k) if slow_b[r] + slow_c[r] > 0]
+        self.fold(block[0], block[1], prefix, changes)
+
+    def fold(self, n_b: int, n_c: int, prefix: int, changes: list[Change]) -> None:
+        """A block with both arms: every request is slow at the first `prefix` rungs, `changes` say the rest."""
+        low, high, offset = self.low, self.high, self.offset
+        total, top = self.total, -math.inf
+        for r, s_b, s_c in changes:
+            weights = odds_weights(n_b, n_c, s_b + s_c, self.rho0)
+            if weights is None:
+                continue
+            self.llr[r] = sums = [x + s_c * a + c for x, (a, c) in zip(self.llr[r], weights, strict=True)]
+            old, self.rung_lse[r] = self.rung_lse[r], seq.log_sum_exp(sums)
+            if low <= r < high:
+                top = max(top, self.rung_lse[r])
+                total += math.exp(min(self.rung_lse[r] - offset, 700.0)) - math.exp(old - offset)
+        if top > -math.inf:
+            self._step(total, top)
+        self._see(n_b + n_c, prefix, changes)
+
+    def _step(self, total: float, top: float) -> None:
+        """Multiply the e-value by the active rungs' weight after the block over their weight before it.
+
+        The weight is kept as a sum of exponentials relative to a fixed frame,
+        updated by the rungs that moved; it is summed afresh when the frame no
+        longer fits (a rung far above it, or the sum fallen by cancellation)
+        and every RECOUNT blocks, so rounding never accumulates.
+        """
+        before = self.live_lse
+        self.blocks += 1
+        if top - self.offset > 300.0 or not 1e-6 * self.total < total < 1e250 or self.blocks % RECOUNT == 0:
+            self._recount()
+        else:
+            self.total = total
+            self.live_lse = self.offset + math.log(total)
+        self.log_e += self.live_lse - before
+        self.max_log_e = max(self.max_log_e, self.log_e)
+
+    def _see(self, n: int, prefix: int, changes: list[Change]) -> None:
+        """Count the block's slow requests per rung; rungs with requests on both sides join the active ones."""
+        seen = self.seen
+        seen[0] += n
+        for r in range(prefix):
+            seen[r + 1] += n
+        for r, s_b, s_c in changes:
+            seen[r + 1] += s_b + s_c
+        low, high = self._live_range(self.low, self.high)
+        if (low, high) != (self.low, self.high):
+            self.low, self.high = low, high
+            self._recount()
+
+    def state(self, verdict: Verdict | None = None) -> LatencyState:
+        return LatencyState(
+            rho0=self.rho0, rungs=tuple(self.ladder), hist=(tuple(self.hist[0]), tuple(self.hist[1])),
+            llr=tuple(tuple(x) for x in self.llr), log_e=self.log_e, seen=tuple(self.seen),
+            max_log_e=self.max_log_e, pending=tuple(self.pending), verdict=verdict,
+        )
 
 
 def buckets(stats: ReleaseStats) -> list[int]:
@@ -207,6 +341,24 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g} ms"
 
 
+def latency_settings(template: AnalysisTemplate, floor_ms: float | None = None) -> tuple[float, float]:
+    """ψ0 = 1 + margin, and the floor of the rungs the template tests."""
+    rho0 = 1.0 + (template.margin if template.margin is not None else DEFAULT_MARGIN)
+    if floor_ms is None:
+        floor_ms = template.floor * 1000 if template.floor is not None else DEFAULT_FLOOR_MS
+    return rho0, floor_ms
+
+
+def latency_state(template: AnalysisTemplate, state: JudgeState | None,
+                  floor_ms: float | None = None) -> LatencyState | None:
+    """`state` if it tests this template's null, else None (another margin or floor: start afresh)."""
+    rho0, floor = latency_settings(template, floor_ms)
+    kept = state if isinstance(state, LatencyState) else None
+    if kept is not None and (kept.rho0 != rho0 or list(kept.rungs) != rungs(floor)):
+        return None
+    return kept
+
+
 def judge_latency(
     template: AnalysisTemplate,
     state: JudgeState | None,
@@ -222,104 +374,75 @@ def judge_latency(
     Requests are counted from the histograms (requests with a latency); the
     split p of each increment is the candidate's share of them.
     """
-    rho0 = 1.0 + (template.margin if template.margin is not None else DEFAULT_MARGIN)
-    if floor_ms is None:
-        floor_ms = template.floor * 1000 if template.floor is not None else DEFAULT_FLOOR_MS
-    ladder = rungs(floor_ms)
-    kept = state if isinstance(state, LatencyState) else None
-    if kept is not None and (kept.rho0 != rho0 or list(kept.rungs) != ladder):
-        kept = None  # made for another margin or floor: its sums test another null
+    kept = latency_state(template, state, floor_ms)
     if kept is not None and kept.verdict is not None:
         return kept, kept.verdict
-    if kept is None:
-        llr = [[0.0] * ODDS_SIZE for _ in ladder]
-        hist_b, hist_c = [0] * BUCKETS, [0] * BUCKETS
-        max_log_e = log_e = 0.0
-        seen = [0] * (len(ladder) + 1)
-    else:
-        llr = [list(sums) for sums in kept.llr]
-        hist_b, hist_c = list(kept.hist[0]), list(kept.hist[1])
-        max_log_e, log_e = kept.max_log_e, kept.log_e
-        seen = list(kept.seen)
-    held: list[int] = [] if kept is None else list(kept.pending)
+    process = LatencyProcess(*latency_settings(template, floor_ms), kept)
+    process.add(buckets(baseline), buckets(candidate))
+    verdict = latency_verdict(template, process, elapsed=elapsed, duration=duration)
+    return process.state(verdict if seq.finished(verdict.outcome) else None), verdict
 
-    inc_b, inc_c = buckets(baseline), buckets(candidate)
-    # held blocks keep only the per-rung slow counts: that is all the test reads
-    slow_inc_b, slow_inc_c = slower_than(inc_b), slower_than(inc_c)
-    block, held = seq.gather(
-        held, [sum(inc_b), sum(inc_c), *(slow_inc_b[i] for i in ladder), *(slow_inc_c[i] for i in ladder)]
-    )
-    if block is not None:
-        k = len(ladder)
-        slow_b, slow_c = block[2 : 2 + k], block[2 + k :]
-        live = active(seen)
-        before = seq.log_sum_exp([x for r in live for x in llr[r]]) if live else 0.0
-        llr = [_fold(sums, block[0], block[1], slow_b[r], slow_c[r], rho0) for r, sums in enumerate(llr)]
-        if live:
-            log_e += seq.log_sum_exp([x for r in live for x in llr[r]]) - before
-        seen = [seen[0] + block[0] + block[1], *(s + b + c for s, b, c in zip(seen[1:], slow_b, slow_c, strict=True))]
-    hist_b = [a + b for a, b in zip(hist_b, inc_b, strict=True)]
-    hist_c = [a + b for a, b in zip(hist_c, inc_c, strict=True)]
 
+def latency_verdict(
+    template: AnalysisTemplate, process: LatencyProcess, *, elapsed: float, duration: float | None
+) -> Verdict:
+    """What the per-rung e-processes show now: the outcome, a sentence and the evidence."""
+    ladder, hist_b, hist_c = process.ladder, process.hist[0], process.hist[1]
     # A rung that never saw an event has every sum at 0: its e-value is 1, no need to add it up.
-    per_rung = [seq.log_mean_exp(sums) if any(sums) else 0.0 for sums in llr]
-    max_log_e = max(max_log_e, log_e)
+    per_rung = [lse - math.log(ODDS_SIZE) if any(sums) else 0.0 for lse, sums in zip(process.rung_lse, process.llr,
+                                                                                     strict=True)]
     n_b, n_c = sum(hist_b), sum(hist_c)
     bound = 1.0 / template.alpha
-    ev = seq.e_value(log_e)
+    ev = seq.e_value(process.log_e)
     q_b, q_c = _quantiles(hist_b), _quantiles(hist_c)
     evidence: dict[str, Any] = {
         "judge": "sequential",
         "metric": "latency",
         "e_value": ev,
         "threshold": bound,
-        "p_value": seq.p_value(max_log_e),
+        "p_value": seq.p_value(process.max_log_e),
         "alpha": template.alpha,
-        "rho0": rho0,
-        "floor_ms": floor_ms,
+        "rho0": process.rho0,
+        "floor_ms": process.floor_ms,
         "thresholds_ms": [LATENCY_BOUNDS_MS[i] for i in ladder],
         "requests": {"baseline": n_b, "candidate": n_c},
         "latency_ms": {"baseline": q_b, "candidate": q_c},
         "min_requests": template.min_requests,
     }
-    outcome, lack = seq.decide(
-        template,
-        detected=log_e >= math.log(bound),
-        requests=(n_b, n_c),
-        elapsed=elapsed,
-        duration=duration,
-    )
-    summary = f"p99 candidate {_ms(q_c['p99'])} vs baseline {_ms(q_b['p99'])}"
+    outcome, lack = seq.decide(template, detected=process.log_e >= math.log(bound), requests=(n_b, n_c),
+                               elapsed=elapsed, duration=duration)
     if per_rung:
-        evidence["worst"] = _worst(per_rung, llr, ladder, hist_b, hist_c, rho0)
+        evidence["worst"] = _worst(per_rung, process.llr, ladder, hist_b, hist_c, process.rho0)
     if lack:
-        message = lack
         evidence["no_data"] = template.no_data
-    elif outcome is Outcome.FAILED:
+    message = lack or _latency_sentence(template, evidence, outcome, ladder)
+    return Verdict(outcome=outcome, message=message, evidence=evidence)
+
+
+def _latency_sentence(template: AnalysisTemplate, evidence: dict[str, Any], outcome: Outcome,
+                      ladder: list[int]) -> str:
+    n_b, n_c = evidence["requests"]["baseline"], evidence["requests"]["candidate"]
+    q_b, q_c = evidence["latency_ms"]["baseline"], evidence["latency_ms"]["candidate"]
+    bound = 1.0 / template.alpha
+    ev = seq.fmt_e(evidence["e_value"])
+    summary = f"p99 candidate {_ms(q_c['p99'])} vs baseline {_ms(q_b['p99'])}"
+    if outcome is Outcome.FAILED:
         worst = evidence["worst"]
         share_b = worst["slow"]["baseline"] / n_b if n_b else 0.0
         share_c = worst["slow"]["candidate"] / n_c if n_c else 0.0
-        message = (
+        return (
             f"candidate requests slower than {worst['threshold_ms']:.3g} ms: {share_c:.1%} vs baseline "
             f"{share_b:.1%} (odds ratio {worst['rho_hat_relation']} {worst['rho_hat']:.3g}), "
-            f"e-value {seq.fmt_e(ev)} ≥ 1/α = {bound:g} after {n_b + n_c:,} requests; {summary}"
+            f"e-value {ev} ≥ 1/α = {bound:g} after {n_b + n_c:,} requests; {summary}"
         )
-    elif outcome is Outcome.SUCCESSFUL:
+    if outcome is Outcome.SUCCESSFUL:
         lowest = _ms(LATENCY_BOUNDS_MS[ladder[0]] if ladder else None)
-        message = (
-            f"no threshold from {lowest} up shows {rho0:g}× the baseline's "
-            f"odds of a slower request (e-value {seq.fmt_e(ev)} < 1/α = {bound:g}) "
+        return (
+            f"no threshold from {lowest} up shows {evidence['rho0']:g}× the baseline's "
+            f"odds of a slower request (e-value {ev} < 1/α = {bound:g}) "
             f"after {n_b + n_c:,} requests; {summary}"
         )
-    else:
-        message = f"{summary}, e-value {seq.fmt_e(ev)} (fails at {bound:g}) after {n_b + n_c:,} requests"
-    verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
-    new_state = LatencyState(
-        rho0=rho0, rungs=tuple(ladder), hist=(tuple(hist_b), tuple(hist_c)), llr=tuple(tuple(x) for x in llr),
-        log_e=log_e, seen=tuple(seen), max_log_e=max_log_e, pending=tuple(held),
-        verdict=verdict if seq.finished(outcome) else None,
-    )
-    return new_state, verdict
+    return f"{summary}, e-value {ev} (fails at {bound:g}) after {n_b + n_c:,} requests"
 
 
 def _worst(

@@ -2,15 +2,18 @@
 
 A provider measures one analysis template for the baseline and the candidate
 at the same moment, and returns a `Measurement`: per-release counters
-(requests, errors, latency histogram) that the controller turns into
-increments for the judges, or one value per release (a PromQL query, an http
-probe, a command's exit status) for the threshold judge. Each backend lives in
+(requests, errors, latency histogram — the router's, or a team's own counters
+and histograms in Prometheus) that the controller turns into increments for
+the judges, or one value per release (a PromQL query: a gauge for the
+sequential value judge or a value for threshold; an http probe, a command's
+exit status) on the tick it was measured. Each backend lives in
 its own module and imports `stagewise.core` and `stagewise.errors` only —
 never another driver — and translates its failures into `ProviderError`
 (temporary: the next interval tries again).
 
     router      the router's own counters (builtin or HAProxy), already at hand
-    prometheus  PromQL over Prometheus's HTTP API, {{service}} {{release}} {{window}} filled in
+    prometheus  PromQL over Prometheus's HTTP API, {{service}} {{release}} {{window}} filled in;
+                counters followed series by series with increase()'s reset rule
     http        a synthetic probe: method, URL, expected status, latency limit
     command     argv run without a shell; exit status 0 passes, output kept as evidence
 """
