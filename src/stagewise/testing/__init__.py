@@ -1,4 +1,4 @@
-"""Fakes for the layers above the drivers: a clock, a platform, a router with scripted traffic.
+"""Fakes for the layers above the drivers: a clock, a platform, routers with scripted traffic.
 
 They implement the same Protocols as the real drivers, in memory and on a
 clock you move by hand, so a whole delivery runs in milliseconds:
@@ -11,6 +11,6 @@ clock you move by hand, so a whole delivery runs in milliseconds:
 Never use them to test a driver: a driver is tested against the real thing.
 """
 
-from stagewise.testing.fakes import FakeClock, FakePlatform, FakeRouter
+from stagewise.testing.fakes import FakeClock, FakePlatform, FakeRouter, SteadyRouter
 
-__all__ = ["FakeClock", "FakePlatform", "FakeRouter"]
+__all__ = ["FakeClock", "FakePlatform", "FakeRouter", "SteadyRouter"]

@@ -197,3 +197,84 @@ class FakeRouter:
         stats.latency_sum_ms += latency
         served = self.served.setdefault(service, {})
         served[release] = served.get(release, 0) + 1
+
+
+class SteadyRouter:
+    """A router whose traffic is arithmetic: `rate` requests per second, split exactly as the table says.
+
+    No draw per request, so reading its counters costs the same for any rate,
+    and its numbers depend only on the applied tables and the clock — never on
+    the order in which services are asked. A release fails `error_rate[r]` of
+    its requests and answers every one in `latency_ms[r]` milliseconds. For
+    benchmarks of the layers above the router, and for tests that compare two
+    runs request for request.
+    """
+
+    def __init__(self, clock: Callable[[], float], *, rate: float = 100.0) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.tables: dict[str, RouteTable] = {}
+        self.error_rate: dict[str, float] = {}
+        self.latency_ms: dict[str, float] = {}
+        self.applies = 0
+        self.boot = "steady-1"
+        self._served: dict[str, dict[str, float]] = {}
+        self._last: dict[str, float] = {}
+
+    async def apply(self, *, table: RouteTable) -> None:
+        self._flow(table.service)
+        self.tables[table.service] = table
+        self.applies += 1
+
+    async def stats(self, *, service: str) -> RouterStats:
+        self._flow(service)
+        releases = {}
+        for release, served in self._served.get(service, {}).items():
+            requests = math.floor(served)
+            buckets = [0] * 61
+            buckets[bucket_of(self.latency_ms.get(release, 2.0))] = requests
+            releases[release] = ReleaseStats(requests=requests,
+                                             errors=math.floor(served * self.error_rate.get(release, 0.0)),
+                                             latency_buckets=buckets,
+                                             latency_sum_ms=requests * self.latency_ms.get(release, 2.0))
+        return RouterStats(boot=self.boot, releases=releases)
+
+    async def stop(self, *, service: str) -> None:
+        self.tables.pop(service, None)
+
+    async def close(self) -> None:
+        return None
+
+    def _flow(self, service: str) -> None:
+        now = self.clock()
+        last = self._last.get(service, now)
+        self._last[service] = now
+        table = self.tables.get(service)
+        if table is None or now <= last:
+            return
+        served = self._served.setdefault(service, {})
+        for release, share in _shares(table).items():
+            served[release] = served.get(release, 0.0) + self.rate * (now - last) * share
+
+
+def _shares(table: RouteTable) -> dict[str, float]:
+    """Each release's share of the requests the table takes (header routes and preview aside)."""
+    present: dict[str, int] = {}
+    for endpoint in table.endpoints:
+        present[endpoint.release] = present.get(endpoint.release, 0) + 1
+    if not present:
+        return {}
+    fallback = table.stable if table.stable in present else sorted(present)[0]
+    if table.cohort is not None:
+        if table.cohort.release not in present:
+            return {fallback: 1.0}
+        share = table.cohort.percent / 100
+        return {table.cohort.release: share, fallback: 1.0 - share} if table.cohort.release != fallback else {
+            fallback: 1.0}
+    if table.weights is None:
+        total = sum(present.values())
+        return {release: n / total for release, n in present.items()}
+    live = {r: w for r, w in table.weights.items() if w > 0 and r in present}
+    if not live:
+        return {fallback: 1.0}
+    return {r: w / sum(live.values()) for r, w in live.items()}
