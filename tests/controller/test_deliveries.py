@@ -49,16 +49,26 @@ async def test_every_step_ends_only_once_the_router_serves_its_ready_instances(
     """Whoever sees a step end (the API, a script waiting for Succeeded) finds its instances reachable."""
     store = world.controller.store
     seen: list[tuple[str, int, int]] = []
-    save = store.save_delivery
+    save, save_all = store.save_delivery, store.save_all
 
-    def watching(delivery: Any, *args: Any, **kwargs: Any) -> None:
+    def note(delivery: Any) -> None:
         table = world.router.tables["shop"]
         candidate = delivery.candidate.version
         seen.append((delivery.phase.value, sum(1 for e in table.endpoints if e.release == candidate),
                      world.platform.count("shop", candidate, ready=True)))
+
+    def watching(delivery: Any, *args: Any, **kwargs: Any) -> None:
+        note(delivery)
         save(delivery, *args, **kwargs)
 
+    def watching_all(writes: Any) -> None:  # a tick's writes, committed together
+        for write in writes:
+            if write.delivery is not None:
+                note(write.delivery)
+        save_all(writes)
+
     store.save_delivery = watching  # type: ignore[method-assign]
+    store.save_all = watching_all  # type: ignore[method-assign]
     assert await world.deliver("v2", strategy) is Phase.SUCCEEDED
     # the candidate only grows on the way to success: every instance ready is already served
     assert [s for s in seen if s[1] != s[2]] == [], seen

@@ -1,15 +1,27 @@
 """The controller: a level-triggered reconcile loop over services and their deliveries.
 
-Each tick, for each service: observe the world (instances, router counters),
-route to the instances ready now (in the world already committed, so that a
-step waiting for them ends only once traffic reaches them), ask
-`engine.decide` for the delivery's next state (it judges the analysis runs
-and advances the state machine; the simulator calls the same function),
-**commit it to the store**, and only then make the world match it. A
-controller killed at any moment and started again reads the committed state
-and carries on; since every action is idempotent, repeating the last one
-does no harm. The data plane never runs here: the router and the instances
-are processes of their own, so a controller restart drops no request.
+A tick reconciles the services that are due (controller/schedule.py): a
+delivery in flight and a world still converging on every tick, an idle
+service once per resync period (10 s by default) — each compared in full,
+desired against observed — and any service at once when an event concerns
+it (a person's verb, a driver's news, a write by another process). For each,
+the tick observes the world (instances, router counters) and routes to the
+instances ready now (in the world already committed, so that a step waiting
+for them ends only once traffic reaches them), asks `engine.decide` for the
+delivery's next state (it judges the analysis runs and advances the state
+machine; the simulator calls the same function), **commits** — every
+service's changes of the tick in one transaction, and only what changed —
+and only then makes the world match it (controller/work.py). A controller
+killed at any moment and started again reads the committed state and
+carries on; since every action is idempotent, repeating the last one does
+no harm. The data plane never runs here: the router and the instances are
+processes of their own, so a controller restart drops no request.
+
+What it read is kept in memory (controller/held.py) and refreshed when the
+store says another process wrote. Observations and actions of different
+services run side by side, `CONCURRENCY` at a time, and a service whose
+drivers are slow finishes on its own, past its tick, without holding back
+the others' (its decision is still committed before anything is acted on).
 
 Hook calls run beside the ticks like measurements do (controller/hooks.py):
 a tick starts the calls the committed state asks for and feeds the answers
@@ -28,38 +40,72 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from stagewise.controller import lifecycle
+from stagewise.controller.held import Held
 from stagewise.controller.hooks import HookRunner
 from stagewise.controller.lifecycle import DataPlane, Deletion
 from stagewise.controller.measure import Measurer
 from stagewise.controller.observer import Observer, Unobserved
 from stagewise.controller.outbox import Sender
-from stagewise.controller.reconcile import Applied, make_world, note_boot, serve_ready
+from stagewise.controller.reconcile import Applied
 from stagewise.controller.retries import MAX_BACKOFF, Failing, Retries
+from stagewise.controller.schedule import Schedule, next_resync
 from stagewise.controller.shared_windows import SharedWindows
+from stagewise.controller.work import (
+    Aids,
+    Work,
+    act,
+    decide_one,
+    failing_alone,
+    observe,
+    releases_of,
+    steady_world,
+)
 from stagewise.core import delivery as machine
-from stagewise.core.delivery import Delivery, Event, Observation, Phase, desired_world
-from stagewise.core.plan import Plan, World
+from stagewise.core.delivery import Delivery, Event
+from stagewise.core.plan import Plan
 from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
-from stagewise.core.stats import RouterStats
-from stagewise.engine import decide
 from stagewise.errors import ConflictError, ForbiddenError, NotFoundError, PreflightError, StagewiseError
 from stagewise.notify import Notifier
-from stagewise.platforms import Platform, PlatformView, get_platform
+from stagewise.platforms import Platform, get_platform
 from stagewise.routers import Router, get_router
-from stagewise.store import Measurement, Store, open_store
+from stagewise.store import Store, open_store
 from stagewise.strategies import compile_plan
+
+__all__ = ["RESYNC", "TICK", "Controller", "Notifying", "steady_world"]
 
 log = logging.getLogger("stagewise.controller")
 
 TICK = 0.25
 """Seconds between reconcile passes."""
+RESYNC = 10.0
+"""Seconds between two full reconciles of an idle service (nothing in flight, its world as desired)."""
+CONCURRENCY = 32
+"""Services whose drivers are asked side by side at most."""
+
+
+@runtime_checkable
+class Notifying(Protocol):
+    """A driver that can tell, from memory, which services' data plane changed: they are reconciled at once."""
+
+    def changed(self) -> Iterable[str]:
+        """The services whose data plane changed since the last call (a restart lost their routes, ...)."""
+        ...
+
+
+class _Tick:
+    """One tick's part of the work: whether it still waits for its services' observations."""
+
+    def __init__(self) -> None:
+        self.closed = False
 
 
 class Controller:
@@ -69,6 +115,7 @@ class Controller:
         *,
         clock: Callable[[], float] = time.time,
         tick: float = TICK,
+        resync: float = RESYNC,
         routers: dict[str, Router] | None = None,
         platforms: dict[str, Platform] | None = None,
         observer: Observer | None = None,
@@ -78,12 +125,28 @@ class Controller:
         self.state_dir = state_dir
         self.clock = clock
         self.tick_seconds = tick
+        self.resync_seconds = resync
+        """Seconds between two full reconciles of an idle service; 0: on every tick (a sweep over every service)."""
         self.store: Store = open_store("sqlite", state_dir=state_dir)
         self._routers: dict[str, Router] = dict(routers or {})
         self._platforms: dict[str, Platform] = dict(platforms or {})
         self._locks: dict[str, asyncio.Lock] = {}
         self._deleting: set[str] = set()
         """Services whose data plane `delete` is stopping: the loop passes them by instead of waiting."""
+        self._held = Held()
+        """The services and their deliveries in flight, as committed (controller/held.py)."""
+        self._mark: int | None = None
+        """The store's change mark when `_held` was last read from it; None: never read."""
+        self._schedule = Schedule()
+        """When each service is due (controller/schedule.py)."""
+        self._busy: set[str] = set()
+        """Services whose reconcile is under way (possibly past the tick that began it)."""
+        self._woken: set[str] = set()
+        """Busy services that an event concerned: due again at once when their reconcile ends."""
+        self._late: list[Work] = []
+        """Observations that ended after their tick: decided on the next one."""
+        self._background: set[asyncio.Task[None]] = set()
+        self._plans: dict[str, tuple[Delivery, Plan]] = {}
         self._applied = Applied()
         self._retries = Retries()
         self._measurer = Measurer()
@@ -127,6 +190,10 @@ class Controller:
         return self._locks.setdefault(service, asyncio.Lock())
 
     async def close(self) -> None:
+        background, self._background = list(self._background), set()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         for r in self._routers.values():
             await r.close()
         for p in self._platforms.values():
@@ -139,49 +206,208 @@ class Controller:
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Tick every `tick_seconds` (at once when a tick took longer) until `stop` is set."""
         sender = asyncio.create_task(self.sender.run(stop))
+        first = True
         try:
             while not stop.is_set():
                 started = time.perf_counter()
                 await self.tick()
-                self.observer.pass_finished(seconds=time.perf_counter() - started)
+                if first:
+                    first = False
+                    self.keep_still()
+                spent = time.perf_counter() - started
+                self.observer.pass_finished(seconds=spent)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.tick_seconds)
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, self.tick_seconds - spent))
         finally:
             stop.set()
             await sender
 
-    async def tick(self) -> None:
-        """One reconcile pass over every service whose retry (after a failure) is due."""
-        for record in self.store.list_services():
-            name = record.name
-            if name in self._deleting:
-                continue  # a drain takes seconds: the other services' deliveries must not wait for it
-            if not self._retries.due(name, self.clock()):
-                continue
-            async with self.lock(name):
-                try:
-                    await self._reconcile(name)
-                except StagewiseError as exc:
-                    self._failed(name, exc)
-                except Exception as exc:  # a bug must not stop the other services' deliveries
-                    self._failed(name, StagewiseError(f"internal error: {type(exc).__name__}: {exc}"), bug=exc)
-                else:
-                    recovered = self._retries.succeeded(name)
-                    if recovered is not None:
-                        log.info("%s: reconciled again after %d failure(s): %s", name, recovered.failures,
-                                 recovered.message, extra={"service": name})
+    def keep_still(self) -> None:
+        """Move what the process holds now out of the garbage collector's way: the server calls it once its
+        first tick read every service.
 
-    def _failed(self, service: str, exc: StagewiseError, *, bug: Exception | None = None) -> None:
-        """Hold the service back until its retry is due; report the failure if it is news (controller/retries.py)."""
+        What was read then lives long (an idle service's record, for days), and a full collection
+        walked all of it again every few ticks: a sixth of a busy tick's time, at a thousand services.
+        Garbage is collected first; what is frozen is still freed when no longer referenced, only a
+        reference cycle among it would outlive its use (decoded records hold none).
+        """
+        gc.collect()
+        gc.freeze()
+
+    async def tick(self) -> None:
+        """One reconcile pass over the services due now: observe each, decide each, commit all, act on each."""
+        self._refresh()
+        self._driver_news()
+        works = await self._observe_all(self._schedule.pop_due(self.clock()))
+        if not works:
+            return
+        now = self.clock()
+        aids = Aids(now=now, hooks=self._hooks, measurer=self._measurer, windows=self.windows.current())
+        for work in works:
+            if work.error is None:
+                with failing_alone(work):
+                    decide_one(work, aids)
+        self._commit(works, now)
+        await self._each(works, self._act_one)
+
+    def _refresh(self) -> None:
+        """Read the store again if another process wrote to it since (and at first): what differs is due at once."""
+        mark = self.store.change_mark()
+        if mark == self._mark:
+            return
+        first, self._mark = self._mark is None, mark
+        changed = self._held.load(self.store)
+        for name in set(self._held.names()) if first else changed:
+            self._plans.pop(name, None)
+            if name in self._held:
+                self._wake(name)
+            else:
+                self._forget(name)
+
+    def _driver_news(self) -> None:
+        """Services whose data plane a driver saw change (the drivers that can tell): due at once."""
+        for driver in [*self._routers.values(), *self._platforms.values()]:
+            if isinstance(driver, Notifying):
+                for name in driver.changed():
+                    if name in self._held:
+                        self._wake(name)
+
+    def _wake(self, name: str) -> None:
+        """An event concerns `name`: reconcile it on the next tick (or as soon as its reconcile under way ends)."""
+        if name in self._busy:
+            self._woken.add(name)
+        else:
+            self._schedule.soon(name, float("-inf"))
+
+    # --- a tick's parts ---------------------------------------------------------------------
+
+    async def _each(self, items: Sequence[Work] | Sequence[str], step: Callable[..., Awaitable[None]]) -> None:
+        """`step` over `items`, CONCURRENCY at a time; back after a tick's time at most, the slow ones going on."""
+        if not items:
+            return
+        queue = iter(items)
+
+        async def worker() -> None:
+            for item in queue:
+                await step(item)
+
+        tasks = [asyncio.create_task(worker()) for _ in range(min(CONCURRENCY, len(items)))]
+        _, pending = await asyncio.wait(tasks, timeout=self.tick_seconds)
+        for task in pending:  # a slow router or host: its service finishes on its own
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _observe_all(self, names: list[str]) -> list[Work]:
+        """Observe the services `names`; with the observations that ended after the last tick, the work to decide."""
+        tick, works = _Tick(), list[Work]()
+
+        async def observe_one(name: str) -> None:
+            work = await self._begin(name)
+            if work is not None:
+                with failing_alone(work):
+                    await self._observe(work)
+                (self._late if tick.closed else works).append(work)
+
+        await self._each(names, observe_one)
+        tick.closed = True
+        late, self._late = self._late, []
+        return late + works
+
+    async def _begin(self, name: str) -> Work | None:
+        """Take the service for this tick (its lock, until `_settle`); None when it is not to be reconciled now."""
+        if name in self._busy:
+            self._woken.add(name)  # still at work since an earlier tick: again once that ends
+            return None
+        if name in self._deleting or name not in self._held:
+            return None  # a drain takes seconds: the other services' deliveries must not wait for it
+        lock = self.lock(name)
+        await lock.acquire()
+        record = self._held.record(name)
+        if record is None:  # deleted while this tick waited for the lock
+            lock.release()
+            return None
+        self._busy.add(name)
+        return Work(name=name, record=record, active=self._held.delivery(name))
+
+    async def _observe(self, work: Work) -> None:
+        spec = work.spec
+        work.platform, work.router = self.platform(spec), self.router(spec)
+        if work.active is not None:
+            work.plan = self.plan(work.active)
+        await observe(work, self._applied)
+
+    def _commit(self, works: list[Work], now: float) -> None:
+        """Commit every decision of the tick in one transaction; tell the observers what changed."""
+        changed = [w for w in works if w.write is not None]
+        if not changed:
+            return
+        try:
+            self.store.save_all([w.write for w in changed if w.write is not None])
+        except StagewiseError as exc:
+            for w in changed:  # nothing of it was stored: none of it may be acted on
+                w.write, w.world = None, None
+                w.fail(exc)
+            return
+        for w in changed:
+            assert w.write is not None
+            self._held.saved(name=w.name, record=w.write.record, delivery=w.moved)
+            if w.moved is not None:
+                self.observer.delivery_changed(before=w.active, after=w.moved, events=w.write.events, now=now)
+            else:
+                self.observer.service_events(service=w.name, events=w.write.events)
+        if any(w.moved is not None for w in changed):
+            self.changed.set()
+            self.sender.wake.set()
+
+    async def _act_one(self, work: Work) -> None:
+        if work.error is None:
+            with failing_alone(work):
+                await act(work, self._applied)
+        self._settle(work)
+
+    def _settle(self, work: Work) -> None:
+        """The service's reconcile ended: report how, set when it is due next, and let it go."""
+        name = work.name
+        try:
+            now = self.clock()
+            if work.error is not None:
+                due = self._failed(name, work.error, bug=work.bug)
+            else:
+                self._recovered(name)
+                due = self._next_due(work, now)
+            if name in self._woken:
+                self._woken.discard(name)
+                due = float("-inf")
+            if name in self._held:
+                self._schedule.at(name, due)
+        finally:
+            self._busy.discard(name)
+            self.lock(name).release()
+
+    def _next_due(self, work: Work, now: float) -> float:
+        """On the next tick while a delivery is in flight or the world converges; else at the next resync."""
+        if self._held.delivery(work.name) is not None or not work.settled or self.resync_seconds <= 0:
+            return now
+        return next_resync(work.name, now, self.resync_seconds)
+
+    def _failed(self, service: str, exc: StagewiseError, *, bug: Exception | None = None) -> float:
+        """Hold the service back until its retry is due, and when that is; report the failure if it is news."""
         now = self.clock()
         self.observer.reconcile_failed(service=service, error=exc, internal=bug is not None)
         news = self._retries.failed(service, exc, now)
+        failing = self._retries.failing(service)
+        assert failing is not None  # just noted
         if news is None:
-            return
-        latest = self.store.latest_delivery(service)
-        if latest is not None and not latest.phase.terminal:
-            self.store.save_delivery(latest, [Event(at=now, kind="error", message=news.message)])
+            return failing.retry_at
+        active = self._held.delivery(service)
+        if active is not None:
+            try:
+                self.store.save_delivery(active, [Event(at=now, kind="error", message=news.message)])
+            except StagewiseError as error:
+                log.warning("%s: cannot record the failure in the event log: %s", service, error,
+                            extra={"service": service})
             self.sender.wake.set()
         if news.permanent:
             log.error("%s: %s (tried again with backoff, at most every %gs)", service, news.message, MAX_BACKOFF,
@@ -189,81 +415,32 @@ class Controller:
         else:
             log.warning("%s: %s (tried again in %gs)", service, news.message, news.retry_at - now,
                         extra={"service": service})
+        return failing.retry_at
 
-    async def _reconcile(self, name: str) -> None:
-        record = self.store.get_service(name)
-        if record is None:
-            return
-        active = self.store.latest_delivery(name)
-        if active is not None and active.phase.terminal:
-            active = None
-        spec = active.spec if active else record.spec
-        releases = _releases(record, active)
-        platform, router = self.platform(spec), self.router(spec)
-        view = await platform.observe(service=name, releases=releases)
-        stats = await router.stats(service=name)
-        note_boot(self._applied, name, stats.boot)
-        now = self.clock()
-        if active is not None:
-            world = await self._tick_delivery(record, active, view, stats, router, now)
-        else:
-            if view.events:
-                self.store.put_service(record, _instance_events(view, now))
-                self.observer.service_events(service=name, events=_instance_events(view, now))
-            world = steady_world(record)
-        if world is None:
-            return
-        await make_world(spec=spec, world=world, releases=releases, view=view,
-                         platform=platform, router=router, applied=self._applied)
-
-    async def _tick_delivery(self, record: ServiceRecord, active: Delivery, view: PlatformView,
-                             stats: RouterStats, router: Router, now: float) -> World | None:
-        """Decide the delivery's next state (`engine.decide`), commit it; the world to make real."""
-        plan = self.plan(active)
-        committed = desired_world(active, plan)
-        held: StagewiseError | None = None
-        if committed is not None:
-            try:
-                await serve_ready(spec=active.spec, world=committed, view=view, router=router,
-                                  applied=self._applied)
-            except StagewiseError as exc:
-                held = exc  # decided all the same, so that a deadline or a failed analysis still acts
-        releases = _releases(record, active)
-        observation = Observation(
-            now=now,
-            ready={r: sum(1 for i in view.instances if i.release == r and i.state == "ready") for r in releases},
-            live={r: sum(1 for i in view.instances if i.release == r) for r in releases},
-            failures=view.failures,
-            stats=stats,
-            unreachable=view.unreachable,
-            held=f"the router does not serve the step: {held}" if held is not None else None,
-            hook_answers=self._hooks.collect(active, plan, now),
-            windows=self.windows.current(),
-        )
-        decision = decide(active, plan, observation, measured=self._measurer.collect(active, now))
-        moved = decision.delivery
-        events = _instance_events(view, now) + decision.events
-        update = _service_after(record, moved, now)
-        if moved != active or events:
-            self.store.save_delivery(moved, events, update)
-            self.store.add_measurements(_new_measurements(active, moved))
-            self.changed.set()
-            self.observer.delivery_changed(before=active, after=moved, events=events, now=now)
-            self.sender.wake.set()
-        # ended, or not started yet (waiting for a confirm-rollout hook, a window): the steady world applies
-        world = decision.world if decision.world is not None else steady_world(update or record)
-        if held is not None and world == committed:
-            raise held  # nothing new to try: the failure stands (and is retried on its schedule)
-        return world
+    def _recovered(self, service: str) -> None:
+        recovered = self._retries.succeeded(service)
+        if recovered is not None:
+            log.info("%s: reconciled again after %d failure(s): %s", service, recovered.failures,
+                     recovered.message, extra={"service": service})
 
     def plan(self, delivery: Delivery) -> Plan:
-        return compile_plan(delivery.spec, delivery.stable, abort_world=delivery.abort_world)
+        """The delivery's plan; compiled once per delivery (and again when its rollback starts)."""
+        cached = self._plans.get(delivery.service)
+        if cached is not None:
+            seen, plan = cached
+            if (seen.id, seen.attempt) == (delivery.id, delivery.attempt) and seen.spec is delivery.spec \
+                    and seen.stable is delivery.stable and seen.abort_world == delivery.abort_world:
+                return plan
+        plan = compile_plan(delivery.spec, delivery.stable, abort_world=delivery.abort_world)
+        self._plans[delivery.service] = (delivery, plan)
+        return plan
 
     # --- verbs ----------------------------------------------------------------------------
 
     def _acted(self, name: str) -> None:
         """A person changed the service: tell live views, and reconcile it on the next tick even if it was failing."""
         self._retries.wake(name)
+        self._wake(name)
         self.changed.set()
 
     async def apply(self, spec: ServiceSpec, *, actor: str = "",
@@ -297,6 +474,7 @@ class Controller:
                 record = record.model_copy(update={"spec": spec, "updated_at": now})
                 events = [Event(at=now, kind="user", message="spec applied; release unchanged")]
                 self.store.put_service(record, events)
+                self._held.saved(name=name, record=record)
                 self.observer.service_events(service=name, events=events)
                 self._acted(name)
                 return "configured: release unchanged", None
@@ -307,6 +485,7 @@ class Controller:
                                 updated_at=now, progress_at=now, freeze_override=override_freeze)
             events = [Event(at=now, kind="user", message=f"applied {spec.spec.release.version}{by}"), *overridden]
             delivery = self.store.create_delivery(delivery, events, record)
+            self._held.saved(name=name, record=record, delivery=delivery)
             self.observer.delivery_changed(before=None, after=delivery, events=events, now=now)
             self.sender.wake.set()
             self._acted(name)
@@ -362,6 +541,7 @@ class Controller:
         if by:
             events = [e.model_copy(update={"message": e.message + by}) if e.kind == "user" else e for e in events]
         self.store.save_delivery(delivery, events)
+        self._held.saved(name=delivery.service, delivery=delivery)
         self.observer.delivery_changed(before=before, after=delivery, events=events, now=self.clock())
         self.sender.wake.set()
         self._acted(delivery.service)
@@ -388,6 +568,7 @@ class Controller:
             events = [Event(at=now, kind="user", message=f"undo: back to {previous.version}"
                             + (f" by {actor}" if actor else ""))]
             delivery = self.store.create_delivery(delivery, events, record)
+            self._held.saved(name=name, record=record, delivery=delivery)
             self.observer.delivery_changed(before=None, after=delivery, events=events, now=now)
             self.sender.wake.set()
             self._acted(name)
@@ -423,12 +604,13 @@ class Controller:
             platform = self.platform(spec)
             self._deleting.add(name)
             try:
-                plane, news = await lifecycle.describe(name, spec, platform, _releases(record, active),
+                plane, news = await lifecycle.describe(name, spec, platform, releases_of(record, active),
                                                        lifecycle.Listeners())
                 if not keep_running:
                     await lifecycle.stop(plane, platform=platform, router=self.router(spec))
             finally:
                 self._deleting.discard(name)
+                self._wake(name)  # passed by while it drained: due again (a delete that failed leaves it known)
             now = self.clock()
             ended = lifecycle.ended_by_deletion(active, now=now, kept_running=keep_running) if active else None
             events = [Event(at=now, kind="instance", message=m) for m in news]
@@ -441,13 +623,22 @@ class Controller:
                 self.observer.delivery_changed(before=active, after=ended, events=events, now=now)
             else:
                 self.observer.service_events(service=name, events=events)
-            self._measurer.forget(name)
-            self._applied.tables.pop(name, None)
-            self._applied.boots.pop(name, None)
-            self._retries.succeeded(name)
-            self._acted(name)
+            self._forget(name)
             return Deletion(**plane.model_dump(), kept_running=keep_running,
                             ended_delivery=ended.id if ended else None)
+
+    def _forget(self, name: str) -> None:
+        """Drop everything the controller keeps of the service `name` (deleted; or, with several controllers,
+        now held by another one)."""
+        self._held.forget(name)
+        self._schedule.drop(name)
+        self._plans.pop(name, None)
+        self._measurer.forget(name)
+        self._hooks.forget(name)
+        self._applied.forget(name)
+        self._applied.boots.pop(name, None)
+        self._retries.succeeded(name)
+        self.changed.set()
 
     async def data_planes(self) -> list[DataPlane]:
         """What runs of every service's data plane now: what a server that stops leaves running."""
@@ -459,76 +650,8 @@ class Controller:
                 active = latest if latest is not None and not latest.phase.terminal else None
                 spec = active.spec if active else record.spec
                 plane, _ = await lifecycle.describe(record.name, spec, self.platform(spec),
-                                                    _releases(record, active), listeners)
+                                                    releases_of(record, active), listeners)
             if plane.runs:
                 planes.append(plane)
         return planes
 
-
-def _new_measurements(before: Delivery, after: Delivery) -> list[Measurement]:
-    """Rows for the analysis points taken this tick: requests, errors and latency per release."""
-    rows: list[Measurement] = []
-    if after.stable is None:
-        return rows
-    names = {"baseline": after.stable.version, "candidate": after.candidate.version}
-    for key, run in after.analysis.items():
-        seen = len(before.analysis[key].history) if key in before.analysis else 0
-        for point in run.history[seen:]:
-            for arm, release in names.items():
-                values = point.get(arm)
-                if not isinstance(values, dict):
-                    continue
-                for metric, value in values.items():
-                    if isinstance(value, int | float) and not isinstance(value, bool):
-                        rows.append(Measurement(delivery_id=after.id, at=float(point["t"]), run=key,
-                                                release=release, metric=metric, value=float(value)))
-    return rows
-
-
-def _instance_events(view: PlatformView, now: float) -> list[Event]:
-    return [Event(at=now, kind="instance", message=m) for m in view.events]
-
-
-def steady_world(record: ServiceRecord) -> World | None:
-    """With no delivery in flight: the stable release on every instance, nothing else."""
-    if record.stable is None:
-        return None
-    v = record.stable.version
-    return World(instances={v: record.spec.spec.replicas}, stable=v)
-
-
-def _releases(record: ServiceRecord, active: Delivery | None) -> dict[str, ReleaseSpec]:
-    """The releases the platform runs, `{version}` in their commands and environments replaced."""
-    out: dict[str, ReleaseSpec] = {}
-    if record.stable is not None:
-        out[record.stable.version] = with_version(record.stable)
-    if active is not None:
-        if active.stable is not None:
-            out[active.stable.version] = with_version(active.stable)
-        out[active.candidate.version] = with_version(active.candidate)
-    return out
-
-
-VERSION_PLACEHOLDER = "{version}"
-
-
-def with_version(release: ReleaseSpec) -> ReleaseSpec:
-    """`release` with `{version}` replaced by its version in its argv and environment (a pipeline's stages
-    name their release that way; the platform replaces `{port}` itself)."""
-    run = release.run
-    if not any(VERSION_PLACEHOLDER in a for a in [*run.command, *run.env.values()]):
-        return release
-    command = [a.replace(VERSION_PLACEHOLDER, release.version) for a in run.command]
-    env = {k: v.replace(VERSION_PLACEHOLDER, release.version) for k, v in run.env.items()}
-    return release.model_copy(update={"run": run.model_copy(update={"command": command, "env": env})})
-
-
-def _service_after(record: ServiceRecord, delivery: Delivery, now: float) -> ServiceRecord | None:
-    """The service record once a delivery succeeds: its candidate is the new stable."""
-    if delivery.phase is not Phase.SUCCEEDED or record.stable == delivery.candidate:
-        return None
-    return record.model_copy(update={
-        "stable": delivery.candidate,
-        "previous": record.stable,
-        "updated_at": now,
-    })

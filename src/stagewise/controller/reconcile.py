@@ -31,10 +31,21 @@ DRAIN_TIMEOUT = 5.0
 
 @dataclass
 class Applied:
-    """What the controller last applied to a router, so an unchanged table is not re-sent."""
+    """What the controller last applied to a router, so an unchanged table is not re-sent (nor even built)."""
 
     tables: dict[str, str] = field(default_factory=dict)
     boots: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
+    """What each service's last table was built from: the same again builds the same table."""
+
+    def forget(self, service: str) -> None:
+        """The router serves nothing known of `service` any more (it restarted, or the service is gone)."""
+        self.tables.pop(service, None)
+        self.sources.pop(service, None)
+
+
+Source = tuple[ServiceSpec, World, tuple[tuple[str, int, str, str], ...]]
+"""What a table is built from: the spec, the world, and (id, seq, release, address) of the instances it serves."""
 
 
 def choose_victims(instances: list[Instance], want: int, *, load: dict[str, int] | None = None,
@@ -116,14 +127,27 @@ def view_host_order(view: PlatformView) -> dict[str, int]:
     return {host: i for i, host in enumerate(view.hosts)}
 
 
-def _table(spec: ServiceSpec, world: World, view: PlatformView, victims: list[Instance]) -> RouteTable:
-    """The table of `world` over every ready instance that stays."""
+def _serving(world: World, view: PlatformView, victims: list[Instance]) -> list[Instance]:
+    """Every ready instance that stays, of a release `world` runs."""
     gone = {v.id for v in victims}
-    serving = [
+    return [
         i for i in view.instances
         if i.state is InstanceState.READY and i.id not in gone and world.instances.get(i.release, 0) > 0
     ]
-    return build_table(spec, world, serving)
+
+
+async def _serve(router: Router, spec: ServiceSpec, world: World, serving: list[Instance],
+                 applied: Applied) -> None:
+    """Apply the table of `world` over `serving`, unless the router serves the table of the same already.
+
+    Building and comparing a table costs more than the rest of an idle service's
+    reconcile; its sources compare cheaply (the spec by identity, mostly).
+    """
+    source: Source = (spec, world, tuple((i.id, i.seq, i.release, i.address) for i in serving))
+    if applied.sources.get(spec.name) == source and spec.name in applied.tables:
+        return
+    await apply_table(router, build_table(spec, world, serving), applied)
+    applied.sources[spec.name] = source
 
 
 async def serve_ready(*, spec: ServiceSpec, world: World, view: PlatformView, router: Router,
@@ -135,7 +159,7 @@ async def serve_ready(*, spec: ServiceSpec, world: World, view: PlatformView, ro
     already reaches them, so no one sees Succeeded (or the next step) while
     the router still serves the table of a moment before.
     """
-    await apply_table(router, _table(spec, world, view, _victims(world, view)[1]), applied)
+    await _serve(router, spec, world, _serving(world, view, _victims(world, view)[1]), applied)
 
 
 async def make_world(
@@ -147,19 +171,27 @@ async def make_world(
     platform: Platform,
     router: Router,
     applied: Applied,
-) -> None:
-    """One idempotent pass towards `world` for the service of `spec`."""
+) -> bool:
+    """One idempotent pass towards `world` for the service of `spec`; whether the world was found settled.
+
+    Settled: nothing to stop, nothing to start, no instance still starting and no host out of
+    reach — another pass would do nothing until something changes.
+    """
     service = spec.name
     by_release, victims = _victims(world, view)
     gone = {v.id for v in victims}
-    await apply_table(router, _table(spec, world, view, victims), applied)
+    await _serve(router, spec, world, _serving(world, view, victims), applied)
     if victims:
         await _drain(router, service, gone)
         await platform.stop(service=service, ids=sorted(gone))
+    started = False
     for release, want in world.instances.items():
         have = len(by_release.get(release, [])) - sum(1 for v in victims if v.release == release)
         if want > have and release in releases:
             await platform.start(service=service, release=releases[release], count=want - have)
+            started = True
+    starting = any(i.state is not InstanceState.READY for i in view.instances)
+    return not (victims or started or starting or view.unreachable)
 
 
 async def apply_table(router: Router, table: RouteTable, applied: Applied) -> None:
@@ -174,7 +206,7 @@ async def apply_table(router: Router, table: RouteTable, applied: Applied) -> No
 def note_boot(applied: Applied, service: str, boot: str) -> None:
     """Forget what was applied when the router restarted: its table must be sent again."""
     if applied.boots.get(service) not in (None, boot):
-        applied.tables.pop(service, None)
+        applied.forget(service)
     applied.boots[service] = boot
 
 

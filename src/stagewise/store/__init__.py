@@ -3,13 +3,18 @@
 The controller commits a delivery's new state here *before* acting on it; a
 store write is therefore the unit of crash safety, and `save_delivery` writes
 the delivery, its events, the notifications of those events (the outbox)
-and (optionally) its service in one transaction. Tokens (hashes only), the
+and (optionally) its service in one transaction. `save_all` does the same for
+every service a tick changed, together: one transaction per tick, however
+many services moved. The controller keeps what it read in memory and asks
+`change_mark` on every tick whether another process wrote since. Tokens (hashes only), the
 audit log and pipelines are kept here too.
 Each backend lives in its own module and imports `stagewise.core` only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -105,6 +110,20 @@ class AuditEntry(BaseModel):
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Write:
+    """What one tick changed of one service, committed with every other service's changes of that tick."""
+
+    service: str
+    delivery: Delivery | None = None
+    """The delivery's new state (it exists already: `create_delivery` gave it its id)."""
+    events: Sequence[Event] = ()
+    """Appended to the log: the delivery's, with their notifications; or the service's when there is no delivery."""
+    record: ServiceRecord | None = None
+    """The service's new record (a delivery that succeeded made its candidate the stable release)."""
+    measurements: Sequence[Measurement] = ()
+
+
 class Store(Protocol):
     def get_service(self, name: str) -> ServiceRecord | None:
         """The service named `name`; None if there is none (or it was deleted)."""
@@ -130,6 +149,16 @@ class Store(Protocol):
 
     def save_delivery(self, delivery: Delivery, events: list[Event], service: ServiceRecord | None = None) -> None:
         """Replace the delivery's state, append events, update the service: one transaction."""
+        ...
+
+    def save_all(self, writes: Sequence[Write]) -> None:
+        """Every write in one transaction: each delivery replaced, its events appended with their
+        notifications, its service updated, its measurements added; nothing of it if any part fails."""
+        ...
+
+    def change_mark(self) -> int:
+        """A number that changes whenever another process commits to the store, never for this object's own
+        writes; cheap enough to ask on every tick whether what the controller keeps in memory is still so."""
         ...
 
     def get_delivery(self, delivery_id: int) -> Delivery | None: ...

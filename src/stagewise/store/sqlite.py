@@ -29,7 +29,13 @@ from types import TracebackType
 from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.errors import NotFoundError, PermanentError, TemporaryError
-from stagewise.store import DeletedService, Measurement, StoredEvent, upgrades  # the interface; it imports us lazily
+from stagewise.store import (  # the interface; it imports us lazily
+    DeletedService,
+    Measurement,
+    StoredEvent,
+    Write,
+    upgrades,
+)
 from stagewise.store.sqlite_gates import GatesTables, v5_outbox, v6_tokens_and_audit, v7_pipelines, write_events
 
 
@@ -311,6 +317,28 @@ class SqliteStore(GatesTables):
             if service is not None:
                 _upsert_service(conn, service)
 
+    def save_all(self, writes: Sequence[Write]) -> None:
+        """Each write's delivery, events (with their notifications), service and measurements, all in one
+        transaction: a tick's changes to every service land together, with one sync to disk."""
+        if not writes:
+            return
+        with self._write() as conn:
+            for write in writes:
+                delivery = write.delivery
+                if delivery is not None:
+                    _update_delivery(conn, delivery)
+                    write_events(conn, write.events, delivery.id, write.service, delivery.spec, delivery)
+                else:
+                    write_events(conn, write.events, None, write.service)
+                if write.record is not None:
+                    _upsert_service(conn, write.record)
+                _insert_measurements(conn, write.measurements)
+
+    def change_mark(self) -> int:
+        """SQLite's `data_version`: it moves when another connection commits, not for this one's commits."""
+        with self._read() as conn:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
     def get_delivery(self, delivery_id: int) -> Delivery | None:
         with self._read() as conn:
             row = conn.execute("SELECT state FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
@@ -358,14 +386,8 @@ class SqliteStore(GatesTables):
                 for r in rows]
 
     def add_measurements(self, rows: list[Measurement]) -> None:
-        params = [(m.delivery_id, m.at, m.run, m.release, m.metric, m.value, json.dumps(m.extra))
-                  for m in rows]
         with self._write() as conn:
-            conn.executemany(
-                "INSERT INTO measurements (delivery_id, at, run, release, metric, value, extra)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                params,
-            )
+            _insert_measurements(conn, rows)
 
     def measurements(self, delivery_id: int) -> list[Measurement]:
         with self._read() as conn:
@@ -399,6 +421,15 @@ def _update_delivery(conn: sqlite3.Connection, delivery: Delivery) -> None:
     if cursor.rowcount != 1:
         raise NotFoundError(f"delivery {delivery.id} of {delivery.service} does not exist; "
                             "create_delivery assigns the id")
+
+
+def _insert_measurements(conn: sqlite3.Connection, rows: Sequence[Measurement]) -> None:
+    if rows:
+        conn.executemany(
+            "INSERT INTO measurements (delivery_id, at, run, release, metric, value, extra)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(m.delivery_id, m.at, m.run, m.release, m.metric, m.value, json.dumps(m.extra)) for m in rows],
+        )
 
 
 def _append_events(conn: sqlite3.Connection, events: Sequence[Event], delivery_id: int | None,
