@@ -24,10 +24,11 @@ runner = CliRunner()
 
 def test_the_command_line_wins_over_the_file_which_wins_over_the_defaults(tmp_path: Path) -> None:
     file = tmp_path / "server.toml"
-    file.write_text('log-level = "debug"\nlog-format = "json"\ntick = "500ms"\nlisten = "127.0.0.1:7500"\n')
+    file.write_text('log-level = "debug"\nlog-format = "json"\ntick = "500ms"\nlisten = "127.0.0.1:7500"\n'
+                    'resync = "1m"\n')
     fixed = {"listen": None, "log_level": "warning", "log_format": None, "tick": None}
     assert load_settings(file, fixed) == ServerSettings(listen="127.0.0.1:7500", log_level="warning",
-                                                       log_format="json", tick=0.5)
+                                                       log_format="json", tick=0.5, resync=60.0)
     assert load_settings(tmp_path / "missing.toml", fixed) == ServerSettings(log_level="warning")
     assert load_settings(None, {}) == ServerSettings()
 
@@ -36,6 +37,7 @@ def test_the_command_line_wins_over_the_file_which_wins_over_the_defaults(tmp_pa
     ('log-level = "debug"\nlog-levl = "info"\n', ":2:1: log-levl: not a setting; expected one of", "log-level"),
     ('tick = "fast"\n', ":1:1: tick: expected a duration such as 500ms", "'fast'"),
     ('tick = 0\n', ":1:1: tick: expected more than 0 and at most 60 seconds", "0"),
+    ('resync = "2h"\n', ":1:1: resync: expected 0 (every pass) up to 3600 seconds", "'2h'"),
     ('\n\nlog-format = "yaml"\n', ":3:1: log-format: expected one of text, json", "'yaml'"),
     ('listen = "7420"\n', ":1:1: listen: expected host:port", "'7420'"),
     ('log-level = "debug\n', ":1:", "not TOML"),

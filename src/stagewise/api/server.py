@@ -39,7 +39,7 @@ from stagewise.api.refusals import install_refusals
 from stagewise.api.routes import build_api_router
 from stagewise.api.settings import DEFAULT_LISTEN, ServerSettings
 from stagewise.controller import Controller
-from stagewise.controller.controller import TICK
+from stagewise.controller.controller import RESYNC, TICK
 from stagewise.controller.lifecycle import DataPlane, in_words
 from stagewise.controller.observer import Observers
 from stagewise.errors import SettingsError, StagewiseError
@@ -71,8 +71,9 @@ def ensure_token(state_dir: Path) -> str:
 def create_app(state_dir: Path, *, controller: Controller | None = None, run_loop: bool = True,
                at_exit: Callable[[list[DataPlane]], None] | None = None, tick: float = TICK,
                hangup: Callable[[], None] | None = None, reads: ReadAccess = "open",
-               windows_file: Path | None = None) -> FastAPI:
-    """The API, dashboard and metrics over a controller (a new one passes every `tick` seconds).
+               windows_file: Path | None = None, resync: float = RESYNC) -> FastAPI:
+    """The API, dashboard and metrics over a controller (a new one passes every `tick` seconds, and reconciles
+    a service with nothing in flight every `resync` seconds).
 
     `at_exit` is told what data plane runs on when the app stops; `hangup` is called on SIGHUP while it runs.
     `reads`: "open" (anyone who reaches the address reads) or "token" (at least a viewer token);
@@ -83,7 +84,7 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctl = controller or Controller(state_dir, tick=tick, windows_file=windows_file)
+        ctl = controller or Controller(state_dir, tick=tick, resync=resync, windows_file=windows_file)
         ctl.observer = Observers(ctl.observer, metrics.events, EventLog())
         register_server_token(ctl, token)
         app.state.controller = ctl
@@ -197,7 +198,8 @@ def serve(state_dir: Path, settings: ServerSettings | None = None, *,
     # SIGHUP's default would. A handler, not SIG_IGN: an ignored signal stays ignored in the programs started.
     signal.signal(signal.SIGHUP, lambda signum, frame: log.info("SIGHUP before the server runs: nothing to re-read"))
     # Said from the app's shutdown: on SIGTERM uvicorn ends this process by the signal right after it.
-    app = create_app(state_dir, tick=settings.tick, hangup=hangup, reads=reads, windows_file=windows_file,
+    app = create_app(state_dir, tick=settings.tick, resync=settings.resync, hangup=hangup, reads=reads,
+                     windows_file=windows_file,
                      at_exit=lambda planes: announce(log, left_running(planes, state_dir), state=str(state_dir)))
     # uvicorn leaves the logging alone (log_config=None): configure_logging set it up, in the format asked for.
     config = uvicorn.Config(app, log_config=None, log_level=None, access_log=False, lifespan="on")
@@ -226,6 +228,7 @@ def reload_settings(app: FastAPI, current: ServerSettings, reread: Callable[[], 
     controller: Controller | None = getattr(app.state, "controller", None)
     if controller is not None:
         controller.tick_seconds = new.tick
+        controller.resync_seconds = new.resync
     changes = new.changed(current)
     if "listen" in changes:
         log.warning("SIGHUP: listen changed to %s; the server listens on %s until it restarts", new.listen,

@@ -11,6 +11,7 @@ SIGHUP (`systemctl reload stagewise`):
 | `log-level` (debug, info, warning, error) | yes |
 | `log-format` (text, json) | yes |
 | `tick` (seconds between reconcile passes, or `500ms`) | yes |
+| `resync` (seconds between two full reconciles of a service with nothing in flight, or `1m`; 0: every tick) | yes |
 | `listen` | no: the socket is bound at start; a change is reported and waits for a restart |
 
 The state directory is never a setting of the file: it is where the server's
@@ -34,14 +35,17 @@ from pathlib import Path
 from typing import Any
 
 from stagewise.api.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
-from stagewise.controller.controller import TICK
+from stagewise.controller.controller import RESYNC, TICK
 from stagewise.core.durations import parse_duration
 from stagewise.errors import Problem, SettingsError
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 TICK_MAX = 60.0
 """Longest pause between two reconcile passes: an abort must not wait for more."""
-RELOADABLE = ("log-level", "log-format", "tick")
+RESYNC_MAX = 3600.0
+"""Longest period between two full reconciles of an idle service: what drifted outside stagewise (an instance
+killed by hand) must be put right within it."""
+RELOADABLE = ("log-level", "log-format", "tick", "resync")
 """Settings a SIGHUP re-reads; the others take effect at the next start."""
 
 
@@ -55,6 +59,8 @@ class ServerSettings:
     """text (a line a person reads) or json (one object per line)."""
     tick: float = TICK
     """Seconds between two reconcile passes."""
+    resync: float = RESYNC
+    """Seconds between two full reconciles of a service with nothing in flight (0: on every pass)."""
 
     def changed(self, other: ServerSettings) -> dict[str, tuple[Any, Any]]:
         """The settings that differ from `other`, by their names in the file: (this value, the other's)."""
@@ -97,7 +103,15 @@ def check_tick(value: object) -> float:
     return seconds
 
 
-_CHECKS = {"listen": check_listen, "log-level": check_level, "log-format": check_format, "tick": check_tick}
+def check_resync(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds > RESYNC_MAX:
+        raise ValueError(f"expected 0 (every pass) up to {RESYNC_MAX:g} seconds, got {value!r}")
+    return seconds
+
+
+_CHECKS = {"listen": check_listen, "log-level": check_level, "log-format": check_format, "tick": check_tick,
+           "resync": check_resync}
 
 
 def _line_of(text: str, key: str) -> int:

@@ -63,7 +63,7 @@ def server(
         help="host:port of the API and dashboard; port 0 picks a free one. [default: 127.0.0.1:7420]")] = None,
     settings: Annotated[Path | None, typer.Option(
         "--settings", envvar="STAGEWISE_SETTINGS",
-        help="A TOML settings file (listen, log-level, log-format, tick), read at start and again on SIGHUP; "
+        help="A TOML settings file (listen, log-level, log-format, tick, resync), read at start and again on SIGHUP; "
              "the command line and environment win over it.")] = None,
     log_level: Annotated[str | None, typer.Option(
         "--log-level", envvar="STAGEWISE_LOG_LEVEL", show_default=False,

@@ -15,7 +15,7 @@ it was given. Pure data: no clock, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
@@ -63,6 +63,10 @@ class LatencyState:
     max_log_e: float
     pending: tuple[int, ...] = ()
     verdict: Verdict | None = None
+    rung_lse: Annotated[tuple[float, ...] | None, Field(exclude=True)] = field(default=None, compare=False,
+                                                                               repr=False)
+    """Each rung's log-sum-exp of `llr`, as the judge computed it: the next look starts from it instead of
+    summing every rung again (most of a look's cost). Never stored, never compared: it follows from `llr`."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -86,7 +86,8 @@ class RouterStats(BaseModel):
     """Requests being served now, per endpoint id."""
 
     def release(self, name: str) -> ReleaseStats:
-        return self.releases.get(name, ReleaseStats())
+        found = self.releases.get(name)
+        return found if found is not None else ReleaseStats()
 
     def since(self, earlier: RouterStats | None) -> RouterStats:
         """Counts since `earlier`; all of them when the router restarted in between."""

@@ -206,7 +206,10 @@ class LatencyProcess:
             self.log_e, self.max_log_e = state.log_e, state.max_log_e
             self.seen = list(state.seen)
             self.pending = list(state.pending)
-        self.rung_lse = [seq.log_sum_exp(sums) for sums in self.llr]
+        if state is not None and state.rung_lse is not None and len(state.rung_lse) == len(self.llr):
+            self.rung_lse = list(state.rung_lse)  # what the look that made `state` computed from the same sums
+        else:
+            self.rung_lse = [seq.log_sum_exp(sums) for sums in self.llr]
         # The active rungs are those with requests on both sides; "slower than T" counts fall as T rises, so
         # they form one range of the ladder, [low, high), that only widens.
         self.low, self.high = self._live_range(len(ladder), 0)
@@ -311,7 +314,7 @@ class LatencyProcess:
         return LatencyState(
             rho0=self.rho0, rungs=tuple(self.ladder), hist=(tuple(self.hist[0]), tuple(self.hist[1])),
             llr=tuple(tuple(x) for x in self.llr), log_e=self.log_e, seen=tuple(self.seen),
-            max_log_e=self.max_log_e, pending=tuple(self.pending), verdict=verdict,
+            max_log_e=self.max_log_e, pending=tuple(self.pending), verdict=verdict, rung_lse=tuple(self.rung_lse),
         )
 
 
