@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stagewise.basics import waiting
 from stagewise.core.spec import ReleaseSpec
 from stagewise.errors import PermanentError, PlatformRefusedError
 from stagewise.platforms import InstanceState, PlatformView
@@ -119,15 +120,16 @@ async def observe_until(
 ) -> tuple[PlatformView, list[str]]:
     """Observe until `condition` holds; returns the last view and every event seen."""
     events: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        view = await platform.observe(service=SERVICE, releases=releases)
-        events += view.events
-        if condition(view):
-            return view, events
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {view}")
-        await asyncio.sleep(0.05)
+    views: list[PlatformView] = []
+
+    async def holds() -> bool:
+        views.append(await platform.observe(service=SERVICE, releases=releases))
+        events.extend(views[-1].events)
+        return condition(views[-1])
+
+    if not await waiting.until_awaited(holds, timeout=timeout):
+        raise AssertionError(f"condition not met within {timeout}s: {views[-1]}")
+    return views[-1], events
 
 
 def all_ready(count: int) -> Callable[[PlatformView], bool]:
@@ -209,10 +211,7 @@ def test_probes_run_concurrently(tmp_path: Path) -> None:
         async with local_platform(tmp_path) as platform:
             release = listener_release(http="/healthz")
             await platform.start(service=SERVICE, release=release, count=5)
-            deadline = time.monotonic() + 10
-            while _logs(tmp_path).count("listening") < 5:  # all five bound
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            assert await waiting.until(lambda: _logs(tmp_path).count("listening") >= 5, timeout=10)  # all five bound
             started = time.monotonic()
             view = await platform.observe(service=SERVICE, releases={"v1": release})
             assert time.monotonic() - started < 2.5

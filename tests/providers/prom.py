@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,14 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stagewise.basics import waiting
+from stagewise.basics.ports import free_port
+
 SCRAPE_INTERVAL = "1s"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def prometheus_binary() -> str:
@@ -61,17 +57,15 @@ def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.
         )
     url = f"http://{address}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        def ready() -> bool:
             assert proc.poll() is None, "prometheus exited:\n" + (folder / "prometheus.log").read_text()[-3000:]
             try:
-                if httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200:
-                    break
+                return httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200
             except httpx.HTTPError:
-                pass
-            log_tail = (folder / "prometheus.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "prometheus not ready:\n" + log_tail
-            time.sleep(0.1)
+                return False
+
+        assert waiting.blocking_until(ready, timeout=timeout, interval=0.1), \
+            "prometheus not ready:\n" + (folder / "prometheus.log").read_text()[-3000:]
         yield url
     finally:
         proc.terminate()
@@ -84,10 +78,9 @@ def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.
 
 def wait_for_series(url: str, promql: str, *, timeout: float = 20.0) -> None:
     """Until `promql` returns a sample: the first scrapes have landed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def sampled() -> bool:
         body = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=2.0).json()
-        if body.get("status") == "success" and body["data"]["result"]:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no samples for {promql} after {timeout}s")
+        return bool(body.get("status") == "success" and body["data"]["result"])
+
+    if not waiting.blocking_until(sampled, timeout=timeout, interval=0.2):
+        raise AssertionError(f"no samples for {promql} after {timeout}s")

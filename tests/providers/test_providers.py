@@ -15,10 +15,11 @@ import pytest
 from stagewise.analysis.providers import Target, fill, get_provider
 from stagewise.analysis.providers.prometheus import fill_promql
 from stagewise.analysis.providers.router import RouterProvider
+from stagewise.basics.ports import free_port
 from stagewise.core.spec import AnalysisTemplate, CommandTemplate, HttpTemplate, PrometheusTemplate, RouterTemplate
 from stagewise.core.stats import ReleaseStats, RouterStats
 from stagewise.errors import ProviderError, UnknownDriverError
-from tests.providers.prom import free_port, running_prometheus, wait_for_series
+from tests.providers.prom import running_prometheus, wait_for_series
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -24,12 +24,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from stagewise.basics import proc
+from stagewise.basics.ports import free_port
 from stagewise.core.routes import CohortRoute, Endpoint, HeaderRoute, RouteTable
 from stagewise.errors import PermanentError, RouterConfigError, TemporaryError
 from stagewise.routers.common import process
 from stagewise.routers.nginx import NginxRouter
 from tests.routers.balancers import Client, each_user, slow_request, table, versions
-from tests.routers.conftest import Upstream, free_port, short_dir, wait_until
+from tests.routers.conftest import Upstream, short_dir, wait_until
 from tests.routers.programs import need
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -112,11 +114,11 @@ async def test_a_configuration_nginx_refuses_leaves_the_running_one(nginx: Nginx
 async def test_an_unchanged_table_does_not_reload(nginx: NginxRouter, upstreams: Any) -> None:
     port = free_port()
     await nginx.apply(table=table(port, upstreams))
-    workers = process.children(master(nginx))
+    workers = proc.children(master(nginx))
     await nginx.apply(table=table(port, upstreams))
-    assert process.children(master(nginx)) == workers
+    assert proc.children(master(nginx)) == workers
     await nginx.apply(table=table(port, pick(upstreams, "a1")))
-    assert process.children(master(nginx)) != workers
+    assert proc.children(master(nginx)) != workers
 
 
 async def test_apply_returns_once_a_removed_endpoint_has_nothing_in_flight(
@@ -159,7 +161,7 @@ async def test_counters_from_the_access_log(nginx: NginxRouter, upstreams: Any) 
     # a new master starts counting from zero, under a new boot
     pid = master(nginx)
     os.kill(pid, signal.SIGKILL)
-    assert await wait_until(lambda: not process.alive(pid))
+    assert await wait_until(lambda: not proc.alive(pid))
     await asyncio.sleep(0.1)  # the workers notice their master is gone
     assert (await nginx.stats(service="shop")).boot == ""
     await nginx.apply(table=table(port, pick(upstreams, "a1", "b1")))
@@ -195,7 +197,7 @@ async def test_a_request_is_counted_once_it_has_completed_even_under_load(nginx:
     other = NginxRouter(nginx.state_dir)  # another reader (a restarted controller, a test) takes turns
     client = Client(port)
     try:
-        with worst_scheduling(process.children(master(nginx))):
+        with worst_scheduling(proc.children(master(nginx))):
             for i in range(1, REQUESTS_UNDER_LOAD + 1):
                 assert (await client.get("/")).status == 200
                 reader = other if i % 7 == 0 else nginx

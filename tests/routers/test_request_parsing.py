@@ -31,11 +31,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from stagewise.basics.ports import free_port
 from stagewise.core.routes import Endpoint, RouteTable
 from stagewise.routers.builtin import BuiltinRouter
 from stagewise.routers.builtin.rewrite import plain_request_head
 from stagewise.routers.builtin.wire import HttpError, parse_head, request_framing
-from tests.routers.conftest import free_port, raw_connection, read_response
+from tests.routers.conftest import raw_connection, read_response
 
 T = TypeVar("T")
 CASES = 5000

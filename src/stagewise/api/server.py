@@ -32,6 +32,8 @@ from stagewise.api.metrics import ControllerMetrics, install_metrics
 from stagewise.api.refusals import install_refusals
 from stagewise.api.routes import build_api_router
 from stagewise.api.settings import DEFAULT_LISTEN, ServerSettings
+from stagewise.basics import files, proc
+from stagewise.basics.ports import split_host_port
 from stagewise.controller import Controller
 from stagewise.controller.controller import TICK
 from stagewise.controller.lifecycle import DataPlane, in_words
@@ -55,9 +57,7 @@ def ensure_token(state_dir: Path) -> str:
         return token
     state_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(state_dir / "token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    files.write_atomic(state_dir / "token", token + "\n", mode=0o600)
     return token
 
 
@@ -114,10 +114,10 @@ def bind(listen: str) -> socket.socket:
     server could not start again. uvicorn serves it in this process (`sockets=`); only its
     multi-process mode, which stagewise does not use, hands a socket to children.
     """
-    host, _, port = listen.rpartition(":")
+    host, port = split_host_port(listen, zero_ok=True)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host or "127.0.0.1", int(port)))
+    sock.bind((host or "127.0.0.1", port))
     sock.listen(128)
     return sock
 
@@ -132,25 +132,17 @@ def disinherit_descriptors() -> list[int]:
     the parent of them all, keeps nothing inheritable.
     """
     changed = []
-    for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
-        fd = int(name)
-        if fd <= 2:
-            continue
-        try:
-            if os.get_inheritable(fd):
-                os.set_inheritable(fd, False)
-                changed.append(fd)
-        except OSError:
-            continue  # the directory listing's own descriptor, closed by now
+    for fd in proc.inheritable_descriptors():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            os.set_inheritable(fd, False)
+            changed.append(fd)
     return changed
 
 
 def write_server_file(state_dir: Path, sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
-    tmp = state_dir / "server.json.tmp"
-    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
-    os.replace(tmp, state_dir / "server.json")
+    files.write_atomic(state_dir / "server.json", json.dumps({"url": url, "pid": os.getpid()}))
     return url
 
 

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
+from stagewise.basics import waiting
 from stagewise.cli import advise, completion, convert, hosts, render, server
 from stagewise.cli.client import ApiError, Client, Unreachable, default_state
 from stagewise.errors import SpecError, StagewiseError
@@ -127,15 +128,18 @@ def apply(files: Annotated[list[Path], typer.Argument(help="Spec files.")],
 
 
 def _wait(state: Path, service: str, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s = call(state, "GET", f"/api/v1/services/{service}")
-        phase = s.get("phase")
-        if phase in ("Succeeded", "RolledBack", "Failed"):
-            out.print(f"{service}: {phase}")
-            return EXIT_OK if phase == "Succeeded" else EXIT_DELIVERY_FAILED
-        time.sleep(0.5)
-    fail(f"{service}: still {phase} after {timeout:.0f}s", EXIT_DELIVERY_FAILED)
+    phase = waiting.blocking_until(lambda: _finished_phase(state, service), timeout=timeout, interval=0.5)
+    if phase is None:
+        phase = call(state, "GET", f"/api/v1/services/{service}").get("phase")
+        fail(f"{service}: still {phase} after {timeout:.0f}s", EXIT_DELIVERY_FAILED)
+    out.print(f"{service}: {phase}")
+    return EXIT_OK if phase == "Succeeded" else EXIT_DELIVERY_FAILED
+
+
+def _finished_phase(state: Path, service: str) -> str | None:
+    """The phase of the service's delivery once it has ended (Succeeded, RolledBack, Failed); None before."""
+    phase = call(state, "GET", f"/api/v1/services/{service}").get("phase")
+    return phase if phase in ("Succeeded", "RolledBack", "Failed") else None
 
 
 @app.command()

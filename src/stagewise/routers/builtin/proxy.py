@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -47,12 +46,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from stagewise.basics import files
+from stagewise.basics.ports import split_host_port
 from stagewise.core.routes import RouteTable
 from stagewise.routers.builtin.counters import Counters
 from stagewise.routers.builtin.fast import FastClient, finish_on_streams
 from stagewise.routers.builtin.fast_upstream import Pending
 from stagewise.routers.builtin.output import LOG_MAX_BYTES, log_to
-from stagewise.routers.builtin.plan import Endpoint, RoutePlan, split_address
+from stagewise.routers.builtin.plan import Endpoint, RoutePlan
 from stagewise.routers.builtin.pool import stream_pair
 from stagewise.routers.builtin.streams import CLIENT_IDLE_TIMEOUT, Traffic
 from stagewise.routers.builtin.wire import (
@@ -105,11 +106,11 @@ class Proxy:
 
     async def apply(self, table: RouteTable) -> None:
         """Serve `table`; ValueError if it is unusable, ListenError if a listener cannot bind."""
-        split_address(table.listen)
+        split_host_port(table.listen)
         if table.preview_listen:
-            split_address(table.preview_listen)
+            split_host_port(table.preview_listen)
         for e in table.endpoints:
-            split_address(e.address)
+            split_host_port(e.address)
         async with self._apply_lock:
             opened: list[asyncio.Server] = []
             try:
@@ -154,7 +155,7 @@ class Proxy:
     ) -> tuple[str, asyncio.Server]:
         if current is not None and current[0] == address:
             return current
-        host, port = split_address(address)
+        host, port = split_host_port(address)
         loop = asyncio.get_running_loop()
 
         def to_streams(transport: asyncio.Transport, data: bytes, upstream_data: bytes | None,
@@ -254,7 +255,7 @@ class Proxy:
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the process exit code."""
-        lock = _lock(self.admin_socket)
+        lock = files.hold_lock(Path(f"{self.admin_socket}.lock"))
         if lock is None:
             log.error("another router already serves %s", self.admin_socket)
             return 1
@@ -278,7 +279,7 @@ class Proxy:
         os.chmod(self.admin_socket, 0o600)
         servers = [admin]
         if self.metrics_listen:
-            host, port = split_address(self.metrics_listen)
+            host, port = split_host_port(self.metrics_listen)
             try:
                 metrics = await asyncio.start_server(
                     lambda r, w: self._connection(w, self.admin(r, w, public=True)),
@@ -361,17 +362,6 @@ async def _read_body(reader: asyncio.StreamReader, kind: int, length: int) -> by
     return b"".join(parts)
 
 
-def _lock(admin_socket: Path) -> int | None:
-    """Hold `<socket>.lock` for the life of the process; None if another process holds it."""
-    fd = os.open(f"{admin_socket}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run a router process; the exit code (0 after a clean stop)."""
     parser = argparse.ArgumentParser(prog="stagewise router", description="The stagewise builtin router.")
@@ -383,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.metrics_listen:
         try:
-            split_address(args.metrics_listen)
+            split_host_port(args.metrics_listen)
         except ValueError as exc:
             parser.error(str(exc))
     log_to(args.log_file, args.log_max_bytes)

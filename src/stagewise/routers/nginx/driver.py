@@ -29,11 +29,10 @@ import contextlib
 import grp
 import os
 import pwd
-import re
 import signal
-import time
 from pathlib import Path
 
+from stagewise.basics import files, proc, waiting
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
 from stagewise.errors import RouterConfigError, RouterError
@@ -46,7 +45,6 @@ STOP_TIMEOUT = 10.0
 RELOAD_TIMEOUT = 10.0
 OLD_WORKER_TIMEOUT = 12.0
 """Old workers get `worker_shutdown_timeout` (10 s) to finish; this is a little more."""
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class NginxRouter:
@@ -136,47 +134,37 @@ class NginxRouter:
         # workers outlive a master killed with SIGKILL and keep the listeners: end them gracefully first
         access_log = AccessLog(paths)
         for log_file in access_log.log_files():
-            for orphan in process.holders(log_file):
+            for orphan in proc.holders(log_file):
                 await process.terminate(orphan, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
         # one log per master: counters start from zero with a new boot
         await asyncio.to_thread(access_log.clear)
         # output to a file, not a pipe: the daemon it forks may hold the pipe open long after
         code, _ = await _run(self._command(paths, paths.config), output=paths.output)
         if code != 0:
-            raise RouterError(f"nginx did not start (exit {code}): {process.tail(paths.output)} "
-                              f"{process.tail(paths.error_log)}")
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            master = process.read_pid(paths.pid)
-            if master is not None and process.children(master):
-                return
-            if time.monotonic() > deadline:
-                raise RouterError(f"nginx did not start within {START_TIMEOUT:.0f} s: "
-                                  f"{process.tail(paths.error_log)}")
-            await asyncio.sleep(0.01)
+            raise RouterError(f"nginx did not start (exit {code}): {files.tail(paths.output)} "
+                              f"{files.tail(paths.error_log)}")
+        if not await waiting.until(lambda: _has_workers(paths), timeout=START_TIMEOUT, interval=0.01):
+            raise RouterError(f"nginx did not start within {START_TIMEOUT:.0f} s: {files.tail(paths.error_log)}")
 
     async def _reload(self, paths: Paths, master: int) -> None:
         """SIGHUP; wait for new workers, then for the old ones to finish their requests."""
-        old = set(process.children(master))
+        old = set(proc.children(master))
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGHUP)
-        deadline = time.monotonic() + RELOAD_TIMEOUT
-        while not set(process.children(master)) - old:
-            if time.monotonic() > deadline or not process.alive(master):
-                raise RouterError(f"nginx did not reload: {process.tail(paths.error_log)}")
-            await asyncio.sleep(0.005)
-        deadline = time.monotonic() + OLD_WORKER_TIMEOUT
-        while any(process.alive(pid) for pid in old):
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.005)
+        reloaded = await waiting.until(lambda: set(proc.children(master)) - old or not proc.alive(master),
+                                       timeout=RELOAD_TIMEOUT, interval=0.005)
+        if not reloaded or not proc.alive(master):
+            raise RouterError(f"nginx did not reload: {files.tail(paths.error_log)}")
+        # the old workers finish their requests within worker_shutdown_timeout; past that, carry on
+        await waiting.until(lambda: not any(proc.alive(pid) for pid in old), timeout=OLD_WORKER_TIMEOUT,
+                            interval=0.005)
 
     def _command(self, paths: Paths, config: Path, *flags: str) -> list[str]:
         nginx = process.binary("nginx", "nginx-light")
         return [nginx, *flags, "-p", f"{paths.folder}/", "-c", str(config), "-e", str(paths.error_log)]
 
     def _paths(self, service: str) -> Paths:
-        if not _SERVICE_NAME.fullmatch(service):
+        if not files.is_folder_name(service):
             raise RouterConfigError(f"service name {service!r} cannot name a router directory")
         return Paths(self.state_dir / "nginx" / service)
 
@@ -185,7 +173,14 @@ class NginxRouter:
 
 
 def _boot(master: int) -> str:
-    return f"{master}-{process.start_time(master)}"
+    started = proc.start_time(master)
+    return f"{master}-{'' if started is None else started}"
+
+
+def _has_workers(paths: Paths) -> bool:
+    """Whether the nginx of the pid file runs with its workers forked."""
+    master = process.read_pid(paths.pid)
+    return master is not None and bool(proc.children(master))
 
 
 def _root_user() -> tuple[str, str] | None:
