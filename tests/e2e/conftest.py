@@ -18,8 +18,9 @@ import pytest
 
 from stagewise.basics import waiting
 from stagewise.basics.ports import free_port
-from stagewise.cli.client import Client, Unreachable
+from stagewise.cli.client import Client
 from stagewise.core.stats import RouterStats
+from stagewise.errors import ServerUnreachableError
 from stagewise.platforms.local import LocalPlatform
 from stagewise.routers import get_router
 from tests.routers.programs import need_router
@@ -84,11 +85,11 @@ class Stagewise:
         assert self.proc is not None and self.proc.poll() is None, self.log()
         try:
             client = Client(self.state)
-        except Unreachable:
+        except ServerUnreachableError:
             return None
         try:
             client.get("/api/v1/health")
-        except Unreachable:
+        except ServerUnreachableError:
             client.close()
             return None
         return client

@@ -24,14 +24,12 @@ import pytest
 from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ServiceSpec
-from stagewise.errors import NotFoundError, StagewiseError
+from stagewise.errors import NotFoundError, SchemaTooNewError, StagewiseError, StoreError
 from stagewise.store import Measurement, open_store
 from stagewise.store import sqlite as sqlite_store
 from stagewise.store.sqlite import (
     SCHEMA_VERSION,
-    SchemaTooNewError,
     SqliteStore,
-    StoreError,
     migrate,
 )
 

@@ -25,14 +25,15 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from stagewise.api.delivery_page import ServiceDeleted, deleted_actions, delivery_page
+from stagewise import version
+from stagewise.api.delivery_page import deleted_actions, delivery_page
 from stagewise.api.live import event_stream
 from stagewise.api.models import NAME_PATTERN, NAME_RULE, ROW_ID_MAX
 from stagewise.api.overview import PHASE_ORDER, filter_rows, overview_rows, phase_counts
 from stagewise.api.refusals import documented
 from stagewise.api.security import SecurityHeaders
 from stagewise.controller import Controller
-from stagewise.errors import NotFoundError
+from stagewise.errors import NotFoundError, ServiceDeletedError
 
 HERE = Path(__file__).parent
 
@@ -58,6 +59,7 @@ def _iso(at: float | None) -> str:
 
 
 _env.filters.update(clock=_clock, when=_when, iso=_iso, slug=lambda s: str(s).lower())
+_env.globals["version"] = version()
 
 
 def render(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -105,7 +107,7 @@ def build_router() -> APIRouter:
     def delivery_partial(name: str, request: Request, delivery: DeliveryId = None) -> HTMLResponse:
         try:
             page = delivery_page(_controller(request), name, delivery)
-        except ServiceDeleted as exc:
+        except ServiceDeletedError as exc:
             # An open page of a service deleted meanwhile says so, and its buttons go off.
             return render("_deleted_live.html", message=str(exc), actions=deleted_actions(name))
         except NotFoundError as exc:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from stagewise import version
 from stagewise.api.dashboard import install_dashboard
 from stagewise.api.logs import EventLog, announce, configure_logging
 from stagewise.api.metrics import ControllerMetrics, install_metrics
@@ -95,7 +96,7 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
                     log.warning("cannot tell what runs on after the server: %s", exc)
             await ctl.close()
 
-    app = FastAPI(title="stagewise", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="stagewise", version=version(), lifespan=lifespan,
                   description="Progressive delivery: full, phased, canary and blue-green, judged by statistics.")
 
     app.state.metrics = metrics

@@ -33,15 +33,12 @@ from stagewise.core.judge_state import JudgeState
 from stagewise.core.spec import AnalysisTemplate, RouterTemplate
 from stagewise.core.stats import LATENCY_BOUNDS_MS, ReleaseStats, bucket_of
 from stagewise.core.verdict import Outcome, Verdict
+from stagewise.errors import ReplayInputError
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 ARMS = ("baseline", "candidate")
 FLAGGER_DEFAULTS = {"error-rate": 0.01, "latency": 500.0}
 """threshold without --max: Flagger's builtin checks (success rate ≥ 99 %, request duration ≤ 500 ms)."""
-
-
-class BadInput(Exception):
-    """A line that is not a request as documented; says which line and why."""
 
 
 @dataclass
@@ -65,28 +62,28 @@ class Window:
 
 
 def parse_line(text: str, number: int, previous_t: float | None) -> tuple[float, int, int, float]:
-    """(t, arm, status, latency_ms) of one line; BadInput naming the line otherwise."""
+    """(t, arm, status, latency_ms) of one line; ReplayInputError naming the line otherwise."""
     try:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadInput(f"line {number}: not JSON ({exc.msg} at column {exc.colno})") from None
+        raise ReplayInputError(f"line {number}: not JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(row, dict):
-        raise BadInput(f"line {number}: expected an object such as "
+        raise ReplayInputError(f"line {number}: expected an object such as "
                        '{"t": 1.5, "release": "candidate", "status": 200, "latency_ms": 12.3}')
     missing = [k for k in ("t", "release", "status", "latency_ms") if k not in row]
     if missing:
-        raise BadInput(f"line {number}: missing {', '.join(missing)}")
+        raise ReplayInputError(f"line {number}: missing {', '.join(missing)}")
     t, release, status, latency = row["t"], row["release"], row["status"], row["latency_ms"]
     if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
-        raise BadInput(f"line {number}: t must be a number of seconds, got {t!r}")
+        raise ReplayInputError(f"line {number}: t must be a number of seconds, got {t!r}")
     if release not in ARMS:
-        raise BadInput(f'line {number}: release must be "baseline" or "candidate", got {release!r}')
+        raise ReplayInputError(f'line {number}: release must be "baseline" or "candidate", got {release!r}')
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-        raise BadInput(f"line {number}: status must be an HTTP status (100-599), got {status!r}")
+        raise ReplayInputError(f"line {number}: status must be an HTTP status (100-599), got {status!r}")
     if isinstance(latency, bool) or not isinstance(latency, int | float) or not 0 <= latency < math.inf:
-        raise BadInput(f"line {number}: latency_ms must be a number ≥ 0, got {latency!r}")
+        raise ReplayInputError(f"line {number}: latency_ms must be a number ≥ 0, got {latency!r}")
     if previous_t is not None and t < previous_t:
-        raise BadInput(f"line {number}: t {t:g} is before the previous line's {previous_t:g} "
+        raise ReplayInputError(f"line {number}: t {t:g} is before the previous line's {previous_t:g} "
                        "(lines must be in time order)")
     return float(t), ARMS.index(release), status, float(latency)
 
@@ -189,7 +186,7 @@ def analyze(
         _bad(err, f"cannot read {input_file}: {exc.strerror or exc}")
     except UnicodeDecodeError as exc:
         _bad(err, f"{input_file}: not UTF-8 text ({exc.reason})")
-    except BadInput as exc:
+    except ReplayInputError as exc:
         _bad(err, f"{input_file}: {exc}")
     text = json.dumps(_clean(result), indent=None if as_json else 2, ensure_ascii=False, allow_nan=False)
     print(text)  # plain print: the JSON must not be wrapped or styled

@@ -9,19 +9,7 @@ from typing import Any
 
 import httpx
 
-from stagewise.errors import StagewiseError
-
-
-class Unreachable(StagewiseError):
-    """No server answers for this state directory (exit code 3)."""
-
-
-class ApiError(StagewiseError):
-    """The server refused a request; `status` is its HTTP status."""
-
-    def __init__(self, status: int, detail: str, body: dict[str, Any] | None = None) -> None:
-        self.status, self.detail, self.body = status, detail, body or {}
-        super().__init__(detail)
+from stagewise.errors import ServerRefusedError, ServerUnreachableError
 
 
 def default_state() -> Path:
@@ -35,7 +23,7 @@ class Client:
         try:
             self.url = json.loads(info.read_text())["url"]
         except (OSError, ValueError, KeyError) as exc:
-            raise Unreachable(
+            raise ServerUnreachableError(
                 f"no stagewise server for state directory {state_dir} (no {info}); "
                 f"start one with: stagewise server --state {state_dir}"
             ) from exc
@@ -57,13 +45,14 @@ class Client:
         try:
             response = self.http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as exc:
-            raise Unreachable(f"the stagewise server at {self.url} does not answer ({exc}); is it running?") from exc
+            raise ServerUnreachableError(
+                f"the stagewise server at {self.url} does not answer ({exc}); is it running?") from exc
         if response.status_code >= 400:
             try:
                 body = response.json()
             except ValueError:
                 body = {"detail": response.text}
-            raise ApiError(response.status_code, str(body.get("detail", response.text)), body)
+            raise ServerRefusedError(response.status_code, str(body.get("detail", response.text)), body)
         return response.json()
 
     def get(self, path: str, **params: Any) -> Any:

@@ -27,7 +27,8 @@ from rich.table import Table
 
 from stagewise.basics import waiting
 from stagewise.basics.ports import free_port
-from stagewise.cli.client import Client, Unreachable
+from stagewise.cli.client import Client
+from stagewise.errors import ServerUnreachableError
 from stagewise.examples.load import LoadInBackground
 from stagewise.platforms import Platform
 from stagewise.platforms.local import LocalPlatform
@@ -139,11 +140,11 @@ class Demo:
             raise RuntimeError(f"the server exited: {(self.tmp / 'server.log').read_text()[-2000:]}")
         try:
             client = Client(self.state)
-        except (Unreachable, OSError):
+        except (ServerUnreachableError, OSError):
             return None
         try:
             client.get("/api/v1/health")
-        except Unreachable:
+        except ServerUnreachableError:
             client.close()
             return None
         return client

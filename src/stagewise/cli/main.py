@@ -16,10 +16,11 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
+from stagewise import version
 from stagewise.basics import waiting
 from stagewise.cli import advise, completion, convert, hosts, render, server
-from stagewise.cli.client import ApiError, Client, Unreachable, default_state
-from stagewise.errors import SpecError, StagewiseError
+from stagewise.cli.client import Client, default_state
+from stagewise.errors import ServerRefusedError, ServerUnreachableError, SpecError, StagewiseError
 
 EXIT_OK, EXIT_DELIVERY_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -37,6 +38,18 @@ StateOpt = Annotated[Path, typer.Option("--state", envvar="STAGEWISE_STATE", hel
 DEFAULT_STATE = default_state()
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        out.print(f"stagewise {version()}", highlight=False)
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _options(show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                               help="Print stagewise's version and exit.")) -> None:
+    """Progressive delivery for services on hosts, VMs and single boxes."""
+
+
 def fail(message: str, code: int) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     raise typer.Exit(code)
@@ -45,7 +58,7 @@ def fail(message: str, code: int) -> NoReturn:
 def client(state: Path) -> Client:
     try:
         return Client(state)
-    except Unreachable as exc:
+    except ServerUnreachableError as exc:
         fail(str(exc), EXIT_UNREACHABLE)
 
 
@@ -53,9 +66,9 @@ def call(state: Path, method: str, path: str, **kwargs: Any) -> Any:
     with client(state) as c:
         try:
             return c.request(method, path, **kwargs)
-        except Unreachable as exc:
+        except ServerUnreachableError as exc:
             fail(str(exc), EXIT_UNREACHABLE)
-        except ApiError as exc:
+        except ServerRefusedError as exc:
             problems = exc.body.get("problems")
             if problems:
                 for p in problems:

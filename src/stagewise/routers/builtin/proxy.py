@@ -49,6 +49,7 @@ from pydantic import ValidationError
 from stagewise.basics import files
 from stagewise.basics.ports import split_host_port
 from stagewise.core.routes import RouteTable
+from stagewise.errors import BadMessageError, ListenerError
 from stagewise.routers.builtin.counters import Counters
 from stagewise.routers.builtin.fast import FastClient, finish_on_streams
 from stagewise.routers.builtin.fast_upstream import Pending
@@ -60,7 +61,6 @@ from stagewise.routers.builtin.wire import (
     CHUNKED,
     MAX_HEAD,
     BodyReader,
-    HttpError,
     build_head,
     parse_head,
     plain_response,
@@ -75,10 +75,6 @@ SWEEP_INTERVAL = 5.0
 MAX_TABLE_BYTES = 16 * 1024 * 1024
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
-
-
-class ListenError(Exception):
-    """A listener of the table could not be bound; the table is refused (409)."""
 
 
 class Proxy:
@@ -105,7 +101,7 @@ class Proxy:
     # -- route tables ------------------------------------------------------------
 
     async def apply(self, table: RouteTable) -> None:
-        """Serve `table`; ValueError if it is unusable, ListenError if a listener cannot bind."""
+        """Serve `table`; ValueError if it is unusable, ListenerError if a listener cannot bind."""
         split_host_port(table.listen)
         if table.preview_listen:
             split_host_port(table.preview_listen)
@@ -121,7 +117,7 @@ class Proxy:
             except OSError as exc:
                 for server in opened:
                     server.close()
-                raise ListenError(f"cannot listen on {exc.filename}: {exc.strerror or exc}") from exc
+                raise ListenerError(f"cannot listen on {exc.filename}: {exc.strerror or exc}") from exc
             old = self.traffic.plan
             known = old.endpoints if old is not None else {}
             plan = RoutePlan(table, known)
@@ -206,7 +202,7 @@ class Proxy:
                     path = target.split(b"?", 1)[0].decode("latin-1")
                     status, content_type, payload = await self._answer(method, path, body, public)
                     close = False
-                except HttpError as exc:
+                except BadMessageError as exc:
                     status, content_type, payload, close = exc.status, b"text/plain", str(exc), True
                 if status == 204:
                     writer.write(build_head(b"HTTP/1.1 204 No Content", []))
@@ -232,7 +228,7 @@ class Proxy:
                 await self.apply(table)
             except (ValidationError, ValueError) as exc:
                 return 400, b"text/plain", f"invalid route table: {exc}"
-            except ListenError as exc:
+            except ListenerError as exc:
                 return 409, b"text/plain", str(exc)
             return 204, b"", ""
         if method != b"GET":
@@ -350,14 +346,14 @@ class Proxy:
 async def _read_body(reader: asyncio.StreamReader, kind: int, length: int) -> bytes:
     """A whole admin request body (route tables are small; traffic bodies never come here)."""
     if length > MAX_TABLE_BYTES:
-        raise HttpError(413, "body too large")
+        raise BadMessageError(413, "body too large")
     body = BodyReader(reader, kind, length)
     parts: list[bytes] = []
     size = 0
     while piece := await body.read():
         size += len(piece)
         if kind == CHUNKED and size > MAX_TABLE_BYTES:
-            raise HttpError(413, "body too large")
+            raise BadMessageError(413, "body too large")
         parts.append(piece)
     return b"".join(parts)
 

@@ -24,8 +24,9 @@ import asyncio
 import time
 from typing import Protocol
 
+from stagewise.errors import BadMessageError, ClientGoneError, UpstreamBrokenError
 from stagewise.routers.builtin.counters import Counters
-from stagewise.routers.builtin.exchange import STREAM_ERRORS, BodyPump, Broken, ClientGone, connect, exchange
+from stagewise.routers.builtin.exchange import STREAM_ERRORS, BodyPump, connect, exchange
 from stagewise.routers.builtin.plan import Endpoint, RoutePlan
 from stagewise.routers.builtin.pool import Upstream
 from stagewise.routers.builtin.rewrite import request_headers, response_head
@@ -34,7 +35,6 @@ from stagewise.routers.builtin.wire import (
     LENGTH,
     BodyReader,
     Head,
-    HttpError,
     build_head,
     end_to_end,
     frame_chunk,
@@ -152,7 +152,7 @@ class Traffic:
         try:
             head = parse_head(data, request=True)
             kind, length = request_framing(head.index)
-        except HttpError as exc:
+        except BadMessageError as exc:
             writer.write(plain_response(exc.status, f"stagewise: {exc}", close=True))
             return False
         if plan is None:  # listeners only open after a table, but be explicit
@@ -189,13 +189,13 @@ class Traffic:
         try:
             try:
                 upstream, response, task = await exchange(ep, upstream, upstream_head, pump)
-            except ClientGone as exc:
+            except ClientGoneError as exc:
                 cause = exc.__cause__
-                if isinstance(cause, HttpError):
+                if isinstance(cause, BadMessageError):
                     writer.write(plain_response(cause.status, f"stagewise: {cause}", close=True))
                 self.counters.record(ep.release, error=False, latency_ms=_ms(started))
                 return False
-            except Broken as exc:
+            except UpstreamBrokenError as exc:
                 why = f"instance {ep.id} of service {plan.service} failed before answering: {exc}"
                 return await self.refuse(writer, ep.release, started, why, keep_client, body)
             return await self.relay(
