@@ -21,8 +21,9 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 from fastapi import FastAPI
 
@@ -141,9 +142,11 @@ def disinherit_descriptors() -> list[int]:
 
 
 def write_server_file(state_dir: Path, sock: socket.socket) -> str:
+    """Say where this server listens, and which process it is (pid and start time, so a stale file can be told)."""
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
-    files.write_atomic(state_dir / "server.json", json.dumps({"url": url, "pid": os.getpid()}))
+    files.write_atomic(state_dir / "server.json", json.dumps(
+        {"url": url, "pid": os.getpid(), "start_time": proc.start_time(os.getpid())}))
     return url
 
 
@@ -177,11 +180,42 @@ def serve(state_dir: Path, settings: ServerSettings | None = None, *,
     app.state.stopping = lambda: server.should_exit  # ends the dashboard's event streams on shutdown
     announce(log, f"stagewise server on {url} (state {state_dir})", url=url, state=str(state_dir), pid=os.getpid())
     log.debug("settings: %s", settings.in_words())
+    with _unwound_by_sigterm():
+        try:
+            server.run(sockets=[sock])
+        finally:
+            with contextlib.suppress(OSError):
+                (state_dir / "server.json").unlink()
+
+
+@contextlib.contextmanager
+def _unwound_by_sigterm() -> Iterator[None]:
+    """Let a SIGTERM unwind the stack, so that `finally` clauses run, and still end the process by it.
+
+    uvicorn takes SIGTERM for a graceful shutdown, then puts back the handler it found and raises the
+    signal again. With Python's default handler the process would die right there, and the `finally`
+    that removes server.json would never run: the next CLI call would go to a dead address. The handler
+    it finds is this one: it raises SystemExit, and once the stack is unwound the process ends by
+    SIGTERM as before (a supervisor such as systemd counts that as a clean stop; exit status 143 it would not).
+    """
+    terminated = False
+
+    def unwind(signum: int, frame: FrameType | None) -> None:
+        nonlocal terminated
+        terminated = True
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
     try:
-        server.run(sockets=[sock])
+        yield
+    except SystemExit:
+        if not terminated:
+            raise
     finally:
-        with contextlib.suppress(OSError):
-            (state_dir / "server.json").unlink()
+        signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
 
 
 def reload_settings(app: FastAPI, current: ServerSettings, reread: Callable[[], ServerSettings]) -> ServerSettings:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from stagewise.basics import proc
 from stagewise.errors import ServerRefusedError, ServerUnreachableError
 
 
@@ -21,8 +22,9 @@ class Client:
         self.state_dir = state_dir
         info = state_dir / "server.json"
         try:
-            self.url = json.loads(info.read_text())["url"]
-        except (OSError, ValueError, KeyError) as exc:
+            self.server: dict[str, Any] = json.loads(info.read_text())
+            self.url = self.server["url"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ServerUnreachableError(
                 f"no stagewise server for state directory {state_dir} (no {info}); "
                 f"start one with: stagewise server --state {state_dir}"
@@ -45,8 +47,7 @@ class Client:
         try:
             response = self.http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as exc:
-            raise ServerUnreachableError(
-                f"the stagewise server at {self.url} does not answer ({exc}); is it running?") from exc
+            raise ServerUnreachableError(self._unreachable(exc)) from exc
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -54,6 +55,15 @@ class Client:
                 body = {"detail": response.text}
             raise ServerRefusedError(response.status_code, str(body.get("detail", response.text)), body)
         return response.json()
+
+    def _unreachable(self, exc: httpx.TransportError) -> str:
+        """Why the server does not answer, as far as can be told: a server.json left by a process gone says so."""
+        pid, start = self.server.get("pid"), self.server.get("start_time")
+        if isinstance(pid, int) and not proc.running(pid, start if isinstance(start, int) else None):
+            return (f"the stagewise server of {self.state_dir} (pid {pid}, {self.url}) no longer runs: it ended "
+                    f"without removing {self.state_dir / 'server.json'} (killed?); start one with: "
+                    f"stagewise server --state {self.state_dir}")
+        return f"the stagewise server at {self.url} does not answer ({exc}); is it running?"
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
