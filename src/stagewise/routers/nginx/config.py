@@ -37,22 +37,28 @@ LOG_FORMAT = "sw"
 
 
 class Paths:
-    """Where one nginx keeps its files (its prefix)."""
+    """Where one nginx keeps its files: its prefix in the state directory, and where its workers write."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, runtime: Path | None = None) -> None:
         self.folder = folder
+        self.runtime = runtime or folder
+        """Where the workers write (their logs, their temporary files): the state folder itself when nginx
+        runs as the current user; a folder of their own outside the state directory when they run as
+        another user (`runtime`), so that they can reach nothing else of it."""
         self.config = folder / "nginx.conf"
         self.candidate = folder / "nginx.conf.new"
         self.pid = folder / "nginx.pid"
-        self.access_log = folder / "access.log"
+        self.access_log = self.runtime / "access.log"
         """One JSON line per request: release, status, seconds; rotated to `access.log.<n>` as it is read."""
         self.counts = folder / "counts.json"
         """The tallies read from the access log so far, and the number of the last rotated file read."""
         self.counts_lock = folder / "counts.lock"
-        self.error_log = folder / "error.log"
+        self.error_log = self.runtime / "error.log"
+        self.kept_error_log = folder / "error.log"
+        """The error log, kept in the state folder once nginx stopped (the runtime folder is removed then)."""
         self.output = folder / "nginx.out"
         """What nginx printed when started (before its error log took over)."""
-        self.temp = folder / "temp"
+        self.temp = self.runtime / "temp"
 
 
 def quote(value: str) -> str:
@@ -77,11 +83,12 @@ def header_variable(name: str) -> str:
 def render(table: RouteTable, paths: Paths, *, workers: int = 1, user: tuple[str, str] | None = None) -> str:
     """The whole configuration of the nginx serving `table`.
 
-    `user`: (user, group) for the workers; needed when nginx starts as root, which would otherwise run them
-    as nobody — who could not reopen the logs in a private state directory (see `logs`).
+    `user`: (user, group) for the workers, when nginx starts as root: they run as that unprivileged user
+    and write only in `paths.runtime` (see the driver).
     """
-    if any(c.isspace() or c in ';{}"' for c in str(paths.folder)):
-        raise RouterConfigError(f"nginx cannot use a state directory with spaces: {paths.folder}")
+    for folder in (paths.folder, paths.runtime):
+        if any(c.isspace() or c in ';{}"' for c in str(folder)):
+            raise RouterConfigError(f"nginx cannot use a state directory with spaces: {folder}")
     releases = sorted(table.releases())
     upstream = {r: f"sw_r{i}" for i, r in enumerate(releases)}
     weights = endpoint_weights(table, MAX_WEIGHT)

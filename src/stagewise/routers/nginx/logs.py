@@ -34,8 +34,11 @@ background when the log passes a size, so a log nobody asks about stays
 small too. The tallies belong to one nginx master (`boot`): the driver
 clears the files when it starts a new one.
 
-nginx workers must be able to open the log path themselves to reopen it: the
-driver runs them as the user it runs as (`config.render`'s `user`).
+nginx workers reopen the log by its path, as the user they run as. Started
+as root, they run as an unprivileged user (`runtime.WorkerUser`) that may
+not create files where the log lives: so after each rename this module makes
+the new, empty `access.log` itself, owned by that user (`owner`), before it
+signals anyone.
 """
 
 from __future__ import annotations
@@ -67,10 +70,12 @@ _REOPEN_POLL = 0.002
 
 
 class AccessLog:
-    """The counts of one nginx's access log, kept in `counts.json` beside it."""
+    """The counts of one nginx's access log, kept in `counts.json` in the state folder."""
 
-    def __init__(self, paths: Paths) -> None:
+    def __init__(self, paths: Paths, *, owner: tuple[int, int] | None = None) -> None:
         self.paths = paths
+        self.owner = owner
+        """(uid, gid) of the workers, when they run as another user: the owner of each new access.log."""
 
     def collect(self, master: int, boot: str, *, rotate_bytes: int = 0) -> Tallies:
         """The tallies of every request nginx has answered so far — rotating the log to be sure of it.
@@ -93,6 +98,7 @@ class AccessLog:
                 with contextlib.suppress(FileNotFoundError):  # none yet: the reopen below creates it
                     self.paths.access_log.rename(target)
                     pending.append((seq + 1, target))
+                self.make_log()
             self._reopen(master, [path for _, path in pending])
             for n, path in pending:
                 _fold(path, tallies)
@@ -109,6 +115,22 @@ class AccessLog:
                 path.unlink(missing_ok=True)
             for path in (self.paths.access_log, self.paths.counts):
                 path.unlink(missing_ok=True)
+
+    def make_log(self) -> None:
+        """An empty access.log (and error.log) the workers may open, when they run as another user; else nothing.
+
+        nginx's master would create the files on reopening (and hand them over to the workers' user), but a
+        worker signalled directly may try first: it cannot create a file in a folder that is not its own.
+        """
+        if self.owner is None:
+            return
+        for path in (self.paths.access_log, self.paths.error_log):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchown(fd, *self.owner)
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
 
     def log_files(self) -> list[Path]:
         """The access log and its rotated files that exist now."""
@@ -153,7 +175,7 @@ class AccessLog:
     def _rotated(self) -> list[tuple[int, Path]]:
         prefix = self.paths.access_log.name + "."
         out = []
-        for path in self.paths.folder.iterdir():
+        for path in self.paths.access_log.parent.iterdir():
             suffix = path.name[len(prefix):] if path.name.startswith(prefix) else ""
             if suffix.isdigit():
                 out.append((int(suffix), path))
