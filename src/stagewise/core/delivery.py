@@ -14,6 +14,7 @@ could not finish (a person must act; the event log says why).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -260,111 +261,160 @@ def _finish(d: Delivery, phase: Phase, now: float, message: str) -> list[Event]:
     return [Event(at=now, kind="phase", message=f"{phase.value}: {message}")]
 
 
-def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery, list[Event]]:
-    """The next state of `delivery`, and what happened; moves at most one step."""
+Moved = tuple[Delivery, list[Event]]
+"""A delivery's next state and what happened on the way."""
+
+
+def advance(delivery: Delivery, plan: Plan, obs: Observation) -> Moved:
+    """The next state of `delivery`, and what happened; moves at most one step.
+
+    A started delivery passes its gates in order (`_GATES`): the first that holds it, or ends or aborts it,
+    decides the tick; a step whose gates all pass is done, and the next one begins.
+    """
     if delivery.phase.terminal:
         return delivery, []
     d = evolve(delivery)
-    now = obs.now
-    events: list[Event] = []
-
     if d.phase is Phase.PENDING:
-        _enter(d, 0, now)
-        d.failures_base = dict(obs.failures)
-        d.phase = Phase.PROMOTING if plan.steps[0].promoting else Phase.PROGRESSING
-        what = f"{d.stable.version} → {d.candidate.version}" if d.stable else d.candidate.version
-        return d, [Event(at=now, kind="phase", message=f"Progressing: {plan.strategy} {what}")]
+        return _begin(d, plan, obs)
+    step = d.steps(plan)[d.step]
+    events: list[Event] = []
+    for gate in _GATES:
+        moved = gate(d, plan, step, obs, events)
+        if moved is not None:
+            return moved
+    return _next(d, plan, obs.now, events, "")
 
+
+def _begin(d: Delivery, plan: Plan, obs: Observation) -> Moved:
+    _enter(d, 0, obs.now)
+    d.failures_base = dict(obs.failures)
+    d.phase = Phase.PROMOTING if plan.steps[0].promoting else Phase.PROGRESSING
+    what = f"{d.stable.version} → {d.candidate.version}" if d.stable else d.candidate.version
+    return d, [Event(at=obs.now, kind="phase", message=f"Progressing: {plan.strategy} {what}")]
+
+
+def _progress_deadline(d: Delivery, plan: Plan, step: Step, obs: Observation, events: list[Event]) -> Moved | None:
+    """A delivery that made no progress within its deadline is rolled back (a rollback that made none, Failed)."""
     aborting = d.phase is Phase.ABORTING
-    steps = d.steps(plan)
-    step = steps[d.step]
-
     deadline = d.spec.spec.progress_deadline
     waiting_on_person = d.paused or (step.manual and d.ready_at is not None and not aborting)
-    if not waiting_on_person and now - d.progress_at > deadline:
-        reason = _stuck_reason(d, step, obs)
-        if aborting:
-            return d, _finish(d, Phase.FAILED, now, f"the rollback made no progress for "
-                              f"{format_duration(deadline)}: {reason}; a person must act")
-        if d.stable is None:
-            return d, _finish(d, Phase.FAILED, now, f"no progress for {format_duration(deadline)}: "
-                              f"{reason}; there is no earlier release to roll back to")
-        d2, ev = abort(d, plan, now=now, reason=f"progress deadline {format_duration(deadline)} "
-                       f"exceeded: {reason}")
-        return d2, events + ev
+    if waiting_on_person or obs.now - d.progress_at <= deadline:
+        return None
+    reason = _stuck_reason(d, step, obs)
+    if aborting:
+        return d, _finish(d, Phase.FAILED, obs.now, f"the rollback made no progress for "
+                          f"{format_duration(deadline)}: {reason}; a person must act")
+    if d.stable is None:
+        return d, _finish(d, Phase.FAILED, obs.now, f"no progress for {format_duration(deadline)}: "
+                          f"{reason}; there is no earlier release to roll back to")
+    d2, ev = abort(d, plan, now=obs.now, reason=f"progress deadline {format_duration(deadline)} exceeded: {reason}")
+    return d2, events + ev
 
-    if not aborting:
-        failed = _failed_analysis(d)
-        if failed is None and d.stable is not None:  # a first delivery has nothing to roll back to: it waits
-            failed = too_many_unreachable(d.spec.spec.platform, obs.unreachable)
-        if failed is not None:
-            d2, ev = abort(d, plan, now=now, reason=failed)
-            return d2, events + ev
 
+def _failing(d: Delivery, plan: Plan, step: Step, obs: Observation, events: list[Event]) -> Moved | None:
+    """Any analysis of the delivery (this step's or the background one) that Failed rolls it back; so do
+    more unreachable hosts than the platform allows."""
+    if d.phase is Phase.ABORTING:
+        return None
+    failed = _failed_analysis(d)
+    if failed is None and d.stable is not None:  # a first delivery has nothing to roll back to: it waits
+        failed = too_many_unreachable(d.spec.spec.platform, obs.unreachable)
+    if failed is None:
+        return None
+    d2, ev = abort(d, plan, now=obs.now, reason=failed)
+    return d2, events + ev
+
+
+def _background_analysis(d: Delivery, plan: Plan, step: Step, obs: Observation, events: list[Event]) -> None:
+    """The background analysis starts at its step and runs on (it never holds the delivery by itself)."""
     bg = plan.background
-    if bg and not aborting and d.step >= bg.starting_step and "background" not in d.analysis:
+    if bg and d.phase is not Phase.ABORTING and d.step >= bg.starting_step and "background" not in d.analysis:
         d.analysis["background"] = AnalysisRun(
-            key="background", templates=list(bg.gate.templates), started_at=now,
+            key="background", templates=list(bg.gate.templates), started_at=obs.now,
             background=True, since=obs.stats, last=obs.stats,
         )
-        events.append(Event(at=now, kind="analysis", message="background analysis started: "
+        events.append(Event(at=obs.now, kind="analysis", message="background analysis started: "
                             + ", ".join(bg.gate.templates)))
 
-    if d.paused:
-        d.phase = Phase.PAUSED
-        return d, events
 
-    # Gate 1: readiness, and instance failures within the step's budget.
+def _paused(d: Delivery, plan: Plan, step: Step, obs: Observation, events: list[Event]) -> Moved | None:
+    """A delivery a person paused stays where it is."""
+    if not d.paused:
+        return None
+    d.phase = Phase.PAUSED
+    return d, events
+
+
+def _readiness(d: Delivery, plan: Plan, step: Step, obs: Observation, events: list[Event]) -> Moved | None:
+    """Gate 1: instances ready, and instance failures within the step's budget."""
+    aborting = d.phase is Phase.ABORTING
     new_failures = obs.failures.get(d.candidate.version, 0) - d.failures_base.get(d.candidate.version, 0)
     if not aborting and step.max_failures is not None and new_failures > step.max_failures:
-        d2, ev = abort(d, plan, now=now, reason=f"{new_failures} instance(s) of {d.candidate.version} "
+        d2, ev = abort(d, plan, now=obs.now, reason=f"{new_failures} instance(s) of {d.candidate.version} "
                        f"failed in this step, more than the {step.max_failures} allowed")
         return d2, events + ev
     if d.ready_at is None:
         if step.wait_ready and (obs.held is not None or not _ready(step.world, obs)):
             return d, events
-        d.ready_at = now
-        d.progress_at = now
+        d.ready_at = obs.now
+        d.progress_at = obs.now
+    return None
 
-    if d.release_gate:
-        return _next(d, plan, now, events, "promoted")
 
-    # Gate 2: analysis.
-    if step.analysis is not None and not aborting:
-        key = f"step-{d.step}"
-        run = d.analysis.get(key)
-        if run is None:
-            d.analysis[key] = AnalysisRun(
-                key=key, templates=list(step.analysis.templates), started_at=now,
-                duration=step.analysis.duration, since=obs.stats, last=obs.stats,
-            )
-            events.append(Event(at=now, kind="analysis", message=f"analysis started: "
-                                f"{', '.join(step.analysis.templates)}"))
-            return d, events
-        outcome = run.verdict.outcome
-        if outcome is Outcome.RUNNING:
-            d.progress_at = now  # a running analysis is progress; only a stuck one (NoData) is not
-            return d, events
-        if outcome is Outcome.NO_DATA:
-            return d, events  # the judge applies the policy; waiting ends at the deadline
-        if outcome is not Outcome.SUCCESSFUL:
-            d2, ev = abort(d, plan, now=now, reason=f"analysis {outcome.value}: {run.verdict.message}")
-            return d2, events + ev
-        if not run.history or run.history[-1].get("final") is not True:
-            run.history.append({"t": now, "final": True})
-            events.append(Event(at=now, kind="analysis", message=f"analysis Successful: {run.verdict.message}"))
+def _promoted(d: Delivery, plan: Plan, step: Step, obs: Observation, events: list[Event]) -> Moved | None:
+    """A step a person promoted is done once ready, whatever its other gates."""
+    return _next(d, plan, obs.now, events, "promoted") if d.release_gate else None
 
-    # Gate 3: pause, timed or until a person promotes.
-    if step.manual and not aborting:
+
+def _analysis(d: Delivery, plan: Plan, step: Step, obs: Observation, events: list[Event]) -> Moved | None:
+    """Gate 2: the step's analysis, started on the first tick past readiness and waited for until it passes."""
+    if step.analysis is None or d.phase is Phase.ABORTING:
+        return None
+    now = obs.now
+    key = f"step-{d.step}"
+    run = d.analysis.get(key)
+    if run is None:
+        d.analysis[key] = AnalysisRun(
+            key=key, templates=list(step.analysis.templates), started_at=now,
+            duration=step.analysis.duration, since=obs.stats, last=obs.stats,
+        )
+        events.append(Event(at=now, kind="analysis", message=f"analysis started: "
+                            f"{', '.join(step.analysis.templates)}"))
+        return d, events
+    outcome = run.verdict.outcome
+    if outcome is Outcome.RUNNING:
+        d.progress_at = now  # a running analysis is progress; only a stuck one (NoData) is not
+        return d, events
+    if outcome is Outcome.NO_DATA:
+        return d, events  # the judge applies the policy; waiting ends at the deadline
+    if outcome is not Outcome.SUCCESSFUL:
+        d2, ev = abort(d, plan, now=now, reason=f"analysis {outcome.value}: {run.verdict.message}")
+        return d2, events + ev
+    if not run.history or run.history[-1].get("final") is not True:
+        run.history.append({"t": now, "final": True})
+        events.append(Event(at=now, kind="analysis", message=f"analysis Successful: {run.verdict.message}"))
+    return None
+
+
+def _pause_step(d: Delivery, plan: Plan, step: Step, obs: Observation, events: list[Event]) -> Moved | None:
+    """Gate 3: a pause step, timed or until a person promotes."""
+    if step.manual and d.phase is not Phase.ABORTING:
         if d.phase is not Phase.PAUSED:
             d.phase = Phase.PAUSED
-            events.append(Event(at=now, kind="phase", message=f"Paused at step {d.step + 1}: "
+            events.append(Event(at=obs.now, kind="phase", message=f"Paused at step {d.step + 1}: "
                                 f"{step.title}; waiting for promote"))
         return d, events
-    if step.pause and now - d.ready_at < step.pause:
-        d.progress_at = now  # a timed pause is planned waiting, not a stuck delivery
+    if step.pause and d.ready_at is not None and obs.now - d.ready_at < step.pause:
+        d.progress_at = obs.now  # a timed pause is planned waiting, not a stuck delivery
         return d, events
-    return _next(d, plan, now, events, "")
+    return None
+
+
+_GATES: tuple[Callable[[Delivery, Plan, Step, Observation, list[Event]], Moved | None], ...] = (
+    _progress_deadline, _failing, _background_analysis, _paused, _readiness, _promoted, _analysis,
+    _pause_step,
+)
+"""In order; each may hold the delivery where it is, move it (abort, finish, pause) or let it pass (None)."""
 
 
 def _next(d: Delivery, plan: Plan, now: float, events: list[Event], why: str) -> tuple[Delivery, list[Event]]:
