@@ -50,6 +50,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from stagewise.core.judge_state import ErrorRateState, JudgeState
@@ -266,7 +267,6 @@ def judge_error_rate(
     llr: list[float] = [0.0] * GRID_SIZE if kept is None else list(kept.llr)
     total_n = [0, 0] if kept is None else list(kept.requests)
     total_e = [0, 0] if kept is None else list(kept.errors)
-    max_log_e = 0.0 if kept is None else kept.max_log_e
     held: list[int] = [] if kept is None else list(kept.pending)
 
     (n_b, e_b), (n_c, e_c) = counts(baseline), counts(candidate)
@@ -275,39 +275,54 @@ def judge_error_rate(
         weights = event_weights(split(block[0], block[1]), rho0)
         if weights is not None:
             llr = add_events(llr, weights, block[2], block[3])
-    total_n = [total_n[0] + n_b, total_n[1] + n_c]
-    total_e = [total_e[0] + e_b, total_e[1] + e_c]
-    log_e = log_mean_exp(llr)
-    max_log_e = max(max_log_e, log_e)
+    totals = _Totals(requests=(total_n[0] + n_b, total_n[1] + n_c), errors=(total_e[0] + e_b, total_e[1] + e_c),
+                     llr=llr, max_log_e=max(0.0 if kept is None else kept.max_log_e, log_mean_exp(llr)))
+    verdict = _error_rate_verdict(template, totals, rho0, elapsed=elapsed, duration=duration)
+    new_state = ErrorRateState(
+        rho0=rho0, requests=totals.requests, errors=totals.errors, llr=tuple(llr),
+        max_log_e=totals.max_log_e, pending=tuple(held), verdict=verdict if finished(verdict.outcome) else None,
+    )
+    return new_state, verdict
 
+
+@dataclass(frozen=True)
+class _Totals:
+    """Requests and errors per arm (baseline, candidate) so far, and the e-process's sums after them."""
+
+    requests: tuple[int, int]
+    errors: tuple[int, int]
+    llr: list[float]
+    max_log_e: float
+
+
+def _error_rate_verdict(template: AnalysisTemplate, totals: _Totals, rho0: float, *, elapsed: float,
+                        duration: float | None) -> Verdict:
+    """The outcome after the increment, with its evidence and a sentence that says why."""
+    log_e = log_mean_exp(totals.llr)
+    (n_b, n_c), (e_b, e_c) = totals.requests, totals.errors
     bound = 1.0 / template.alpha
-    rate_b = total_e[0] / total_n[0] if total_n[0] else 0.0
-    rate_c = total_e[1] / total_n[1] if total_n[1] else 0.0
-    rho, relation = rho_hat(llr, rho0, rho_grid(rho0))
+    rate_b = e_b / n_b if n_b else 0.0
+    rate_c = e_c / n_c if n_c else 0.0
+    rho, relation = rho_hat(totals.llr, rho0, rho_grid(rho0))
     ev = e_value(log_e)
-    requests = sum(total_n)
+    requests = n_b + n_c
     evidence: dict[str, Any] = {
         "judge": "sequential",
         "metric": "error-rate",
         "e_value": ev,
         "threshold": bound,
-        "p_value": p_value(max_log_e),
+        "p_value": p_value(totals.max_log_e),
         "alpha": template.alpha,
         "rho0": rho0,
         "rho_hat": round(rho, 4),
         "rho_hat_relation": relation,
         "error_rate": {"baseline": rate_b, "candidate": rate_c},
-        "requests": {"baseline": total_n[0], "candidate": total_n[1]},
-        "errors": {"baseline": total_e[0], "candidate": total_e[1]},
+        "requests": {"baseline": n_b, "candidate": n_c},
+        "errors": {"baseline": e_b, "candidate": e_c},
         "min_requests": template.min_requests,
     }
-    outcome, lack = decide(
-        template,
-        detected=log_e >= math.log(bound),
-        requests=(total_n[0], total_n[1]),
-        elapsed=elapsed,
-        duration=duration,
-    )
+    outcome, lack = decide(template, detected=log_e >= math.log(bound), requests=(n_b, n_c), elapsed=elapsed,
+                           duration=duration)
     rates = f"candidate error rate {rate_c:.1%} vs baseline {rate_b:.1%}"
     if lack:
         message = lack
@@ -324,9 +339,4 @@ def judge_error_rate(
         )
     else:
         message = f"{rates}, e-value {fmt_e(ev)} (fails at {bound:g}) after {requests:,} requests"
-    verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
-    new_state = ErrorRateState(
-        rho0=rho0, requests=(total_n[0], total_n[1]), errors=(total_e[0], total_e[1]), llr=tuple(llr),
-        max_log_e=max_log_e, pending=tuple(held), verdict=verdict if finished(outcome) else None,
-    )
-    return new_state, verdict
+    return Verdict(outcome=outcome, message=message, evidence=evidence)

@@ -71,6 +71,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from stagewise.analysis.judges import sequential as seq
@@ -231,49 +232,78 @@ def judge_latency(
         kept = None  # made for another margin or floor: its sums test another null
     if kept is not None and kept.verdict is not None:
         return kept, kept.verdict
-    if kept is None:
-        llr = [[0.0] * ODDS_SIZE for _ in ladder]
-        hist_b, hist_c = [0] * BUCKETS, [0] * BUCKETS
-        max_log_e = log_e = 0.0
-        seen = [0] * (len(ladder) + 1)
-    else:
-        llr = [list(sums) for sums in kept.llr]
-        hist_b, hist_c = list(kept.hist[0]), list(kept.hist[1])
-        max_log_e, log_e = kept.max_log_e, kept.log_e
-        seen = list(kept.seen)
-    held: list[int] = [] if kept is None else list(kept.pending)
+    sums = _Sums.of(kept, ladder)
+    sums.add(buckets(baseline), buckets(candidate), ladder, rho0)
+    verdict = _verdict(template, sums, ladder, rho0, floor_ms, elapsed=elapsed, duration=duration)
+    return sums.state(rho0, ladder, verdict if seq.finished(verdict.outcome) else None), verdict
 
-    inc_b, inc_c = buckets(baseline), buckets(candidate)
-    # held blocks keep only the per-rung slow counts: that is all the test reads
-    slow_inc_b, slow_inc_c = slower_than(inc_b), slower_than(inc_c)
-    block, held = seq.gather(
-        held, [sum(inc_b), sum(inc_c), *(slow_inc_b[i] for i in ladder), *(slow_inc_c[i] for i in ladder)]
-    )
-    if block is not None:
-        k = len(ladder)
+
+@dataclass
+class _Sums:
+    """The judge's running sums while one increment is folded in (`LatencyState` is their frozen record)."""
+
+    llr: list[list[float]]
+    hist_b: list[int]
+    hist_c: list[int]
+    log_e: float
+    max_log_e: float
+    seen: list[int]
+    held: list[int]
+
+    @classmethod
+    def of(cls, kept: LatencyState | None, ladder: list[int]) -> _Sums:
+        if kept is None:
+            return cls(llr=[[0.0] * ODDS_SIZE for _ in ladder], hist_b=[0] * BUCKETS, hist_c=[0] * BUCKETS,
+                       log_e=0.0, max_log_e=0.0, seen=[0] * (len(ladder) + 1), held=[])
+        return cls(llr=[list(sums) for sums in kept.llr], hist_b=list(kept.hist[0]), hist_c=list(kept.hist[1]),
+                   log_e=kept.log_e, max_log_e=kept.max_log_e, seen=list(kept.seen), held=list(kept.pending))
+
+    def add(self, inc_b: list[int], inc_c: list[int], ladder: list[int], rho0: float) -> None:
+        """One increment's histograms: into the e-processes once a block is gathered, into the totals at once."""
+        # held blocks keep only the per-rung slow counts: that is all the test reads
+        slow_inc_b, slow_inc_c = slower_than(inc_b), slower_than(inc_c)
+        block, self.held = seq.gather(
+            self.held, [sum(inc_b), sum(inc_c), *(slow_inc_b[i] for i in ladder), *(slow_inc_c[i] for i in ladder)]
+        )
+        if block is not None:
+            self._fold(block, len(ladder), rho0)
+        self.hist_b = [a + b for a, b in zip(self.hist_b, inc_b, strict=True)]
+        self.hist_c = [a + b for a, b in zip(self.hist_c, inc_c, strict=True)]
+        self.max_log_e = max(self.max_log_e, self.log_e)
+
+    def _fold(self, block: list[int], k: int, rho0: float) -> None:
         slow_b, slow_c = block[2 : 2 + k], block[2 + k :]
-        live = active(seen)
-        before = seq.log_sum_exp([x for r in live for x in llr[r]]) if live else 0.0
-        llr = [_fold(sums, block[0], block[1], slow_b[r], slow_c[r], rho0) for r, sums in enumerate(llr)]
+        live = active(self.seen)
+        before = seq.log_sum_exp([x for r in live for x in self.llr[r]]) if live else 0.0
+        self.llr = [_fold(sums, block[0], block[1], slow_b[r], slow_c[r], rho0) for r, sums in enumerate(self.llr)]
         if live:
-            log_e += seq.log_sum_exp([x for r in live for x in llr[r]]) - before
-        seen = [seen[0] + block[0] + block[1], *(s + b + c for s, b, c in zip(seen[1:], slow_b, slow_c, strict=True))]
-    hist_b = [a + b for a, b in zip(hist_b, inc_b, strict=True)]
-    hist_c = [a + b for a, b in zip(hist_c, inc_c, strict=True)]
+            self.log_e += seq.log_sum_exp([x for r in live for x in self.llr[r]]) - before
+        self.seen = [self.seen[0] + block[0] + block[1],
+                     *(s + b + c for s, b, c in zip(self.seen[1:], slow_b, slow_c, strict=True))]
 
+    def state(self, rho0: float, ladder: list[int], verdict: Verdict | None) -> LatencyState:
+        return LatencyState(
+            rho0=rho0, rungs=tuple(ladder), hist=(tuple(self.hist_b), tuple(self.hist_c)),
+            llr=tuple(tuple(x) for x in self.llr), log_e=self.log_e, seen=tuple(self.seen),
+            max_log_e=self.max_log_e, pending=tuple(self.held), verdict=verdict,
+        )
+
+
+def _verdict(template: AnalysisTemplate, sums: _Sums, ladder: list[int], rho0: float, floor_ms: float, *,
+             elapsed: float, duration: float | None) -> Verdict:
+    """The outcome after the increment, with its evidence and a sentence that says why."""
     # A rung that never saw an event has every sum at 0: its e-value is 1, no need to add it up.
-    per_rung = [seq.log_mean_exp(sums) if any(sums) else 0.0 for sums in llr]
-    max_log_e = max(max_log_e, log_e)
-    n_b, n_c = sum(hist_b), sum(hist_c)
+    per_rung = [seq.log_mean_exp(s) if any(s) else 0.0 for s in sums.llr]
+    n_b, n_c = sum(sums.hist_b), sum(sums.hist_c)
     bound = 1.0 / template.alpha
-    ev = seq.e_value(log_e)
-    q_b, q_c = _quantiles(hist_b), _quantiles(hist_c)
+    ev = seq.e_value(sums.log_e)
+    q_b, q_c = _quantiles(sums.hist_b), _quantiles(sums.hist_c)
     evidence: dict[str, Any] = {
         "judge": "sequential",
         "metric": "latency",
         "e_value": ev,
         "threshold": bound,
-        "p_value": seq.p_value(max_log_e),
+        "p_value": seq.p_value(sums.max_log_e),
         "alpha": template.alpha,
         "rho0": rho0,
         "floor_ms": floor_ms,
@@ -284,17 +314,19 @@ def judge_latency(
     }
     outcome, lack = seq.decide(
         template,
-        detected=log_e >= math.log(bound),
+        detected=sums.log_e >= math.log(bound),
         requests=(n_b, n_c),
         elapsed=elapsed,
         duration=duration,
     )
-    summary = f"p99 candidate {_ms(q_c['p99'])} vs baseline {_ms(q_b['p99'])}"
     if per_rung:
-        evidence["worst"] = _worst(per_rung, llr, ladder, hist_b, hist_c, rho0)
+        evidence["worst"] = _worst(per_rung, sums.llr, ladder, sums.hist_b, sums.hist_c, rho0)
+    if lack:
+        evidence["no_data"] = template.no_data
+    summary = f"p99 candidate {_ms(q_c['p99'])} vs baseline {_ms(q_b['p99'])}"
+    after = f"e-value {seq.fmt_e(ev)}"
     if lack:
         message = lack
-        evidence["no_data"] = template.no_data
     elif outcome is Outcome.FAILED:
         worst = evidence["worst"]
         share_b = worst["slow"]["baseline"] / n_b if n_b else 0.0
@@ -302,24 +334,18 @@ def judge_latency(
         message = (
             f"candidate requests slower than {worst['threshold_ms']:.3g} ms: {share_c:.1%} vs baseline "
             f"{share_b:.1%} (odds ratio {worst['rho_hat_relation']} {worst['rho_hat']:.3g}), "
-            f"e-value {seq.fmt_e(ev)} ≥ 1/α = {bound:g} after {n_b + n_c:,} requests; {summary}"
+            f"{after} ≥ 1/α = {bound:g} after {n_b + n_c:,} requests; {summary}"
         )
     elif outcome is Outcome.SUCCESSFUL:
         lowest = _ms(LATENCY_BOUNDS_MS[ladder[0]] if ladder else None)
         message = (
             f"no threshold from {lowest} up shows {rho0:g}× the baseline's "
-            f"odds of a slower request (e-value {seq.fmt_e(ev)} < 1/α = {bound:g}) "
+            f"odds of a slower request ({after} < 1/α = {bound:g}) "
             f"after {n_b + n_c:,} requests; {summary}"
         )
     else:
-        message = f"{summary}, e-value {seq.fmt_e(ev)} (fails at {bound:g}) after {n_b + n_c:,} requests"
-    verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
-    new_state = LatencyState(
-        rho0=rho0, rungs=tuple(ladder), hist=(tuple(hist_b), tuple(hist_c)), llr=tuple(tuple(x) for x in llr),
-        log_e=log_e, seen=tuple(seen), max_log_e=max_log_e, pending=tuple(held),
-        verdict=verdict if seq.finished(outcome) else None,
-    )
-    return new_state, verdict
+        message = f"{summary}, {after} (fails at {bound:g}) after {n_b + n_c:,} requests"
+    return Verdict(outcome=outcome, message=message, evidence=evidence)
 
 
 def _worst(
