@@ -95,14 +95,28 @@ def _verb_route(verb: str) -> Callable[[str, Request], Awaitable[dict[str, Any]]
 
 def build_api_router(token: str) -> APIRouter:
     """The `/api/v1` routes; the mutating ones need `token` as a bearer token."""
+    router = APIRouter(prefix="/api/v1")
+    _add_reads(router)
+    mutating = APIRouter(dependencies=[Depends(_bearer_check(token))])
+    _add_apply_and_verbs(mutating)
+    _add_delete(mutating)
+    router.include_router(mutating)
+    return router
+
+
+def _bearer_check(token: str) -> Callable[[HTTPAuthorizationCredentials | None], None]:
+    """The dependency of every mutating route: a 401 of ours without `Authorization: Bearer <token>`."""
     def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
         given = credentials.credentials if credentials is not None else ""
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(status_code=401, detail="missing or wrong token; it is in the server's state "
                                 "directory, file 'token'", headers={"WWW-Authenticate": "Bearer"})
 
-    router = APIRouter(prefix="/api/v1")
-    mutating = APIRouter(dependencies=[Depends(authorised)])
+    return authorised
+
+
+def _add_reads(router: APIRouter) -> None:
+    """The routes that read: open to anyone on loopback."""
 
     @router.get("/health", operation_id="health", summary="Whether the server answers")
     async def health() -> Health:
@@ -148,6 +162,10 @@ def build_api_router(token: str) -> APIRouter:
         _known(c, name)
         return [e.model_dump() for e in c.store.events(name, after_id=after, limit=limit)]
 
+
+def _add_apply_and_verbs(mutating: APIRouter) -> None:
+    """apply, and the verbs of a delivery: promote, abort, pause, resume, retry, undo."""
+
     @mutating.post("/apply", operation_id="apply", response_model=ApplyResult,
                    summary="Store a spec; a new release starts a delivery",
                    responses={**ok("What the apply did"),
@@ -181,6 +199,10 @@ def build_api_router(token: str) -> APIRouter:
         c = _controller(request)
         return delivery_view(c, await c.undo(name))
 
+
+def _add_delete(mutating: APIRouter) -> None:
+    """delete: the end of a service's data plane, its history kept."""
+
     @mutating.delete(
         "/services/{name}", operation_id="deleteService", response_model=Deletion,
         summary="Delete a service: drain and stop its router, stop its instances, forget it",
@@ -200,6 +222,3 @@ def build_api_router(token: str) -> APIRouter:
                                                  "where it stands")] = False,
     ) -> Deletion:
         return await _controller(request).delete(name, keep_running=keep_running, force=force)
-
-    router.include_router(mutating)
-    return router
