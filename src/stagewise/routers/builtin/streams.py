@@ -237,36 +237,9 @@ class Traffic:
 
         body = BodyReader(upstream.reader, r_kind, r_length)
         try:
-            try:
-                while True:
-                    try:
-                        piece = await body.read()
-                    except STREAM_ERRORS as exc:
-                        upstream.abort()
-                        if pending:  # nothing sent yet: the client can still be told
-                            why = f"instance {ep.id} failed mid-response: {exc!r}"
-                            return await self.refuse(writer, ep.release, started, why, False, body)
-                        # the client has part of a response: cut it so it cannot pass for whole
-                        writer.transport.abort()
-                        self.counters.record(ep.release, error=True, latency_ms=_ms(started))
-                        return False
-                    if not piece:
-                        break
-                    if chunk_down:
-                        writer.writelines(frame_chunk(piece))
-                    elif pending:
-                        writer.writelines([pending.pop(), piece])
-                    else:
-                        writer.write(piece)
-                    await writer.drain()
-                if chunk_down:
-                    writer.write(last_chunk(body.trailers))
-                await writer.drain()
-            except OSError:  # the client went away
-                upstream.abort()
-                self.counters.record(ep.release, error=status >= 500, latency_ms=_ms(started))
-                return False
-
+            broken_off = await self._forward_body(writer, ep, upstream, body, pending, chunk_down, status, started)
+            if broken_off is not None:
+                return broken_off
             if task is not None and not task.done() and pump is not None and pump.body.done:
                 await asyncio.wait({task}, timeout=1.0)  # only the last flush upstream is left
         finally:
@@ -282,6 +255,44 @@ class Traffic:
             upstream.close()
         self.counters.record(ep.release, error=status >= 500, latency_ms=_ms(started))
         return keep_client and not self.draining
+
+    async def _forward_body(self, writer: asyncio.StreamWriter, ep: Endpoint, upstream: Upstream, body: BodyReader,
+                            pending: list[bytes], chunk_down: bool, status: int, started: float) -> bool | None:
+        """Copy the response body to the client (after the head in `pending`, if not sent yet).
+
+        None once all of it is sent; else the exchange broke off, counted, and the client connection
+        does not stay open (False).
+        """
+        try:
+            while True:
+                try:
+                    piece = await body.read()
+                except STREAM_ERRORS as exc:
+                    upstream.abort()
+                    if pending:  # nothing sent yet: the client can still be told
+                        why = f"instance {ep.id} failed mid-response: {exc!r}"
+                        return await self.refuse(writer, ep.release, started, why, False, body)
+                    # the client has part of a response: cut it so it cannot pass for whole
+                    writer.transport.abort()
+                    self.counters.record(ep.release, error=True, latency_ms=_ms(started))
+                    return False
+                if not piece:
+                    break
+                if chunk_down:
+                    writer.writelines(frame_chunk(piece))
+                elif pending:
+                    writer.writelines([pending.pop(), piece])
+                else:
+                    writer.write(piece)
+                await writer.drain()
+            if chunk_down:
+                writer.write(last_chunk(body.trailers))
+            await writer.drain()
+        except OSError:  # the client went away
+            upstream.abort()
+            self.counters.record(ep.release, error=status >= 500, latency_ms=_ms(started))
+            return False
+        return None
 
     async def _tunnel(
         self,

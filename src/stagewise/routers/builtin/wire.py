@@ -89,24 +89,39 @@ def parse_head(data: bytes, *, request: bool) -> Head:
     if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
         raise BadMessageError(400, "bare CR or LF in message head")
     lines = data[:-4].split(b"\r\n")
-    if request:
-        request_line = _REQUEST_LINE.fullmatch(lines[0])
-        if request_line is None:
-            raise BadMessageError(400, "malformed request line")
-        method, target, major, minor = request_line.groups()
-        if major != b"1":
-            raise BadMessageError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
-        # a later 1.x is served as 1.1, the highest minor version spoken here (RFC 9110 §2.5)
-        start = (method, target, b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1")
-    else:
-        version, _, rest = lines[0].partition(b" ")
-        status, _, reason = rest.partition(b" ")
-        if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
-            raise BadMessageError(502, "malformed status line from upstream")
-        start = (version, status, reason)
+    start = _request_line(lines[0]) if request else _status_line(lines[0])
+    headers, index = _fields(lines[1:], request=request)
+    if request and b"host" not in index and start[2] != b"HTTP/1.0":
+        raise BadMessageError(400, "no Host header")
+    return Head(start, headers, index)
+
+
+def _request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """(method, target, version) of a request line (RFC 9112 §3)."""
+    request_line = _REQUEST_LINE.fullmatch(line)
+    if request_line is None:
+        raise BadMessageError(400, "malformed request line")
+    method, target, major, minor = request_line.groups()
+    if major != b"1":
+        raise BadMessageError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
+    # a later 1.x is served as 1.1, the highest minor version spoken here (RFC 9110 §2.5)
+    return method, target, b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1"
+
+
+def _status_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """(version, status, reason) of an upstream's status line."""
+    version, _, rest = line.partition(b" ")
+    status, _, reason = rest.partition(b" ")
+    if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
+        raise BadMessageError(502, "malformed status line from upstream")
+    return version, status, reason
+
+
+def _fields(lines: list[bytes], *, request: bool) -> tuple[list[tuple[bytes, bytes]], dict[bytes, bytes]]:
+    """The header fields as sent, and indexed by lower-case name (repeats joined, conflicts refused)."""
     headers: list[tuple[bytes, bytes]] = []
     index: dict[bytes, bytes] = {}
-    for line in lines[1:]:
+    for line in lines:
         name, sep, value = line.partition(b":")
         if not sep or _FIELD_NAME.fullmatch(name) is None:
             raise BadMessageError(400, "malformed header line")
@@ -125,9 +140,7 @@ def parse_head(data: bytes, *, request: bool) -> Head:
             raise BadMessageError(400, "more than one Host header")
         else:
             index[key] = seen + (b"; " if key == b"cookie" else b", ") + value
-    if request and b"host" not in index and start[2] != b"HTTP/1.0":
-        raise BadMessageError(400, "no Host header")
-    return Head(start, headers, index)
+    return headers, index
 
 
 def tokens(value: bytes | None) -> frozenset[bytes]:
