@@ -358,7 +358,7 @@ class LoadInBackground:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except Exception as exc:  # handed to the caller of stop()/join(), not lost in the thread
+        except Exception as exc:  # noqa: BLE001 -- handed to the caller of stop()/join(), not lost in the thread
             self._error = exc
         finally:
             self._running.set()
