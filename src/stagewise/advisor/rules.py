@@ -9,7 +9,7 @@ before starting the new ones. Missing metrics only weaken canary (a canary
 nobody measures is a slow manual rollout, but still a small one).
 
 The weights are deliberate and few; they encode the usual guidance (the
-table of DESIGN.md and the delivery-strategies guide) and what stagewise's
+table in docs/architecture.md and `words`, from the delivery-strategies guide) and what stagewise's
 own planner does — a canary's promotion, for one, briefly runs the candidate
 at full size beside the stable release.
 

@@ -1,6 +1,6 @@
 """The end of a service's data plane: what runs of it, stopping it for `delete`, and what the server leaves running.
 
-The data plane outlives the controller by design (DESIGN.md: a controller
+The data plane outlives the controller by design (docs/architecture.md: a controller
 restart never drops a request), so nothing stops it but a person: `delete`
 drains the router first — it stops taking requests and lets the ones in
 flight finish — and only then stops the instances behind it. What runs is

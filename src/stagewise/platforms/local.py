@@ -2,7 +2,7 @@
 
 Why it is built this way:
 
-- Instances must outlive the controller (DESIGN.md: a controller restart never
+- Instances must outlive the controller (docs/architecture.md: a controller restart never
   drops a request), so each runs in its own session and its record lives on
   disk under `state_dir/instances/<service>/`. A new `LocalPlatform` re-adopts
   them by pid *and* kernel start time, because by then a bare pid may belong to
