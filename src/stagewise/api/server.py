@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -116,7 +117,10 @@ def bind(listen: str) -> socket.socket:
     server could not start again. uvicorn serves it in this process (`sockets=`); only its
     multi-process mode, which stagewise does not use, hands a socket to children.
     """
-    host, port = split_host_port(listen, zero_ok=True)
+    try:
+        host, port = split_host_port(listen, zero_ok=True)
+    except ValueError as exc:  # said as the bind's own failure: the command line reports it, no traceback
+        raise OSError(errno.EINVAL, f"{exc}; expected host:port, such as {DEFAULT_LISTEN}") from exc
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host or "127.0.0.1", port))
