@@ -7,6 +7,7 @@ started, so no process outlives it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -508,9 +509,13 @@ def marked_release(marker: str) -> ReleaseSpec:
 
 def test_an_instance_spawned_but_not_recorded_when_the_controller_is_killed_is_adopted(tmp_path: Path) -> None:
     release = marked_release(str(tmp_path))
+    pid = 0
     try:
         pid = int(kill_while_starting(tmp_path, release, "spawned"))
-        assert processes_naming(str(tmp_path)) == {pid}, "the instance outlives its controller, as it must"
+        # Popen returns once the child's execve has closed its descriptors, before the kernel has set up its
+        # new argv: for that moment /proc/PID/cmdline reads empty (seen on a loaded machine). So wait for it.
+        assert waiting.blocking_until(lambda: processes_naming(str(tmp_path)) == {pid}, timeout=10, interval=0.01), \
+            "the instance outlives its controller, as it must"
 
         async def main() -> None:
             async with local_platform(tmp_path) as platform:
@@ -528,8 +533,9 @@ def test_an_instance_spawned_but_not_recorded_when_the_controller_is_killed_is_a
         run(main)
         assert processes_naming(str(tmp_path)) == set(), "the adopted instance is stopped like any other"
     finally:
-        for orphan in processes_naming(str(tmp_path)):
-            os.killpg(orphan, signal.SIGKILL)
+        for orphan in processes_naming(str(tmp_path)) | ({pid} if pid else set()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(orphan, signal.SIGKILL)  # the instance leads its own session
 
 
 def test_an_instance_intended_but_never_spawned_is_forgotten(tmp_path: Path) -> None:
