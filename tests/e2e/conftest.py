@@ -20,7 +20,6 @@ from stagewise.basics import waiting
 from stagewise.basics.ports import free_port
 from stagewise.cli.client import Client
 from stagewise.core.stats import RouterStats
-from stagewise.errors import ServerUnreachableError
 from stagewise.platforms.local import LocalPlatform
 from stagewise.routers import get_router
 from tests.routers.programs import need_router
@@ -83,16 +82,7 @@ class Stagewise:
     def _answering_client(self) -> Client | None:
         """A client of the server once it answers; None before."""
         assert self.proc is not None and self.proc.poll() is None, self.log()
-        try:
-            client = Client(self.state)
-        except ServerUnreachableError:
-            return None
-        try:
-            client.get("/api/v1/health")
-        except ServerUnreachableError:
-            client.close()
-            return None
-        return client
+        return Client.answering(self.state)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no last words."""

@@ -33,6 +33,20 @@ class Client:
         self.token = token_file.read_text().strip() if token_file.exists() else ""
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
 
+    @classmethod
+    def answering(cls, state_dir: Path) -> Client | None:
+        """A client of the server of `state_dir` if one answers now (its health route); else None."""
+        try:
+            client = cls(state_dir)
+        except ServerUnreachableError:
+            return None
+        try:
+            client.get("/api/v1/health")
+        except ServerUnreachableError:
+            client.close()
+            return None
+        return client
+
     def close(self) -> None:
         self.http.close()
 

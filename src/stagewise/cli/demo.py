@@ -28,7 +28,6 @@ from rich.table import Table
 from stagewise.basics import waiting
 from stagewise.basics.ports import free_port
 from stagewise.cli.client import Client
-from stagewise.errors import ServerUnreachableError
 from stagewise.examples.load import LoadInBackground
 from stagewise.platforms import Platform
 from stagewise.platforms.local import LocalPlatform
@@ -138,16 +137,7 @@ class Demo:
         assert self.server is not None
         if self.server.poll() is not None:
             raise RuntimeError(f"the server exited: {(self.tmp / 'server.log').read_text()[-2000:]}")
-        try:
-            client = Client(self.state)
-        except (ServerUnreachableError, OSError):
-            return None
-        try:
-            client.get("/api/v1/health")
-        except ServerUnreachableError:
-            client.close()
-            return None
-        return client
+        return Client.answering(self.state)
 
     def deliver(self, client: Client, version: str, strategy: dict[str, Any], timeout: float = 120) -> str:
         client.post("/api/v1/apply", {"spec": self.spec_text(version, strategy), "filename": f"{version}.yaml"})
