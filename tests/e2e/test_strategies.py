@@ -89,7 +89,7 @@ def test_a_good_release_is_delivered(stagewise: Stagewise, name: str) -> None:
         time.sleep(0.5)
     finally:
         report = load.stop()
-    assert status["phase"] == "Succeeded", status["delivery"]
+    assert status["phase"] == "Succeeded", (status["delivery"]["abort_reason"], status["events"][-12:])
     assert status["stable"] == "v2"
     assert report.by_version.get("v2", 0) > 0
     if name != "full":  # full recreates: users see the gap between the two releases
