@@ -9,7 +9,8 @@
     │   │   └── PreflightError      a host fails a check a delivery needs (ssh: hosts check)
     │   ├── UnknownDriverError      a router/platform/judge/provider name with no backend
     │   ├── PlatformRefusedError    the platform cannot run what it was given (no such program)
-    │   │   └── HostKeyError        a host's SSH key is unknown or changed: refused, never accepted blindly
+    │   │   ├── HostKeyError        a host's SSH key is unknown or changed: refused, never accepted blindly
+    │   │   └── HostsUnavailableError  namespace test hosts cannot be made here (not root, no sshd, no ip)
     │   ├── RouterConfigError       a router refused a route table or the configuration made of it
     │   ├── SettingsError           the server's settings file is unreadable or invalid (file:line:column)
     │   ├── StoreError              the state database is unusable as it is (not a database, corrupt)
@@ -119,6 +120,10 @@ class HostKeyError(PlatformRefusedError):
     def __init__(self, host: str, message: str) -> None:
         self.host = host
         super().__init__(message)
+
+
+class HostsUnavailableError(PlatformRefusedError):
+    """Namespace test hosts (`stagewise.testing.hosts`) cannot be made here: not root, no sshd, no ip."""
 
 
 class RouterConfigError(PermanentError):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from stagewise.basics import waiting
 from stagewise.platforms import _ssh_scripts as scripts
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,9 +59,7 @@ def test_arguments_reach_the_program_verbatim_with_the_port_filled_in(root: Path
                    f"open({str(out)!r}, 'w'))", *tricky, env=("GREETING=hello {port} $HOME",))
     assert fields[0] == "S"
     port = fields[2]
-    deadline = time.monotonic() + 10
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    waiting.blocking_until(out.exists, timeout=10, interval=0.02)
     argv, greeting, cwd = json.loads(out.read_text())
     assert argv == [a.replace("{port}", port) for a in tricky]
     assert greeting == f"hello {port} $HOME"
