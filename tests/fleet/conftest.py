@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 import stagewise.examples.sample_service as sample_service
+from stagewise.basics import waiting
 from stagewise.cli.demo import stop_service
 from stagewise.core.spec import PlatformSpec
 from stagewise.platforms.ssh import SshPlatform
@@ -138,12 +138,10 @@ def on_hosts(request: pytest.FixtureRequest, fleet: Fleet) -> Iterator[FleetStag
 
 def wait_event(sw: Stagewise, needle: str, timeout: float = 20) -> dict[str, Any]:
     """The first event whose message holds `needle`, waiting for it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in all_events(sw):
-            if needle in event["message"]:
-                return dict(event)
-        time.sleep(0.05)
+    found = waiting.blocking_until(lambda: next((e for e in all_events(sw) if needle in e["message"]), None),
+                                   timeout=timeout)
+    if found is not None:
+        return dict(found)
     raise AssertionError(f"no event with {needle!r} within {timeout}s: "
                          + json.dumps(all_events(sw)[-15:], indent=1))
 

@@ -28,13 +28,8 @@ from urllib.parse import parse_qs
 import pytest
 import pytest_asyncio
 
+from stagewise.basics import waiting
 from stagewise.routers.builtin import BuiltinRouter
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Upstream(ThreadingHTTPServer):
@@ -328,12 +323,7 @@ async def raw_connection(port: int) -> AsyncIterator[tuple[asyncio.StreamReader,
 
 
 async def wait_until(predicate: Any, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
+    return bool(await waiting.until(predicate, timeout=timeout, interval=0.02))
 
 
 class RawClient:

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stagewise.basics.ports import free_port
 from stagewise.core.routes import CohortRoute, Endpoint, HeaderRoute, RouteTable, cohort_bucket, in_cohort
 from stagewise.core.stats import LATENCY_BOUNDS_MS, RouterStats
 from stagewise.errors import RouterError
@@ -40,7 +41,6 @@ from tests.routers.conftest import (
     RawClient,
     RawUpstream,
     Upstream,
-    free_port,
     raw_client,
     raw_connection,
     read_response,

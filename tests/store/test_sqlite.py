@@ -24,14 +24,12 @@ import pytest
 from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ServiceSpec
-from stagewise.errors import NotFoundError, StagewiseError
+from stagewise.errors import NotFoundError, SchemaTooNewError, StagewiseError, StoreError
 from stagewise.store import Measurement, open_store
 from stagewise.store import sqlite as sqlite_store
 from stagewise.store.sqlite import (
     SCHEMA_VERSION,
-    SchemaTooNewError,
     SqliteStore,
-    StoreError,
     migrate,
 )
 
@@ -259,7 +257,7 @@ def test_usable_from_worker_threads(store: SqliteStore) -> None:
             for i in range(25):
                 store.save_delivery(d, [ev(f"t{n}-{i}")])
                 store.events(delivery_id=d.id, limit=5)
-        except BaseException as exc:  # surfaced by the assertion below
+        except BaseException as exc:  # noqa: BLE001 -- a worker thread's failure, surfaced by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]

@@ -20,7 +20,7 @@ from stagewise.core import gates
 from stagewise.core.delivery import AnalysisRun, Delivery, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.core.verdict import Outcome
-from stagewise.errors import NotFoundError
+from stagewise.errors import NotFoundError, ServiceDeletedError
 
 EVENTS_SHOWN = 60
 """Newest events in the log; the CLI's `status` and the events API give the rest."""
@@ -48,10 +48,6 @@ class Action:
     """The least role a token needs for the route (the page hides the button from smaller ones)."""
 
 
-class ServiceDeleted(NotFoundError):
-    """The page's service was deleted; its history stays readable through the API."""
-
-
 def delivery_page(controller: Controller, name: str, delivery_id: int | None = None) -> dict[str, Any]:
     """Everything the delivery page of service `name` shows, for its latest delivery or `delivery_id`."""
     store = controller.store
@@ -60,7 +56,7 @@ def delivery_page(controller: Controller, name: str, delivery_id: int | None = N
         deleted = store.deleted_services(name)
         if deleted:
             at = datetime.fromtimestamp(deleted[-1].deleted_at).strftime("%Y-%m-%d %H:%M:%S")
-            raise ServiceDeleted(f"{name} was deleted at {at}; its deliveries and events stay readable: "
+            raise ServiceDeletedError(f"{name} was deleted at {at}; its deliveries and events stay readable: "
                                  f"/api/v1/services/{name}/history, /api/v1/services/{name}/events")
         raise NotFoundError(f"no service named {name!r}")
     recent = store.deliveries(name, limit=DELIVERIES_SHOWN)

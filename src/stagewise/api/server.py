@@ -18,17 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 from fastapi import FastAPI
 
+from stagewise import version
 from stagewise.api.access import AuditLog, ReadAccess, register_server_token
 from stagewise.api.access_routes import build_access_router
 from stagewise.api.dashboard import install_dashboard
@@ -38,6 +41,8 @@ from stagewise.api.pipeline_routes import build_pipeline_router
 from stagewise.api.refusals import install_refusals
 from stagewise.api.routes import build_api_router
 from stagewise.api.settings import DEFAULT_LISTEN, ServerSettings
+from stagewise.basics import files, proc
+from stagewise.basics.ports import split_host_port
 from stagewise.controller import Controller
 from stagewise.controller.controller import TICK
 from stagewise.controller.lifecycle import DataPlane, in_words
@@ -62,9 +67,7 @@ def ensure_token(state_dir: Path) -> str:
         return token
     state_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(state_dir / "token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    files.write_atomic(state_dir / "token", token + "\n", mode=0o600)
     return token
 
 
@@ -108,7 +111,7 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
                     log.warning("cannot tell what runs on after the server: %s", exc)
             await ctl.close()
 
-    app = FastAPI(title="stagewise", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="stagewise", version=version(), lifespan=lifespan,
                   description="Progressive delivery: full, phased, canary and blue-green, judged by statistics.")
 
     app.state.metrics = metrics
@@ -131,10 +134,13 @@ def bind(listen: str) -> socket.socket:
     server could not start again. uvicorn serves it in this process (`sockets=`); only its
     multi-process mode, which stagewise does not use, hands a socket to children.
     """
-    host, _, port = listen.rpartition(":")
+    try:
+        host, port = split_host_port(listen, zero_ok=True)
+    except ValueError as exc:  # said as the bind's own failure: the command line reports it, no traceback
+        raise OSError(errno.EINVAL, f"{exc}; expected host:port, such as {DEFAULT_LISTEN}") from exc
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host or "127.0.0.1", int(port)))
+    sock.bind((host or "127.0.0.1", port))
     sock.listen(128)
     return sock
 
@@ -149,25 +155,19 @@ def disinherit_descriptors() -> list[int]:
     the parent of them all, keeps nothing inheritable.
     """
     changed = []
-    for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
-        fd = int(name)
-        if fd <= 2:
-            continue
-        try:
-            if os.get_inheritable(fd):
-                os.set_inheritable(fd, False)
-                changed.append(fd)
-        except OSError:
-            continue  # the directory listing's own descriptor, closed by now
+    for fd in proc.inheritable_descriptors():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            os.set_inheritable(fd, False)
+            changed.append(fd)
     return changed
 
 
 def write_server_file(state_dir: Path, sock: socket.socket) -> str:
+    """Say where this server listens, and which process it is (pid and start time, so a stale file can be told)."""
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
-    tmp = state_dir / "server.json.tmp"
-    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
-    os.replace(tmp, state_dir / "server.json")
+    files.write_atomic(state_dir / "server.json", json.dumps(
+        {"url": url, "pid": os.getpid(), "start_time": proc.start_time(os.getpid())}))
     return url
 
 
@@ -205,11 +205,42 @@ def serve(state_dir: Path, settings: ServerSettings | None = None, *,
     app.state.stopping = lambda: server.should_exit  # ends the dashboard's event streams on shutdown
     announce(log, f"stagewise server on {url} (state {state_dir})", url=url, state=str(state_dir), pid=os.getpid())
     log.debug("settings: %s", settings.in_words())
+    with _unwound_by_sigterm():
+        try:
+            server.run(sockets=[sock])
+        finally:
+            with contextlib.suppress(OSError):
+                (state_dir / "server.json").unlink()
+
+
+@contextlib.contextmanager
+def _unwound_by_sigterm() -> Iterator[None]:
+    """Let a SIGTERM unwind the stack, so that `finally` clauses run, and still end the process by it.
+
+    uvicorn takes SIGTERM for a graceful shutdown, then puts back the handler it found and raises the
+    signal again. With Python's default handler the process would die right there, and the `finally`
+    that removes server.json would never run: the next CLI call would go to a dead address. The handler
+    it finds is this one: it raises SystemExit, and once the stack is unwound the process ends by
+    SIGTERM as before (a supervisor such as systemd counts that as a clean stop; exit status 143 it would not).
+    """
+    terminated = False
+
+    def unwind(signum: int, frame: FrameType | None) -> None:
+        nonlocal terminated
+        terminated = True
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
     try:
-        server.run(sockets=[sock])
+        yield
+    except SystemExit:
+        if not terminated:
+            raise
     finally:
-        with contextlib.suppress(OSError):
-            (state_dir / "server.json").unlink()
+        signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
 
 
 def reload_settings(app: FastAPI, current: ServerSettings, reread: Callable[[], ServerSettings]) -> ServerSettings:

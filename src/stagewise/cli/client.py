@@ -15,19 +15,8 @@ from typing import Any
 
 import httpx
 
-from stagewise.errors import StagewiseError
-
-
-class Unreachable(StagewiseError):
-    """No server answers for this state directory (exit code 3)."""
-
-
-class ApiError(StagewiseError):
-    """The server refused a request; `status` is its HTTP status."""
-
-    def __init__(self, status: int, detail: str, body: dict[str, Any] | None = None) -> None:
-        self.status, self.detail, self.body = status, detail, body or {}
-        super().__init__(detail)
+from stagewise.basics import proc
+from stagewise.errors import ServerRefusedError, ServerUnreachableError
 
 
 def default_state() -> Path:
@@ -39,9 +28,10 @@ class Client:
         self.state_dir = state_dir
         info = state_dir / "server.json"
         try:
-            self.url = json.loads(info.read_text())["url"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise Unreachable(
+            self.server: dict[str, Any] = json.loads(info.read_text())
+            self.url = self.server["url"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ServerUnreachableError(
                 f"no stagewise server for state directory {state_dir} (no {info}); "
                 f"start one with: stagewise server --state {state_dir}"
             ) from exc
@@ -49,6 +39,20 @@ class Client:
         self.token = os.environ.get("STAGEWISE_TOKEN", "").strip() or (
             token_file.read_text().strip() if token_file.exists() else "")
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    @classmethod
+    def answering(cls, state_dir: Path) -> Client | None:
+        """A client of the server of `state_dir` if one answers now (its health route); else None."""
+        try:
+            client = cls(state_dir)
+        except ServerUnreachableError:
+            return None
+        try:
+            client.get("/api/v1/health")
+        except ServerUnreachableError:
+            client.close()
+            return None
+        return client
 
     def close(self) -> None:
         self.http.close()
@@ -64,14 +68,23 @@ class Client:
         try:
             response = self.http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as exc:
-            raise Unreachable(f"the stagewise server at {self.url} does not answer ({exc}); is it running?") from exc
+            raise ServerUnreachableError(self._unreachable(exc)) from exc
         if response.status_code >= 400:
             try:
                 body = response.json()
             except ValueError:
                 body = {"detail": response.text}
-            raise ApiError(response.status_code, str(body.get("detail", response.text)), body)
+            raise ServerRefusedError(response.status_code, str(body.get("detail", response.text)), body)
         return response.json()
+
+    def _unreachable(self, exc: httpx.TransportError) -> str:
+        """Why the server does not answer, as far as can be told: a server.json left by a process gone says so."""
+        pid, start = self.server.get("pid"), self.server.get("start_time")
+        if isinstance(pid, int) and not proc.running(pid, start if isinstance(start, int) else None):
+            return (f"the stagewise server of {self.state_dir} (pid {pid}, {self.url}) no longer runs: it ended "
+                    f"without removing {self.state_dir / 'server.json'} (killed?); start one with: "
+                    f"stagewise server --state {self.state_dir}")
+        return f"the stagewise server at {self.url} does not answer ({exc}); is it running?"
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)

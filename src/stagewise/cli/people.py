@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from stagewise.cli import main as cli
-from stagewise.cli.client import ApiError, Unreachable
+from stagewise.errors import ServerRefusedError, ServerUnreachableError
 
 token_app = typer.Typer(name="token", help="API tokens with a name and a role (viewer, operator, admin).",
                         no_args_is_help=True)
@@ -48,9 +48,9 @@ def _is_pipeline(state: Path, name: str) -> bool:
     with cli.client(state) as c:
         try:
             c.request("GET", f"/api/v1/pipelines/{name}")
-        except ApiError:
+        except ServerRefusedError:
             return False
-        except Unreachable as exc:
+        except ServerUnreachableError as exc:
             cli.fail(str(exc), cli.EXIT_UNREACHABLE)
     return True
 

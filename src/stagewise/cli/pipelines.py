@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stagewise.cli import main as cli
-from stagewise.cli.client import ApiError, Unreachable
+from stagewise.errors import ServerRefusedError, ServerUnreachableError
 
 STATUS_STYLE = {"succeeded": "green", "failed": "bold red", "stopped": "dim", "delivering": "blue",
                 "soaking": "magenta", "waiting": "cyan", "pending": "dim"}
@@ -77,9 +77,9 @@ def show(state: Path, name: str, *, as_json: bool) -> bool:
     with cli.client(state) as c:
         try:
             p = c.request("GET", f"/api/v1/pipelines/{name}")
-        except ApiError:
+        except ServerRefusedError:
             return False
-        except Unreachable as exc:
+        except ServerUnreachableError as exc:
             cli.fail(str(exc), cli.EXIT_UNREACHABLE)
     if as_json:
         cli.out.print_json(json.dumps(p))

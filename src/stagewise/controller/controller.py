@@ -164,7 +164,7 @@ class Controller:
                     await self._reconcile(name)
                 except StagewiseError as exc:
                     self._failed(name, exc)
-                except Exception as exc:  # a bug must not stop the other services' deliveries
+                except Exception as exc:  # noqa: BLE001 -- a bug must not stop the other services' deliveries
                     self._failed(name, StagewiseError(f"internal error: {type(exc).__name__}: {exc}"), bug=exc)
                 else:
                     recovered = self._retries.succeeded(name)
