@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stagewise.basics import files, ports, proc, waiting
+from stagewise.basics import files, ports, proc, programs, waiting
 
 # -- waiting ---------------------------------------------------------------------------------------
 
@@ -235,3 +235,62 @@ def test_split_host_port_refuses(address: str) -> None:
 
 def test_split_host_port_takes_port_zero_when_asked() -> None:
     assert ports.split_host_port("127.0.0.1:0", zero_ok=True) == ("127.0.0.1", 0)
+
+
+# -- programs --------------------------------------------------------------------------------------
+
+
+def test_a_program_runs_to_its_end_with_its_input_and_environment(tmp_path: Path) -> None:
+    script = "import os, sys; d = sys.stdin.read(); print(d.upper(), os.environ['MARK']); sys.exit(3)"
+    ended = asyncio.run(programs.run([sys.executable, "-c", script], timeout=30, stdin=b"body",
+                                     env={**os.environ, "MARK": "here"}))
+    assert (ended.code, ended.output, ended.timed_out) == (3, b"BODY here\n", False)
+    source = tmp_path / "input"
+    source.write_bytes(b"from a file")
+    script = "import sys; print(sys.stdin.read()); print('said', file=sys.stderr)"
+    ended = asyncio.run(programs.run([sys.executable, "-c", script], timeout=30, stdin=source, errors_apart=True))
+    assert (ended.code, ended.output, ended.errors) == (0, b"from a file\n", b"said\n")
+
+
+def test_a_program_past_its_limit_is_killed_with_what_it_started(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
+              "time.sleep(60)']); open(sys.argv[1], 'w').write(str(c.pid)); print('started', flush=True); "
+              "time.sleep(60)")
+    ended = asyncio.run(programs.run([sys.executable, "-c", script, str(pids)], timeout=1.0))
+    assert ended.timed_out and ended.code == -9 and ended.output == b"started\n"
+    grandchild = int(pids.read_text())
+    assert waiting.blocking_until(lambda: not proc.running(grandchild), timeout=10, interval=0.01)
+
+
+def test_a_cancelled_wait_kills_the_program(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+
+    async def main() -> None:
+        script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+        task = asyncio.create_task(programs.run([sys.executable, "-c", script, str(pid_file)], timeout=60))
+        assert await waiting.until(lambda: pid_file.exists() and pid_file.read_text(), timeout=10, interval=0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert not proc.running(int(pid_file.read_text()))
+
+
+def test_a_program_that_cannot_start_is_an_os_error() -> None:
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(programs.run(["/nonexistent/program"], timeout=5))
+
+
+def test_a_program_holds_no_descriptor_of_ours() -> None:
+    # a listener or a pipe of the server, even one marked inheritable, must not outlive it in a program it ran
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    try:
+        script = "import os, sys; os.fstat(int(sys.argv[1]))"
+        ended = asyncio.run(programs.run([sys.executable, "-c", script, str(write_end)], timeout=30))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert ended.code == 1 and b"Bad file descriptor" in ended.output

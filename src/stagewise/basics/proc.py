@@ -102,6 +102,14 @@ def environ(pid: int) -> list[bytes] | None:
     return raw.split(b"\0")
 
 
+def owner(pid: int) -> int | None:
+    """The uid the process runs as (the owner of /proc/PID), or None when it is gone."""
+    try:
+        return (PROC / str(pid)).stat().st_uid
+    except _GONE:
+        return None
+
+
 def children(pid: int) -> list[int]:
     """Pids of the children of `pid`'s main thread (empty when it is gone)."""
     try:

@@ -198,15 +198,19 @@ def status(service: Annotated[str | None, typer.Argument(help="A service or a pi
         pass
 
 
-def _is_service(state: Path, name: str) -> bool:
+def found(state: Path, path: str) -> Any:
+    """What a GET of `path` answers; None when the server refuses it (no service or pipeline by that name)."""
     with client(state) as c:
         try:
-            c.request("GET", f"/api/v1/services/{name}")
+            return c.request("GET", path)
         except ServerRefusedError:
-            return False
+            return None
         except ServerUnreachableError as exc:
             fail(str(exc), EXIT_UNREACHABLE)
-    return True
+
+
+def _is_service(state: Path, name: str) -> bool:
+    return found(state, f"/api/v1/services/{name}") is not None
 
 
 def _verb(verb: str, service: str, state: Path, **params: Any) -> None:

@@ -35,7 +35,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,8 @@ SSHD = "/usr/sbin/sshd"
 SUBNET_PREFIX = "10.77"
 """Fleets take 10.77.X.0/24 for a free X: private, and used here only inside namespaces."""
 SSHD_READY_TIMEOUT = 10.0
+KILL_TIMEOUT = 2.0
+"""Seconds to go on killing the processes of a test host's user until none is left."""
 
 
 def unavailable_reason() -> str | None:
@@ -298,30 +299,26 @@ class Fleet:
 
 
 def _processes_of(uid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of each process that runs as `uid`."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if entry.stat().st_uid != uid:
-                continue
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        found.append((int(entry.name), cmdline))
+    for pid in procfs.pids():
+        argv = procfs.cmdline(pid) if procfs.owner(pid) == uid else None
+        if argv is not None:
+            found.append((pid, " ".join(argv)))
     return found
 
 
 def _kill_uid(uid: int) -> None:
-    """SIGKILL every process of a test host's user, by pid (the user exists only for this fleet)."""
-    for _ in range(50):
+    """SIGKILL every process of a test host's user, by pid (the user exists only for this fleet), until none is left
+    (one may fork while the others are killed)."""
+    def none_left() -> bool:
         pids = [pid for pid, _ in _processes_of(uid)]
-        if not pids:
-            return
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        time.sleep(0.02)
+        return not pids
+
+    waiting.blocking_until(none_left, timeout=KILL_TIMEOUT, interval=0.02)
 
 
 def _remove(record: FleetRecord) -> None:
