@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -69,6 +70,20 @@ class Stagewise:
         self.proc: subprocess.Popen[bytes] | None = None
         self.client: Client | None = None
         self.starts = 0
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, prefix: str, *args: Any) -> Iterator[Self]:
+        """A started server in a new directory under /tmp (named `prefix`...); stopped, its service's processes
+        ended and the directory removed after the block. `args` go to the constructor after the directory."""
+        root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        sw = cls(root, *args)
+        try:
+            sw.start()
+            yield sw
+        finally:
+            sw.cleanup()
+            shutil.rmtree(root, ignore_errors=True)
 
     def start(self, *, pass_fds: tuple[int, ...] = (), options: tuple[str, ...] = ()) -> None:
         """Start the server; `pass_fds` are descriptors it inherits (as from a careless parent); `options` more
@@ -170,11 +185,5 @@ def stagewise(request: pytest.FixtureRequest) -> Iterator[Stagewise]:
     """A running server; its services use the builtin router, or the kind given by indirect parametrisation."""
     router = getattr(request, "param", "builtin")
     need_router(router)
-    root = Path(tempfile.mkdtemp(prefix="sw-e2e-", dir="/tmp"))
-    sw = Stagewise(root, router)
-    try:
-        sw.start()
+    with Stagewise.running("sw-e2e-", router) as sw:
         yield sw
-    finally:
-        sw.cleanup()
-        shutil.rmtree(root, ignore_errors=True)

@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,14 +125,8 @@ def on_hosts(request: pytest.FixtureRequest, fleet: Fleet) -> Iterator[FleetStag
     """A running server whose service runs on the module's fleet; builtin router unless parametrised."""
     router = getattr(request, "param", "builtin")
     need_router(router)
-    root = Path(tempfile.mkdtemp(prefix="sw-fleet-", dir="/tmp"))
-    sw = FleetStagewise(root, router, fleet)
-    try:
-        sw.start()
+    with FleetStagewise.running("sw-fleet-", router, fleet) as sw:
         yield sw
-    finally:
-        sw.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_event(sw: Stagewise, needle: str, timeout: float = 20) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from stagewise.core.spec import AnalysisTemplate, CommandTemplate, HttpTemplate,
 from stagewise.core.stats import ReleaseStats, RouterStats
 from stagewise.errors import ProviderError, UnknownDriverError
 from tests.providers.prom import running_prometheus, wait_for_series
+from tests.serving import serving
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -77,15 +78,8 @@ class Web(ThreadingHTTPServer):
 
 @pytest.fixture(scope="module")
 def web() -> Iterator[str]:
-    server = Web(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(Web(("127.0.0.1", 0), Handler)) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")

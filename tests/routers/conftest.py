@@ -30,9 +30,10 @@ import pytest_asyncio
 
 from stagewise.basics import waiting
 from stagewise.routers.builtin import BuiltinRouter
+from tests.serving import InThread
 
 
-class Upstream(ThreadingHTTPServer):
+class Upstream(InThread, ThreadingHTTPServer):
     """An upstream instance of one release that counts its connections."""
 
     daemon_threads = True
@@ -45,19 +46,10 @@ class Upstream(ThreadingHTTPServer):
         self.open = 0
         self.requests = 0
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
+        self.serve_in_thread()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """The proxy closing or resetting a connection is expected here."""
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -137,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
 
-class RawUpstream(socketserver.ThreadingTCPServer):
+class RawUpstream(InThread, socketserver.ThreadingTCPServer):
     """An upstream written on sockets, for behaviour http.server will not show.
 
     mode "second": answers the first request on a connection, then closes it when
@@ -156,19 +148,10 @@ class RawUpstream(socketserver.ThreadingTCPServer):
         self.connections = 0
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _RawHandler)
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
+        self.serve_in_thread()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 class _RawHandler(socketserver.StreamRequestHandler):
