@@ -81,7 +81,8 @@ async def test_weights_change_at_runtime_without_a_reload(haproxy: HaproxyRouter
 
 
 async def test_header_routes_and_preview_listener(haproxy: HaproxyRouter, upstreams: Any) -> None:
-    port, preview = free_port(), free_port()
+    port = free_port()
+    preview = free_port(avoid={port})  # two calls may get the same port from the kernel
     routes = (HeaderRoute(header="X-Canary", value="1", release="v2"),)
     await haproxy.apply(table=table(port, upstreams, weights={"v1": 100, "v2": 0}, header_routes=routes,
                                     preview_listen=f"127.0.0.1:{preview}", preview_release="v2"))

@@ -69,7 +69,8 @@ def master(router: NginxRouter, service: str = "shop") -> int:
 
 
 async def test_weights_headers_and_preview(nginx: NginxRouter, upstreams: Any) -> None:
-    port, preview = free_port(), free_port()
+    port = free_port()
+    preview = free_port(avoid={port})  # two calls may get the same port from the kernel
     await nginx.apply(table=table(port, upstreams, weights={"v1": 80, "v2": 20}))
     assert await versions(port, 100) == {"v1": 80, "v2": 20}  # smooth weighted round-robin: exact
     routes = (HeaderRoute(header="X-Canary", value="1", release="v2"),
@@ -256,7 +257,8 @@ def rotated(folder: Path) -> int:
 
 
 async def test_a_retried_request_is_counted_for_the_release_that_answered(nginx: NginxRouter, upstreams: Any) -> None:
-    port, dead = free_port(), free_port()
+    port = free_port()
+    dead = free_port(avoid={port})  # two calls may get the same port from the kernel
     endpoints = (Endpoint(id="gone", release="v2", address=f"127.0.0.1:{dead}"),
                  Endpoint(id="a1", release="v1", address=upstreams["a1"].address))
     await nginx.apply(table=RouteTable(service="shop", listen=f"127.0.0.1:{port}", stable="v1", endpoints=endpoints))
