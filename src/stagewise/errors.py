@@ -11,13 +11,18 @@
     │   ├── PlatformRefusedError  the platform cannot run what it was given (no such program)
     │   │   └── HostKeyError      a host's SSH key is unknown or changed: refused, never accepted blindly
     │   ├── RouterConfigError     a router refused a route table or the configuration made of it
-    │   └── SettingsError         the server's settings file is unreadable or invalid (file:line:column)
+    │   ├── SettingsError         the server's settings file is unreadable or invalid (file:line:column)
+    │   └── StoreError            the state database is unusable as it is (not a database, corrupt)
+    │       ├── SchemaTooNewError the state directory was written by a newer stagewise
+    │       └── StoreNotEmptyError  `store copy` found a target that holds data already (--force replaces it)
     └── TemporaryError(delay=)    worth retrying after `delay` seconds
         ├── RouterError           the data plane could not be reached or refused a table
         ├── PlatformError         an instance could not be started, probed or stopped
         │   └── HostUnreachableError  a host did not answer over SSH (its own kind: never a failed release)
         ├── ProviderError         a metric provider could not measure
-        └── NotifyError           a sink did not take a notification (the sender tries again later)
+        ├── NotifyError           a sink did not take a notification (the sender tries again later)
+        ├── StoreBusyError        the state database is locked, or its disk full or failing
+        └── StoreUnreachableError the database server cannot be reached, or the connection to it was lost
 
 Drivers translate third-party exceptions into these at their boundary
 (`raise RouterError(...) from exc`), so the controller only ever handles this tree:
@@ -114,6 +119,18 @@ class SettingsError(PermanentError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class StoreError(PermanentError):
+    """The state database is unusable as it is: not a database, corrupt, or misused."""
+
+
+class SchemaTooNewError(StoreError):
+    """The state directory was written by a newer stagewise; reading it could misread it."""
+
+
+class StoreNotEmptyError(StoreError):
+    """`stagewise store copy` was pointed at a store that holds data already; `--force` replaces it."""
+
+
 class TemporaryError(StagewiseError):
     """Worth retrying after `delay` seconds."""
 
@@ -144,3 +161,12 @@ class ProviderError(TemporaryError):
 
 class NotifyError(TemporaryError):
     """A sink did not take a notification: unreachable, an answer other than 2xx, a command that failed."""
+
+
+class StoreBusyError(TemporaryError):
+    """The state database is locked by another writer, or the disk is full or failing; retry."""
+
+
+class StoreUnreachableError(TemporaryError):
+    """The database server cannot be reached (down, restarting, refusing connections), or the connection to it
+    was lost mid-transaction, which then committed nothing; retry once it is back."""

@@ -5,7 +5,10 @@ store write is therefore the unit of crash safety, and `save_delivery` writes
 the delivery, its events, the notifications of those events (the outbox)
 and (optionally) its service in one transaction. Tokens (hashes only), the
 audit log and pipelines are kept here too.
-Each backend lives in its own module and imports `stagewise.core` only.
+Each backend lives in its own module and imports `stagewise.core` only:
+SQLite (`sqlite.py`, the default: one file under the state directory) and
+PostgreSQL (`postgresql.py`: one database that several servers can share).
+`open_store` picks one from a location string (`locations.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pydantic import BaseModel
 from stagewise.core.delivery import Delivery, Event
 from stagewise.core.pipeline import PipelineRecord, PipelineRelease
 from stagewise.core.service import ServiceRecord
-from stagewise.errors import UnknownDriverError
+from stagewise.store.locations import parse_location
 
 Role = Literal["viewer", "operator", "admin"]
 
@@ -179,9 +182,14 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(kind: str, *, state_dir: Path) -> Store:
-    if kind == "sqlite":
-        from stagewise.store.sqlite import SqliteStore
+def open_store(location: str = "sqlite", *, state_dir: Path) -> Store:
+    """The store at `location` (store/locations.py): `sqlite` under `state_dir` (the default), `sqlite:PATH`,
+    or a PostgreSQL connection string such as `postgresql://USER@HOST/DB`; created or migrated as needed."""
+    where = parse_location(location, state_dir=state_dir)
+    if where.kind == "postgresql":
+        from stagewise.store.postgresql import PostgresStore  # psycopg is loaded only by those who use it
 
-        return SqliteStore(state_dir / "stagewise.db")
-    raise UnknownDriverError("store", kind, ["sqlite"])
+        return PostgresStore(where)
+    from stagewise.store.sqlite import SqliteStore
+
+    return SqliteStore(Path(where.target))

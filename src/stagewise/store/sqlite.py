@@ -28,22 +28,9 @@ from types import TracebackType
 
 from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.service import ServiceRecord
-from stagewise.errors import NotFoundError, PermanentError, TemporaryError
+from stagewise.errors import NotFoundError, SchemaTooNewError, StoreBusyError, StoreError
 from stagewise.store import DeletedService, Measurement, StoredEvent, upgrades  # the interface; it imports us lazily
 from stagewise.store.sqlite_gates import GatesTables, v5_outbox, v6_tokens_and_audit, v7_pipelines, write_events
-
-
-class StoreError(PermanentError):
-    """The state database is unusable as it is: not a database, corrupt, or misused."""
-
-
-class StoreBusyError(TemporaryError):
-    """The state database is locked by another writer, or the disk is full or failing; retry."""
-
-
-class SchemaTooNewError(StoreError):
-    """The state directory was written by a newer stagewise; reading it could misread it."""
-
 
 # --- schema and its forward migrations ---------------------------------------------------
 
