@@ -44,6 +44,7 @@ from stagewise.controller.lifecycle import DataPlane, in_words
 from stagewise.controller.observer import Observers
 from stagewise.errors import SettingsError, StagewiseError
 from stagewise.pipelines import Pipelines
+from stagewise.store.locations import parse_location
 
 __all__ = ["DEFAULT_LISTEN", "bind", "create_app", "ensure_token", "read_token", "serve"]
 log = logging.getLogger("stagewise.server")
@@ -71,19 +72,19 @@ def ensure_token(state_dir: Path) -> str:
 def create_app(state_dir: Path, *, controller: Controller | None = None, run_loop: bool = True,
                at_exit: Callable[[list[DataPlane]], None] | None = None, tick: float = TICK,
                hangup: Callable[[], None] | None = None, reads: ReadAccess = "open",
-               windows_file: Path | None = None) -> FastAPI:
+               windows_file: Path | None = None, store: str = "sqlite") -> FastAPI:
     """The API, dashboard and metrics over a controller (a new one passes every `tick` seconds).
 
     `at_exit` is told what data plane runs on when the app stops; `hangup` is called on SIGHUP while it runs.
     `reads`: "open" (anyone who reaches the address reads) or "token" (at least a viewer token);
-    `windows_file`: the freeze windows every service shares.
+    `windows_file`: the freeze windows every service shares; `store`: where the state is kept (`--store`).
     """
     token = ensure_token(state_dir)
     metrics = ControllerMetrics(lambda: getattr(app.state, "controller", None))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctl = controller or Controller(state_dir, tick=tick, windows_file=windows_file)
+        ctl = controller or Controller(state_dir, tick=tick, windows_file=windows_file, store=store)
         ctl.observer = Observers(ctl.observer, metrics.events, EventLog())
         register_server_token(ctl, token)
         app.state.controller = ctl
@@ -173,10 +174,10 @@ def write_server_file(state_dir: Path, sock: socket.socket) -> str:
 
 def serve(state_dir: Path, settings: ServerSettings | None = None, *,
           reread: Callable[[], ServerSettings] | None = None, reads: ReadAccess = "open",
-          windows_file: Path | None = None) -> None:
+          windows_file: Path | None = None, store: str = "sqlite") -> None:
     """Run the server until SIGINT/SIGTERM: API plus the controller loop; `reread` gives the settings on SIGHUP.
 
-    `reads` and `windows_file` as for `create_app`.
+    `reads`, `windows_file` and `store` as for `create_app`.
     """
     import uvicorn
 
@@ -197,13 +198,15 @@ def serve(state_dir: Path, settings: ServerSettings | None = None, *,
     # SIGHUP's default would. A handler, not SIG_IGN: an ignored signal stays ignored in the programs started.
     signal.signal(signal.SIGHUP, lambda signum, frame: log.info("SIGHUP before the server runs: nothing to re-read"))
     # Said from the app's shutdown: on SIGTERM uvicorn ends this process by the signal right after it.
-    app = create_app(state_dir, tick=settings.tick, hangup=hangup, reads=reads, windows_file=windows_file,
+    app = create_app(state_dir, tick=settings.tick, hangup=hangup, reads=reads, windows_file=windows_file, store=store,
                      at_exit=lambda planes: announce(log, left_running(planes, state_dir), state=str(state_dir)))
     # uvicorn leaves the logging alone (log_config=None): configure_logging set it up, in the format asked for.
     config = uvicorn.Config(app, log_config=None, log_level=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     app.state.stopping = lambda: server.should_exit  # ends the dashboard's event streams on shutdown
-    announce(log, f"stagewise server on {url} (state {state_dir})", url=url, state=str(state_dir), pid=os.getpid())
+    kept = "" if store == "sqlite" else f", store {parse_location(store, state_dir=state_dir)}"  # password masked
+    announce(log, f"stagewise server on {url} (state {state_dir}{kept})", url=url, state=str(state_dir),
+             pid=os.getpid())
     log.debug("settings: %s", settings.in_words())
     try:
         server.run(sockets=[sock])

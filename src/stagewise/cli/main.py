@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from stagewise.cli import advise, completion, convert, hosts, render, server
+from stagewise.cli import advise, completion, convert, hosts, render, server, store
 from stagewise.cli.client import ApiError, Client, Unreachable, default_state
 from stagewise.errors import SpecError, StagewiseError
 
@@ -307,6 +307,7 @@ advise.register(app)  # recommend, compare
 convert.register(app)
 completion.register(app)
 hosts.register(app)  # hosts check
+store.register(app)  # store copy
 
 
 def _register_people() -> None:

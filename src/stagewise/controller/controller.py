@@ -74,11 +74,12 @@ class Controller:
         observer: Observer | None = None,
         notifier: Notifier | None = None,
         windows_file: Path | None = None,
+        store: str = "sqlite",
     ) -> None:
         self.state_dir = state_dir
         self.clock = clock
         self.tick_seconds = tick
-        self.store: Store = open_store("sqlite", state_dir=state_dir)
+        self.store: Store = open_store(store, state_dir=state_dir)  # `--store`: sqlite, sqlite:PATH or PostgreSQL
         self._routers: dict[str, Router] = dict(routers or {})
         self._platforms: dict[str, Platform] = dict(platforms or {})
         self._locks: dict[str, asyncio.Lock] = {}
