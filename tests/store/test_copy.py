@@ -132,3 +132,7 @@ def test_the_cli_verb(tmp_path: Path, pg_url: str) -> None:
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "is not empty (1 services, 1 events)" in again.stderr
     assert "hunter2" not in again.stderr and "Traceback" not in again.stderr
+    missing = subprocess.run([sys.executable, "-m", "stagewise", "store", "copy", "--from",
+                              f"sqlite:{tmp_path}/nowhere", "--to", pg_url], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "nowhere: no such file" in missing.stderr
+    assert not (tmp_path / "nowhere").exists(), "a missing source is not created"

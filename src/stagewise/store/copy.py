@@ -143,6 +143,8 @@ def copy_store(source: StoreLocation, target: StoreLocation, *, force: bool = Fa
     holds anything and not `force`; `StoreError` (nothing written) if anything goes wrong."""
     if source.kind == target.kind and source.target == target.target:
         raise StoreError(f"{source}: the source and the target are the same store")
+    if source.kind == "sqlite" and not Path(source.target).is_file():
+        raise StoreError(f"{source}: no such file; give the state directory (sqlite:DIR) or its stagewise.db")
     try:
         with opened(source, write=False) as src, opened(target, write=True) as dst:
             return _copy_tables(src, dst, force=force, names=(str(source), str(target)))

@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 from psycopg import Connection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolClosed
 
 from stagewise.core.delivery import Delivery, Event, Phase
@@ -70,12 +71,16 @@ class PostgresStore(PgGatesTables):
     def __init__(self, location: StoreLocation) -> None:
         self._location = location
         self._where = location.masked
-        options: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT,
-                                   "application_name": "stagewise"}
-        # A connection of its own first: its failure says why (no such database, role, password), where a
-        # pool that cannot fill itself only says it timed out.
-        with self._translated(), psycopg.connect(location.target, **options) as conn:
-            migrate(conn, where=self._where)
+        with self._translated():
+            given = conninfo_to_dict(location.target)
+            # Defaults the connection string may override: a timeout, so that a server that does not answer
+            # is an error, not a hang; a name, so that the database's own views tell stagewise's sessions.
+            defaults = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "stagewise"}
+            options: dict[str, Any] = {"autocommit": True, **{k: v for k, v in defaults.items() if k not in given}}
+            # A connection of its own first: its failure says why (no such database, role, password), where a
+            # pool that cannot fill itself only says it timed out.
+            with psycopg.connect(location.target, **options) as conn:
+                migrate(conn, where=self._where)
         self._pool: ConnectionPool[Connection[Any]] = ConnectionPool(
             location.target, min_size=POOL_SIZE[0], max_size=POOL_SIZE[1], timeout=POOL_TIMEOUT, kwargs=options,
             name="stagewise-store", open=True)
