@@ -110,8 +110,9 @@ async def test_a_delivery_in_flight_shows_its_step_weight_and_evidence(world: Wa
     assert world.value("stagewise_delivery_progress_deadline_seconds", **shop) == 120
     assert world.value("stagewise_delivery_last_progress_timestamp_seconds", **shop) == latest.progress_at
     run = {**shop, "analysis": "step-1"}
+    # k/alpha: the two sequential templates share alpha
     for template in ("errors", "latency"):
-        assert world.value("stagewise_analysis_e_value_threshold", **run, template=template) == 40  # k/alpha: two sequential templates share alpha
+        assert world.value("stagewise_analysis_e_value_threshold", **run, template=template) == 40
         e_value = world.value("stagewise_analysis_e_value", **run, template=template)
         assert e_value is not None and e_value >= 0
         verdicts = {v: world.value("stagewise_analysis_verdict", **run, template=template, verdict=v)
