@@ -22,7 +22,8 @@
         ├── ProviderError         a metric provider could not measure
         ├── NotifyError           a sink did not take a notification (the sender tries again later)
         ├── StoreBusyError        the state database is locked, or its disk full or failing
-        └── StoreUnreachableError the database server cannot be reached, or the connection to it was lost
+        ├── StoreUnreachableError the database server cannot be reached, or the connection to it was lost
+        └── LeaseLostError        a write for a service whose lease this controller no longer holds at its epoch
 
 Drivers translate third-party exceptions into these at their boundary
 (`raise RouterError(...) from exc`), so the controller only ever handles this tree:
@@ -170,3 +171,16 @@ class StoreBusyError(TemporaryError):
 class StoreUnreachableError(TemporaryError):
     """The database server cannot be reached (down, restarting, refusing connections), or the connection to it
     was lost mid-transaction, which then committed nothing; retry once it is back."""
+
+
+class LeaseLostError(TemporaryError):
+    """A controller's write for a service was refused: the lease it wrote under is no longer its own at that
+    epoch (taken over after it expired, or moved on by another server's write), so nothing of it was committed.
+
+    `holder` and `epoch` say who holds the service now (holder "" when nobody does)."""
+
+    def __init__(self, message: str, *, service: str, holder: str, epoch: int, delay: float = 0.0) -> None:
+        self.service = service
+        self.holder = holder
+        self.epoch = epoch
+        super().__init__(message, delay=delay)

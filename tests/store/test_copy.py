@@ -59,6 +59,8 @@ async def fill_like_a_server(state: Path) -> None:
                                   status=200, detail="shop v1"))
     store.put_service(make_service("old"), [ev("applied", kind="user")])
     store.delete_service("old", at=300.0, events=[ev("deleted", 300.0, "user")])
+    store.heartbeat("ctl-a", duration=15.0)  # as a server on PostgreSQL leaves them, had it been one
+    store.acquire_leases("ctl-a", ["shop-prod"], duration=15.0)
     await runner.close()
     store.close()
 

@@ -40,6 +40,7 @@ from stagewise.api.routes import build_api_router
 from stagewise.api.settings import DEFAULT_LISTEN, ServerSettings
 from stagewise.controller import Controller
 from stagewise.controller.controller import TICK
+from stagewise.controller.leases import LeaseSettings
 from stagewise.controller.lifecycle import DataPlane, in_words
 from stagewise.controller.observer import Observers
 from stagewise.errors import SettingsError, StagewiseError
@@ -72,19 +73,22 @@ def ensure_token(state_dir: Path) -> str:
 def create_app(state_dir: Path, *, controller: Controller | None = None, run_loop: bool = True,
                at_exit: Callable[[list[DataPlane]], None] | None = None, tick: float = TICK,
                hangup: Callable[[], None] | None = None, reads: ReadAccess = "open",
-               windows_file: Path | None = None, store: str = "sqlite") -> FastAPI:
+               windows_file: Path | None = None, store: str = "sqlite", name: str | None = None,
+               leases: LeaseSettings | None = None) -> FastAPI:
     """The API, dashboard and metrics over a controller (a new one passes every `tick` seconds).
 
     `at_exit` is told what data plane runs on when the app stops; `hangup` is called on SIGHUP while it runs.
     `reads`: "open" (anyone who reaches the address reads) or "token" (at least a viewer token);
-    `windows_file`: the freeze windows every service shares; `store`: where the state is kept (`--store`).
+    `windows_file`: the freeze windows every service shares; `store`: where the state is kept (`--store`);
+    `name` and `leases`: this server's name and its lease settings among the servers of one store.
     """
     token = ensure_token(state_dir)
     metrics = ControllerMetrics(lambda: getattr(app.state, "controller", None))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctl = controller or Controller(state_dir, tick=tick, windows_file=windows_file, store=store)
+        ctl = controller or Controller(state_dir, tick=tick, windows_file=windows_file, store=store,
+                                       name=name, leases=leases)
         ctl.observer = Observers(ctl.observer, metrics.events, EventLog())
         register_server_token(ctl, token)
         app.state.controller = ctl
@@ -164,20 +168,56 @@ def disinherit_descriptors() -> list[int]:
 
 
 def write_server_file(state_dir: Path, sock: socket.socket) -> str:
+    """`server.json` (the address the CLI uses), and `servers/PID.json`: several servers may share one state
+    directory (each on its own port, one PostgreSQL store), and the CLI finds a live one whichever died."""
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
-    tmp = state_dir / "server.json.tmp"
-    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
-    os.replace(tmp, state_dir / "server.json")
+    text = json.dumps({"url": url, "pid": os.getpid()})
+    (state_dir / "servers").mkdir(exist_ok=True)
+    for path in (state_dir / "servers" / f"{os.getpid()}.json", state_dir / "server.json"):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return url
+
+
+def remove_server_file(state_dir: Path) -> None:
+    """This server's address files go; `server.json` then names another live server of the directory, if any."""
+    with contextlib.suppress(OSError):
+        (state_dir / "servers" / f"{os.getpid()}.json").unlink()
+    try:
+        ours = json.loads((state_dir / "server.json").read_text()).get("pid") == os.getpid()
+    except (OSError, ValueError, AttributeError):
+        ours = True
+    if not ours:
+        return
+    with contextlib.suppress(OSError):
+        for other in sorted((state_dir / "servers").glob("*.json")):
+            if other.stem.isdigit() and pid_alive(int(other.stem)):
+                tmp = state_dir / "server.json.tmp"
+                tmp.write_text(other.read_text())
+                os.replace(tmp, state_dir / "server.json")
+                return
+        (state_dir / "server.json").unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def serve(state_dir: Path, settings: ServerSettings | None = None, *,
           reread: Callable[[], ServerSettings] | None = None, reads: ReadAccess = "open",
-          windows_file: Path | None = None, store: str = "sqlite") -> None:
+          windows_file: Path | None = None, store: str = "sqlite", name: str | None = None,
+          leases: LeaseSettings | None = None) -> None:
     """Run the server until SIGINT/SIGTERM: API plus the controller loop; `reread` gives the settings on SIGHUP.
 
-    `reads`, `windows_file` and `store` as for `create_app`.
+    `reads`, `windows_file`, `store`, `name` and `leases` as for `create_app`.
     """
     import uvicorn
 
@@ -199,6 +239,7 @@ def serve(state_dir: Path, settings: ServerSettings | None = None, *,
     signal.signal(signal.SIGHUP, lambda signum, frame: log.info("SIGHUP before the server runs: nothing to re-read"))
     # Said from the app's shutdown: on SIGTERM uvicorn ends this process by the signal right after it.
     app = create_app(state_dir, tick=settings.tick, hangup=hangup, reads=reads, windows_file=windows_file, store=store,
+                     name=name, leases=leases,
                      at_exit=lambda planes: announce(log, left_running(planes, state_dir), state=str(state_dir)))
     # uvicorn leaves the logging alone (log_config=None): configure_logging set it up, in the format asked for.
     config = uvicorn.Config(app, log_config=None, log_level=None, access_log=False, lifespan="on")
@@ -211,8 +252,7 @@ def serve(state_dir: Path, settings: ServerSettings | None = None, *,
     try:
         server.run(sockets=[sock])
     finally:
-        with contextlib.suppress(OSError):
-            (state_dir / "server.json").unlink()
+        remove_server_file(state_dir)
 
 
 def reload_settings(app: FastAPI, current: ServerSettings, reread: Callable[[], ServerSettings]) -> ServerSettings:

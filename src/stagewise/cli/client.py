@@ -34,17 +34,50 @@ def default_state() -> Path:
     return Path(os.environ.get("STAGEWISE_STATE", ".stagewise"))
 
 
+def _url_in(path: Path) -> tuple[str, int | None] | None:
+    try:
+        info = json.loads(path.read_text())
+        return str(info["url"]), info.get("pid")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True  # written by an older server: take its word
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _live_server(state_dir: Path) -> str | None:
+    """The address in `server.json`; when its server is gone, that of another server sharing the directory
+    (`servers/PID.json`: several servers on one PostgreSQL store may share it)."""
+    main = _url_in(state_dir / "server.json")
+    if main is not None and _alive(main[1]):
+        return main[0]
+    for path in sorted((state_dir / "servers").glob("*.json")) if (state_dir / "servers").is_dir() else []:
+        other = _url_in(path)
+        if other is not None and _alive(other[1]):
+            return other[0]
+    return main[0] if main is not None else None
+
+
 class Client:
     def __init__(self, state_dir: Path, *, timeout: float = 10.0) -> None:
         self.state_dir = state_dir
         info = state_dir / "server.json"
-        try:
-            self.url = json.loads(info.read_text())["url"]
-        except (OSError, ValueError, KeyError) as exc:
+        found = _live_server(state_dir)
+        if found is None:
             raise Unreachable(
                 f"no stagewise server for state directory {state_dir} (no {info}); "
                 f"start one with: stagewise server --state {state_dir}"
-            ) from exc
+            )
+        self.url = found
         token_file = state_dir / "token"
         self.token = os.environ.get("STAGEWISE_TOKEN", "").strip() or (
             token_file.read_text().strip() if token_file.exists() else "")

@@ -43,6 +43,8 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("audit", "id, at, actor, role, method, path, status, detail"),
     ("pipelines", "name, record, created_at, updated_at"),
     ("pipeline_releases", "id, pipeline, version, phase, state, created_at, updated_at"),
+    ("leases", "service, holder, epoch, expires_at"),
+    ("controllers", "name, expires_at"),
 )
 """Every table of the schema with its columns, in an order that inserts a row after those it refers to."""
 WITH_IDS = tuple(table for table, columns in TABLES if columns.startswith("id,"))

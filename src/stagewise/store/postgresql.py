@@ -27,6 +27,7 @@ never show the connection string's password (store/locations.py).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -43,6 +44,7 @@ from stagewise.errors import NotFoundError, StoreBusyError, StoreError, StoreUnr
 from stagewise.store import DeletedService, Measurement, StoredEvent
 from stagewise.store.locations import StoreLocation
 from stagewise.store.postgresql_gates import PgGatesTables, write_events
+from stagewise.store.postgresql_leases import PgLeaseTables
 from stagewise.store.postgresql_schema import migrate
 from stagewise.store.rows import EVENT_COLUMNS, stored_event
 
@@ -65,7 +67,7 @@ _BUSY_STATES = ("55P03",)  # lock_not_available
 _TERMINAL = [p.value for p in Phase if p.terminal]
 
 
-class PostgresStore(PgGatesTables):
+class PostgresStore(PgGatesTables, PgLeaseTables):
     """The `Store` protocol over one PostgreSQL database, safe to share between threads and processes."""
 
     def __init__(self, location: StoreLocation) -> None:
@@ -77,9 +79,11 @@ class PostgresStore(PgGatesTables):
             # is an error, not a hang; a name, so that the database's own views tell stagewise's sessions.
             defaults = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "stagewise"}
             options: dict[str, Any] = {"autocommit": True, **{k: v for k, v in defaults.items() if k not in given}}
+            self._options = options
+            self._listener_lock = threading.Lock()
             # A connection of its own first: its failure says why (no such database, role, password), where a
             # pool that cannot fill itself only says it timed out.
-            with psycopg.connect(location.target, **options) as conn:
+            with self._connect() as conn:
                 migrate(conn, where=self._where)
         self._pool: ConnectionPool[Connection[Any]] = ConnectionPool(
             location.target, min_size=POOL_SIZE[0], max_size=POOL_SIZE[1], timeout=POOL_TIMEOUT, kwargs=options,
@@ -91,6 +95,10 @@ class PostgresStore(PgGatesTables):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    def _connect(self) -> Connection[Any]:
+        """A connection outside the pool, in autocommit mode (the migrations', the LISTEN side's)."""
+        return psycopg.connect(self._location.target, **self._options)
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -145,6 +153,7 @@ class PostgresStore(PgGatesTables):
         with self._write(ordered=EVENTS_LOCK if events else None) as conn:
             _upsert_service(conn, record)
             write_events(conn, events, None, record.name)
+            self._fenced(conn, record.name)
 
     def delete_service(self, name: str, *, at: float, events: Sequence[Event] = (),
                        delivery: Delivery | None = None) -> None:
@@ -160,6 +169,7 @@ class PostgresStore(PgGatesTables):
                 _update_delivery(conn, delivery)
             write_events(conn, events, delivery.id if delivery else None, name,
                          delivery.spec if delivery else None, delivery)
+            self._fenced(conn, name)
 
     def deleted_services(self, name: str) -> list[DeletedService]:
         """The services once named `name` and deleted, oldest first."""
@@ -185,6 +195,7 @@ class PostgresStore(PgGatesTables):
             write_events(conn, events, stored.id, stored.service, stored.spec, stored)
             if service is not None:
                 _upsert_service(conn, service)
+            self._fenced(conn, stored.service)
         return stored
 
     def save_delivery(self, delivery: Delivery, events: Sequence[Event],
@@ -196,6 +207,7 @@ class PostgresStore(PgGatesTables):
             write_events(conn, events, delivery.id, delivery.service, delivery.spec, delivery)
             if service is not None:
                 _upsert_service(conn, service)
+            self._fenced(conn, delivery.service)
 
     def get_delivery(self, delivery_id: int) -> Delivery | None:
         with self._read() as conn:
@@ -250,7 +262,8 @@ class PostgresStore(PgGatesTables):
                             extra=json.loads(r[6])) for r in rows]
 
     def close(self) -> None:
-        """Close every pooled connection; calls after this fail with StoreError."""
+        """Close every pooled connection (and the LISTEN one); calls after this fail with StoreError."""
+        self._close_listener()
         self._pool.close()
 
 

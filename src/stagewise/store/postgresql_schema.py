@@ -28,6 +28,7 @@ from psycopg import Connection
 
 from stagewise.errors import SchemaTooNewError
 from stagewise.store import upgrades
+from stagewise.store.postgresql_leases import v8_leases
 
 Migration = Callable[[Connection[Any]], None]
 
@@ -121,7 +122,7 @@ def _v7_pipelines(conn: Connection[Any]) -> None:
 
 MIGRATIONS: tuple[Migration, ...] = (_v1_core_tables, _v2_measurements, _v3_deleted_services,
                                      _v4_typed_specs_and_judge_states, _v5_outbox, _v6_tokens_and_audit,
-                                     _v7_pipelines)
+                                     _v7_pipelines, v8_leases)
 """`MIGRATIONS[n]` takes a database from schema version n to n + 1, as `sqlite.MIGRATIONS[n]` does. Append
 only, and in step with SQLite's list: a version means the same tables in both backends."""
 

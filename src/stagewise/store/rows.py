@@ -11,13 +11,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from stagewise.store import AuditEntry, OutboxItem, SinkHealth, StoredEvent, TokenRecord
+from stagewise.errors import LeaseLostError
+from stagewise.store import AuditEntry, Fence, Lease, OutboxItem, SinkHealth, StoredEvent, TokenRecord
 
 OUTBOX_COLUMNS = ("id, key, service, sink, kind, target, payload, attempts, created_at, next_at, sent_at,"
                   " gave_up_at, last_error")
 TOKEN_COLUMNS = "name, role, hash, created_at, created_by"
 AUDIT_COLUMNS = "id, at, actor, role, method, path, status, detail"
 EVENT_COLUMNS = "id, delivery_id, service, at, kind, message"
+LEASE_COLUMNS = "service, holder, epoch, expires_at"
 
 
 def outbox_item(row: Sequence[Any]) -> OutboxItem:
@@ -46,3 +48,22 @@ def sink_health_of(rows: Sequence[Sequence[Any]], errors: dict[str, str]) -> lis
     sink's last error."""
     return [SinkHealth(sink=r[0], kind=r[1], pending=int(r[2] or 0), given_up=int(r[3] or 0), last_sent_at=r[4],
                        attempts=int(r[5] or 0), last_error=str(errors.get(r[0], ""))) for r in rows]
+
+
+def lease_row(row: Sequence[Any]) -> Lease:
+    return Lease(service=row[0], holder=row[1], epoch=int(row[2]), expires_at=float(row[3]))
+
+
+def lease_lost(service: str, fence: Fence, row: tuple[str, int, float] | None, now: float) -> LeaseLostError:
+    """The refusal of `fence.holder`'s write of `service`, saying who holds it now."""
+    holder, epoch, expires_at = row if row is not None else ("", 0, 0.0)
+    if holder == fence.holder and expires_at <= now:
+        why = f"its lease (epoch {epoch}) expired {now - expires_at:.1f}s ago"
+    elif holder == fence.holder:
+        why = f"the epoch moved on to {epoch} (another server wrote to it)"
+    elif holder:
+        why = f"{holder} holds it at epoch {epoch}"
+    else:
+        why = "nobody holds it"
+    return LeaseLostError(f"{service}: write refused, the lease of epoch {fence.epoch} is lost: {why}",
+                          service=service, holder=holder, epoch=int(epoch))
