@@ -390,7 +390,12 @@ class Controller:
     def _save_verb(self, delivery: Delivery, events: list[Event], by: str, *, before: Delivery) -> None:
         if by:
             events = [e.model_copy(update={"message": e.message + by}) if e.kind == "user" else e for e in events]
-        self.store.save_delivery(delivery, events)
+        try:
+            self.store.save_delivery(delivery, events)
+        except LeaseLostError as exc:
+            if self.leases is not None:
+                self.leases.refused(exc)  # says so in the log, and stops acting on the service
+            raise
         self.observer.delivery_changed(before=before, after=delivery, events=events, now=self.clock())
         self.sender.wake.set()
         self._acted(delivery.service)
