@@ -220,5 +220,7 @@ def test_a_holder_stopped_in_a_write_and_resumed_after_a_takeover_has_the_write_
     assert refused, log[-3000:]
     assert f"{other} holds it at epoch {taken['epoch']}" in refused[0]
     print("\nthe resumed holder logged:", refused[0])
+    page = httpx.get(group.urls[other] + f"/services/{SERVICE}", timeout=30).text
+    assert f"held by <code>{other}</code> (epoch {taken['epoch']})" in page
     group.call(other, "POST", f"/api/v1/services/{SERVICE}/promote")
     assert group.wait(other, lambda s: s["phase"] in TERMINAL, "the end")["phase"] == "Succeeded"

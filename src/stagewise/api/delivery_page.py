@@ -106,7 +106,8 @@ def delivery_page(controller: Controller, name: str, delivery_id: int | None = N
 def holder_of(controller: Controller, service: str) -> dict[str, Any]:
     """The server holding the service's lease and its epoch, with several servers on one store; nothing else."""
     lease = controller.leases.lease(service) if controller.leases is not None else None
-    return {"holder": lease.holder, "epoch": lease.epoch} if lease is not None and lease.holder else {}
+    held = lease is not None and lease.holder
+    return {"holder": lease.holder if held and lease else None, "epoch": lease.epoch if held and lease else None}
 
 
 def service_summary(record: ServiceRecord) -> dict[str, Any]:
