@@ -16,7 +16,8 @@
     │   ├── RouterConfigError       a router refused a route table or the configuration made of it
     │   ├── SettingsError           the server's settings file is unreadable or invalid (file:line:column)
     │   ├── StoreError              the state database is unusable as it is (not a database, corrupt)
-    │   │   └── SchemaTooNewError   the state directory was written by a newer stagewise
+    │   │   ├── SchemaTooNewError   the state directory was written by a newer stagewise
+    │   │   └── StoreNotEmptyError  `store copy` found a target that holds data already (--force replaces it)
     │   └── ReplayInputError        `stagewise analyze` was given a line that is not a request or sample (says which)
     ├── TemporaryError(delay=)      worth retrying after `delay` seconds
     │   ├── RouterError             the data plane could not be reached or refused a table
@@ -26,6 +27,8 @@
     │   ├── ProviderError           a metric provider could not measure
     │   ├── NotifyError             a sink did not take a notification (the sender tries again later)
     │   ├── StoreBusyError          the state database is locked, or its disk full or failing
+    │   ├── StoreUnreachableError   the database server cannot be reached, or the connection to it was lost
+    │   ├── LeaseLostError          a write for a service whose lease this controller no longer holds at its epoch
     │   └── ServerUnreachableError  no stagewise server answers for a state directory (CLI exit code 3)
     ├── ServerRefusedError(status)  the server answered a CLI request with an HTTP error: its status tells
     └── ProxyError                  raised and handled inside the builtin router's process, never beyond it
@@ -164,6 +167,10 @@ class ReplayInputError(PermanentError):
     line and why."""
 
 
+class StoreNotEmptyError(StoreError):
+    """`stagewise store copy` was pointed at a store that holds data already; `--force` replaces it."""
+
+
 class TemporaryError(StagewiseError):
     """Worth retrying after `delay` seconds."""
 
@@ -202,6 +209,24 @@ class HaproxyCommandError(RouterError):
 
 class StoreBusyError(TemporaryError):
     """The state database is locked by another writer, or the disk is full or failing; retry."""
+
+
+class StoreUnreachableError(TemporaryError):
+    """The database server cannot be reached (down, restarting, refusing connections), or the connection to it
+    was lost mid-transaction, which then committed nothing; retry once it is back."""
+
+
+class LeaseLostError(TemporaryError):
+    """A controller's write for a service was refused: the lease it wrote under is no longer its own at that
+    epoch (taken over after it expired, or moved on by another server's write), so nothing of it was committed.
+
+    `holder` and `epoch` say who holds the service now (holder "" when nobody does)."""
+
+    def __init__(self, message: str, *, service: str, holder: str, epoch: int, delay: float = 0.0) -> None:
+        self.service = service
+        self.holder = holder
+        self.epoch = epoch
+        super().__init__(message, delay=delay)
 
 
 class ServerUnreachableError(TemporaryError):

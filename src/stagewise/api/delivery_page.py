@@ -84,7 +84,7 @@ def delivery_page(controller: Controller, name: str, delivery_id: int | None = N
             runs.append(run_card(run, uid=uid, ended=closed))
             charts["runs"][uid] = analysis_series(run, baseline, delivery.candidate.version)
     return {
-        "service": service_summary(record),
+        "service": {**service_summary(record), **holder_of(controller, record.name)},
         "delivery": view,
         "latest": delivery is latest,
         "runs": runs,
@@ -97,6 +97,13 @@ def delivery_page(controller: Controller, name: str, delivery_id: int | None = N
                         "finished_at": d.finished_at, "message": d.message, "undo": d.undo}
                        for d in recent],
     }
+
+
+def holder_of(controller: Controller, service: str) -> dict[str, Any]:
+    """The server holding the service's lease and its epoch, with several servers on one store; nothing else."""
+    lease = controller.leases.lease(service) if controller.leases is not None else None
+    held = lease is not None and lease.holder
+    return {"holder": lease.holder if held and lease else None, "epoch": lease.epoch if held and lease else None}
 
 
 def service_summary(record: ServiceRecord) -> dict[str, Any]:

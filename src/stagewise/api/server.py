@@ -45,10 +45,12 @@ from stagewise.basics import files, proc
 from stagewise.basics.ports import split_host_port
 from stagewise.controller import Controller
 from stagewise.controller.controller import TICK
+from stagewise.controller.leases import LeaseSettings
 from stagewise.controller.lifecycle import DataPlane, in_words
 from stagewise.controller.observer import Observers
 from stagewise.errors import SettingsError, StagewiseError
 from stagewise.pipelines import Pipelines
+from stagewise.store.locations import parse_location
 
 __all__ = ["DEFAULT_LISTEN", "bind", "create_app", "ensure_token", "read_token", "serve"]
 log = logging.getLogger("stagewise.server")
@@ -74,19 +76,22 @@ def ensure_token(state_dir: Path) -> str:
 def create_app(state_dir: Path, *, controller: Controller | None = None, run_loop: bool = True,
                at_exit: Callable[[list[DataPlane]], None] | None = None, tick: float = TICK,
                hangup: Callable[[], None] | None = None, reads: ReadAccess = "open",
-               windows_file: Path | None = None) -> FastAPI:
+               windows_file: Path | None = None, store: str = "sqlite", name: str | None = None,
+               leases: LeaseSettings | None = None) -> FastAPI:
     """The API, dashboard and metrics over a controller (a new one passes every `tick` seconds).
 
     `at_exit` is told what data plane runs on when the app stops; `hangup` is called on SIGHUP while it runs.
     `reads`: "open" (anyone who reaches the address reads) or "token" (at least a viewer token);
-    `windows_file`: the freeze windows every service shares.
+    `windows_file`: the freeze windows every service shares; `store`: where the state is kept (`--store`);
+    `name` and `leases`: this server's name and its lease settings among the servers of one store.
     """
     token = ensure_token(state_dir)
     metrics = ControllerMetrics(lambda: getattr(app.state, "controller", None))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctl = controller or Controller(state_dir, tick=tick, windows_file=windows_file)
+        ctl = controller or Controller(state_dir, tick=tick, windows_file=windows_file, store=store,
+                                       name=name, leases=leases)
         ctl.observer = Observers(ctl.observer, metrics.events, EventLog())
         register_server_token(ctl, token)
         app.state.controller = ctl
@@ -163,20 +168,43 @@ def disinherit_descriptors() -> list[int]:
 
 
 def write_server_file(state_dir: Path, sock: socket.socket) -> str:
-    """Say where this server listens, and which process it is (pid and start time, so a stale file can be told)."""
+    """`server.json` (the address the CLI uses) and `servers/PID.json`, each with this process's pid and start time
+    (so a stale file can be told): several servers may share one state directory (each on its own port, one
+    PostgreSQL store), and the CLI finds a live one whichever died."""
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
-    files.write_atomic(state_dir / "server.json", json.dumps(
-        {"url": url, "pid": os.getpid(), "start_time": proc.start_time(os.getpid())}))
+    text = json.dumps({"url": url, "pid": os.getpid(), "start_time": proc.start_time(os.getpid())})
+    (state_dir / "servers").mkdir(exist_ok=True)
+    files.write_atomic(state_dir / "servers" / f"{os.getpid()}.json", text)
+    files.write_atomic(state_dir / "server.json", text)
     return url
+
+
+def remove_server_file(state_dir: Path) -> None:
+    """This server's address files go; `server.json` then names another live server of the directory, if any."""
+    with contextlib.suppress(OSError):
+        (state_dir / "servers" / f"{os.getpid()}.json").unlink()
+    try:
+        ours = json.loads((state_dir / "server.json").read_text()).get("pid") == os.getpid()
+    except (OSError, ValueError, AttributeError):
+        ours = True
+    if not ours:
+        return
+    with contextlib.suppress(OSError):
+        for other in sorted((state_dir / "servers").glob("*.json")):
+            if other.stem.isdigit() and proc.running(int(other.stem)):
+                files.write_atomic(state_dir / "server.json", other.read_text())
+                return
+        (state_dir / "server.json").unlink()
 
 
 def serve(state_dir: Path, settings: ServerSettings | None = None, *,
           reread: Callable[[], ServerSettings] | None = None, reads: ReadAccess = "open",
-          windows_file: Path | None = None) -> None:
+          windows_file: Path | None = None, store: str = "sqlite", name: str | None = None,
+          leases: LeaseSettings | None = None) -> None:
     """Run the server until SIGINT/SIGTERM: API plus the controller loop; `reread` gives the settings on SIGHUP.
 
-    `reads` and `windows_file` as for `create_app`.
+    `reads`, `windows_file`, `store`, `name` and `leases` as for `create_app`.
     """
     import uvicorn
 
@@ -197,20 +225,22 @@ def serve(state_dir: Path, settings: ServerSettings | None = None, *,
     # SIGHUP's default would. A handler, not SIG_IGN: an ignored signal stays ignored in the programs started.
     signal.signal(signal.SIGHUP, lambda signum, frame: log.info("SIGHUP before the server runs: nothing to re-read"))
     # Said from the app's shutdown: on SIGTERM uvicorn ends this process by the signal right after it.
-    app = create_app(state_dir, tick=settings.tick, hangup=hangup, reads=reads, windows_file=windows_file,
+    app = create_app(state_dir, tick=settings.tick, hangup=hangup, reads=reads, windows_file=windows_file, store=store,
+                     name=name, leases=leases,
                      at_exit=lambda planes: announce(log, left_running(planes, state_dir), state=str(state_dir)))
     # uvicorn leaves the logging alone (log_config=None): configure_logging set it up, in the format asked for.
     config = uvicorn.Config(app, log_config=None, log_level=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     app.state.stopping = lambda: server.should_exit  # ends the dashboard's event streams on shutdown
-    announce(log, f"stagewise server on {url} (state {state_dir})", url=url, state=str(state_dir), pid=os.getpid())
+    kept = "" if store == "sqlite" else f", store {parse_location(store, state_dir=state_dir)}"  # password masked
+    announce(log, f"stagewise server on {url} (state {state_dir}{kept})", url=url, state=str(state_dir),
+             pid=os.getpid())
     log.debug("settings: %s", settings.in_words())
     with _unwound_by_sigterm():
         try:
             server.run(sockets=[sock])
         finally:
-            with contextlib.suppress(OSError):
-                (state_dir / "server.json").unlink()
+            remove_server_file(state_dir)
 
 
 @contextlib.contextmanager

@@ -23,18 +23,49 @@ def default_state() -> Path:
     return Path(os.environ.get("STAGEWISE_STATE", ".stagewise"))
 
 
+def _server_in(path: Path) -> dict[str, Any] | None:
+    """What a server wrote of itself in `path` (its url, pid and start time), or None when unreadable."""
+    try:
+        info = json.loads(path.read_text())
+        str(info["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _runs(info: dict[str, Any]) -> bool:
+    pid, start = info.get("pid"), info.get("start_time")
+    if not isinstance(pid, int):
+        return True  # written by an older server: take its word
+    return proc.running(pid, start if isinstance(start, int) else None)
+
+
+def live_server(state_dir: Path) -> dict[str, Any] | None:
+    """The server of `server.json`; when it is gone, another server sharing the directory (`servers/PID.json`:
+    several servers on one PostgreSQL store may share it); the stale one when none runs, so its end is told."""
+    main = _server_in(state_dir / "server.json")
+    if main is not None and _runs(main):
+        return main
+    servers = state_dir / "servers"
+    for path in sorted(servers.glob("*.json")) if servers.is_dir() else []:
+        other = _server_in(path)
+        if other is not None and _runs(other):
+            return other
+    return main
+
+
 class Client:
     def __init__(self, state_dir: Path, *, timeout: float = 10.0) -> None:
         self.state_dir = state_dir
         info = state_dir / "server.json"
-        try:
-            self.server: dict[str, Any] = json.loads(info.read_text())
-            self.url = self.server["url"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        found = live_server(state_dir)
+        if found is None:
             raise ServerUnreachableError(
                 f"no stagewise server for state directory {state_dir} (no {info}); "
                 f"start one with: stagewise server --state {state_dir}"
-            ) from exc
+            )
+        self.server: dict[str, Any] = found
+        self.url = str(found["url"])
         token_file = state_dir / "token"
         self.token = os.environ.get("STAGEWISE_TOKEN", "").strip() or (
             token_file.read_text().strip() if token_file.exists() else "")

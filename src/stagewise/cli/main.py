@@ -18,7 +18,7 @@ from rich.live import Live
 
 from stagewise import version
 from stagewise.basics import waiting
-from stagewise.cli import advise, completion, convert, hosts, render, server
+from stagewise.cli import advise, completion, convert, hosts, render, server, store
 from stagewise.cli.client import Client, default_state
 from stagewise.errors import ServerRefusedError, ServerUnreachableError, SpecError, StagewiseError
 
@@ -328,6 +328,7 @@ advise.register(app)  # recommend, compare
 convert.register(app)
 completion.register(app)
 hosts.register(app)  # hosts check
+store.register(app)  # store copy
 
 
 def _register_people() -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from stagewise.controller import lifecycle
 from stagewise.controller.hooks import HookRunner
+from stagewise.controller.leases import LeaseKeeper, LeaseSettings, default_name, follow_changes
 from stagewise.controller.lifecycle import DataPlane, Deletion
 from stagewise.controller.measure import Measurer
 from stagewise.controller.observer import Observer, Unobserved
@@ -49,11 +50,19 @@ from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
 from stagewise.engine import decide
-from stagewise.errors import ConflictError, ForbiddenError, NotFoundError, PreflightError, StagewiseError
+from stagewise.errors import (
+    ConflictError,
+    ForbiddenError,
+    LeaseLostError,
+    NotFoundError,
+    PreflightError,
+    StagewiseError,
+)
 from stagewise.notify import Notifier
 from stagewise.platforms import Platform, PlatformView, get_platform
 from stagewise.routers import Router, get_router
 from stagewise.store import Measurement, Store, open_store
+from stagewise.store.locations import parse_location
 from stagewise.strategies import compile_plan
 
 log = logging.getLogger("stagewise.controller")
@@ -74,11 +83,19 @@ class Controller:
         observer: Observer | None = None,
         notifier: Notifier | None = None,
         windows_file: Path | None = None,
+        store: str = "sqlite",
+        name: str | None = None,
+        leases: LeaseSettings | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.clock = clock
         self.tick_seconds = tick
-        self.store: Store = open_store("sqlite", state_dir=state_dir)
+        self.store: Store = open_store(store, state_dir=state_dir)  # `--store`: sqlite, sqlite:PATH or PostgreSQL
+        self.leases: LeaseKeeper | None = None
+        """The services this controller holds, on a store that several share (controller/leases.py); None: all."""
+        if leases is not None or parse_location(store, state_dir=state_dir).kind == "postgresql":
+            self.leases = LeaseKeeper(self.store, name or default_name(), leases)
+            self.store.fence_with(self.leases.fence)
         self._routers: dict[str, Router] = dict(routers or {})
         self._platforms: dict[str, Platform] = dict(platforms or {})
         self._locks: dict[str, asyncio.Lock] = {}
@@ -134,12 +151,15 @@ class Controller:
         await self._measurer.close()
         await self._hooks.close()
         await self.notifier.close()
+        if self.leases is not None:
+            self.leases.release_all()
         self.store.close()
 
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         sender = asyncio.create_task(self.sender.run(stop))
+        others = asyncio.create_task(follow_changes(self.store, self.changed, stop))
         try:
             while not stop.is_set():
                 started = time.perf_counter()
@@ -150,18 +170,27 @@ class Controller:
         finally:
             stop.set()
             await sender
+            await others
 
     async def tick(self) -> None:
-        """One reconcile pass over every service whose retry (after a failure) is due."""
-        for record in self.store.list_services():
+        """One reconcile pass over every service (held by this controller) whose retry (after a failure) is due."""
+        records = self.store.list_services()
+        if self.leases is not None:
+            self.leases.sync([r.name for r in records])
+        for record in records:
             name = record.name
             if name in self._deleting:
                 continue  # a drain takes seconds: the other services' deliveries must not wait for it
+            if self.leases is not None and not self.leases.holds(name):
+                continue  # another controller's
             if not self._retries.due(name, self.clock()):
                 continue
             async with self.lock(name):
                 try:
                     await self._reconcile(name)
+                except LeaseLostError as exc:
+                    assert self.leases is not None  # only a fenced write is refused so
+                    self.leases.refused(exc)
                 except StagewiseError as exc:
                     self._failed(name, exc)
                 except Exception as exc:  # noqa: BLE001 -- a bug must not stop the other services' deliveries
@@ -211,8 +240,8 @@ class Controller:
                 self.store.put_service(record, _instance_events(view, now))
                 self.observer.service_events(service=name, events=_instance_events(view, now))
             world = steady_world(record)
-        if world is None:
-            return
+        if world is None or (self.leases is not None and not self.leases.holds(name)):
+            return  # nothing to make; or the lease ran out meanwhile (on the monotonic clock): not ours to act on
         await make_world(spec=spec, world=world, releases=releases, view=view,
                          platform=platform, router=router, applied=self._applied)
 
@@ -361,7 +390,12 @@ class Controller:
     def _save_verb(self, delivery: Delivery, events: list[Event], by: str, *, before: Delivery) -> None:
         if by:
             events = [e.model_copy(update={"message": e.message + by}) if e.kind == "user" else e for e in events]
-        self.store.save_delivery(delivery, events)
+        try:
+            self.store.save_delivery(delivery, events)
+        except LeaseLostError as exc:
+            if self.leases is not None:
+                self.leases.refused(exc)  # says so in the log, and stops acting on the service
+            raise
         self.observer.delivery_changed(before=before, after=delivery, events=events, now=self.clock())
         self.sender.wake.set()
         self._acted(delivery.service)

@@ -31,6 +31,7 @@ from stagewise.core.service import ServiceRecord
 from stagewise.errors import NotFoundError, SchemaTooNewError, StoreBusyError, StoreError
 from stagewise.store import DeletedService, Measurement, StoredEvent, upgrades  # the interface; it imports us lazily
 from stagewise.store.sqlite_gates import GatesTables, v5_outbox, v6_tokens_and_audit, v7_pipelines, write_events
+from stagewise.store.sqlite_leases import LeaseTables, v8_leases
 
 # --- schema and its forward migrations ---------------------------------------------------
 
@@ -95,7 +96,8 @@ def _v4_typed_specs_and_judge_states(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: tuple[Migration, ...] = (_v1_core_tables, _v2_measurements, _v3_deleted_services,
-                                  _v4_typed_specs_and_judge_states, v5_outbox, v6_tokens_and_audit, v7_pipelines)
+                                  _v4_typed_specs_and_judge_states, v5_outbox, v6_tokens_and_audit, v7_pipelines,
+                                  v8_leases)
 """`MIGRATIONS[n]` takes a database from schema version n to n + 1. Append only: never edit one
 that has shipped, since databases in the field already ran it."""
 
@@ -162,7 +164,7 @@ _TERMINAL = tuple(p.value for p in Phase if p.terminal)
 # --- the store -----------------------------------------------------------------------------
 
 
-class SqliteStore(GatesTables):
+class SqliteStore(GatesTables, LeaseTables):
     """The `Store` protocol over one SQLite file, safe to share between threads.
 
     One connection serves every thread (the server calls from workers), so a lock
@@ -243,6 +245,7 @@ class SqliteStore(GatesTables):
         with self._write() as conn:
             _upsert_service(conn, record)
             _append_events(conn, events, None, record.name)
+            self._fenced(conn, record.name)
 
     def delete_service(self, name: str, *, at: float, events: Sequence[Event] = (),
                        delivery: Delivery | None = None) -> None:
@@ -259,6 +262,7 @@ class SqliteStore(GatesTables):
                 _update_delivery(conn, delivery)
             write_events(conn, events, delivery.id if delivery else None, name,
                          delivery.spec if delivery else None, delivery)
+            self._fenced(conn, name)
 
     def deleted_services(self, name: str) -> list[DeletedService]:
         """The services once named `name` and deleted, oldest first."""
@@ -286,6 +290,7 @@ class SqliteStore(GatesTables):
             write_events(conn, events, stored.id, stored.service, stored.spec, stored)
             if service is not None:
                 _upsert_service(conn, service)
+            self._fenced(conn, stored.service)
         return stored
 
     def save_delivery(self, delivery: Delivery, events: Sequence[Event],
@@ -297,6 +302,7 @@ class SqliteStore(GatesTables):
             write_events(conn, events, delivery.id, delivery.service, delivery.spec, delivery)
             if service is not None:
                 _upsert_service(conn, service)
+            self._fenced(conn, delivery.service)
 
     def get_delivery(self, delivery_id: int) -> Delivery | None:
         with self._read() as conn:
