@@ -33,18 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import stagewise.examples.sample_service as sample_service
-from stagewise.cli.client import Client, Unreachable
+from stagewise.basics import waiting
+from stagewise.basics.ports import free_port
+from stagewise.cli.client import Client
 from stagewise.testing.hosts import Fleet, unavailable_reason
 
 SERVICE = "bench"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -56,16 +50,10 @@ class Server:
             [sys.executable, "-m", "stagewise", "server", "--state", str(self.state), "--listen", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.client = Client(self.state)
-                self.client.get("/api/v1/health")
-                return
-            except Unreachable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        client = waiting.blocking_until(lambda: Client.answering(self.state), timeout=20)
+        if client is None:
+            raise RuntimeError(f"the server did not answer within 20 s: {(root / 'server.log').read_text()[-2000:]}")
+        self.client = client
 
     def deliver(self, spec: dict[str, Any], timeout: float = 300) -> tuple[str, float]:
         started = time.monotonic()
@@ -147,13 +135,13 @@ def time_host_loss(fleet: Fleet, work: Path, artifact: Path) -> dict[str, Any]:
         time.sleep(2)
         downed = time.time()
         fleet.down(lost)
-        reported = None
-        deadline = time.monotonic() + 30
-        while reported is None and time.monotonic() < deadline:
+        def lost_reported() -> float | None:
             for event in server.client.get(f"/api/v1/services/{SERVICE}/events?limit=1000"):
                 if f"host {lost.target} unreachable" in event["message"]:
-                    reported = event["at"] - downed
-            time.sleep(0.05)
+                    return float(event["at"]) - downed
+            return None
+
+        reported = waiting.blocking_until(lost_reported, timeout=30)
         time.sleep(5)
     finally:
         stop.set()

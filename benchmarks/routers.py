@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stagewise.basics.ports import free_port
 from stagewise.core.routes import Endpoint, RouteTable
 from stagewise.routers import Router
 from stagewise.routers.builtin import BuiltinRouter
@@ -55,10 +55,6 @@ from stagewise.routers.nginx import NginxRouter
 KINDS = ("builtin", "haproxy", "nginx")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Backend:

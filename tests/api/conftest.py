@@ -14,6 +14,7 @@ import uvicorn
 
 from stagewise.api.access import ReadAccess
 from stagewise.api.server import bind, create_app, read_token
+from stagewise.basics import waiting
 from stagewise.controller import Controller
 from stagewise.testing import FakePlatform, FakeRouter
 from tests.controller.conftest import make_spec
@@ -44,9 +45,7 @@ def serve(state: Path, reads: ReadAccess = "open") -> Iterator[httpx.Client]:
     host, port = sock.getsockname()
     try:
         with httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as c:
-            deadline = time.monotonic() + 10
-            while not server.started and time.monotonic() < deadline:
-                time.sleep(0.01)
+            waiting.blocking_until(lambda: server.started, timeout=10, interval=0.01)
             yield c
     finally:
         server.should_exit = True
@@ -55,11 +54,12 @@ def serve(state: Path, reads: ReadAccess = "open") -> Iterator[httpx.Client]:
 
 
 def wait_phase(client: httpx.Client, phases: set[str], timeout: float = 20, service: str = "shop") -> str:
-    deadline = time.monotonic() + timeout
-    phase = None
-    while time.monotonic() < deadline:
-        phase = client.get(f"/api/v1/services/{service}").json()["phase"]
-        if phase in phases:
-            return str(phase)
-        time.sleep(0.05)
-    raise AssertionError(f"still {phase}")
+    seen: list[str] = []
+
+    def reached() -> bool:
+        seen.append(client.get(f"/api/v1/services/{service}").json()["phase"])
+        return seen[-1] in phases
+
+    if not waiting.blocking_until(reached, timeout=timeout):
+        raise AssertionError(f"still {seen[-1]}")
+    return seen[-1]

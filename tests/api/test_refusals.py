@@ -8,8 +8,16 @@ import httpx
 import pytest
 
 from stagewise.api.refusals import stagewise_error
-from stagewise.errors import ConflictError, NotFoundError, Problem, SpecError, StagewiseError, UnknownDriverError
-from stagewise.store.sqlite import StoreBusyError, StoreError
+from stagewise.errors import (
+    ConflictError,
+    NotFoundError,
+    Problem,
+    SpecError,
+    StagewiseError,
+    StoreBusyError,
+    StoreError,
+    UnknownDriverError,
+)
 
 
 @pytest.mark.parametrize(("error", "status"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from stagewise.api.server import bind
 from stagewise.cli.main import app
 
 MALFORMED = Path(__file__).parent.parent / "spec" / "malformed"
@@ -95,3 +97,19 @@ def test_apply_of_a_bad_spec_exits_2_before_calling_the_server(tmp_path: Path) -
     result = stagewise("apply", str(MALFORMED / "wave_zero.yaml"), "--state", str(tmp_path))
     assert result.returncode == 2
     assert POSITION.search(result.stderr)
+
+
+@pytest.mark.parametrize("listen", ["localhost", "127.0.0.1:http", "127.0.0.1:70000", ":"])
+def test_server_with_a_malformed_listen_address_exits_2_without_a_traceback(tmp_path: Path, listen: str) -> None:
+    result = stagewise("server", "--listen", listen, "--state", str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert repr(listen) in result.stderr and "expected host:port" in result.stderr
+
+
+@pytest.mark.parametrize("listen", ["localhost", "127.0.0.1:http", "127.0.0.1:70000"])
+def test_bind_refuses_a_malformed_address_as_the_bind_failure_it_is(listen: str) -> None:
+    """`serve` and its callers report an OSError as "cannot listen on ..."; a malformed address is one too."""
+    with pytest.raises(OSError, match="expected host:port") as refused:
+        bind(listen)
+    assert refused.value.errno == errno.EINVAL

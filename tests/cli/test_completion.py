@@ -68,7 +68,7 @@ def test_service_names_complete_from_the_running_server(stagewise: Stagewise) ->
         assert bash_words(f"stagewise {verb} s", state) == [SERVICE], verb
     assert bash_words("stagewise promote x", state) == []
     assert bash_words(f"stagewise promote --state {state} ", None) == [SERVICE], "--state typed before the name"
-    assert bash_words("st", state) == ["status"], "commands complete as ever"
+    assert bash_words("stat", state) == ["status"], "commands complete as ever"
 
     zsh = run(env={"_STAGEWISE_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "stagewise abort "}, state=state)
     assert zsh.returncode == 0 and f'"{SERVICE}":"stable v1"' in zsh.stdout, zsh

@@ -101,10 +101,30 @@ async def test_data_planes_lists_what_runs(world: World) -> None:
 
 LISTENER = """
 import socket, sys, time
-v4 = socket.create_server(("127.0.0.1", 0))
-v6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
-anywhere = socket.create_server(("0.0.0.0", 0))
-print(v4.getsockname()[1], v6.getsockname()[1], anywhere.getsockname()[1], flush=True)
+
+def bound(family, host, port, v6only=False):
+    sock = socket.socket(family)
+    if v6only:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
+    return sock
+
+def listening(family, host, reserved):
+    # A listener, and its port bound (not listening) at the addresses the test asks about too: on a machine
+    # shared with other test runs, another process may listen on the same port number there (an IPv6 port
+    # the kernel picked for it), and the test must see only this one.
+    while True:
+        server = socket.create_server((host, 0), family=family)
+        port = server.getsockname()[1]
+        try:
+            return server, [bound(f, h, port, v6only) for f, h, v6only in reserved]
+        except OSError:
+            server.close()
+
+v4 = listening(socket.AF_INET, "127.0.0.1", [(socket.AF_INET6, "::", True), (socket.AF_INET, "127.0.0.2", False)])
+v6 = listening(socket.AF_INET6, "::1", [(socket.AF_INET, "0.0.0.0", False)])
+anywhere = listening(socket.AF_INET, "0.0.0.0", [(socket.AF_INET6, "::", True)])
+print(*(s[0].getsockname()[1] for s in (v4, v6, anywhere)), flush=True)
 time.sleep(30)
 """
 

@@ -20,12 +20,9 @@ converter says a person must supply or what points at Kubernetes:
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,14 +38,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 @pytest.fixture
 def stagewise() -> Iterator[Stagewise]:
-    root = Path(tempfile.mkdtemp(prefix="sw-convert-e2e-", dir="/tmp"))
-    sw = Stagewise(root, "builtin")
-    try:
-        sw.start()
+    with Stagewise.running("sw-convert-e2e-", "builtin") as sw:
         yield sw
-    finally:
-        sw.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def converted_spec(sw: Stagewise, version: str, *flags: str) -> dict[str, Any]:

@@ -87,54 +87,11 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
     defined = list(analysis)
     duration = format_duration(60 * draw(st.integers(1, 5)))  # a multiple of every interval above
     port = draw(st.integers(1024, 60000))
-    release: dict[str, Any] = {
-        "version": draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)),
-        "run": {"command": [draw(st.sampled_from(["python3", "/usr/bin/app"])),
-                            *draw(st.lists(words, max_size=5))]},
-    }
-    env = draw(st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9_]{0,6}", fullmatch=True), env_values, max_size=3))
-    if env:
-        release["run"]["env"] = env
-    probe = draw(st.sampled_from(["none", "http", "tcp"]))
-    if probe != "none":
-        release["readiness"] = {"http": "/healthz"} if probe == "http" else {"tcp": True}
-        release["readiness"]["timeout"] = format_duration(draw(st.integers(1, 300)))
+    release = draw_release(draw)
     if draw(st.booleans()):
-        steps: list[dict[str, Any]] = []
-        for _ in range(draw(st.integers(1, 6))):
-            choice = draw(st.sampled_from(["weight", "pause", "timed", "analysis", "route"]))
-            if choice == "weight":
-                steps.append({"setWeight": draw(st.integers(0, 100))})
-            elif choice == "pause":
-                steps.append({"pause": {}})
-            elif choice == "timed":
-                steps.append({"pause": {"duration": draw(seconds)}})
-            elif choice == "analysis" and defined:
-                steps.append({"analysis": reference(draw, defined, duration)})
-            else:
-                match = draw(st.lists(st.fixed_dictionaries({
-                    "headerName": st.sampled_from(["X-Canary", "X-Beta"]),
-                    "headerValue": st.fixed_dictionaries({"exact": st.sampled_from(["1", "yes", "on"])})}),
-                    max_size=2))
-                steps.append({"setHeaderRoute": {"name": draw(st.sampled_from(["testers", "beta"])),
-                                                 "match": match}})
-        canary: dict[str, Any] = {"steps": steps}
-        if defined and draw(st.booleans()):
-            background = {"templates": draw(st.lists(st.sampled_from(defined), min_size=1, unique=True))}
-            start = draw(st.integers(0, len(steps) - 1))
-            canary["analysis"] = {**background, "startingStep": start} if start else background
-        strategy: dict[str, Any] = {"canary": canary}
+        strategy: dict[str, Any] = {"canary": draw_canary(draw, defined, duration)}
     else:
-        blue_green: dict[str, Any] = {"scaleDownDelay": draw(seconds)}
-        if draw(st.booleans()):
-            blue_green["autoPromotion"] = {"after": format_duration(draw(st.integers(0, 600)))}
-        blue_green["preview"] = draw(st.sampled_from([
-            {"header": {"X-Preview": "1"}}, {"header": {"X-Test": "yes"}}, {"listen": f"127.0.0.1:{port + 1}"},
-            {"listen": f"127.0.0.2:{port}"}]))
-        for key in ("prePromotionAnalysis", "postPromotionAnalysis"):
-            if defined and draw(st.booleans()):
-                blue_green[key] = reference(draw, defined, duration)
-        strategy = {"blueGreen": blue_green}
+        strategy = {"blueGreen": draw_blue_green(draw, defined, duration, port)}
     body: dict[str, Any] = {"listen": f"127.0.0.1:{port}"}
     if draw(st.booleans()):
         body["router"] = draw(st.sampled_from([{"kind": "haproxy"}, {"kind": "nginx"},
@@ -150,6 +107,62 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
         metadata["labels"] = draw(st.dictionaries(st.sampled_from(["team", "tier"]), st.sampled_from(["pay", "a-b"]),
                                                   min_size=1))
     return {"apiVersion": "stagewise.dev/v1alpha1", "kind": "Service", "metadata": metadata, "spec": body}
+
+
+def draw_release(draw: st.DrawFn) -> dict[str, Any]:
+    release: dict[str, Any] = {
+        "version": draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)),
+        "run": {"command": [draw(st.sampled_from(["python3", "/usr/bin/app"])),
+                            *draw(st.lists(words, max_size=5))]},
+    }
+    env = draw(st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9_]{0,6}", fullmatch=True), env_values, max_size=3))
+    if env:
+        release["run"]["env"] = env
+    probe = draw(st.sampled_from(["none", "http", "tcp"]))
+    if probe != "none":
+        release["readiness"] = {"http": "/healthz"} if probe == "http" else {"tcp": True}
+        release["readiness"]["timeout"] = format_duration(draw(st.integers(1, 300)))
+    return release
+
+
+def draw_canary(draw: st.DrawFn, defined: list[str], duration: str) -> dict[str, Any]:
+    steps = [draw_step(draw, defined, duration) for _ in range(draw(st.integers(1, 6)))]
+    canary: dict[str, Any] = {"steps": steps}
+    if defined and draw(st.booleans()):
+        background = {"templates": draw(st.lists(st.sampled_from(defined), min_size=1, unique=True))}
+        start = draw(st.integers(0, len(steps) - 1))
+        canary["analysis"] = {**background, "startingStep": start} if start else background
+    return canary
+
+
+def draw_step(draw: st.DrawFn, defined: list[str], duration: str) -> dict[str, Any]:
+    choice = draw(st.sampled_from(["weight", "pause", "timed", "analysis", "route"]))
+    if choice == "weight":
+        return {"setWeight": draw(st.integers(0, 100))}
+    if choice == "pause":
+        return {"pause": {}}
+    if choice == "timed":
+        return {"pause": {"duration": draw(seconds)}}
+    if choice == "analysis" and defined:
+        return {"analysis": reference(draw, defined, duration)}
+    match = draw(st.lists(st.fixed_dictionaries({
+        "headerName": st.sampled_from(["X-Canary", "X-Beta"]),
+        "headerValue": st.fixed_dictionaries({"exact": st.sampled_from(["1", "yes", "on"])})}),
+        max_size=2))
+    return {"setHeaderRoute": {"name": draw(st.sampled_from(["testers", "beta"])), "match": match}}
+
+
+def draw_blue_green(draw: st.DrawFn, defined: list[str], duration: str, port: int) -> dict[str, Any]:
+    blue_green: dict[str, Any] = {"scaleDownDelay": draw(seconds)}
+    if draw(st.booleans()):
+        blue_green["autoPromotion"] = {"after": format_duration(draw(st.integers(0, 600)))}
+    blue_green["preview"] = draw(st.sampled_from([
+        {"header": {"X-Preview": "1"}}, {"header": {"X-Test": "yes"}}, {"listen": f"127.0.0.1:{port + 1}"},
+        {"listen": f"127.0.0.2:{port}"}]))
+    for key in ("prePromotionAnalysis", "postPromotionAnalysis"):
+        if defined and draw(st.booleans()):
+            blue_green[key] = reference(draw, defined, duration)
+    return blue_green
 
 
 def loaded(text: str) -> dict[str, Any]:

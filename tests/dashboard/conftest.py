@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from stagewise.api.server import bind, create_app, read_token
+from stagewise.basics import waiting
 from stagewise.controller import Controller
 from stagewise.core.delivery import Event, Phase
 from stagewise.core.spec import ServiceSpec
@@ -129,10 +130,8 @@ class Server:
 
     def start(self) -> Server:
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert self.server.started, "the server did not start"
+        assert waiting.blocking_until(lambda: self.server.started, timeout=10, interval=0.01), \
+            "the server did not start"
         return self
 
     def stop(self) -> None:
@@ -164,10 +163,7 @@ def live(tmp_path: Path) -> Iterator[Server]:
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    value = waiting.blocking_until(predicate, timeout=timeout, interval=0.02)
+    if not value:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return value

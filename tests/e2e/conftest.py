@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
-from stagewise.cli.client import Client, Unreachable
+from stagewise.basics import waiting
+from stagewise.basics.ports import free_port
+from stagewise.cli.client import Client
 from stagewise.core.stats import RouterStats
 from stagewise.platforms.local import LocalPlatform
 from stagewise.routers import get_router
@@ -27,13 +28,14 @@ from tests.routers.programs import need_router
 SERVICE = "shop"
 TERMINAL = {"Succeeded", "RolledBack", "Failed"}
 BAD_FLAGS = {"v3": ["--fail-rate", "0.2"], "v4": ["--slow-every", "10", "--slow-ms", "100"]}
+LATENCY_FLOOR = "50ms"
+"""The latency judge's floor here. These tests share two cores with other test runs, and there a candidate
+just started (cold, its first connections new) answers several milliseconds slower than the warm baseline
+for a while: a real difference, which the default 5 ms floor lets the judge see and roll a good release back
+for (seen: "slower than 8.88 ms: 8.4% vs baseline 0.0%"). Scheduling noise stays below 50 ms; the slow
+release v4 adds 100 ms, so it is still caught."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def spec_json(listen: str, version: str, strategy: dict[str, Any], *, replicas: int = 2,
@@ -47,7 +49,8 @@ def spec_json(listen: str, version: str, strategy: dict[str, Any], *, replicas: 
             "release": {"version": version, "run": {"command": command},
                         "readiness": {"http": "/healthz", "timeout": "10s"}},
             "strategy": strategy,
-            "analysis": {"errors": {"metric": "error-rate"}, "latency": {"metric": "latency"}},
+            "analysis": {"errors": {"metric": "error-rate"},
+                         "latency": {"metric": "latency", "floor": LATENCY_FLOOR}},
             "progressDeadline": deadline,
         },
     })
@@ -68,6 +71,20 @@ class Stagewise:
         self.client: Client | None = None
         self.starts = 0
 
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, prefix: str, *args: Any) -> Iterator[Self]:
+        """A started server in a new directory under /tmp (named `prefix`...); stopped, its service's processes
+        ended and the directory removed after the block. `args` go to the constructor after the directory."""
+        root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        sw = cls(root, *args)
+        try:
+            sw.start()
+            yield sw
+        finally:
+            sw.cleanup()
+            shutil.rmtree(root, ignore_errors=True)
+
     def start(self, *, pass_fds: tuple[int, ...] = (), options: tuple[str, ...] = ()) -> None:
         """Start the server; `pass_fds` are descriptors it inherits (as from a careless parent); `options` more
         options of `stagewise server`."""
@@ -80,23 +97,14 @@ class Stagewise:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 pass_fds=pass_fds,
             )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            try:
-                client = Client(self.state)
-            except Unreachable:
-                time.sleep(0.05)
-                continue
-            try:
-                client.get("/api/v1/health")
-            except Unreachable:
-                client.close()
-                time.sleep(0.05)
-                continue
-            self.client = client
-            return
-        raise AssertionError("the server did not start:\n" + self.log())
+        self.client = waiting.blocking_until(self._answering_client, timeout=20)
+        if self.client is None:
+            raise AssertionError("the server did not start:\n" + self.log())
+
+    def _answering_client(self) -> Client | None:
+        """A client of the server once it answers; None before."""
+        assert self.proc is not None and self.proc.poll() is None, self.log()
+        return Client.answering(self.state)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no last words."""
@@ -135,13 +143,15 @@ class Stagewise:
         return result
 
     def wait(self, phases: set[str] = TERMINAL, timeout: float = 90) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
-        while time.monotonic() < deadline:
+
+        def reached() -> bool:
+            nonlocal status
             status = self.status()
-            if status["phase"] in phases:
-                return status
-            time.sleep(0.1)
+            return status["phase"] in phases
+
+        if waiting.blocking_until(reached, timeout=timeout, interval=0.1):
+            return status
         raise AssertionError(f"phase still {status.get('phase')} after {timeout}s:\n"
                              + json.dumps(status, indent=1)[:3000] + "\n" + self.log())
 
@@ -175,11 +185,5 @@ def stagewise(request: pytest.FixtureRequest) -> Iterator[Stagewise]:
     """A running server; its services use the builtin router, or the kind given by indirect parametrisation."""
     router = getattr(request, "param", "builtin")
     need_router(router)
-    root = Path(tempfile.mkdtemp(prefix="sw-e2e-", dir="/tmp"))
-    sw = Stagewise(root, router)
-    try:
-        sw.start()
+    with Stagewise.running("sw-e2e-", router) as sw:
         yield sw
-    finally:
-        sw.cleanup()
-        shutil.rmtree(root, ignore_errors=True)

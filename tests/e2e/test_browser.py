@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from stagewise.api.dashboard import HERE
+from stagewise.basics import waiting
 from stagewise.controller import Controller
 from stagewise.examples.load import LoadInBackground
 from tests.dashboard.conftest import Server, populate
@@ -120,10 +121,8 @@ class Dashboard:
 
     def wait_for_chart_points(self, run: str, n: int, timeout: float = 20) -> None:
         """Until the page's analysis charts hold `n` points (about a second each), updated live."""
-        deadline = time.monotonic() + timeout
-        while self.chart_points(run) < n and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert self.chart_points(run) >= n, f"the analysis charts got fewer than {n} points"
+        assert waiting.blocking_until(lambda: self.chart_points(run) >= n, timeout=timeout, interval=0.2), \
+            f"the analysis charts got fewer than {n} points"
 
     def assert_clean(self) -> None:
         violations = self.page.evaluate("window.__violations")

@@ -12,13 +12,13 @@ printed (`-s`), as an operator would see them.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from stagewise.basics import waiting
 from stagewise.examples.load import LoadInBackground
 from tests.e2e.conftest import SERVICE, Stagewise
 from tests.providers.prom import running_prometheus, wait_for_series
@@ -31,14 +31,13 @@ CANARY = {"canary": {"steps": [{"setWeight": 50}, {"analysis": {"templates": ["e
 
 def query(prometheus: str, promql: str, *, timeout: float = 20.0) -> list[dict[str, Any]]:
     """The instant vector `promql` returns, once it returns one (Prometheus scrapes every second)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def ask() -> list[dict[str, Any]]:
         body = httpx.get(f"{prometheus}/api/v1/query", params={"query": promql}, timeout=2.0).json()
         assert body["status"] == "success", body
         result: list[dict[str, Any]] = body["data"]["result"]
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.2)
+        return result
+
+    return waiting.blocking_until(ask, timeout=timeout, interval=0.2)
 
 
 def quoted(promql: str, result: list[dict[str, Any]]) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from stagewise.basics import waiting
 from stagewise.examples.load import LoadInBackground
 from tests.e2e.conftest import Stagewise
 
@@ -63,10 +64,11 @@ def test_a_killed_server_changes_nothing_users_see(stagewise: Stagewise, name: s
 
 def wait_for_step(sw: Stagewise, step: int, timeout: float = 60) -> int:
     """Block until the delivery stands at `step` (1-based) or later; returns where it stands."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        d = sw.status()["delivery"]
-        if d["step"] >= step or d["phase"] in ("Succeeded", "RolledBack", "Failed"):
-            return int(d["step"])
-        time.sleep(0.02)
-    raise AssertionError(f"the delivery never reached step {step}")
+    def reached() -> dict[str, Any] | None:
+        d: dict[str, Any] = sw.status()["delivery"]
+        return d if d["step"] >= step or d["phase"] in ("Succeeded", "RolledBack", "Failed") else None
+
+    at = waiting.blocking_until(reached, timeout=timeout, interval=0.02)
+    if at is None:
+        raise AssertionError(f"the delivery never reached step {step}")
+    return int(at["step"])

@@ -16,12 +16,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from stagewise.basics import waiting
 from tests.e2e.conftest import SERVICE, Stagewise, spec_json
 from tests.e2e.dataplane import descendants, gone, listening_on, router_pid, ss_lines
 
@@ -88,10 +88,8 @@ def test_delete_drains_then_stops_every_process_and_port_of_the_service(stagewis
     callers = [threading.Thread(target=call, args=(i,)) for i in range(IN_FLIGHT)]
     for t in callers:
         t.start()
-    deadline = time.monotonic() + 20
-    while len(arrivals.read_text().splitlines()) < IN_FLIGHT:
-        assert time.monotonic() < deadline, f"only {arrivals.read_text().splitlines()} reached the instances"
-        time.sleep(0.02)
+    assert waiting.blocking_until(lambda: len(arrivals.read_text().splitlines()) >= IN_FLIGHT, timeout=20,
+                                  interval=0.02), f"only {arrivals.read_text().splitlines()} reached the instances"
 
     deleted = stagewise_cli(stagewise, "delete", SERVICE)
     for t in callers:

@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
+from stagewise.basics.ports import free_port
 from stagewise.examples.load import LoadInBackground, LoadReport
 from tests.e2e.conftest import BAD_FLAGS, SERVICE, Stagewise
-from tests.providers.prom import free_port, running_prometheus, wait_for_series
+from tests.providers.prom import running_prometheus, wait_for_series
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stagewise.basics import waiting
 from stagewise.examples.load import LoadInBackground
 from tests.e2e.dataplane import listening_on, ss_lines
 
@@ -99,18 +100,22 @@ class Server:
             self.proc = subprocess.Popen([sys.executable, "-m", "stagewise", "server"], cwd=PROJECT, env=user_env(),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server run {self.runs} exited with {self.proc.returncode}:\n{self.log()}\n"
-                                     f"ss -ltnp on 7420:\n{ss_lines(DEFAULT[1])}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get("http://127.0.0.1:7420/api/v1/health", timeout=1, trust_env=False).status_code == 200:
-                    info = json.loads((PROJECT / ".stagewise" / "server.json").read_text())
-                    if info["pid"] == self.proc.pid:
-                        return
-            time.sleep(0.05)
-        raise AssertionError(f"server run {self.runs} did not answer on 7420 within 30 s:\n{self.log()}")
+        if not waiting.blocking_until(self._answers, timeout=30):
+            raise AssertionError(f"server run {self.runs} did not answer on 7420 within 30 s:\n{self.log()}")
+
+    def _answers(self) -> bool:
+        """Whether this run of the server answers on 7420 and has written its server.json."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server run {self.runs} exited with {self.proc.returncode}:\n{self.log()}\n"
+                                 f"ss -ltnp on 7420:\n{ss_lines(DEFAULT[1])}")
+        try:
+            if httpx.get("http://127.0.0.1:7420/api/v1/health", timeout=1, trust_env=False).status_code != 200:
+                return False
+        except httpx.HTTPError:
+            return False
+        info = json.loads((PROJECT / ".stagewise" / "server.json").read_text())
+        return bool(info["pid"] == self.proc.pid)
 
     def end(self, sig: signal.Signals) -> None:
         assert self.proc is not None
@@ -151,10 +156,8 @@ def test_the_server_restarts_on_its_default_port_while_the_service_serves(
     applied = stagewise("apply", "stagewise.yaml")
     assert applied.returncode == 0, applied.stderr
     url = f"http://{SERVICE_LISTEN}/"
-    deadline = time.monotonic() + 60
-    while not served(url):
-        assert time.monotonic() < deadline, f"the example is not served at {url}:\n{project.log()}"
-        time.sleep(0.1)
+    assert waiting.blocking_until(lambda: served(url), timeout=60, interval=0.1), \
+        f"the example is not served at {url}:\n{project.log()}"
 
     load = LoadInBackground(url, connections=2, rate=100, max_seconds=90, max_requests=20_000).start()
     try:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from stagewise.basics import waiting
 from stagewise.errors import RouterError
 from stagewise.examples.load import LoadInBackground
 from stagewise.routers.common import process
@@ -66,12 +67,12 @@ def test_haproxy_killed_mid_canary_gets_its_routes_back(stagewise: Stagewise) ->
 
 def wait_for_weights(folder: Any, weights: dict[str, int], timeout: float, after: int | None = None) -> float:
     """Until HAProxy (a new master, if `after` is given) serves backend `all` with these release weights."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def served() -> bool:
         master = process.read_pid(folder / "haproxy.pid")
-        if master is not None and master != after and served_weights(folder) == weights:
-            return time.monotonic()
-        time.sleep(0.02)
+        return master is not None and master != after and served_weights(folder) == weights
+
+    if waiting.blocking_until(served, timeout=timeout, interval=0.02):
+        return time.monotonic()
     raise AssertionError(f"HAProxy did not serve weights {weights} within {timeout} s: {served_weights(folder)}")
 
 

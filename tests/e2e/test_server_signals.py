@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from stagewise.basics import waiting
 from tests.e2e.conftest import SERVICE, Stagewise
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -35,10 +35,8 @@ def interval(sw: Stagewise) -> float:
 
 
 def wait_for_interval(sw: Stagewise, seconds: float) -> None:
-    deadline = time.monotonic() + 10
-    while interval(sw) != seconds:
-        assert time.monotonic() < deadline, f"the interval is still {interval(sw)}, not {seconds}:\n{sw.log()}"
-        time.sleep(0.05)
+    assert waiting.blocking_until(lambda: interval(sw) == seconds, timeout=10), (
+        f"the interval is still {interval(sw)}, not {seconds}:\n{sw.log()}")
 
 
 def log_lines(sw: Stagewise) -> list[str]:
@@ -59,13 +57,10 @@ def json_records_after(sw: Stagewise, marker: str) -> list[dict[str, Any]]:
 
 
 def wait_for_record(sw: Stagewise, marker: str, predicate: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + 15
-    while True:
-        found = [r for r in json_records_after(sw, marker) if predicate(r)]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, "no such log record:\n" + "\n".join(log_lines(sw)[-30:])
-        time.sleep(0.1)
+    found = waiting.blocking_until(lambda: [r for r in json_records_after(sw, marker) if predicate(r)], timeout=15,
+                                   interval=0.1)
+    assert found, "no such log record:\n" + "\n".join(log_lines(sw)[-30:])
+    return found[0]
 
 
 def test_sighup_rereads_the_settings_file_and_a_bad_one_changes_nothing(stagewise: Stagewise, tmp_path: Path) -> None:

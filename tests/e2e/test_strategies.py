@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from stagewise.basics import waiting
 from stagewise.examples.load import LoadInBackground, LoadReport
 from tests.e2e.conftest import Stagewise
 
@@ -88,7 +89,7 @@ def test_a_good_release_is_delivered(stagewise: Stagewise, name: str) -> None:
         time.sleep(0.5)
     finally:
         report = load.stop()
-    assert status["phase"] == "Succeeded", status["delivery"]
+    assert status["phase"] == "Succeeded", (status["delivery"]["abort_reason"], status["events"][-12:])
     assert status["stable"] == "v2"
     assert report.by_version.get("v2", 0) > 0
     if name != "full":  # full recreates: users see the gap between the two releases
@@ -166,19 +167,15 @@ def test_an_instance_that_dies_is_reported_and_replaced(stagewise: Stagewise) ->
     records = sorted((stagewise.state / "instances" / "shop").glob("shop-*.json"))
     victim = json.loads(records[0].read_text())
     os.kill(victim["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        status = stagewise.status()
-        if any(victim["id"] in e["message"] for e in status["events"]):
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the death was never reported")
-    while time.monotonic() < deadline:
+    deadline = waiting.Deadline(20)
+
+    def reported() -> bool:
+        return any(victim["id"] in e["message"] for e in stagewise.status()["events"])
+
+    def replaced() -> bool:
         live = [json.loads(p.read_text()) for p in (stagewise.state / "instances" / "shop").glob("shop-*.json")]
-        if len(live) == 2 and all(r.get("ready_at") for r in live) and victim["id"] not in {r["id"] for r in live}:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the instance was not replaced")
+        return len(live) == 2 and all(r.get("ready_at") for r in live) and victim["id"] not in {r["id"] for r in live}
+
+    assert waiting.blocking_until(reported, timeout=deadline.remaining, interval=0.1), "the death was never reported"
+    assert waiting.blocking_until(replaced, timeout=deadline.remaining, interval=0.1), "the instance was not replaced"
     assert burst(stagewise, 100).by_version == {"v1": 100}

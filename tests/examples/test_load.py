@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from stagewise.basics.ports import free_port
 from stagewise.examples.load import LoadInBackground, LoadReport, run_load
 
-from .test_sample_service import free_port, sample_service
+from .test_sample_service import sample_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 

@@ -15,26 +15,23 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stagewise.basics import waiting
+from stagewise.basics.ports import free_port
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def listens() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
         except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+            return False
+        return True
+
+    assert waiting.blocking_until(listens, timeout=timeout, interval=0.02), f"nothing listens on port {port}"
 
 
 @contextmanager

@@ -13,8 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 
 import stagewise.examples.sample_service as sample_service
+from stagewise.basics import waiting
 from stagewise.cli.demo import stop_service
 from stagewise.core.spec import PlatformSpec
 from stagewise.platforms.ssh import SshPlatform
@@ -126,24 +125,16 @@ def on_hosts(request: pytest.FixtureRequest, fleet: Fleet) -> Iterator[FleetStag
     """A running server whose service runs on the module's fleet; builtin router unless parametrised."""
     router = getattr(request, "param", "builtin")
     need_router(router)
-    root = Path(tempfile.mkdtemp(prefix="sw-fleet-", dir="/tmp"))
-    sw = FleetStagewise(root, router, fleet)
-    try:
-        sw.start()
+    with FleetStagewise.running("sw-fleet-", router, fleet) as sw:
         yield sw
-    finally:
-        sw.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_event(sw: Stagewise, needle: str, timeout: float = 20) -> dict[str, Any]:
     """The first event whose message holds `needle`, waiting for it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in all_events(sw):
-            if needle in event["message"]:
-                return dict(event)
-        time.sleep(0.05)
+    found = waiting.blocking_until(lambda: next((e for e in all_events(sw) if needle in e["message"]), None),
+                                   timeout=timeout)
+    if found is not None:
+        return dict(found)
     raise AssertionError(f"no event with {needle!r} within {timeout}s: "
                          + json.dumps(all_events(sw)[-15:], indent=1))
 

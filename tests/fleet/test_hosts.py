@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from stagewise.cli.client import ApiError
+from stagewise.basics import waiting
+from stagewise.errors import ServerRefusedError
 from stagewise.examples.load import LoadInBackground
 from stagewise.testing.hosts import Fleet
 from tests.fleet.conftest import FLEET_SIZE, FleetStagewise, all_events, wait_event
@@ -23,11 +24,8 @@ DETECTION_LIMIT = 10.0
 
 
 def at_step(sw: FleetStagewise, step: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sw.status()["delivery"]["step"] >= step:
-            return
-        time.sleep(0.05)
+    if waiting.blocking_until(lambda: sw.status()["delivery"]["step"] >= step, timeout=timeout):
+        return
     raise AssertionError(f"never reached step {step}: {sw.status()['delivery']}")
 
 
@@ -62,10 +60,8 @@ def test_a_host_lost_mid_wave_rolls_back_with_max_unreachable_0(on_hosts: FleetS
     assert sum(running) == FLEET_SIZE + 1, running  # the lost host's instance still runs, unreachable
     on_hosts.fleet.up(on_hosts.fleet.hosts[2])
     wait_event(on_hosts, f"host {lost} is reachable again", timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and sum(on_hosts.processes()) != FLEET_SIZE:
-        time.sleep(0.1)
-    assert sum(on_hosts.processes()) == FLEET_SIZE, "the surplus instance was not stopped once its host came back"
+    assert waiting.blocking_until(lambda: sum(on_hosts.processes()) == FLEET_SIZE, timeout=30, interval=0.1), \
+        "the surplus instance was not stopped once its host came back"
 
 
 def test_a_host_lost_mid_wave_is_gone_on_without_with_max_unreachable_1(on_hosts: FleetStagewise) -> None:
@@ -85,7 +81,7 @@ def test_an_unknown_host_key_is_refused_by_name(on_hosts: FleetStagewise, tmp_pa
                              if not line.startswith(strange.address + " ")))
     platform = on_hosts.platform(ssh={**fleet.ssh_options(), "knownHosts": str(known), "connectTimeout": "2s"})
     assert on_hosts.client is not None
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(ServerRefusedError) as refused:
         on_hosts.client.post("/api/v1/apply", {"spec": on_hosts.spec("v1", {"full": {}}, platform=platform),
                                                "filename": "v1.yaml"})
     message = str(refused.value)
@@ -98,7 +94,7 @@ def test_a_missing_program_is_refused_before_any_instance_starts(on_hosts: Fleet
     spec = json.loads(on_hosts.spec("v1", {"full": {}}))
     spec["spec"]["release"]["run"]["command"][0] = "no-such-program-here"
     assert on_hosts.client is not None
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(ServerRefusedError) as refused:
         on_hosts.client.post("/api/v1/apply", {"spec": json.dumps(spec), "filename": "v1.yaml"})
     message = str(refused.value)
     assert all(h.target in message for h in on_hosts.fleet.hosts) and "program" in message, message

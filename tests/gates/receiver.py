@@ -12,13 +12,14 @@ path with no answer set get 200.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from stagewise.basics import waiting
 
 
 @dataclass(frozen=True)
@@ -89,22 +90,21 @@ class Receiver:
         with self._lock:
             return [c for c in self._calls if path is None or c.path == path]
 
+    def _at_least(self, path: str, count: int) -> list[Call]:
+        """The calls to `path` once there are `count` of them; none before."""
+        calls = self.calls(path)
+        return calls if len(calls) >= count else []
+
     def wait_for(self, path: str, count: int = 1, timeout: float = 10.0) -> list[Call]:
         """Block until `path` had `count` calls (from a test whose caller runs in another thread or process)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            calls = self.calls(path)
-            if len(calls) >= count:
-                return calls
-            time.sleep(0.02)
+        calls = waiting.blocking_until(lambda: self._at_least(path, count), timeout=timeout, interval=0.02)
+        if calls:
+            return calls
         raise AssertionError(f"{path}: {len(self.calls(path))} call(s) after {timeout}s, expected {count}")
 
     async def until(self, path: str, count: int = 1, timeout: float = 10.0) -> list[Call]:
         """Like `wait_for`, letting the caller's event loop run meanwhile (its calls are tasks in it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            calls = self.calls(path)
-            if len(calls) >= count:
-                return calls
-            await asyncio.sleep(0.01)
+        calls = await waiting.until(lambda: self._at_least(path, count), timeout=timeout, interval=0.01)
+        if calls:
+            return calls
         raise AssertionError(f"{path}: {len(self.calls(path))} call(s) after {timeout}s, expected {count}")

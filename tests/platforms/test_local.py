@@ -7,6 +7,7 @@ started, so no process outlives it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stagewise.basics import waiting
 from stagewise.core.spec import ReleaseSpec
 from stagewise.errors import PermanentError, PlatformRefusedError
 from stagewise.platforms import InstanceState, PlatformView
@@ -119,15 +121,16 @@ async def observe_until(
 ) -> tuple[PlatformView, list[str]]:
     """Observe until `condition` holds; returns the last view and every event seen."""
     events: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        view = await platform.observe(service=SERVICE, releases=releases)
-        events += view.events
-        if condition(view):
-            return view, events
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {view}")
-        await asyncio.sleep(0.05)
+    views: list[PlatformView] = []
+
+    async def holds() -> bool:
+        views.append(await platform.observe(service=SERVICE, releases=releases))
+        events.extend(views[-1].events)
+        return condition(views[-1])
+
+    if not await waiting.until_awaited(holds, timeout=timeout):
+        raise AssertionError(f"condition not met within {timeout}s: {views[-1]}")
+    return views[-1], events
 
 
 def all_ready(count: int) -> Callable[[PlatformView], bool]:
@@ -209,10 +212,7 @@ def test_probes_run_concurrently(tmp_path: Path) -> None:
         async with local_platform(tmp_path) as platform:
             release = listener_release(http="/healthz")
             await platform.start(service=SERVICE, release=release, count=5)
-            deadline = time.monotonic() + 10
-            while _logs(tmp_path).count("listening") < 5:  # all five bound
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            assert await waiting.until(lambda: _logs(tmp_path).count("listening") >= 5, timeout=10)  # all five bound
             started = time.monotonic()
             view = await platform.observe(service=SERVICE, releases={"v1": release})
             assert time.monotonic() - started < 2.5
@@ -509,9 +509,13 @@ def marked_release(marker: str) -> ReleaseSpec:
 
 def test_an_instance_spawned_but_not_recorded_when_the_controller_is_killed_is_adopted(tmp_path: Path) -> None:
     release = marked_release(str(tmp_path))
+    pid = 0
     try:
         pid = int(kill_while_starting(tmp_path, release, "spawned"))
-        assert processes_naming(str(tmp_path)) == {pid}, "the instance outlives its controller, as it must"
+        # Popen returns once the child's execve has closed its descriptors, before the kernel has set up its
+        # new argv: for that moment /proc/PID/cmdline reads empty (seen on a loaded machine). So wait for it.
+        assert waiting.blocking_until(lambda: processes_naming(str(tmp_path)) == {pid}, timeout=10, interval=0.01), \
+            "the instance outlives its controller, as it must"
 
         async def main() -> None:
             async with local_platform(tmp_path) as platform:
@@ -529,8 +533,9 @@ def test_an_instance_spawned_but_not_recorded_when_the_controller_is_killed_is_a
         run(main)
         assert processes_naming(str(tmp_path)) == set(), "the adopted instance is stopped like any other"
     finally:
-        for orphan in processes_naming(str(tmp_path)):
-            os.killpg(orphan, signal.SIGKILL)
+        for orphan in processes_naming(str(tmp_path)) | ({pid} if pid else set()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(orphan, signal.SIGKILL)  # the instance leads its own session
 
 
 def test_an_instance_intended_but_never_spawned_is_forgotten(tmp_path: Path) -> None:

@@ -16,9 +16,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from stagewise.basics import waiting
 from stagewise.platforms import _ssh_scripts as scripts
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,10 +60,17 @@ def test_arguments_reach_the_program_verbatim_with_the_port_filled_in(root: Path
                    f"open({str(out)!r}, 'w'))", *tricky, env=("GREETING=hello {port} $HOME",))
     assert fields[0] == "S"
     port = fields[2]
-    deadline = time.monotonic() + 10
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    argv, greeting, cwd = json.loads(out.read_text())
+    def written() -> list[Any] | None:
+        """What the program wrote, once it has written all of it (the file exists before its content does)."""
+        try:
+            found: list[Any] = json.loads(out.read_text())
+        except (OSError, ValueError):
+            return None
+        return found
+
+    said = waiting.blocking_until(written, timeout=10, interval=0.02)
+    assert said is not None, "the program wrote nothing within 10 s"
+    argv, greeting, cwd = said
     assert argv == [a.replace("{port}", port) for a in tricky]
     assert greeting == f"hello {port} $HOME"
     assert cwd == str(root / "svc" / "releases" / "v1")

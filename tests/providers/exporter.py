@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.serving import serving as in_thread
+
 RATE = 100.0
 """Requests per second and instance."""
 INSTANCES = ("a", "b")
@@ -123,12 +125,5 @@ def serving(exporter: Exporter) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with in_thread(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as address:
+        yield address

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,15 +21,10 @@ import httpx
 import pytest
 
 from stagewise.analysis.providers.prometheus import SETTLE
+from stagewise.basics import waiting
+from stagewise.basics.ports import free_port
 
 SCRAPE_INTERVAL = "1s"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def prometheus_binary() -> str:
@@ -67,17 +61,15 @@ def running_prometheus(folder: Path, targets: list[str], *, timeout: float = 30.
         )
     url = f"http://{address}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        def ready() -> bool:
             assert proc.poll() is None, "prometheus exited:\n" + (folder / "prometheus.log").read_text()[-3000:]
             try:
-                if httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200:
-                    break
+                return httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200
             except httpx.HTTPError:
-                pass
-            log_tail = (folder / "prometheus.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "prometheus not ready:\n" + log_tail
-            time.sleep(0.1)
+                return False
+
+        assert waiting.blocking_until(ready, timeout=timeout, interval=0.1), \
+            "prometheus not ready:\n" + (folder / "prometheus.log").read_text()[-3000:]
         yield url
     finally:
         proc.terminate()
@@ -93,11 +85,10 @@ def wait_for_series(url: str, promql: str, *, timeout: float = 20.0) -> None:
 
     The provider evaluates a few seconds in the past (prometheus.SETTLE), so a sample of now is not enough.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def sampled() -> bool:
         at = time.time() - SETTLE - 1.0
         body = httpx.get(f"{url}/api/v1/query", params={"query": promql, "time": f"{at:.3f}"}, timeout=2.0).json()
-        if body.get("status") == "success" and body["data"]["result"]:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no samples for {promql} after {timeout}s")
+        return bool(body.get("status") == "success" and body["data"]["result"])
+
+    if not waiting.blocking_until(sampled, timeout=timeout, interval=0.2):
+        raise AssertionError(f"no samples for {promql} after {timeout}s")

@@ -28,16 +28,12 @@ from urllib.parse import parse_qs
 import pytest
 import pytest_asyncio
 
+from stagewise.basics import waiting
 from stagewise.routers.builtin import BuiltinRouter
+from tests.serving import InThread
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Upstream(ThreadingHTTPServer):
+class Upstream(InThread, ThreadingHTTPServer):
     """An upstream instance of one release that counts its connections."""
 
     daemon_threads = True
@@ -50,19 +46,10 @@ class Upstream(ThreadingHTTPServer):
         self.open = 0
         self.requests = 0
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
+        self.serve_in_thread()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """The proxy closing or resetting a connection is expected here."""
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -142,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
 
-class RawUpstream(socketserver.ThreadingTCPServer):
+class RawUpstream(InThread, socketserver.ThreadingTCPServer):
     """An upstream written on sockets, for behaviour http.server will not show.
 
     mode "second": answers the first request on a connection, then closes it when
@@ -161,19 +148,10 @@ class RawUpstream(socketserver.ThreadingTCPServer):
         self.connections = 0
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _RawHandler)
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
+        self.serve_in_thread()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 class _RawHandler(socketserver.StreamRequestHandler):
@@ -328,12 +306,7 @@ async def raw_connection(port: int) -> AsyncIterator[tuple[asyncio.StreamReader,
 
 
 async def wait_until(predicate: Any, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
+    return bool(await waiting.until(predicate, timeout=timeout, interval=0.02))
 
 
 class RawClient:

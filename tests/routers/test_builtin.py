@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stagewise.basics.ports import free_port
 from stagewise.core.routes import CohortRoute, Endpoint, HeaderRoute, RouteTable, cohort_bucket, in_cohort
 from stagewise.core.stats import LATENCY_BOUNDS_MS, RouterStats
 from stagewise.errors import RouterError
@@ -40,7 +41,6 @@ from tests.routers.conftest import (
     RawClient,
     RawUpstream,
     Upstream,
-    free_port,
     raw_client,
     raw_connection,
     read_response,
@@ -160,7 +160,8 @@ async def test_header_routes_come_first(router: BuiltinRouter, upstreams: Any) -
 
 
 async def test_preview_listener_opens_and_closes(router: BuiltinRouter, upstreams: Any) -> None:
-    port, preview = free_port(), free_port()
+    port = free_port()
+    preview = free_port(avoid={port})  # two calls may get the same port from the kernel
     weights = {"v1": 100, "v2": 0}
     await router.apply(
         table=make_table(port, upstreams, weights=weights, preview_listen=f"127.0.0.1:{preview}", preview_release="v2")
@@ -177,7 +178,8 @@ async def test_preview_listener_opens_and_closes(router: BuiltinRouter, upstream
 
 
 async def test_listen_address_moves_and_unbindable_listener_is_refused(router: BuiltinRouter, upstreams: Any) -> None:
-    port, other = free_port(), free_port()
+    port = free_port()
+    other = free_port(avoid={port})  # two calls may get the same port from the kernel
     await router.apply(table=make_table(port, upstreams))
     await router.apply(table=make_table(other, upstreams))
     async with raw_client(other) as c:
@@ -574,7 +576,8 @@ async def test_proxy_process_contract(upstreams: Any, state_dir: Path) -> None:
     sock = state_dir / "a.sock"
     with socket.socket(socket.AF_UNIX) as stale:  # a socket file nobody listens on
         stale.bind(str(sock))
-    port, metrics = free_port(), free_port()
+    port = free_port()
+    metrics = free_port(avoid={port})  # two calls may get the same port from the kernel
     argv = [sys.executable, "-m", "stagewise.routers.builtin.proxy", "--admin-socket", str(sock)]
     argv += ["--metrics-listen", f"127.0.0.1:{metrics}"]
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:

@@ -23,10 +23,12 @@ from typing import Any
 
 import pytest
 
+from stagewise.basics import proc
+from stagewise.basics.ports import free_port
 from stagewise.routers import get_router
 from stagewise.routers.common import process
 from tests.routers.balancers import table, versions
-from tests.routers.conftest import free_port, short_dir
+from tests.routers.conftest import short_dir
 from tests.routers.programs import need_router
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -72,7 +74,7 @@ async def test_a_router_holds_no_descriptor_its_starter_left_inheritable(
         assert sum((await versions(port, 4)).values()) == 4
         main = process.read_pid(Path(state) / PID_FILES[kind])
         assert main is not None
-        pids = [main, *process.children(main)]
+        pids = [main, *proc.children(main)]
         if kind != "builtin":
             assert len(pids) >= 2, "a master and its worker"
         for pid in pids:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from stagewise.basics.ports import free_port
 from stagewise.core.routes import Endpoint, RouteTable
 from stagewise.routers.builtin import BuiltinRouter
 from stagewise.routers.builtin.rewrite import plain_request_head, plain_response_head
@@ -25,7 +26,7 @@ from stagewise.routers.builtin.wire import (
     response_framing,
     tokens,
 )
-from tests.routers.conftest import free_port, raw_connection, read_response, wait_until
+from tests.routers.conftest import raw_connection, read_response, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(40)]
 shared_loop = pytest.mark.asyncio(loop_scope="module")

@@ -10,7 +10,6 @@ worker, and removed servers are drained before they are deleted.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -24,6 +23,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from stagewise.basics import proc, waiting
+from stagewise.basics.ports import free_port
 from stagewise.core.routes import BUCKETS, CohortRoute, HeaderRoute
 from stagewise.errors import PermanentError, RouterConfigError, TemporaryError
 from stagewise.routers import get_router
@@ -33,7 +34,7 @@ from stagewise.routers.haproxy.api import RuntimeApi
 from stagewise.routers.haproxy.config import cohort_bucket_crc32
 from stagewise.routers.haproxy.driver import master_command
 from tests.routers.balancers import Client, each_user, slow_request, table, versions
-from tests.routers.conftest import Upstream, free_port, short_dir, wait_until
+from tests.routers.conftest import Upstream, short_dir, wait_until
 from tests.routers.programs import need
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -80,7 +81,8 @@ async def test_weights_change_at_runtime_without_a_reload(haproxy: HaproxyRouter
 
 
 async def test_header_routes_and_preview_listener(haproxy: HaproxyRouter, upstreams: Any) -> None:
-    port, preview = free_port(), free_port()
+    port = free_port()
+    preview = free_port(avoid={port})  # two calls may get the same port from the kernel
     routes = (HeaderRoute(header="X-Canary", value="1", release="v2"),)
     await haproxy.apply(table=table(port, upstreams, weights={"v1": 100, "v2": 0}, header_routes=routes,
                                     preview_listen=f"127.0.0.1:{preview}", preview_release="v2"))
@@ -143,7 +145,7 @@ async def test_runtime_changes_survive_a_reload_and_a_sigkill(haproxy: HaproxyRo
     master = process.read_pid(folder / "haproxy.pid")
     assert master is not None
     os.kill(master, signal.SIGKILL)
-    assert await wait_until(lambda: not process.alive(master))
+    assert await wait_until(lambda: not proc.alive(master))
     assert await wait_until_async(lambda: _stopped(haproxy))
     started = time.monotonic()
     await haproxy.apply(table=changed)
@@ -275,12 +277,7 @@ async def test_stats_of_a_service_with_no_haproxy_are_empty(haproxy: HaproxyRout
 
 
 async def wait_until_async(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
+    return bool(await waiting.until_awaited(predicate, timeout=timeout))
 
 
 async def _boot_changed(router: HaproxyRouter, boot: str) -> bool:

@@ -1,7 +1,8 @@
 """The nginx router against a real nginx (Debian's package) and real upstream servers.
 
-Each test gets its own nginx, run as the current user with every file under a
-fresh state directory, on loopback ports the kernel picks. What the driver
+Each test gets its own nginx with its files under a fresh state directory (its
+workers' logs in a folder of their own when the tests run as root), on
+loopback ports the kernel picks. What the driver
 promises: each table is a checked configuration and a graceful reload; one
 nginx refuses leaves the running one serving; a removed endpoint has no
 request in flight when `apply` returns; counters come from the access log,
@@ -14,8 +15,10 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
+import stat
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,12 +27,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from stagewise.basics import proc
+from stagewise.basics.ports import free_port
 from stagewise.core.routes import CohortRoute, Endpoint, HeaderRoute, RouteTable
 from stagewise.errors import PermanentError, RouterConfigError, TemporaryError
 from stagewise.routers.common import process
 from stagewise.routers.nginx import NginxRouter
 from tests.routers.balancers import Client, each_user, slow_request, table, versions
-from tests.routers.conftest import Upstream, free_port, short_dir, wait_until
+from tests.routers.conftest import Upstream, short_dir, wait_until
 from tests.routers.programs import need
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -64,7 +69,8 @@ def master(router: NginxRouter, service: str = "shop") -> int:
 
 
 async def test_weights_headers_and_preview(nginx: NginxRouter, upstreams: Any) -> None:
-    port, preview = free_port(), free_port()
+    port = free_port()
+    preview = free_port(avoid={port})  # two calls may get the same port from the kernel
     await nginx.apply(table=table(port, upstreams, weights={"v1": 80, "v2": 20}))
     assert await versions(port, 100) == {"v1": 80, "v2": 20}  # smooth weighted round-robin: exact
     routes = (HeaderRoute(header="X-Canary", value="1", release="v2"),
@@ -112,11 +118,11 @@ async def test_a_configuration_nginx_refuses_leaves_the_running_one(nginx: Nginx
 async def test_an_unchanged_table_does_not_reload(nginx: NginxRouter, upstreams: Any) -> None:
     port = free_port()
     await nginx.apply(table=table(port, upstreams))
-    workers = process.children(master(nginx))
+    workers = proc.children(master(nginx))
     await nginx.apply(table=table(port, upstreams))
-    assert process.children(master(nginx)) == workers
+    assert proc.children(master(nginx)) == workers
     await nginx.apply(table=table(port, pick(upstreams, "a1")))
-    assert process.children(master(nginx)) != workers
+    assert proc.children(master(nginx)) != workers
 
 
 async def test_apply_returns_once_a_removed_endpoint_has_nothing_in_flight(
@@ -159,7 +165,7 @@ async def test_counters_from_the_access_log(nginx: NginxRouter, upstreams: Any) 
     # a new master starts counting from zero, under a new boot
     pid = master(nginx)
     os.kill(pid, signal.SIGKILL)
-    assert await wait_until(lambda: not process.alive(pid))
+    assert await wait_until(lambda: not proc.alive(pid))
     await asyncio.sleep(0.1)  # the workers notice their master is gone
     assert (await nginx.stats(service="shop")).boot == ""
     await nginx.apply(table=table(port, pick(upstreams, "a1", "b1")))
@@ -195,7 +201,7 @@ async def test_a_request_is_counted_once_it_has_completed_even_under_load(nginx:
     other = NginxRouter(nginx.state_dir)  # another reader (a restarted controller, a test) takes turns
     client = Client(port)
     try:
-        with worst_scheduling(process.children(master(nginx))):
+        with worst_scheduling(proc.children(master(nginx))):
             for i in range(1, REQUESTS_UNDER_LOAD + 1):
                 assert (await client.get("/")).status == 200
                 reader = other if i % 7 == 0 else nginx
@@ -232,8 +238,9 @@ async def test_the_access_log_is_rotated_without_losing_or_repeating_a_count(ups
         assert stats.release("v1").requests + stats.release("v2").requests == sent == 600
         assert rotated(folder) >= 6
         assert sum(stats.release("v1").latency_buckets) == stats.release("v1").requests
-        assert (folder / "access.log").stat().st_size < 2048 + 4096, "the log grew past its threshold"
-        assert sorted(p.name for p in folder.glob("access.log*")) == ["access.log"], "a rotated file was left"
+        logs = nginx.paths("shop").access_log
+        assert logs.stat().st_size < 2048 + 4096, "the log grew past its threshold"
+        assert sorted(p.name for p in logs.parent.glob("access.log*")) == ["access.log"], "a rotated file was left"
     finally:
         await client.close()
         await nginx.stop(service="shop")
@@ -250,10 +257,73 @@ def rotated(folder: Path) -> int:
 
 
 async def test_a_retried_request_is_counted_for_the_release_that_answered(nginx: NginxRouter, upstreams: Any) -> None:
-    port, dead = free_port(), free_port()
+    port = free_port()
+    dead = free_port(avoid={port})  # two calls may get the same port from the kernel
     endpoints = (Endpoint(id="gone", release="v2", address=f"127.0.0.1:{dead}"),
                  Endpoint(id="a1", release="v1", address=upstreams["a1"].address))
     await nginx.apply(table=RouteTable(service="shop", listen=f"127.0.0.1:{port}", stable="v1", endpoints=endpoints))
     assert await versions(port, 20) == {"v1": 20}  # nginx tried the dead one first, then a1
     stats = await nginx.stats(service="shop")
     assert stats.release("v1").requests == 20 and stats.release("v2").requests == 0
+
+
+def uids(pid: int) -> tuple[int, int]:
+    """(real, effective) uid of a process, from /proc/PID/status."""
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Uid:"))
+    real, effective = line.split()[1:3]
+    return int(real), int(effective)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only nginx started as root runs its workers as another user")
+@pytest.mark.parametrize("user", [None, "www-data"], ids=["nobody", "configured"])
+async def test_started_as_root_the_workers_run_unprivileged_and_write_only_their_own_folder(
+        upstreams: Any, user: str | None) -> None:
+    state = short_dir()
+    nginx = NginxRouter(state, workers=2, rotate_bytes=512, rotate_every=0.02, worker_user=user)
+    worker = pwd.getpwnam(user or "nobody")
+    port = free_port()
+    client = Client(port)
+    try:
+        await nginx.apply(table=table(port, pick(upstreams, "a1")))
+        assert uids(master(nginx)) == (0, 0), "the master binds the ports and reads the configuration: root"
+        workers = proc.children(master(nginx))
+        assert len(workers) == 2
+        # a worker drops root right after it is forked, before it takes its first request
+        assert await wait_until(lambda: all(uids(w) == (worker.pw_uid,) * 2 for w in workers)), (
+            f"workers as {[uids(w) for w in workers]}, not {worker.pw_name}")
+        for _ in range(60):  # past the rotation threshold a few times: the workers reopen what the driver made
+            assert (await client.get("/")).status == 200
+        assert (await nginx.stats(service="shop")).release("v1").requests == 60
+        paths = nginx.paths("shop")
+        runtime = paths.runtime
+        assert state not in runtime.parents, "the workers' folder is outside the state directory"
+        assert _mode(runtime) == (0, worker.pw_gid, 0o710), "the workers may pass through, not list or create"
+        assert _mode(runtime.parent) == (0, 0, 0o711), "no one may list whose nginx runs"
+        for log in (paths.access_log, paths.error_log):
+            assert _mode(log) == (worker.pw_uid, worker.pw_gid, 0o600)
+        owned = [p for p in state.rglob("*") if p.lstat().st_uid == worker.pw_uid]
+        assert owned == [], "nothing of the state directory is the workers' user's"
+        assert f"user {user or 'nobody'} " in paths.config.read_text()
+    finally:
+        await client.close()
+        await nginx.stop(service="shop")
+        await nginx.close()
+        shutil.rmtree(state, ignore_errors=True)
+    assert not runtime.exists(), "stop removes the workers' folder"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the workers' user only matters when nginx starts as root")
+async def test_a_workers_user_that_does_not_exist_is_refused_by_name(upstreams: Any) -> None:
+    state = short_dir()
+    nginx = NginxRouter(state, worker_user="no-such-user-here")
+    try:
+        with pytest.raises(RouterConfigError, match=r"'no-such-user-here'.*STAGEWISE_NGINX_USER"):
+            await nginx.apply(table=table(free_port(), pick(upstreams, "a1")))
+    finally:
+        await nginx.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _mode(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)

@@ -31,11 +31,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from stagewise.basics.ports import free_port
 from stagewise.core.routes import Endpoint, RouteTable
+from stagewise.errors import BadMessageError
 from stagewise.routers.builtin import BuiltinRouter
 from stagewise.routers.builtin.rewrite import plain_request_head
-from stagewise.routers.builtin.wire import HttpError, parse_head, request_framing
-from tests.routers.conftest import free_port, raw_connection, read_response
+from stagewise.routers.builtin.wire import parse_head, request_framing
+from tests.routers.conftest import raw_connection, read_response
 
 T = TypeVar("T")
 CASES = 5000
@@ -46,7 +48,7 @@ def ours(head: bytes) -> bool:
     """Whether the builtin router accepts the request head (both of its paths parse it with these)."""
     try:
         request_framing(parse_head(head, request=True).index)
-    except HttpError:
+    except BadMessageError:
         return False
     return True
 

@@ -32,10 +32,12 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
+from stagewise.basics import waiting
+from stagewise.basics.ports import free_port
 from stagewise.core.routes import Endpoint, HeaderRoute, RouteTable
 from stagewise.examples.load import LoadInBackground, LoadReport
 from stagewise.routers import Router, get_router
-from tests.routers.conftest import free_port, short_dir
+from tests.routers.conftest import short_dir
 from tests.routers.programs import need_router
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -90,9 +92,10 @@ class Case:
     async def remove(self, keep: list[str], gone: str, weights: dict[str, int] | None = None) -> None:
         """Take `gone` out of the table, wait until nothing runs on it, stop it."""
         await self.apply(keep, weights)
-        deadline = time.monotonic() + 10
-        while (await self.router.stats(service="zd")).inflight.get(gone, 0) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        async def drained() -> bool:
+            return not (await self.router.stats(service="zd")).inflight.get(gone, 0)
+
+        await waiting.until_awaited(drained, timeout=10, interval=0.02)
         self.instances[gone].stop()
 
 

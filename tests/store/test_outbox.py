@@ -1,11 +1,9 @@
-"""The outbox, tokens, audit and pipelines against a real SQLite file: notifications are written with their events
-in one transaction (both or neither), addressed by each sink's filter, and a v4 database upgrades keeping its rows."""
+"""The outbox, tokens, audit and pipelines, on each backend (a real SQLite file, a real PostgreSQL): notifications
+are written with their events in one transaction (both or neither), addressed by each sink's filter, and a v4
+database upgrades keeping its rows."""
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +11,9 @@ import pytest
 from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.spec import ServiceSpec
 from stagewise.errors import ConflictError, StagewiseError
-from stagewise.store import AuditEntry, TokenRecord
-from stagewise.store.sqlite import SCHEMA_VERSION, SqliteStore, migrate
+from stagewise.store import AuditEntry, Store, TokenRecord
+from tests.store.conftest import Backend
+from tests.store.samples import make_service
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,17 +29,11 @@ def spec(**body: Any) -> ServiceSpec:
         "spec": {"listen": "127.0.0.1:8080", "release": {"version": "v2", "run": {"command": ["app"]}}, **body}})
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Any:
-    with SqliteStore(tmp_path / "stagewise.db") as s:
-        yield s
-
-
-def delivery(store: SqliteStore, **body: Any) -> Delivery:
+def delivery(store: Store, **body: Any) -> Delivery:
     return store.create_delivery(Delivery(service="web", spec=spec(**body)), [])
 
 
-def test_each_notice_goes_to_the_sinks_that_want_it_under_one_key(store: SqliteStore) -> None:
+def test_each_notice_goes_to_the_sinks_that_want_it_under_one_key(store: Store) -> None:
     d = delivery(store, notifications=SINKS,
                  hooks=[{"name": "trail", "type": "event", "http": {"url": "http://127.0.0.1:9/e"}}])
     store.save_delivery(d.model_copy(update={"phase": Phase.SUCCEEDED}), [
@@ -59,23 +52,24 @@ def test_each_notice_goes_to_the_sinks_that_want_it_under_one_key(store: SqliteS
     assert [i.key for i in store.due_notifications(10)] == [i.key for i in items]
 
 
-def test_an_event_and_its_notifications_are_written_together_or_not_at_all(store: SqliteStore,
-                                                                           tmp_path: Path) -> None:
+def test_an_event_and_its_notifications_are_written_together_or_not_at_all(store: Store,
+                                                                           backend: Backend) -> None:
     d = delivery(store, notifications=SINKS)
-    next_event = 1 + max([e.id for e in store.events("web")], default=0)
-    with closing(sqlite3.connect(tmp_path / "stagewise.db")) as conn, conn:
-        # a row already holding the key the next event's notification will need: its insert must fail
-        conn.execute("INSERT INTO outbox (key, event_id, service, sink, kind, target, payload, created_at, next_at)"
-                     " VALUES (?, 0, 'web', 'chat', 'slack', '{}', '{}', 0, 0)", (f"{next_event}.chat",))
+    store.put_service(make_service("web"), [Event(at=0, kind="user", message="applied")])
+    [applied] = store.events("web")
+    next_event = applied.id + 1
+    # a row already holding the key the next event's notification will need: its insert must fail
+    backend.sql("INSERT INTO outbox (key, event_id, service, sink, kind, target, payload, created_at, next_at)"
+                " VALUES (?, ?, 'web', 'chat', 'slack', '{}', '{}', 0, 0)", (f"{next_event}.chat", applied.id))
     moved = d.model_copy(update={"phase": Phase.PROGRESSING})
     with pytest.raises(StagewiseError):
         store.save_delivery(moved, [Event(at=1, kind="phase", message="Progressing", notice="started")])
-    assert store.events("web") == [], "the event was not kept without its notification"
+    assert store.events("web") == [applied], "the event was not kept without its notification"
     stored = store.get_delivery(d.id)
     assert stored is not None and stored.phase is Phase.PENDING, "nor the delivery's new state"
 
 
-def test_sent_failed_and_given_up_notifications_and_what_a_sink_health_says(store: SqliteStore) -> None:
+def test_sent_failed_and_given_up_notifications_and_what_a_sink_health_says(store: Store) -> None:
     d = delivery(store, notifications=SINKS)
     store.save_delivery(d, [Event(at=1, kind="phase", message="Succeeded", notice="succeeded")])
     ops, chat = sorted(store.notifications("web"), key=lambda i: i.sink, reverse=True)
@@ -90,7 +84,7 @@ def test_sent_failed_and_given_up_notifications_and_what_a_sink_health_says(stor
     assert store.due_notifications(1000) == [] and store.sink_health("web")[1].given_up == 1
 
 
-def test_tokens_and_the_audit_log(store: SqliteStore) -> None:
+def test_tokens_and_the_audit_log(store: Store) -> None:
     alice = TokenRecord(name="alice", role="operator", hash="ab" * 32, created_at=1, created_by="admin")
     store.add_token(alice)
     with pytest.raises(ConflictError):
@@ -102,14 +96,13 @@ def test_tokens_and_the_audit_log(store: SqliteStore) -> None:
     assert [(e.id, e.actor, e.status) for e in store.audit()] == [(1, "alice", 200)]
 
 
-def test_a_v4_database_upgrades_to_the_gates_keeping_its_rows(tmp_path: Path) -> None:
-    path = tmp_path / "stagewise.db"
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        assert migrate(conn, upto=4) == 4
-        conn.execute("INSERT INTO events (delivery_id, service, at, kind, message)"
-                     " VALUES (NULL, 'web', 1, 'user', 'x')")
-    with SqliteStore(path) as store:
+def test_a_v4_database_upgrades_to_the_gates_keeping_its_rows(backend: Backend) -> None:
+    backend.migrate(4)
+    backend.sql("INSERT INTO events (delivery_id, service, at, kind, message) VALUES (NULL, 'web', 1, 'user', 'x')")
+    store = backend.open()
+    try:
         assert [e.message for e in store.events("web")] == ["x"]
         assert store.notifications() == [] and store.list_tokens() == [] and store.list_pipelines() == []
-    with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION >= 7
+    finally:
+        store.close()
+    assert backend.version() == backend.schema.SCHEMA_VERSION >= 7

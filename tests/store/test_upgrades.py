@@ -1,4 +1,5 @@
-"""Rows an older stagewise stored read back after the schema migration that typed specs and judge states.
+"""Rows an older stagewise stored read back after the schema migration that typed specs and judge states, on each
+backend (SQLite and PostgreSQL run the same row upgrades at schema version 4).
 
 `legacy/` holds a service record and a delivery exactly as the store wrote them
 at schema version 2 (every analysis template with every provider's fields,
@@ -9,8 +10,6 @@ analysis judged by all four judges and a command provider.
 from __future__ import annotations
 
 import json
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from stagewise.core.spec import (
     SetWeightStep,
 )
 from stagewise.core.stats import ReleaseStats, RouterStats
-from stagewise.store.sqlite import SCHEMA_VERSION, SqliteStore, migrate
+from tests.store.conftest import Backend
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,28 +39,28 @@ def legacy(name: str) -> dict[str, Any]:
     return data
 
 
-def v2_database(path: Path, delivery: dict[str, Any], service: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True)
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        assert migrate(conn, upto=2) == 2
-        conn.execute("INSERT INTO services (name, record, created_at, updated_at) VALUES ('shop', ?, 1, 2)",
-                     (json.dumps(service),))
-        conn.execute("INSERT INTO deliveries (service, phase, state, created_at, updated_at)"
-                     " VALUES ('shop', 'Progressing', ?, 1, 1)", (json.dumps(delivery),))
+def v2_database(backend: Backend, delivery: dict[str, Any], service: dict[str, Any]) -> None:
+    backend.migrate(2)
+    backend.sql("INSERT INTO services (name, record, created_at, updated_at) VALUES ('shop', ?, 1, 2)",
+                (json.dumps(service),))
+    backend.sql("INSERT INTO deliveries (service, phase, state, created_at, updated_at)"
+                " VALUES ('shop', 'Progressing', ?, 1, 1)", (json.dumps(delivery),))
 
 
-def test_a_delivery_stored_before_typed_specs_and_judge_states_reads_back_and_goes_on(tmp_path: Path) -> None:
+def test_a_delivery_stored_before_typed_specs_and_judge_states_reads_back_and_goes_on(backend: Backend) -> None:
     delivery, service = legacy("v2_delivery.json"), legacy("v2_service.json")
     states = delivery["analysis"]["step-2"]["judge_state"]
     assert states["smoke@provider"]["evidence"] == {"out": "ok"}
     states["old"] = {**states["latency"], "kind": "sequential/latency/3"}  # a judge that no longer exists
-    db = tmp_path / "state" / "stagewise.db"
-    v2_database(db, delivery, service)
+    v2_database(backend, delivery, service)
 
-    with SqliteStore(db) as store:
+    store = backend.open()
+    try:
         record = store.get_service("shop")
         stored = store.get_delivery(1)
-    assert SCHEMA_VERSION >= 3
+    finally:
+        store.close()
+    assert backend.schema.SCHEMA_VERSION >= 3
     assert record is not None and stored is not None
     for spec in (record.spec, stored.spec):
         strategy = spec.spec.strategy
@@ -90,12 +89,14 @@ def test_a_delivery_stored_before_typed_specs_and_judge_states_reads_back_and_go
     assert isinstance(after, ErrorRateState) and after.requests[0] > before.requests[0]
 
 
-def test_a_migrated_row_is_what_todays_store_would_write(tmp_path: Path) -> None:
+def test_a_migrated_row_is_what_todays_store_would_write(backend: Backend) -> None:
     """After the migration, saving the delivery again writes it in today's shape, and reads it back the same."""
-    db = tmp_path / "state" / "stagewise.db"
-    v2_database(db, legacy("v2_delivery.json"), legacy("v2_service.json"))
-    with SqliteStore(db) as store:
+    v2_database(backend, legacy("v2_delivery.json"), legacy("v2_service.json"))
+    store = backend.open()
+    try:
         stored = store.get_delivery(1)
         assert stored is not None
         store.save_delivery(stored, [])
         assert store.get_delivery(1) == stored
+    finally:
+        store.close()

@@ -9,7 +9,7 @@ before starting the new ones. Missing metrics only weaken canary (a canary
 nobody measures is a slow manual rollout, but still a small one).
 
 The weights are deliberate and few; they encode the usual guidance (the
-table of DESIGN.md and the delivery-strategies guide) and what stagewise's
+table in docs/architecture.md and `words`, from the delivery-strategies guide) and what stagewise's
 own planner does — a canary's promotion, for one, briefly runs the candidate
 at full size beside the stable release.
 
@@ -22,6 +22,7 @@ rollback. The recommendation says so when a tie decided it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stagewise.advisor.inputs import Inputs
@@ -127,9 +128,26 @@ def _tie(inputs: Inputs, ranking: list[Ranked]) -> Tie | None:
 def recommend(inputs: Inputs) -> Recommendation:
     """The strategies ranked for `inputs`, best first, with the reasons for and against each."""
     rank = {name: Ranked(name) for name in STRATEGIES}
-    full, phased, canary, bg = rank["full"], rank["phased"], rank["canary"], rank["blue-green"]
-    g = inputs.given
+    for weigh in _RULES:
+        weigh(inputs, rank)
+    advice = [SCHEMA_ADVICE] if inputs.schema_change else []
+    for r in rank.values():
+        r.score = max(0, min(100, r.score))
+    ranking = sorted(rank.values(), key=lambda r: (r.ruled_out, -r.score, tie_order(inputs, r.strategy)))
+    tie = _tie(inputs, ranking)
+    if tie is not None:
+        ranking[0].reasons.append(f"first of a tie: {tie}")
+    return Recommendation(recommendation=ranking[0].strategy, ranking=ranking, advice=advice, tie=tie)
 
+
+Ranks = dict[StrategyName, Ranked]
+"""Each strategy's score and reasons so far, by name."""
+
+
+def _weigh_risk_tolerance(inputs: Inputs, rank: Ranks) -> None:
+    """The team's appetite for risk."""
+    bg, canary, full, phased = rank["blue-green"], rank["canary"], rank["full"], rank["phased"]
+    g = inputs.given
     if inputs.risk_tolerance == "low":
         full.add(-25, f"{g('risk_tolerance')}: full sends every user to the new release at once")
         canary.add(15, f"{g('risk_tolerance')}: canary tries a small share of requests first and takes it back "
@@ -143,6 +161,11 @@ def recommend(inputs: Inputs) -> Recommendation:
         full.add(15, f"{g('risk_tolerance')}: the simplest, cheapest strategy is acceptable")
         canary.add(-5, f"{g('risk_tolerance')}: canary's steps and analysis buy safety this team does not need")
 
+
+def _weigh_user_impact(inputs: Inputs, rank: Ranks) -> None:
+    """How many users a failure would hurt, and how badly."""
+    bg, canary, full, phased = rank["blue-green"], rank["canary"], rank["full"], rank["phased"]
+    g = inputs.given
     if inputs.user_impact == "high":
         full.add(-20, f"{g('user_impact')}: a failure would reach every user at once with full")
         canary.add(10, f"{g('user_impact')}: canary compares with the stable release on live traffic, "
@@ -154,6 +177,11 @@ def recommend(inputs: Inputs) -> Recommendation:
         canary.add(-5, f"{g('user_impact')}: the machinery of a canary is hard to justify")
         bg.add(-5, f"{g('user_impact')}: a second environment is hard to justify")
 
+
+def _weigh_complexity(inputs: Inputs, rank: Ranks) -> None:
+    """How complex the system is."""
+    bg, canary, full, phased = rank["blue-green"], rank["canary"], rank["full"], rank["phased"]
+    g = inputs.given
     if inputs.complexity == "low":
         full.add(10, f"{g('complexity')}: a small system is what full suits; few ways to fail unseen")
         canary.add(-5, f"{g('complexity')}: a canary's weights and analysis outweigh the system itself")
@@ -167,6 +195,11 @@ def recommend(inputs: Inputs) -> Recommendation:
         bg.add(5, f"{g('complexity')}: blue-green validates a complex deployment before the switch")
         phased.add(5, f"{g('complexity')}: phased surfaces problems wave by wave")
 
+
+def _weigh_rollback(inputs: Inputs, rank: Ranks) -> None:
+    """How quickly the team could roll back by hand."""
+    bg, canary, full, phased = rank["blue-green"], rank["canary"], rank["full"], rank["phased"]
+    g = inputs.given
     if inputs.rollback == "low":
         full.add(-15, f"{g('rollback')}: full's rollback is a redeploy of the old release, with downtime")
         phased.add(-5, f"{g('rollback')}: phased rolls back by redeploying the updated instances")
@@ -175,12 +208,22 @@ def recommend(inputs: Inputs) -> Recommendation:
     elif inputs.rollback == "high":
         full.add(5, f"{g('rollback')}: the team can redeploy quickly if full goes wrong")
 
+
+def _weigh_zero_downtime(inputs: Inputs, rank: Ranks) -> None:
+    """Whether the service may go down during a delivery."""
+    bg, canary, full, phased = rank["blue-green"], rank["canary"], rank["full"], rank["phased"]
+    g = inputs.given
     if inputs.zero_downtime:
         full.rule_out(f"{g('zero_downtime')}: full stops every instance before the new ones are ready")
         bg.add(20, f"{g('zero_downtime')}: blue-green switches all traffic at once to a slot already running")
         canary.add(5, f"{g('zero_downtime')}: canary keeps the stable release at full size throughout")
         phased.add(5, f"{g('zero_downtime')}: phased takes at most maxUnavailable instances out at once")
 
+
+def _weigh_spare_capacity(inputs: Inputs, rank: Ranks) -> None:
+    """Whether there is room for a second set of instances."""
+    bg, canary, phased = rank["blue-green"], rank["canary"], rank["phased"]
+    g = inputs.given
     if inputs.spare_capacity is False:
         bg.rule_out(f"{g('spare_capacity')}: blue-green needs a second full set of instances")
         canary.add(0, f"note ({g('spare_capacity')}): a canary step needs only ceil(replicas × weight) extra "
@@ -190,6 +233,11 @@ def recommend(inputs: Inputs) -> Recommendation:
     elif inputs.spare_capacity:
         bg.add(10, f"{g('spare_capacity')}: there is room for blue-green's second slot")
 
+
+def _weigh_metrics(inputs: Inputs, rank: Ranks) -> None:
+    """Whether live metrics can judge a release."""
+    bg, canary, phased = rank["blue-green"], rank["canary"], rank["phased"]
+    g = inputs.given
     if inputs.metrics:
         canary.add(15, f"{g('metrics')}: live metrics let the analysis judge the canary against the stable "
                        "release serving beside it, and roll back by itself")
@@ -201,6 +249,11 @@ def recommend(inputs: Inputs) -> Recommendation:
         phased.add(10, f"{g('metrics')}: phased waves gate on readiness and bake time, which need no metrics")
         bg.add(-5, f"{g('metrics')}: without metrics the preview slot is validated by hand")
 
+
+def _weigh_users(inputs: Inputs, rank: Ranks) -> None:
+    """How many users the service has."""
+    canary, full, phased = rank["canary"], rank["full"], rank["phased"]
+    g = inputs.given
     if inputs.users is not None and inputs.users >= LARGE_USER_BASE:
         phased.add(15, f"{g('users')}: a large user base — phased cohorts expose a fixed share of users, "
                        "and a user keeps the release they got")
@@ -211,18 +264,21 @@ def recommend(inputs: Inputs) -> Recommendation:
         phased.add(-5, f"{g('users')}: cohorts of a few percent are a handful of people")
         canary.add(-5, f"{g('users')}: little traffic: analysis needs long to tell anything")
 
-    advice: list[str] = []
+
+def _weigh_schema_change(inputs: Inputs, rank: Ranks) -> None:
+    """Whether the release changes the data's schema: advice for every strategy, a cost for blue-green."""
+    bg = rank["blue-green"]
+    g = inputs.given
     if inputs.schema_change:
-        advice.append(SCHEMA_ADVICE)
         bg.add(-5, f"{g('schema_change')}: both slots share the data: the schema must serve both, and a "
                    "switch back must find data the old release can read")
         for ranked in rank.values():
             ranked.reasons.append(SCHEMA_ADVICE)
 
-    for r in rank.values():
-        r.score = max(0, min(100, r.score))
-    ranking = sorted(rank.values(), key=lambda r: (r.ruled_out, -r.score, tie_order(inputs, r.strategy)))
-    tie = _tie(inputs, ranking)
-    if tie is not None:
-        ranking[0].reasons.append(f"first of a tie: {tie}")
-    return Recommendation(recommendation=ranking[0].strategy, ranking=ranking, advice=advice, tie=tie)
+
+_RULES: tuple[Callable[[Inputs, Ranks], None], ...] = (
+    _weigh_risk_tolerance, _weigh_user_impact, _weigh_complexity, _weigh_rollback, _weigh_zero_downtime,
+    _weigh_spare_capacity, _weigh_metrics, _weigh_users,
+    _weigh_schema_change,
+)
+"""One rule per input: each adds to the strategies' scores and reasons what that input says."""

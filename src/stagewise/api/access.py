@@ -83,12 +83,18 @@ def at_least(role: Role, needed: Role) -> bool:
 
 
 def register_server_token(controller: Controller, token: str) -> None:
-    """Make the server's own token (file `token`) the admin token named `admin`."""
+    """Make the server's own token (file `token`) the admin token named `admin`.
+
+    Servers on several machines sharing one PostgreSQL store each have their own state directory and token:
+    the first is `admin`, each other one `admin-` and the start of its hash, so none replaces another's."""
     store = controller.store
     known = store.token_by_hash(digest(token))
-    if known is not None and known.name == SERVER_TOKEN_NAME and known.role == "admin":
+    if known is not None and known.name.startswith(SERVER_TOKEN_NAME) and known.role == "admin":
         return
-    store.put_token(TokenRecord(name=SERVER_TOKEN_NAME, role="admin", hash=digest(token), created_at=time.time(),
+    name = SERVER_TOKEN_NAME
+    if controller.leases is not None and any(t.name == name for t in store.list_tokens()):
+        name = f"{SERVER_TOKEN_NAME}-{digest(token)[:8]}"
+    store.put_token(TokenRecord(name=name, role="admin", hash=digest(token), created_at=time.time(),
                                 created_by="server"))
 
 

@@ -36,42 +36,54 @@ def world_weights(world: World) -> dict[str, int]:
 
 def traffic_points(delivery: Delivery, plan: Plan, events: Iterable[StoredEvent]) -> list[tuple[float, dict[str, int]]]:
     """(time, weights) each time the delivery's intended split changed, replayed from its events."""
-    stable = delivery.stable.version if delivery.stable else None
-    candidate = delivery.candidate.version
-    back_to_stable = {stable: 100} if stable else {}
-    steps = plan.steps
-    rolling_back = False
+    replay = _TrafficReplay(delivery, plan)
     points: list[tuple[float, dict[str, int]]] = []
-
-    def at(t: float, weights: dict[str, int]) -> None:
-        if not points or points[-1][1] != weights:
-            points.append((t, weights))
-
     for e in events:
-        message = e.message
-        done = _STEP_DONE.match(message) if e.kind == "step" else None
-        if e.kind == "phase" and message.startswith(f"{Phase.PROGRESSING.value}:"):
-            rolling_back, steps = False, plan.steps
-            if steps:
-                at(e.at, world_weights(steps[0].world))
-        elif e.kind == "phase" and message.startswith(f"{Phase.ABORTING.value}:"):
+        weights = replay.weights_after(e)
+        if weights is not None and (not points or points[-1][1] != weights):
+            points.append((e.at, weights))
+    return points
+
+
+class _TrafficReplay:
+    """Follows a delivery's events to tell the split it meant to serve after each one."""
+
+    def __init__(self, delivery: Delivery, plan: Plan) -> None:
+        self.plan = plan
+        self.candidate = delivery.candidate.version
+        self.back_to_stable = {delivery.stable.version: 100} if delivery.stable else {}
+        self.steps = plan.steps
+        self.rolling_back = False
+
+    def weights_after(self, e: StoredEvent) -> dict[str, int] | None:
+        """The intended split once `e` happened; None if `e` changed nothing."""
+        if e.kind == "phase":
+            return self._phase(e.message)
+        done = _STEP_DONE.match(e.message) if e.kind == "step" else None
+        if done is not None:
+            index = int(done.group(1))
+            if index < len(self.steps):
+                return world_weights(self.steps[index].world)
+            return self.back_to_stable if self.rolling_back else None
+        plan = self.plan
+        if e.kind == "user" and e.message.startswith("promoted fully") and plan.promote_from < len(plan.steps):
+            return world_weights(plan.steps[plan.promote_from].world)
+        return None
+
+    def _phase(self, message: str) -> dict[str, int] | None:
+        if message.startswith(f"{Phase.PROGRESSING.value}:"):
+            self.rolling_back, self.steps = False, self.plan.steps
+            return world_weights(self.steps[0].world) if self.steps else None
+        if message.startswith(f"{Phase.ABORTING.value}:"):
             # A retried delivery no longer knows an earlier attempt's rollback plan; every
             # rollback starts by sending all traffic back to the stable release anyway.
-            rolling_back, steps = True, plan.rollback
-            at(e.at, world_weights(steps[0].world) if steps else back_to_stable)
-        elif e.kind == "phase" and message.startswith(f"{Phase.SUCCEEDED.value}:"):
-            at(e.at, {candidate: 100})
-        elif e.kind == "phase" and message.startswith(f"{Phase.ROLLED_BACK.value}:"):
-            at(e.at, back_to_stable)
-        elif done is not None:
-            index = int(done.group(1))
-            if index < len(steps):
-                at(e.at, world_weights(steps[index].world))
-            elif rolling_back:
-                at(e.at, back_to_stable)
-        elif e.kind == "user" and message.startswith("promoted fully") and plan.promote_from < len(plan.steps):
-            at(e.at, world_weights(plan.steps[plan.promote_from].world))
-    return points
+            self.rolling_back, self.steps = True, self.plan.rollback
+            return world_weights(self.steps[0].world) if self.steps else self.back_to_stable
+        if message.startswith(f"{Phase.SUCCEEDED.value}:"):
+            return {self.candidate: 100}
+        if message.startswith(f"{Phase.ROLLED_BACK.value}:"):
+            return self.back_to_stable
+        return None
 
 
 def traffic_series(delivery: Delivery, plan: Plan, events: Iterable[StoredEvent], now: float) -> dict[str, Any]:

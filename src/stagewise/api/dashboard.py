@@ -32,15 +32,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
 
+from stagewise import version
 from stagewise.api.access import MISSING, caller_of
-from stagewise.api.delivery_page import ServiceDeleted, deleted_actions, delivery_page
+from stagewise.api.delivery_page import deleted_actions, delivery_page
 from stagewise.api.live import event_stream
 from stagewise.api.models import NAME_PATTERN, NAME_RULE, ROW_ID_MAX
 from stagewise.api.overview import PHASE_ORDER, filter_rows, overview_rows, phase_counts
 from stagewise.api.refusals import documented
 from stagewise.api.security import SecurityHeaders
 from stagewise.controller import Controller
-from stagewise.errors import NotFoundError
+from stagewise.errors import NotFoundError, ServiceDeletedError, TokenNeededError
 
 HERE = Path(__file__).parent
 
@@ -66,6 +67,7 @@ def _iso(at: float | None) -> str:
 
 
 _env.filters.update(clock=_clock, when=_when, iso=_iso, slug=lambda s: str(s).lower())
+_env.globals["version"] = version()
 
 
 COOKIE = "stagewise_token"
@@ -107,14 +109,10 @@ StreamService = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=63,
                                             description=f"Only this service's changes: {NAME_RULE}")]
 
 
-class ReadRefused(Exception):
-    """A dashboard GET without a token on a server whose reads need one."""
-
-
 def readable(request: Request) -> None:
     """Every dashboard route's check: a token is needed to read here and none valid came with the request."""
     if not may_read(request):
-        raise ReadRefused
+        raise TokenNeededError("a token is needed to read here")
 
 
 async def read_refused(request: Request, exc: Exception) -> Response:
@@ -152,7 +150,7 @@ def build_router() -> APIRouter:
     def delivery_partial(name: str, request: Request, delivery: DeliveryId = None) -> HTMLResponse:
         try:
             page = delivery_page(_controller(request), name, delivery)
-        except ServiceDeleted as exc:
+        except ServiceDeletedError as exc:
             # An open page of a service deleted meanwhile says so, and its buttons go off.
             return render("_deleted_live.html", message=str(exc), actions=deleted_actions(name))
         except NotFoundError as exc:
@@ -186,6 +184,6 @@ def _overview(request: Request, phase: str, query: str) -> dict[str, Any]:
 def install_dashboard(app: FastAPI) -> None:
     """Mount the dashboard on `app`: its pages, its static files and the security headers."""
     app.include_router(build_router())
-    app.add_exception_handler(ReadRefused, read_refused)
+    app.add_exception_handler(TokenNeededError, read_refused)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(SecurityHeaders)

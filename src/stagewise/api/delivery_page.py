@@ -20,7 +20,7 @@ from stagewise.core import gates
 from stagewise.core.delivery import AnalysisRun, Delivery, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.core.verdict import Outcome
-from stagewise.errors import NotFoundError
+from stagewise.errors import NotFoundError, ServiceDeletedError
 
 EVENTS_SHOWN = 60
 """Newest events in the log; the CLI's `status` and the events API give the rest."""
@@ -48,10 +48,6 @@ class Action:
     """The least role a token needs for the route (the page hides the button from smaller ones)."""
 
 
-class ServiceDeleted(NotFoundError):
-    """The page's service was deleted; its history stays readable through the API."""
-
-
 def delivery_page(controller: Controller, name: str, delivery_id: int | None = None) -> dict[str, Any]:
     """Everything the delivery page of service `name` shows, for its latest delivery or `delivery_id`."""
     store = controller.store
@@ -60,7 +56,7 @@ def delivery_page(controller: Controller, name: str, delivery_id: int | None = N
         deleted = store.deleted_services(name)
         if deleted:
             at = datetime.fromtimestamp(deleted[-1].deleted_at).strftime("%Y-%m-%d %H:%M:%S")
-            raise ServiceDeleted(f"{name} was deleted at {at}; its deliveries and events stay readable: "
+            raise ServiceDeletedError(f"{name} was deleted at {at}; its deliveries and events stay readable: "
                                  f"/api/v1/services/{name}/history, /api/v1/services/{name}/events")
         raise NotFoundError(f"no service named {name!r}")
     recent = store.deliveries(name, limit=DELIVERIES_SHOWN)
@@ -88,7 +84,7 @@ def delivery_page(controller: Controller, name: str, delivery_id: int | None = N
             runs.append(run_card(run, uid=uid, ended=closed))
             charts["runs"][uid] = analysis_series(run, baseline, delivery.candidate.version)
     return {
-        "service": service_summary(record),
+        "service": {**service_summary(record), **holder_of(controller, record.name)},
         "delivery": view,
         "latest": delivery is latest,
         "runs": runs,
@@ -101,6 +97,13 @@ def delivery_page(controller: Controller, name: str, delivery_id: int | None = N
                         "finished_at": d.finished_at, "message": d.message, "undo": d.undo}
                        for d in recent],
     }
+
+
+def holder_of(controller: Controller, service: str) -> dict[str, Any]:
+    """The server holding the service's lease and its epoch, with several servers on one store; nothing else."""
+    lease = controller.leases.lease(service) if controller.leases is not None else None
+    held = lease is not None and lease.holder
+    return {"holder": lease.holder if held and lease else None, "epoch": lease.epoch if held and lease else None}
 
 
 def service_summary(record: ServiceRecord) -> dict[str, Any]:

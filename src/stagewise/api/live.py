@@ -68,7 +68,23 @@ def _feed(request: Request) -> ChangeFeed:
     return feed
 
 
-class OverviewWatch:
+class _Watch:
+    """Tells whether what a page shows changed since the last look: each watch says what it looks at."""
+
+    seen: tuple[Any, ...]
+
+    def changed(self) -> bool:
+        now = self._look()
+        if now == self.seen:
+            return False
+        self.seen = now
+        return True
+
+    def _look(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+
+class OverviewWatch(_Watch):
     """Tells whether the overview changed: a delivery started, moved a step, paused or ended.
 
     Only deliveries in flight are read, never every service, so the check stays
@@ -80,18 +96,11 @@ class OverviewWatch:
         self.controller = controller
         self.seen = self._look()
 
-    def changed(self) -> bool:
-        now = self._look()
-        if now == self.seen:
-            return False
-        self.seen = now
-        return True
-
     def _look(self) -> tuple[Any, ...]:
         return tuple((d.service, d.id, d.phase, d.step, d.paused) for d in self.controller.store.active_deliveries())
 
 
-class ServiceWatch:
+class ServiceWatch(_Watch):
     """Tells whether what a delivery page shows of one service changed since the last look.
 
     The controller signals every committed tick, and a running analysis commits
@@ -106,13 +115,6 @@ class ServiceWatch:
         self.service = service
         self.last_event = 0
         self.seen = self._look()
-
-    def changed(self) -> bool:
-        now = self._look()
-        if now == self.seen:
-            return False
-        self.seen = now
-        return True
 
     def _look(self) -> tuple[Any, ...]:
         store = self.controller.store

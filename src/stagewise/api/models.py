@@ -205,6 +205,10 @@ class ServiceView(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     service: str
+    holder: str | None = None
+    """The server (controller) holding the service's lease, with several on one PostgreSQL store; none else."""
+    epoch: int | None = None
+    """The lease's epoch: it moves on each time the service changes hands (or another server writes a verb)."""
     listen: str
     router: str
     platform: str

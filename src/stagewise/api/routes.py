@@ -115,6 +115,16 @@ def build_api_router(reads: ReadAccess = "open") -> APIRouter:
     router = APIRouter(prefix="/api/v1")
     readers = APIRouter(dependencies=[reader(reads)])
     mutating = APIRouter()
+    _add_reads(router, readers)
+    _add_apply_and_verbs(mutating)
+    _add_delete(mutating)
+    router.include_router(readers)
+    router.include_router(mutating)
+    return router
+
+
+def _add_reads(router: APIRouter, readers: APIRouter) -> None:
+    """The routes that read: health open to anyone, the others behind the read check of `readers`."""
 
     @router.get("/health", operation_id="health", summary="Whether the server answers")
     async def health() -> Health:
@@ -159,6 +169,10 @@ def build_api_router(reads: ReadAccess = "open") -> APIRouter:
         c = _controller(request)
         _known(c, name)
         return [e.model_dump() for e in c.store.events(name, after_id=after, limit=limit)]
+
+
+def _add_apply_and_verbs(mutating: APIRouter) -> None:
+    """apply, and the verbs of a delivery: promote, abort, pause, resume, retry, approve, undo."""
 
     @mutating.post("/apply", operation_id="apply", response_model=ApplyResult,
                    summary="Store a spec (a Service or a Pipeline); a new release starts a delivery (admin)",
@@ -213,6 +227,10 @@ def build_api_router(reads: ReadAccess = "open") -> APIRouter:
         c = _controller(request)
         return delivery_view(c, await c.undo(name, actor=_who(request)))
 
+
+def _add_delete(mutating: APIRouter) -> None:
+    """delete: the end of a service's data plane, its history kept."""
+
     @mutating.delete(
         "/services/{name}", operation_id="deleteService", response_model=Deletion,
         summary="Delete a service: drain and stop its router, stop its instances, forget it (admin)",
@@ -234,6 +252,3 @@ def build_api_router(reads: ReadAccess = "open") -> APIRouter:
     ) -> Deletion:
         return await _controller(request).delete(name, keep_running=keep_running, force=force)
 
-    router.include_router(readers)
-    router.include_router(mutating)
-    return router

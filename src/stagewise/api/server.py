@@ -18,17 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 from fastapi import FastAPI
 
+from stagewise import version
 from stagewise.api.access import AuditLog, ReadAccess, register_server_token
 from stagewise.api.access_routes import build_access_router
 from stagewise.api.dashboard import install_dashboard
@@ -38,12 +41,16 @@ from stagewise.api.pipeline_routes import build_pipeline_router
 from stagewise.api.refusals import install_refusals
 from stagewise.api.routes import build_api_router
 from stagewise.api.settings import DEFAULT_LISTEN, ServerSettings
+from stagewise.basics import files, proc
+from stagewise.basics.ports import split_host_port
 from stagewise.controller import Controller
 from stagewise.controller.controller import RESYNC, TICK
+from stagewise.controller.leases import LeaseSettings
 from stagewise.controller.lifecycle import DataPlane, in_words
 from stagewise.controller.observer import Observers
 from stagewise.errors import SettingsError, StagewiseError
 from stagewise.pipelines import Pipelines
+from stagewise.store.locations import parse_location
 
 __all__ = ["DEFAULT_LISTEN", "bind", "create_app", "ensure_token", "read_token", "serve"]
 log = logging.getLogger("stagewise.server")
@@ -62,29 +69,30 @@ def ensure_token(state_dir: Path) -> str:
         return token
     state_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(state_dir / "token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    files.write_atomic(state_dir / "token", token + "\n", mode=0o600)
     return token
 
 
 def create_app(state_dir: Path, *, controller: Controller | None = None, run_loop: bool = True,
                at_exit: Callable[[list[DataPlane]], None] | None = None, tick: float = TICK,
                hangup: Callable[[], None] | None = None, reads: ReadAccess = "open",
-               windows_file: Path | None = None, resync: float = RESYNC) -> FastAPI:
+               windows_file: Path | None = None, store: str = "sqlite", name: str | None = None,
+               leases: LeaseSettings | None = None, resync: float = RESYNC) -> FastAPI:
     """The API, dashboard and metrics over a controller (a new one passes every `tick` seconds, and reconciles
     a service with nothing in flight every `resync` seconds).
 
     `at_exit` is told what data plane runs on when the app stops; `hangup` is called on SIGHUP while it runs.
     `reads`: "open" (anyone who reaches the address reads) or "token" (at least a viewer token);
-    `windows_file`: the freeze windows every service shares.
+    `windows_file`: the freeze windows every service shares; `store`: where the state is kept (`--store`);
+    `name` and `leases`: this server's name and its lease settings among the servers of one store.
     """
     token = ensure_token(state_dir)
     metrics = ControllerMetrics(lambda: getattr(app.state, "controller", None))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctl = controller or Controller(state_dir, tick=tick, resync=resync, windows_file=windows_file)
+        ctl = controller or Controller(state_dir, tick=tick, resync=resync, windows_file=windows_file, store=store,
+                                       name=name, leases=leases)
         ctl.observer = Observers(ctl.observer, metrics.events, EventLog())
         register_server_token(ctl, token)
         app.state.controller = ctl
@@ -109,7 +117,7 @@ def create_app(state_dir: Path, *, controller: Controller | None = None, run_loo
                     log.warning("cannot tell what runs on after the server: %s", exc)
             await ctl.close()
 
-    app = FastAPI(title="stagewise", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="stagewise", version=version(), lifespan=lifespan,
                   description="Progressive delivery: full, phased, canary and blue-green, judged by statistics.")
 
     app.state.metrics = metrics
@@ -132,10 +140,13 @@ def bind(listen: str) -> socket.socket:
     server could not start again. uvicorn serves it in this process (`sockets=`); only its
     multi-process mode, which stagewise does not use, hands a socket to children.
     """
-    host, _, port = listen.rpartition(":")
+    try:
+        host, port = split_host_port(listen, zero_ok=True)
+    except ValueError as exc:  # said as the bind's own failure: the command line reports it, no traceback
+        raise OSError(errno.EINVAL, f"{exc}; expected host:port, such as {DEFAULT_LISTEN}") from exc
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host or "127.0.0.1", int(port)))
+    sock.bind((host or "127.0.0.1", port))
     sock.listen(128)
     return sock
 
@@ -150,34 +161,51 @@ def disinherit_descriptors() -> list[int]:
     the parent of them all, keeps nothing inheritable.
     """
     changed = []
-    for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
-        fd = int(name)
-        if fd <= 2:
-            continue
-        try:
-            if os.get_inheritable(fd):
-                os.set_inheritable(fd, False)
-                changed.append(fd)
-        except OSError:
-            continue  # the directory listing's own descriptor, closed by now
+    for fd in proc.inheritable_descriptors():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            os.set_inheritable(fd, False)
+            changed.append(fd)
     return changed
 
 
 def write_server_file(state_dir: Path, sock: socket.socket) -> str:
+    """`server.json` (the address the CLI uses) and `servers/PID.json`, each with this process's pid and start time
+    (so a stale file can be told): several servers may share one state directory (each on its own port, one
+    PostgreSQL store), and the CLI finds a live one whichever died."""
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
-    tmp = state_dir / "server.json.tmp"
-    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
-    os.replace(tmp, state_dir / "server.json")
+    text = json.dumps({"url": url, "pid": os.getpid(), "start_time": proc.start_time(os.getpid())})
+    (state_dir / "servers").mkdir(exist_ok=True)
+    files.write_atomic(state_dir / "servers" / f"{os.getpid()}.json", text)
+    files.write_atomic(state_dir / "server.json", text)
     return url
+
+
+def remove_server_file(state_dir: Path) -> None:
+    """This server's address files go; `server.json` then names another live server of the directory, if any."""
+    with contextlib.suppress(OSError):
+        (state_dir / "servers" / f"{os.getpid()}.json").unlink()
+    try:
+        ours = json.loads((state_dir / "server.json").read_text()).get("pid") == os.getpid()
+    except (OSError, ValueError, AttributeError):
+        ours = True
+    if not ours:
+        return
+    with contextlib.suppress(OSError):
+        for other in sorted((state_dir / "servers").glob("*.json")):
+            if other.stem.isdigit() and proc.running(int(other.stem)):
+                files.write_atomic(state_dir / "server.json", other.read_text())
+                return
+        (state_dir / "server.json").unlink()
 
 
 def serve(state_dir: Path, settings: ServerSettings | None = None, *,
           reread: Callable[[], ServerSettings] | None = None, reads: ReadAccess = "open",
-          windows_file: Path | None = None) -> None:
+          windows_file: Path | None = None, store: str = "sqlite", name: str | None = None,
+          leases: LeaseSettings | None = None) -> None:
     """Run the server until SIGINT/SIGTERM: API plus the controller loop; `reread` gives the settings on SIGHUP.
 
-    `reads` and `windows_file` as for `create_app`.
+    `reads`, `windows_file`, `store`, `name` and `leases` as for `create_app`.
     """
     import uvicorn
 
@@ -199,19 +227,51 @@ def serve(state_dir: Path, settings: ServerSettings | None = None, *,
     signal.signal(signal.SIGHUP, lambda signum, frame: log.info("SIGHUP before the server runs: nothing to re-read"))
     # Said from the app's shutdown: on SIGTERM uvicorn ends this process by the signal right after it.
     app = create_app(state_dir, tick=settings.tick, resync=settings.resync, hangup=hangup, reads=reads,
-                     windows_file=windows_file,
+                     windows_file=windows_file, store=store, name=name, leases=leases,
                      at_exit=lambda planes: announce(log, left_running(planes, state_dir), state=str(state_dir)))
     # uvicorn leaves the logging alone (log_config=None): configure_logging set it up, in the format asked for.
     config = uvicorn.Config(app, log_config=None, log_level=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     app.state.stopping = lambda: server.should_exit  # ends the dashboard's event streams on shutdown
-    announce(log, f"stagewise server on {url} (state {state_dir})", url=url, state=str(state_dir), pid=os.getpid())
+    kept = "" if store == "sqlite" else f", store {parse_location(store, state_dir=state_dir)}"  # password masked
+    announce(log, f"stagewise server on {url} (state {state_dir}{kept})", url=url, state=str(state_dir),
+             pid=os.getpid())
     log.debug("settings: %s", settings.in_words())
+    with _unwound_by_sigterm():
+        try:
+            server.run(sockets=[sock])
+        finally:
+            remove_server_file(state_dir)
+
+
+@contextlib.contextmanager
+def _unwound_by_sigterm() -> Iterator[None]:
+    """Let a SIGTERM unwind the stack, so that `finally` clauses run, and still end the process by it.
+
+    uvicorn takes SIGTERM for a graceful shutdown, then puts back the handler it found and raises the
+    signal again. With Python's default handler the process would die right there, and the `finally`
+    that removes server.json would never run: the next CLI call would go to a dead address. The handler
+    it finds is this one: it raises SystemExit, and once the stack is unwound the process ends by
+    SIGTERM as before (a supervisor such as systemd counts that as a clean stop; exit status 143 it would not).
+    """
+    terminated = False
+
+    def unwind(signum: int, frame: FrameType | None) -> None:
+        nonlocal terminated
+        terminated = True
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
     try:
-        server.run(sockets=[sock])
+        yield
+    except SystemExit:
+        if not terminated:
+            raise
     finally:
-        with contextlib.suppress(OSError):
-            (state_dir / "server.json").unlink()
+        signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
 
 
 def reload_settings(app: FastAPI, current: ServerSettings, reread: Callable[[], ServerSettings]) -> ServerSettings:

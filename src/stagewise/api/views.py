@@ -80,8 +80,11 @@ def sinks_view(controller: Controller, service: str) -> list[dict[str, Any]]:
 
 def service_view(controller: Controller, record: ServiceRecord, *, events: int = 20) -> dict[str, Any]:
     latest = controller.store.latest_delivery(record.name)
+    lease = controller.leases.lease(record.name) if controller.leases is not None else None
     return {
         "service": record.name,
+        "holder": lease.holder or None if lease is not None else None,
+        "epoch": lease.epoch if lease is not None else None,
         "listen": record.spec.spec.listen,
         "router": record.spec.spec.router.kind,
         "platform": record.spec.spec.platform.kind,

@@ -17,13 +17,16 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from stagewise.errors import SpecError
+
+if TYPE_CHECKING:  # imported where used: `stagewise --help` stays quick
+    from stagewise.advisor import Recommendation
 
 EXIT_BAD_INPUT = 2
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -106,6 +109,11 @@ def recommend(
         if write is not None:
             err.print(f"wrote {write}", highlight=False)
         return
+    _print_recommendation(result, write)
+
+
+def _print_recommendation(result: Recommendation, write: Path | None) -> None:
+    """The ranking as a table with each strategy's reasons, the pick, the advice, and where the starter went."""
     table = Table(title="Delivery strategies for these inputs", show_lines=True)
     for column in ("rank", "strategy", "score", "reasons for (+) and against (-)"):
         table.add_column(column, overflow="fold")

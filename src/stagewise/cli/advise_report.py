@@ -76,72 +76,92 @@ def findings(comparison: Comparison) -> list[Finding]:
     s = comparison.summaries
     if not all(name in s for name in WORDS):
         return []
-    n = {name: summary.numbers for name, summary in s.items()}
-    sc = comparison.scenario
-    out: list[Finding] = []
+    m = _Medians({name: summary.numbers for name, summary in s.items()})
+    return [*_risk_findings(m, comparison), *_rollback_findings(m, comparison), *_cost_findings(m, s)]
 
-    def v(name: str, column: str) -> float:
-        value = n[name].get(column)
+
+class _Medians:
+    """The strategies' medians, by column, and the comparisons the findings make of them."""
+
+    def __init__(self, numbers: dict[str, dict[str, Any]]) -> None:
+        self.n = numbers
+
+    def v(self, name: str, column: str) -> float:
+        value = self.n[name].get(column)
         return float(value) if value is not None else float("inf")
 
-    def most(column: str, name: str) -> bool:
-        return v(name, column) >= max(v(o, column) for o in n)
+    def most(self, column: str, name: str) -> bool:
+        return self.v(name, column) >= max(self.v(o, column) for o in self.n)
 
-    def least(column: str, name: str) -> bool:
-        return v(name, column) <= min(v(o, column) for o in n)
+    def least(self, column: str, name: str) -> bool:
+        return self.v(name, column) <= min(self.v(o, column) for o in self.n)
 
-    def ties(column: str, name: str) -> list[str]:
-        return [o for o in n if o != name and v(o, column) == v(name, column)]
+    def ties(self, column: str, name: str) -> list[str]:
+        return [o for o in self.n if o != name and self.v(o, column) == self.v(name, column)]
 
-    def row(column: str) -> str:
-        return ", ".join(f"{name} {fmt(n[name].get(column))}" for name in n)
+    def row(self, column: str) -> str:
+        return ", ".join(f"{name} {fmt(self.n[name].get(column))}" for name in self.n)
 
-    # risk: full high, blue-green very low
-    out.append(Finding(f"full: risk {WORDS['full'].risk} — it exposes the most users", most("bad_users", "full"),
-                       f"users exposed: {row('bad_users')}",
-                       "" if most("bad_users", "full") else _why_full_exposure(s)))
-    out.append(Finding(f"blue-green: risk {WORDS['blue-green'].risk} — it exposes the fewest users",
-                       least("bad_users", "blue-green"), f"users exposed: {row('bad_users')}",
-                       "" if least("bad_users", "blue-green") else _why_preview(s, sc.traffic.testers.share)))
-    holds = least("bad_requests", "canary")
+
+def _risk_findings(m: _Medians, comparison: Comparison) -> list[Finding]:
+    """Risk: full high, blue-green very low; canary exposes the fewest requests."""
+    s, testers = comparison.summaries, comparison.scenario.traffic.testers.share
+    out = [
+        Finding(f"full: risk {WORDS['full'].risk} — it exposes the most users", m.most("bad_users", "full"),
+                f"users exposed: {m.row('bad_users')}", "" if m.most("bad_users", "full") else _why_full_exposure(s)),
+        Finding(f"blue-green: risk {WORDS['blue-green'].risk} — it exposes the fewest users",
+                m.least("bad_users", "blue-green"), f"users exposed: {m.row('bad_users')}",
+                "" if m.least("bad_users", "blue-green") else _why_preview(s, testers)),
+    ]
+    holds = m.least("bad_requests", "canary")
     why = ""
     if not holds:
-        winners = [o for o in n if v(o, "bad_requests") < v("canary", "bad_requests")]
-        why = "; ".join(_why_fewer_requests(o, s, sc.traffic.testers.share) for o in winners)
+        winners = [o for o in m.n if m.v(o, "bad_requests") < m.v("canary", "bad_requests")]
+        why = "; ".join(_why_fewer_requests(o, s, testers) for o in winners)
     out.append(Finding("canary exposes the fewest requests before rollback", holds,
-                       f"bad requests: {row('bad_requests')}", why))
-    # rollback speed: blue-green instant, canary fast, phased medium, full slow
-    holds = least("rollback_s", "blue-green")
-    tied = ties("rollback_s", "blue-green")
-    out.append(Finding(f"blue-green: rollback {WORDS['blue-green'].rollback} — it switches back fastest", holds,
-                       f"rollback, decision → no traffic on the bad release: {row('rollback_s')}",
-                       (f"tied with {', '.join(tied)}: each stops traffic to the bad release with one route-table "
-                        "change in the same controller pass (the simulator's tick is "
-                        f"{fmt(sc.tick)}s); blue-green's switch back differs only after promotion, while the "
-                        "old slot is still warm") if tied else ""))
-    holds = most("rollback_s", "full") and not ties("rollback_s", "full")
+                       f"bad requests: {m.row('bad_requests')}", why))
+    return out
+
+
+def _rollback_findings(m: _Medians, comparison: Comparison) -> list[Finding]:
+    """Rollback speed: blue-green instant, canary fast, phased medium, full slow."""
+    s, sc = comparison.summaries, comparison.scenario
+    holds = m.least("rollback_s", "blue-green")
+    tied = m.ties("rollback_s", "blue-green")
+    out = [Finding(f"blue-green: rollback {WORDS['blue-green'].rollback} — it switches back fastest", holds,
+                   f"rollback, decision → no traffic on the bad release: {m.row('rollback_s')}",
+                   (f"tied with {', '.join(tied)}: each stops traffic to the bad release with one route-table "
+                    "change in the same controller pass (the simulator's tick is "
+                    f"{fmt(sc.tick)}s); blue-green's switch back differs only after promotion, while the "
+                    "old slot is still warm") if tied else "")]
+    holds = m.most("rollback_s", "full") and not m.ties("rollback_s", "full")
     out.append(Finding(f"full: rollback {WORDS['full'].rollback} — it rolls back slowest", holds,
-                       f"rollback: {row('rollback_s')}; decided after: {row('detect_s')}; "
-                       f"recovered: {row('recovery_s')}",
+                       f"rollback: {m.row('rollback_s')}; decided after: {m.row('detect_s')}; "
+                       f"recovered: {m.row('recovery_s')}",
                        "" if holds else _why_full_rollback(s["full"], sc.human.delay)))
-    holds = v("phased", "rollback_s") > v("canary", "rollback_s")
+    holds = m.v("phased", "rollback_s") > m.v("canary", "rollback_s")
     out.append(Finding(f"phased: rollback {WORDS['phased'].rollback}, slower than canary's "
-                       f"{WORDS['canary'].rollback}", holds, f"rollback: {row('rollback_s')}; "
-                       f"recovered: {row('recovery_s')}", "" if holds else _why_phased_rollback(s["phased"])))
-    # capacity and complexity
-    holds = most("peak_extra", "blue-green")
-    tied = ties("peak_extra", "blue-green")
-    out.append(Finding("blue-green needs the most extra capacity (duplicate infrastructure)", holds,
-                       f"peak extra instances: {row('peak_extra')}",
-                       (f"tied with {', '.join(tied)}: stagewise's canary promotion starts the candidate at full "
-                        "size beside the stable release before the switch, so for a good release a canary "
-                        "peaks at a second full set too — briefly, for one start-up") if tied else ""))
-    holds = least("parts", "full") and least("steps", "full")
+                       f"{WORDS['canary'].rollback}", holds, f"rollback: {m.row('rollback_s')}; "
+                       f"recovered: {m.row('recovery_s')}", "" if holds else _why_phased_rollback(s["phased"])))
+    return out
+
+
+def _cost_findings(m: _Medians, s: dict[str, Summary]) -> list[Finding]:
+    """Capacity and complexity."""
+    holds = m.most("peak_extra", "blue-green")
+    tied = m.ties("peak_extra", "blue-green")
+    out = [Finding("blue-green needs the most extra capacity (duplicate infrastructure)", holds,
+                   f"peak extra instances: {m.row('peak_extra')}",
+                   (f"tied with {', '.join(tied)}: stagewise's canary promotion starts the candidate at full "
+                    "size beside the stable release before the switch, so for a good release a canary "
+                    "peaks at a second full set too — briefly, for one start-up") if tied else "")]
+    holds = m.least("parts", "full") and m.least("steps", "full")
     out.append(Finding(f"full: complexity {WORDS['full'].complexity} — the fewest steps and moving parts", holds,
-                       f"steps: {row('steps')}; moving parts: {row('parts')}"))
-    holds = v("phased", "parts") < min(v("canary", "parts"), v("blue-green", "parts"))
+                       f"steps: {m.row('steps')}; moving parts: {m.row('parts')}"))
+    holds = m.v("phased", "parts") < min(m.v("canary", "parts"), m.v("blue-green", "parts"))
     out.append(Finding(f"phased: complexity {WORDS['phased'].complexity}, below canary's and blue-green's "
-                       f"{WORDS['canary'].complexity}", holds, f"moving parts: {row('parts')}; steps: {row('steps')}",
+                       f"{WORDS['canary'].complexity}", holds,
+                       f"moving parts: {m.row('parts')}; steps: {m.row('steps')}",
                        "" if holds else _why_complexity(s)))
     return out
 

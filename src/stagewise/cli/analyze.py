@@ -41,6 +41,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from stagewise.analysis.judges.replay import Request, Sample, replay_requests, replay_values
 from stagewise.core.durations import parse_duration
 from stagewise.core.spec import AnalysisTemplate, PrometheusTemplate, RouterTemplate
+from stagewise.errors import ReplayInputError
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 ARMS = ("baseline", "candidate")
@@ -49,10 +50,6 @@ FLAGGER_DEFAULTS = {"error-rate": 0.01, "latency": 500.0}
 """threshold without --max: Flagger's builtin checks (success rate ≥ 99 %, request duration ≤ 500 ms)."""
 REQUEST_EXAMPLE = '{"t": 1.5, "release": "candidate", "status": 200, "latency_ms": 12.3}'
 SAMPLE_EXAMPLE = '{"t": 15, "release": "candidate", "value": 0.43}'
-
-
-class BadInput(Exception):
-    """A line that is not a request as documented; says which line and why."""
 
 
 _DECODER = json.JSONDecoder()
@@ -67,9 +64,9 @@ def _load(raw: bytes | str, number: int, example: str) -> dict[str, Any]:
     except json.JSONDecodeError:
         row = _load_slowly(raw, number)
     except UnicodeDecodeError as exc:
-        raise BadInput(f"line {number}: not UTF-8 text ({exc.reason})") from None
+        raise ReplayInputError(f"line {number}: not UTF-8 text ({exc.reason})") from None
     if not isinstance(row, dict):
-        raise BadInput(f"line {number}: expected an object such as {example}")
+        raise ReplayInputError(f"line {number}: expected an object such as {example}")
     return row
 
 
@@ -78,9 +75,9 @@ def _load_slowly(raw: bytes | str, number: int) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise BadInput(f"line {number}: not JSON ({exc.msg} at column {exc.colno})") from None
+        raise ReplayInputError(f"line {number}: not JSON ({exc.msg} at column {exc.colno})") from None
     except UnicodeDecodeError as exc:
-        raise BadInput(f"line {number}: not UTF-8 text ({exc.reason})") from None
+        raise ReplayInputError(f"line {number}: not UTF-8 text ({exc.reason})") from None
 
 
 def _number(value: Any) -> bool:
@@ -90,50 +87,50 @@ def _number(value: Any) -> bool:
 
 def _check_time(t: Any, number: int) -> float:
     if not _number(t):
-        raise BadInput(f"line {number}: t must be a number of seconds, got {t!r}")
+        raise ReplayInputError(f"line {number}: t must be a number of seconds, got {t!r}")
     return float(t)
 
 
 def _check_order(t: float, number: int, previous_t: float | None) -> None:
     if previous_t is not None and t < previous_t:
-        raise BadInput(f"line {number}: t {t:g} is before the previous line's {previous_t:g} "
+        raise ReplayInputError(f"line {number}: t {t:g} is before the previous line's {previous_t:g} "
                        "(lines must be in time order)")
 
 
 def _check_release(release: Any, number: int) -> int:
     arm = ARM_INDEX.get(release) if isinstance(release, str) else None
     if arm is None:
-        raise BadInput(f'line {number}: release must be "baseline" or "candidate", got {release!r}')
+        raise ReplayInputError(f'line {number}: release must be "baseline" or "candidate", got {release!r}')
     return arm
 
 
 def parse_line(text: bytes | str, number: int, previous_t: float | None) -> Request:
-    """(t, arm, status, latency_ms) of one request line; BadInput naming the line otherwise."""
+    """(t, arm, status, latency_ms) of one request line; ReplayInputError naming the line otherwise."""
     row = _load(text, number, REQUEST_EXAMPLE)
     missing = [k for k in ("t", "release", "status", "latency_ms") if k not in row]
     if missing:
-        raise BadInput(f"line {number}: missing {', '.join(missing)}")
+        raise ReplayInputError(f"line {number}: missing {', '.join(missing)}")
     t = _check_time(row["t"], number)
     arm = _check_release(row["release"], number)
     status, latency = row["status"], row["latency_ms"]
     if type(status) is not int or not 100 <= status <= 599:
-        raise BadInput(f"line {number}: status must be an HTTP status (100-599), got {status!r}")
+        raise ReplayInputError(f"line {number}: status must be an HTTP status (100-599), got {status!r}")
     if not _number(latency) or latency < 0:
-        raise BadInput(f"line {number}: latency_ms must be a number ≥ 0, got {latency!r}")
+        raise ReplayInputError(f"line {number}: latency_ms must be a number ≥ 0, got {latency!r}")
     _check_order(t, number, previous_t)
     return t, arm, status, float(latency)
 
 
 def parse_sample(text: bytes | str, number: int, previous_t: float | None) -> Sample:
-    """(t, arm, value) of one gauge line; BadInput naming the line otherwise."""
+    """(t, arm, value) of one gauge line; ReplayInputError naming the line otherwise."""
     row = _load(text, number, SAMPLE_EXAMPLE)
     missing = [k for k in ("t", "release", "value") if k not in row]
     if missing:
-        raise BadInput(f"line {number}: missing {', '.join(missing)}")
+        raise ReplayInputError(f"line {number}: missing {', '.join(missing)}")
     t = _check_time(row["t"], number)
     arm = _check_release(row["release"], number)
     if not _number(row["value"]):
-        raise BadInput(f"line {number}: value must be a finite number, got {row['value']!r}")
+        raise ReplayInputError(f"line {number}: value must be a finite number, got {row['value']!r}")
     _check_order(t, number, previous_t)
     return t, arm, float(row["value"])
 
@@ -263,7 +260,7 @@ def _replay_file(err: Console, input_file: Path, template: AnalysisTemplate, *, 
             return replay(lines, template)
     except OSError as exc:
         return _bad(err, f"cannot read {input_file}: {exc.strerror or exc}")
-    except BadInput as exc:
+    except ReplayInputError as exc:
         return _bad(err, f"{input_file}: {exc}")
 
 

@@ -9,12 +9,10 @@ also on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from stagewise.cli.client import Client, Unreachable
+from stagewise.basics import waiting
+from stagewise.basics.ports import free_port
+from stagewise.cli.client import Client
 from stagewise.examples.load import LoadInBackground
 from stagewise.platforms import Platform
 from stagewise.platforms.local import LocalPlatform
@@ -39,6 +39,7 @@ RATE = 200.0
 """Requests per second the demo's users send."""
 BAD = {"v3": ["--fail-rate", "0.1"], "v4": ["--slow-every", "20", "--slow-ms", "100"]}
 """v3 fails about 10% of requests; v4 delays every 20th response by 100 ms."""
+SERVER_START_TIMEOUT = 20.0
 
 CANARY = {"canary": {"steps": [
     {"setWeight": 25}, {"analysis": {"templates": ["errors", "latency"], "duration": "6s"}},
@@ -101,13 +102,6 @@ def spec(listen: str, version: str, strategy: dict[str, Any], router: str = "bui
     return json.dumps(doc, indent=2)  # JSON is YAML
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Demo:
     def __init__(self, console: Console, router: str = "builtin") -> None:
         self.console = console
@@ -133,37 +127,39 @@ class Demo:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.server.poll() is not None:
-                raise RuntimeError(f"the server exited: {(self.tmp / 'server.log').read_text()[-2000:]}")
-            with contextlib.suppress(Unreachable, OSError):
-                client = Client(self.state)
-                try:
-                    client.get("/api/v1/health")
-                    return client
-                except Unreachable:
-                    client.close()
-            time.sleep(0.1)
-        raise RuntimeError("the server did not come up within 20 s")
+        client = waiting.blocking_until(self._answering_client, timeout=SERVER_START_TIMEOUT, interval=0.1)
+        if client is None:
+            raise RuntimeError(f"the server did not come up within {SERVER_START_TIMEOUT:.0f} s")
+        return client
+
+    def _answering_client(self) -> Client | None:
+        """A client of the demo's server once it answers; None before. RuntimeError if the server exited."""
+        assert self.server is not None
+        if self.server.poll() is not None:
+            raise RuntimeError(f"the server exited: {(self.tmp / 'server.log').read_text()[-2000:]}")
+        return Client.answering(self.state)
 
     def deliver(self, client: Client, version: str, strategy: dict[str, Any], timeout: float = 120) -> str:
         client.post("/api/v1/apply", {"spec": self.spec_text(version, strategy), "filename": f"{version}.yaml"})
-        deadline = time.monotonic() + timeout
         last = ""
-        while time.monotonic() < deadline:
-            s = client.get(f"/api/v1/services/{SERVICE}")
-            d = s["delivery"]
+
+        def finished() -> str | None:
+            nonlocal last
+            d = client.get(f"/api/v1/services/{SERVICE}")["delivery"]
             line = f"  {d['phase']:<11} step {d['step']}/{d['steps']} {d['step_title']}"
             if line != last:
                 self.console.print(line, highlight=False, style="dim")
                 last = line
-            if d["phase"] in ("Succeeded", "RolledBack", "Failed"):
-                if d.get("abort_reason"):
-                    self.console.print(f"  reason: {d['abort_reason']}", highlight=False, style="yellow")
-                return str(d["phase"])
-            time.sleep(0.2)
-        raise RuntimeError(f"delivery of {version} did not finish within {timeout:.0f} s")
+            if d["phase"] not in ("Succeeded", "RolledBack", "Failed"):
+                return None
+            if d.get("abort_reason"):
+                self.console.print(f"  reason: {d['abort_reason']}", highlight=False, style="yellow")
+            return str(d["phase"])
+
+        phase = waiting.blocking_until(finished, timeout=timeout, interval=0.2)
+        if phase is None:
+            raise RuntimeError(f"delivery of {version} did not finish within {timeout:.0f} s")
+        return phase
 
     def run(self) -> list[Result]:
         client = self.start_server()

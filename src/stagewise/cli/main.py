@@ -16,9 +16,11 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from stagewise.cli import advise, completion, convert, hosts, render, server
-from stagewise.cli.client import ApiError, Client, Unreachable, default_state
-from stagewise.errors import SpecError, StagewiseError
+from stagewise import version
+from stagewise.basics import waiting
+from stagewise.cli import advise, completion, convert, hosts, render, server, store
+from stagewise.cli.client import Client, default_state
+from stagewise.errors import ServerRefusedError, ServerUnreachableError, SpecError, StagewiseError
 
 EXIT_OK, EXIT_DELIVERY_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -36,6 +38,18 @@ StateOpt = Annotated[Path, typer.Option("--state", envvar="STAGEWISE_STATE", hel
 DEFAULT_STATE = default_state()
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        out.print(f"stagewise {version()}", highlight=False)
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _options(show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                               help="Print stagewise's version and exit.")) -> None:
+    """Progressive delivery for services on hosts, VMs and single boxes."""
+
+
 def fail(message: str, code: int) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     raise typer.Exit(code)
@@ -44,7 +58,7 @@ def fail(message: str, code: int) -> NoReturn:
 def client(state: Path) -> Client:
     try:
         return Client(state)
-    except Unreachable as exc:
+    except ServerUnreachableError as exc:
         fail(str(exc), EXIT_UNREACHABLE)
 
 
@@ -52,9 +66,9 @@ def call(state: Path, method: str, path: str, **kwargs: Any) -> Any:
     with client(state) as c:
         try:
             return c.request(method, path, **kwargs)
-        except Unreachable as exc:
+        except ServerUnreachableError as exc:
             fail(str(exc), EXIT_UNREACHABLE)
-        except ApiError as exc:
+        except ServerRefusedError as exc:
             problems = exc.body.get("problems")
             if problems:
                 for p in problems:
@@ -137,15 +151,18 @@ def apply(files: Annotated[list[Path], typer.Argument(help="Spec files.")],
 
 
 def _wait(state: Path, service: str, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s = call(state, "GET", f"/api/v1/services/{service}")
-        phase = s.get("phase")
-        if phase in ("Succeeded", "RolledBack", "Failed"):
-            out.print(f"{service}: {phase}")
-            return EXIT_OK if phase == "Succeeded" else EXIT_DELIVERY_FAILED
-        time.sleep(0.5)
-    fail(f"{service}: still {phase} after {timeout:.0f}s", EXIT_DELIVERY_FAILED)
+    phase = waiting.blocking_until(lambda: _finished_phase(state, service), timeout=timeout, interval=0.5)
+    if phase is None:
+        phase = call(state, "GET", f"/api/v1/services/{service}").get("phase")
+        fail(f"{service}: still {phase} after {timeout:.0f}s", EXIT_DELIVERY_FAILED)
+    out.print(f"{service}: {phase}")
+    return EXIT_OK if phase == "Succeeded" else EXIT_DELIVERY_FAILED
+
+
+def _finished_phase(state: Path, service: str) -> str | None:
+    """The phase of the service's delivery once it has ended (Succeeded, RolledBack, Failed); None before."""
+    phase = call(state, "GET", f"/api/v1/services/{service}").get("phase")
+    return phase if phase in ("Succeeded", "RolledBack", "Failed") else None
 
 
 @app.command()
@@ -181,15 +198,19 @@ def status(service: Annotated[str | None, typer.Argument(help="A service or a pi
         pass
 
 
-def _is_service(state: Path, name: str) -> bool:
+def found(state: Path, path: str) -> Any:
+    """What a GET of `path` answers; None when the server refuses it (no service or pipeline by that name)."""
     with client(state) as c:
         try:
-            c.request("GET", f"/api/v1/services/{name}")
-        except ApiError:
-            return False
-        except Unreachable as exc:
+            return c.request("GET", path)
+        except ServerRefusedError:
+            return None
+        except ServerUnreachableError as exc:
             fail(str(exc), EXIT_UNREACHABLE)
-    return True
+
+
+def _is_service(state: Path, name: str) -> bool:
+    return found(state, f"/api/v1/services/{name}") is not None
 
 
 def _verb(verb: str, service: str, state: Path, **params: Any) -> None:
@@ -307,6 +328,7 @@ advise.register(app)  # recommend, compare
 convert.register(app)
 completion.register(app)
 hosts.register(app)  # hosts check
+store.register(app)  # store copy
 
 
 def _register_people() -> None:

@@ -17,7 +17,6 @@ import typer
 from rich.table import Table
 
 from stagewise.cli import main as cli
-from stagewise.cli.client import ApiError, Unreachable
 
 token_app = typer.Typer(name="token", help="API tokens with a name and a role (viewer, operator, admin).",
                         no_args_is_help=True)
@@ -45,14 +44,7 @@ def approve(service: Annotated[str, typer.Argument(help="The service (or pipelin
 
 
 def _is_pipeline(state: Path, name: str) -> bool:
-    with cli.client(state) as c:
-        try:
-            c.request("GET", f"/api/v1/pipelines/{name}")
-        except ApiError:
-            return False
-        except Unreachable as exc:
-            cli.fail(str(exc), cli.EXIT_UNREACHABLE)
-    return True
+    return cli.found(state, f"/api/v1/pipelines/{name}") is not None
 
 
 @token_app.command("create")

@@ -8,7 +8,6 @@ soaking in production, stopped where it failed).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +16,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from stagewise.basics import waiting
 from stagewise.cli import main as cli
-from stagewise.cli.client import ApiError, Unreachable
 
 STATUS_STYLE = {"succeeded": "green", "failed": "bold red", "stopped": "dim", "delivering": "blue",
                 "soaking": "magenta", "waiting": "cyan", "pending": "dim"}
@@ -37,15 +36,19 @@ def release(pipeline: Annotated[str, typer.Argument(help="The pipeline.")],
                   highlight=False)
     if not wait:
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        p = cli.call(state, "GET", f"/api/v1/pipelines/{pipeline}", params={"limit": 20})
-        mine = next((x for x in p["releases"] if x["id"] == r["id"]), None)
-        if mine is not None and mine["phase"] != "Progressing":
-            cli.out.print(pipeline_panel(p))
-            raise typer.Exit(cli.EXIT_OK if mine["phase"] == "Succeeded" else cli.EXIT_DELIVERY_FAILED)
-        time.sleep(0.5)
-    cli.fail(f"{pipeline}: release {version} still in flight after {timeout:.0f}s", cli.EXIT_DELIVERY_FAILED)
+    ended = waiting.blocking_until(lambda: _ended_release(state, pipeline, r["id"]), timeout=timeout, interval=0.5)
+    if ended is None:
+        cli.fail(f"{pipeline}: release {version} still in flight after {timeout:.0f}s", cli.EXIT_DELIVERY_FAILED)
+    p, phase = ended
+    cli.out.print(pipeline_panel(p))
+    raise typer.Exit(cli.EXIT_OK if phase == "Succeeded" else cli.EXIT_DELIVERY_FAILED)
+
+
+def _ended_release(state: Path, pipeline: str, release_id: int) -> tuple[dict[str, Any], str] | None:
+    """The pipeline and the phase of its release `release_id` once that release is no longer in flight."""
+    p = cli.call(state, "GET", f"/api/v1/pipelines/{pipeline}", params={"limit": 20})
+    mine = next((x for x in p["releases"] if x["id"] == release_id), None)
+    return (p, mine["phase"]) if mine is not None and mine["phase"] != "Progressing" else None
 
 
 def pipeline_panel(p: dict[str, Any]) -> RenderableType:
@@ -74,13 +77,9 @@ def pipeline_panel(p: dict[str, Any]) -> RenderableType:
 
 def show(state: Path, name: str, *, as_json: bool) -> bool:
     """`stagewise status NAME` for a pipeline; False when NAME is no pipeline."""
-    with cli.client(state) as c:
-        try:
-            p = c.request("GET", f"/api/v1/pipelines/{name}")
-        except ApiError:
-            return False
-        except Unreachable as exc:
-            cli.fail(str(exc), cli.EXIT_UNREACHABLE)
+    p = cli.found(state, f"/api/v1/pipelines/{name}")
+    if p is None:
+        return False
     if as_json:
         cli.out.print_json(json.dumps(p))
     else:

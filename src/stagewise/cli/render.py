@@ -26,6 +26,8 @@ def status_panel(s: dict[str, Any]) -> RenderableType:
     head = Table.grid(padding=(0, 2))
     head.add_row("service", Text(s["service"], style="bold"), "listen", s["listen"])
     head.add_row("stable", s.get("stable") or "-", "strategy", s["strategy"])
+    if s.get("holder"):
+        head.add_row("held by", str(s["holder"]), "epoch", str(s.get("epoch")))
     parts: list[RenderableType] = [head]
     if d:
         line = Text.assemble(

@@ -88,6 +88,19 @@ def server(
     windows: Annotated[Path | None, typer.Option(
         "--windows", help="A `kind: Windows` file of freeze windows for every service (read again when it "
                           "changes).")] = None,
+    store: Annotated[str, typer.Option(
+        "--store", envvar="STAGEWISE_STORE",
+        help="Where the state is kept: sqlite (stagewise.db in the state directory), sqlite:PATH, or a PostgreSQL "
+             "URL: postgresql://USER@HOST/DB, postgresql:///DB?host=/run/postgresql (a password is better kept "
+             "in ~/.pgpass than here).")] = "sqlite",
+    name: Annotated[str | None, typer.Option(
+        "--name", envvar="STAGEWISE_NAME", show_default=False,
+        help="This server's name among the servers of one PostgreSQL store, unique among the live ones: it holds "
+             "the leases of its services under it. [default: hostname:pid]")] = None,
+    lease: Annotated[str, typer.Option(
+        "--lease", envvar="STAGEWISE_LEASE",
+        help="With PostgreSQL: the lease of a service as DURATION,RENEW-DEADLINE,RETRY: how long it lasts, when a "
+             "holder that could not renew it stops acting, how often it is renewed.")] = "15s,10s,2s",
 ) -> None:
     """Run the API server, the dashboard and the controller (SIGHUP: read the settings file again)."""
     from stagewise.api.settings import load_settings
@@ -97,8 +110,10 @@ def server(
         raise _refuse(f"--reads {reads}: expected open or token")
     if windows is not None:
         _check_windows(windows)
+    _check_store(store, state, open_it=not print_unit)
+    lease_settings = _lease_settings(lease)
     if print_unit:
-        _print_unit(state, fixed, settings, unit_user, low_ports)
+        _print_unit(state, fixed, settings, unit_user, low_ports, store)
         return
     try:
         in_force = load_settings(settings, fixed)
@@ -110,9 +125,25 @@ def server(
 
     try:
         serve(state, in_force, reread=lambda: load_settings(settings, fixed),
-              reads="token" if reads == "token" else "open", windows_file=windows)
+              reads="token" if reads == "token" else "open", windows_file=windows, store=store, name=name,
+              leases=lease_settings)
     except OSError as exc:
         raise _refuse(f"cannot listen on {in_force.listen}: {exc.strerror or exc}") from None
+
+
+def _lease_settings(text: str) -> Any:
+    """`--lease DURATION,RENEW-DEADLINE,RETRY`, checked (controller/leases.py)."""
+    from stagewise.controller.leases import LeaseSettings
+    from stagewise.core.durations import parse_duration
+
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if len(parts) != 3:
+            raise ValueError(f"expected DURATION,RENEW-DEADLINE,RETRY such as 15s,10s,2s, got {text!r}")
+        seconds = [float(p) if p.replace(".", "", 1).isdigit() else parse_duration(p) for p in parts]
+        return LeaseSettings(duration=seconds[0], renew_deadline=seconds[1], retry=seconds[2])
+    except ValueError as exc:
+        raise _refuse(f"--lease: {exc}") from None
 
 
 def _check_windows(path: Path) -> None:
@@ -128,11 +159,30 @@ def _check_windows(path: Path) -> None:
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def _print_unit(state: Path, fixed: dict[str, Any], settings: Path | None, user: str, low_ports: bool) -> None:
+def _check_store(store: str, state: Path, *, open_it: bool) -> None:
+    """Refuse a `--store` that names no store; with `open_it`, also one that cannot be opened (unreachable, no such
+    database, written by a newer stagewise), before anything starts. The password never shows."""
+    from stagewise.errors import StagewiseError
+    from stagewise.store import open_store
+    from stagewise.store.locations import parse_location
+
+    try:
+        parse_location(store, state_dir=state)
+    except StagewiseError as exc:
+        raise _refuse(f"--store: {exc}") from None
+    if open_it and store != "sqlite":  # the default is opened by the server as it always was
+        try:
+            open_store(store, state_dir=state).close()
+        except StagewiseError as exc:
+            raise _refuse(f"--store: {exc}") from None
+
+
+def _print_unit(state: Path, fixed: dict[str, Any], settings: Path | None, user: str, low_ports: bool,
+                store: str) -> None:
     from stagewise.api.settings import DEFAULT_LISTEN
     from stagewise.cli.systemd import systemd_unit
 
-    passed = []
+    passed = [] if store == "sqlite" else ["--store", store]
     for name in ("listen", "log_level", "log_format", "tick"):
         if fixed[name] is not None:
             passed += [f"--{name.replace('_', '-')}", str(fixed[name])]

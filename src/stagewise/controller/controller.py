@@ -50,6 +50,7 @@ from typing import Protocol, runtime_checkable
 from stagewise.controller import lifecycle
 from stagewise.controller.held import Held
 from stagewise.controller.hooks import HookRunner
+from stagewise.controller.leases import LeaseKeeper, LeaseSettings, default_name, follow_changes
 from stagewise.controller.lifecycle import DataPlane, Deletion
 from stagewise.controller.measure import Measurer
 from stagewise.controller.observer import Observer, Unobserved
@@ -73,11 +74,19 @@ from stagewise.core.delivery import Delivery, Event
 from stagewise.core.plan import Plan
 from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ReleaseSpec, ServiceSpec
-from stagewise.errors import ConflictError, ForbiddenError, NotFoundError, PreflightError, StagewiseError
+from stagewise.errors import (
+    ConflictError,
+    ForbiddenError,
+    LeaseLostError,
+    NotFoundError,
+    PreflightError,
+    StagewiseError,
+)
 from stagewise.notify import Notifier
 from stagewise.platforms import Platform, get_platform
 from stagewise.routers import Router, get_router
 from stagewise.store import Store, open_store
+from stagewise.store.locations import parse_location
 from stagewise.strategies import compile_plan
 
 __all__ = ["RESYNC", "TICK", "Controller", "Notifying", "steady_world"]
@@ -121,13 +130,21 @@ class Controller:
         observer: Observer | None = None,
         notifier: Notifier | None = None,
         windows_file: Path | None = None,
+        store: str = "sqlite",
+        name: str | None = None,
+        leases: LeaseSettings | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.clock = clock
         self.tick_seconds = tick
         self.resync_seconds = resync
         """Seconds between two full reconciles of an idle service; 0: on every tick (a sweep over every service)."""
-        self.store: Store = open_store("sqlite", state_dir=state_dir)
+        self.store: Store = open_store(store, state_dir=state_dir)  # `--store`: sqlite, sqlite:PATH or PostgreSQL
+        self.leases: LeaseKeeper | None = None
+        """The services this controller holds, on a store that several share (controller/leases.py); None: all."""
+        if leases is not None or parse_location(store, state_dir=state_dir).kind == "postgresql":
+            self.leases = LeaseKeeper(self.store, name or default_name(), leases)
+            self.store.fence_with(self.leases.fence)
         self._routers: dict[str, Router] = dict(routers or {})
         self._platforms: dict[str, Platform] = dict(platforms or {})
         self._locks: dict[str, asyncio.Lock] = {}
@@ -135,6 +152,8 @@ class Controller:
         """Services whose data plane `delete` is stopping: the loop passes them by instead of waiting."""
         self._held = Held()
         """The services and their deliveries in flight, as committed (controller/held.py)."""
+        self._epochs: dict[str, int] = {}
+        """With leases: the services held at the last tick, each with its epoch."""
         self._mark: int | None = None
         """The store's change mark when `_held` was last read from it; None: never read."""
         self._schedule = Schedule()
@@ -201,6 +220,8 @@ class Controller:
         await self._measurer.close()
         await self._hooks.close()
         await self.notifier.close()
+        if self.leases is not None:
+            self.leases.release_all()
         self.store.close()
 
     # --- the loop -------------------------------------------------------------------------
@@ -208,6 +229,7 @@ class Controller:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick every `tick_seconds` (at once when a tick took longer) until `stop` is set."""
         sender = asyncio.create_task(self.sender.run(stop))
+        others = asyncio.create_task(follow_changes(self.store, self.changed, stop))
         first = True
         try:
             while not stop.is_set():
@@ -223,6 +245,7 @@ class Controller:
         finally:
             stop.set()
             await sender
+            await others
 
     def keep_still(self) -> None:
         """Move what the process holds now out of the garbage collector's way: the server calls it once its
@@ -239,6 +262,7 @@ class Controller:
     async def tick(self) -> None:
         """One reconcile pass over the services due now: observe each, decide each, commit all, act on each."""
         self._refresh()
+        self._follow_leases()
         self._driver_news()
         works = await self._observe_all(self._schedule.pop_due(self.clock()))
         if not works:
@@ -265,6 +289,23 @@ class Controller:
                 self._wake(name)
             else:
                 self._forget(name)
+
+    def _follow_leases(self) -> None:
+        """With several controllers: renew and claim leases (controller/leases.py); a service taken, or written by
+        another server meanwhile (its epoch moved on), is read again from the store and due at once; one lost is
+        due no more (its state stays in memory: the fair share counts every service)."""
+        if self.leases is None:
+            return
+        self.leases.sync(self._held.names())
+        held, before = self.leases.held(), self._epochs
+        for name, epoch in held.items():
+            if before.get(name) != epoch:
+                self._held.load_one(self.store, name)
+                self._plans.pop(name, None)
+                self._wake(name)
+        for name in before.keys() - held.keys():
+            self._schedule.drop(name)
+        self._epochs = held
 
     def _driver_news(self) -> None:
         """Services whose data plane a driver saw change (the drivers that can tell): due at once."""
@@ -322,6 +363,8 @@ class Controller:
             return None
         if name in self._deleting or name not in self._held:
             return None  # a drain takes seconds: the other services' deliveries must not wait for it
+        if self.leases is not None and not self.leases.holds(name):
+            return None  # another controller's (due again once this one takes it: `_follow_leases`)
         lock = self.lock(name)
         await lock.acquire()
         record = self._held.record(name)
@@ -345,6 +388,13 @@ class Controller:
             return
         try:
             self.store.save_all([w.write for w in changed if w.write is not None])
+        except LeaseLostError as exc:
+            assert self.leases is not None  # only a fenced write is refused so
+            self.leases.refused(exc)  # that service is another's now; the others' decisions are made again at once
+            for w in changed:
+                w.write, w.world = None, None
+                self._woken.add(w.name)
+            return
         except StagewiseError as exc:
             for w in changed:  # nothing of it was stored: none of it may be acted on
                 w.write, w.world = None, None
@@ -362,6 +412,8 @@ class Controller:
             self.sender.wake.set()
 
     async def _act_one(self, work: Work) -> None:
+        if self.leases is not None and not self.leases.holds(work.name):
+            work.world = None  # the lease ran out meanwhile (on the monotonic clock): not ours to act on
         if work.error is None:
             with failing_alone(work):
                 await act(work, self._applied)
@@ -540,7 +592,12 @@ class Controller:
     def _save_verb(self, delivery: Delivery, events: list[Event], by: str, *, before: Delivery) -> None:
         if by:
             events = [e.model_copy(update={"message": e.message + by}) if e.kind == "user" else e for e in events]
-        self.store.save_delivery(delivery, events)
+        try:
+            self.store.save_delivery(delivery, events)
+        except LeaseLostError as exc:
+            if self.leases is not None:
+                self.leases.refused(exc)  # says so in the log, and stops acting on the service
+            raise
         self._held.saved(name=delivery.service, delivery=delivery)
         self.observer.delivery_changed(before=before, after=delivery, events=events, now=self.clock())
         self.sender.wake.set()

@@ -8,8 +8,10 @@ store committed it. A write by another process (a command run against the
 state directory) is noticed by the store's `change_mark` and read again in
 full (`load`): rare, and the level-triggered loop then compares everything.
 
-With several controllers each holds only its own services: `forget` drops
-the state of one whose lease moved elsewhere, `load_one` takes one up.
+With several controllers on one store, each keeps every service here (a
+fair share counts them all) but reconciles only those it holds a lease for;
+`load_one` reads one again when its lease is taken or its epoch moved on (a
+write by another server).
 
 It must never hold a state the store did not commit: a decision is put here
 only after its transaction returned.

@@ -67,7 +67,7 @@ class HookRunner:
         call = flight.call
         try:
             answer = flight.task.result()
-        except Exception as exc:  # a bug in a call must not stop the loop: it is a failed answer
+        except Exception as exc:  # noqa: BLE001 -- a bug in a call must not stop the loop: it is a failed answer
             answer = Answer(False, f"internal error: {type(exc).__name__}", trim(str(exc)), 0.0)
         return HookAnswer(key=call.key, point=call.point, hook=call.hook.name, ok=answer.ok, status=answer.status,
                           message=trim(answer.said), duration=answer.seconds, at=self._clock())

@@ -1,6 +1,6 @@
 """The end of a service's data plane: what runs of it, stopping it for `delete`, and what the server leaves running.
 
-The data plane outlives the controller by design (DESIGN.md: a controller
+The data plane outlives the controller by design (docs/architecture.md: a controller
 restart never drops a request), so nothing stops it but a person: `delete`
 drains the router first — it stops taking requests and lets the ones in
 flight finish — and only then stops the instances behind it. What runs is
@@ -16,12 +16,11 @@ does, under the service's lock) and never touches the store.
 from __future__ import annotations
 
 import ipaddress
-import os
-import sys
-from pathlib import Path
 
 from pydantic import BaseModel
 
+from stagewise.basics import proc
+from stagewise.basics.ports import split_host_port
 from stagewise.core.delivery import Delivery, Phase
 from stagewise.core.spec import BlueGreenStrategy, ReleaseSpec, ServiceSpec
 from stagewise.platforms import Platform
@@ -123,15 +122,12 @@ def ended_by_deletion(delivery: Delivery, *, now: float, kept_running: bool) -> 
 
 # -- who listens where (Linux: /proc) -----------------------------------------------------------------
 
-_LISTEN = "0A"
-"""TCP state LISTEN in /proc/net/tcp."""
-
 
 class Listeners:
     """Who listens where on this machine, read from /proc once: then any number of questions are cheap."""
 
     def __init__(self) -> None:
-        self._sockets = _listening_sockets()
+        self._sockets = proc.listening_sockets()
         self._holders: dict[str, list[int]] | None = None
 
     def pids(self, addresses: list[str]) -> list[int]:
@@ -141,63 +137,15 @@ class Listeners:
                   if any(port == p and (h is None or host == h or host.is_unspecified) for h, p in wanted)]
         if not inodes:
             return []
-        holders = self._holders if self._holders is not None else self._scan()
-        return sorted({pid for inode in inodes for pid in holders.get(inode, [])})
-
-    def _scan(self) -> dict[str, list[int]]:
-        """inode -> pids holding it, for every listening socket: one pass over every process's descriptors."""
-        links = {f"socket:[{inode}]": inode for inode in self._sockets}
-        holders: dict[str, list[int]] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                descriptors = list((entry / "fd").iterdir())
-            except OSError:
-                continue  # gone meanwhile, or not ours to look at
-            held = set()
-            for fd in descriptors:
-                try:
-                    link = os.readlink(fd)
-                except OSError:
-                    continue  # closed meanwhile: a busy router opens and closes connections all the time
-                if link in links:
-                    held.add(links[link])
-            for inode in held:
-                holders.setdefault(inode, []).append(int(entry.name))
-        self._holders = holders
-        return holders
+        if self._holders is None:
+            self._holders = proc.socket_holders(self._sockets)
+        return sorted({pid for inode in inodes for pid in self._holders.get(inode, [])})
 
 
-def _parse(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]:
+def _parse(address: str) -> tuple[proc.Address | None, int]:
     """(host, port) of host:port; the host None when it is a name (then any host matches)."""
-    host, _, port = address.rpartition(":")
+    host, port = split_host_port(address)
     try:
-        return ipaddress.ip_address(host.strip("[]")), int(port)
+        return ipaddress.ip_address(host), port
     except ValueError:
-        return None, int(port)
-
-
-def _listening_sockets() -> dict[str, tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
-    """inode -> (address, port) of every listening TCP socket, IPv4 and IPv6."""
-    found: dict[str, tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or fields[3] != _LISTEN:
-                continue
-            address, _, port = fields[1].partition(":")
-            found[fields[9]] = (_kernel_address(address), int(port, 16))
-    return found
-
-
-def _kernel_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An address as /proc/net/tcp writes it: 32-bit words in host byte order."""
-    raw = bytes.fromhex(text)
-    if sys.byteorder == "little":
-        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return ipaddress.ip_address(raw)
+        return None, port

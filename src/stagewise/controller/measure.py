@@ -89,7 +89,7 @@ class Measurer:
             m = pending.task.result()
         except ProviderError as exc:
             return Measured(error=str(exc), evidence={"provider": pending.template.provider})
-        except Exception as exc:  # a provider's bug must not stop the reconcile loop: report it as the error
+        except Exception as exc:  # noqa: BLE001 -- a provider's bug must not stop the reconcile loop: it is the error
             return Measured(error=f"{type(exc).__name__}: {exc}", evidence={"provider": pending.template.provider})
         if m.counts is None:
             return Measured(values=m.values, evidence=m.evidence)

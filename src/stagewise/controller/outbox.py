@@ -107,7 +107,7 @@ class Sender:
             except NotifyError as exc:
                 self._failed(item, str(exc))
                 return False
-            except Exception as exc:  # a sink's bug must not stop the others: it counts as not taken
+            except Exception as exc:  # noqa: BLE001 -- a sink's bug must not stop the others: it is not taken
                 self._failed(item, f"internal error: {type(exc).__name__}: {exc}")
                 return False
         self.store.notification_sent(item.id, at=self.clock())

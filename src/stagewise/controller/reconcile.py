@@ -15,10 +15,9 @@ rolling update with no surge; canary and blue-green only add, then remove.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass, field
 
+from stagewise.basics import waiting
 from stagewise.core.plan import World
 from stagewise.core.routes import Endpoint, HeaderRoute, RouteTable
 from stagewise.core.spec import BlueGreenStrategy, ReleaseSpec, ServiceSpec
@@ -211,9 +210,10 @@ def note_boot(applied: Applied, service: str, boot: str) -> None:
 
 
 async def _drain(router: Router, service: str, ids: set[str]) -> None:
-    deadline = time.monotonic() + DRAIN_TIMEOUT
-    while time.monotonic() < deadline:
+    """Until no request is in flight on the endpoints `ids`, or DRAIN_TIMEOUT passes (then they stop regardless)."""
+
+    async def drained() -> bool:
         stats = await router.stats(service=service)
-        if not any(stats.inflight.get(i, 0) for i in ids):
-            return
-        await asyncio.sleep(0.02)
+        return not any(stats.inflight.get(i, 0) for i in ids)
+
+    await waiting.until_awaited(drained, timeout=DRAIN_TIMEOUT, interval=0.02)

@@ -93,7 +93,7 @@ def failing_alone(work: Work) -> Iterator[None]:
         yield
     except StagewiseError as exc:
         work.fail(exc)
-    except Exception as exc:  # a bug must not stop the other services' deliveries
+    except Exception as exc:  # noqa: BLE001 -- a bug must not stop the other services' deliveries
         work.fail(StagewiseError(f"internal error: {type(exc).__name__}: {exc}"), bug=exc)
 
 

@@ -74,15 +74,7 @@ def convert_reference(ledger: Ledger, path: Path, ref: Any, index: Index, book: 
     if not isinstance(ref, dict):
         ledger.dropped(path, "expected a mapping with templates")
         return Reference(None)
-    for key in ("templates", "templateName", "args"):
-        if key in ref:
-            ledger.mapped((*path, key))
-    for key, why in (("dryRun", "stagewise has no dry-run metrics: every template it runs decides"),
-                     ("measurementRetention", "stagewise keeps every measurement of a delivery"),
-                     ("name", "Argo's name of the AnalysisRun; stagewise names an analysis by its step"),
-                     ("analysisRunMetadata", "Kubernetes-only: labels of the AnalysisRun object")):
-        if key in ref:
-            ledger.dropped((*path, key), why)
+    _account_for_reference_fields(ledger, path, ref)
     refs = ref.get("templates")
     if refs is None and "templateName" in ref:  # the single-template form of older Rollouts
         refs, listed = [{"templateName": ref["templateName"]}], False
@@ -96,16 +88,9 @@ def convert_reference(ledger: Ledger, path: Path, ref: Any, index: Index, book: 
     seconds: list[float] = []
     open_ended = False
     for i, item in enumerate(refs):
-        at = (*path, "templates", i) if listed else (*path, "templateName")
-        name = item.get("templateName") if isinstance(item, dict) else None
-        cluster = bool(item.get("clusterScope")) if isinstance(item, dict) else False
-        kind = "ClusterAnalysisTemplate" if cluster else "AnalysisTemplate"
-        source = index.named(ARGO_GROUP, kind, str(name))
+        source = _referenced(ledger, (*path, "templates", i) if listed else (*path, "templateName"), item, index)
         if source is None:
-            ledger.dropped(at, f"{kind} {name!r} is not in the input, so this analysis does not run it: "
-                               "give its file on the same command line")
             continue
-        source.used = True
         for metric_name, template, timing in convert_template(source, args, rollout):
             names.append(book.add(metric_name, template))
             if timing.seconds is not None:
@@ -117,6 +102,33 @@ def convert_reference(ledger: Ledger, path: Path, ref: Any, index: Index, book: 
     if seconds and not open_ended:
         value["duration"] = format_duration(max(seconds))
     return Reference(value, open_ended)
+
+
+def _account_for_reference_fields(ledger: Ledger, path: Path, ref: dict[str, Any]) -> None:
+    """The reference's fields that map, and those that do not, with why."""
+    for key in ("templates", "templateName", "args"):
+        if key in ref:
+            ledger.mapped((*path, key))
+    for key, why in (("dryRun", "stagewise has no dry-run metrics: every template it runs decides"),
+                     ("measurementRetention", "stagewise keeps every measurement of a delivery"),
+                     ("name", "Argo's name of the AnalysisRun; stagewise names an analysis by its step"),
+                     ("analysisRunMetadata", "Kubernetes-only: labels of the AnalysisRun object")):
+        if key in ref:
+            ledger.dropped((*path, key), why)
+
+
+def _referenced(ledger: Ledger, at: Path, item: Any, index: Index) -> Source | None:
+    """The (Cluster)AnalysisTemplate a reference names, marked used; None (and why) when it is not in the input."""
+    name = item.get("templateName") if isinstance(item, dict) else None
+    cluster = bool(item.get("clusterScope")) if isinstance(item, dict) else False
+    kind = "ClusterAnalysisTemplate" if cluster else "AnalysisTemplate"
+    source = index.named(ARGO_GROUP, kind, str(name))
+    if source is None:
+        ledger.dropped(at, f"{kind} {name!r} is not in the input, so this analysis does not run it: "
+                           "give its file on the same command line")
+        return None
+    source.used = True
+    return source
 
 
 def convert_template(source: Source, ref_args: list[Any], rollout: str) -> list[tuple[str, dict[str, Any], Timing]]:

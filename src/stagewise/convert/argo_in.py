@@ -108,23 +108,14 @@ def convert_rollout(source: Source, index: Index) -> tuple[dict[str, Any], list[
     anno = led.get(("metadata", "annotations")) or {}
     canary, blue_green = led.get(("spec", "strategy", "canary")), led.get(("spec", "strategy", "blueGreen"))
     body["listen"] = _listen(led, anno, spec_in, index, used)
-    for key, anno_key in (("router", carry.ROUTER), ("platform", carry.PLATFORM)):
-        value = carry.load(anno.get(anno_key)) if isinstance(anno, dict) else None
-        if isinstance(value, dict):
-            body[key] = value
-    for key, anno_key in carry.GATES.items():
-        gates = carry.load(anno.get(anno_key)) if isinstance(anno, dict) else None
-        if isinstance(gates, list):
-            body[key] = gates
+    body.update(_carried(anno))
     replicas = spec_in.get("replicas")
     if isinstance(replicas, int) and not isinstance(replicas, bool):
         body["replicas"] = max(1, replicas)
         led.mapped(("spec", "replicas"))
-    if isinstance(spec_in.get("template"), dict):
-        body["release"] = release_from_pod(led, ("spec", "template"))
-    else:
+    if not isinstance(spec_in.get("template"), dict):
         led.dropped(("spec",), "no pod template: the release is a placeholder")
-        body["release"] = release_from_pod(led, ("spec", "template"))
+    body["release"] = release_from_pod(led, ("spec", "template"))
     book = TemplateBook()
     if isinstance(canary, dict):
         body["strategy"] = {"canary": _canary(led, canary, index, book, source.name)}
@@ -135,16 +126,49 @@ def convert_rollout(source: Source, index: Index) -> tuple[dict[str, Any], list[
         led.dropped(("spec", "strategy"), "expected canary or blueGreen: the spec delivers with a canary "
                                           "straight to 100%")
         body["strategy"] = {"canary": {"steps": [{"setWeight": 100}]}}
-    for template in index.of(ARGO_GROUP, "AnalysisTemplate"):
-        if not template.used and template.ledger.get(("metadata", "annotations", carry.SERVICE)) == name:
-            template.used = True  # defined by the spec `--to argo` wrote it from, though no step names it
-            for metric_name, converted, _ in convert_template(template, [], name):
-                book.add(metric_name, converted)
+    _unreferenced_templates(index, book, name)
     if book.templates:
         body["analysis"] = book.templates
+    body.update(_progress_deadline(led, spec_in))
+    for key, why in _DROPPED_SPEC.items():
+        if key in spec_in:
+            led.dropped(("spec", key), why)
+    used += [s for s in index.sources if s.used and s is not source and s not in used]
+    return {"apiVersion": STAGEWISE_API, "kind": "Service", "metadata": meta, "spec": body}, used
+
+
+def _carried(anno: Any) -> dict[str, Any]:
+    """What `--to argo` carried in annotations: the router, the platform, and the gates (hooks,
+    notifications, windows)."""
+    if not isinstance(anno, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, anno_key in (("router", carry.ROUTER), ("platform", carry.PLATFORM)):
+        value = carry.load(anno.get(anno_key))
+        if isinstance(value, dict):
+            out[key] = value
+    for key, anno_key in carry.GATES.items():
+        value = carry.load(anno.get(anno_key))
+        if isinstance(value, list):
+            out[key] = value
+    return out
+
+
+def _unreferenced_templates(index: Index, book: TemplateBook, service: str) -> None:
+    """Templates written for this service by `--to argo` that no step names (a background analysis's, kept)."""
+    for template in index.of(ARGO_GROUP, "AnalysisTemplate"):
+        if not template.used and template.ledger.get(("metadata", "annotations", carry.SERVICE)) == service:
+            template.used = True  # defined by the spec `--to argo` wrote it from, though no step names it
+            for metric_name, converted, _ in convert_template(template, [], service):
+                book.add(metric_name, converted)
+
+
+def _progress_deadline(led: Ledger, spec_in: dict[str, Any]) -> dict[str, Any]:
+    """`progressDeadline` from progressDeadlineSeconds; progressDeadlineAbort accounted for."""
+    out = {}
     deadline = spec_in.get("progressDeadlineSeconds")
     if isinstance(deadline, int) and not isinstance(deadline, bool) and deadline > 0:
-        body["progressDeadline"] = format_duration(deadline)
+        out["progressDeadline"] = format_duration(deadline)
         led.mapped(("spec", "progressDeadlineSeconds"))
     abort = spec_in.get("progressDeadlineAbort")
     if abort is True:
@@ -152,11 +176,7 @@ def convert_rollout(source: Source, index: Index) -> tuple[dict[str, Any], list[
     elif abort is False:
         led.dropped(("spec", "progressDeadlineAbort"), "stagewise always rolls back a delivery that made no "
                                                        "progress for progressDeadline")
-    for key, why in _DROPPED_SPEC.items():
-        if key in spec_in:
-            led.dropped(("spec", key), why)
-    used += [s for s in index.sources if s.used and s is not source and s not in used]
-    return {"apiVersion": STAGEWISE_API, "kind": "Service", "metadata": meta, "spec": body}, used
+    return out
 
 
 def _listen(led: Ledger, anno: Any, spec_in: dict[str, Any], index: Index, used: list[Source]) -> str:
@@ -269,31 +289,11 @@ def _step(led: Ledger, at: Path, step: Any, index: Index, book: TemplateBook, ro
     kind, value = next(iter(step.items()))
     where: Path = (*at, kind)
     if kind == "setWeight":
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
-            led.mapped(where)
-            return {"setWeight": value}
-        led.dropped(where, f"expected a weight from 0 to 100, got {value!r}")
-        return None
+        return _set_weight(led, where, value)
     if kind == "pause":
-        duration = value.get("duration") if isinstance(value, dict) else None
-        if duration is None:
-            led.mapped(where)
-            return {"pause": {}}
-        try:
-            seconds = argo_pause_seconds(duration)
-        except ValueError as exc:
-            led.dropped(where, str(exc))
-            return None
-        led.mapped(where)
-        return {"pause": {"duration": format_duration(seconds)}}
+        return _pause(led, where, value)
     if kind == "analysis":
-        ref = convert_reference(led, where, value, index, book, rollout)
-        if ref.value is None:
-            return None
-        if ref.open_ended:
-            led.caveat(where, "a metric with an interval and no count runs in Argo until it fails or the rollout "
-                              "ends; stagewise ends a step's analysis after its duration (default 1m)")
-        return {"analysis": ref.value}
+        return _analysis_step(led, where, value, index, book, rollout)
     if kind == "setHeaderRoute":
         return _header_route(led, where, value)
     if kind == "setCanaryScale":
@@ -303,14 +303,49 @@ def _step(led: Ledger, at: Path, step: Any, index: Index, book: TemplateBook, ro
         else:
             led.dropped(where, "stagewise sizes the canary by its weight (at least one instance), not by a count")
         return None
-    reasons = {
-        "setMirrorRoute": "stagewise's routers do not mirror requests",
-        "experiment": "stagewise has no experiments: a canary step with analysis compares the release with the "
-                      "stable one serving at the same time",
-        "plugin": "stagewise has no step plugins",
-    }
-    led.dropped(at, reasons.get(kind, f"not a canary step stagewise knows ({kind})"))
+    led.dropped(at, _UNMAPPED_STEPS.get(kind, f"not a canary step stagewise knows ({kind})"))
     return None
+
+
+_UNMAPPED_STEPS = {
+    "setMirrorRoute": "stagewise's routers do not mirror requests",
+    "experiment": "stagewise has no experiments: a canary step with analysis compares the release with the "
+                  "stable one serving at the same time",
+    "plugin": "stagewise has no step plugins",
+}
+
+
+def _set_weight(led: Ledger, where: Path, value: Any) -> dict[str, Any] | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
+        led.mapped(where)
+        return {"setWeight": value}
+    led.dropped(where, f"expected a weight from 0 to 100, got {value!r}")
+    return None
+
+
+def _pause(led: Ledger, where: Path, value: Any) -> dict[str, Any] | None:
+    duration = value.get("duration") if isinstance(value, dict) else None
+    if duration is None:
+        led.mapped(where)
+        return {"pause": {}}
+    try:
+        seconds = argo_pause_seconds(duration)
+    except ValueError as exc:
+        led.dropped(where, str(exc))
+        return None
+    led.mapped(where)
+    return {"pause": {"duration": format_duration(seconds)}}
+
+
+def _analysis_step(led: Ledger, where: Path, value: Any, index: Index, book: TemplateBook,
+                   rollout: str) -> dict[str, Any] | None:
+    ref = convert_reference(led, where, value, index, book, rollout)
+    if ref.value is None:
+        return None
+    if ref.open_ended:
+        led.caveat(where, "a metric with an interval and no count runs in Argo until it fails or the rollout "
+                          "ends; stagewise ends a step's analysis after its duration (default 1m)")
+    return {"analysis": ref.value}
 
 
 def _header_route(led: Ledger, at: Path, value: Any) -> dict[str, Any] | None:
@@ -343,18 +378,7 @@ def _header_route(led: Ledger, at: Path, value: Any) -> dict[str, Any] | None:
 def _blue_green(led: Ledger, cfg: dict[str, Any], anno: Any, listen: str, index: Index, book: TemplateBook,
                 rollout: str, used: list[Source]) -> dict[str, Any]:
     base: Path = ("spec", "strategy", "blueGreen")
-    out: dict[str, Any] = {}
-    enabled = cfg.get("autoPromotionEnabled", True)
-    seconds = cfg.get("autoPromotionSeconds")
-    for key in ("autoPromotionEnabled", "autoPromotionSeconds"):
-        if key in cfg:
-            led.mapped((*base, key))
-    if enabled is False:
-        if seconds is not None:
-            led.dropped((*base, "autoPromotionSeconds"), "ignored by Argo when autoPromotionEnabled is false")
-    else:
-        after = seconds if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds > 0 else 0
-        out["autoPromotion"] = {"after": format_duration(after)}
+    out: dict[str, Any] = _auto_promotion(led, base, cfg)
     preview = carry.load(anno.get(carry.PREVIEW)) if isinstance(anno, dict) else None
     if isinstance(preview, dict):
         out["preview"] = preview
@@ -379,6 +403,21 @@ def _blue_green(led: Ledger, cfg: dict[str, Any], anno: Any, listen: str, index:
         if key in cfg:
             led.dropped((*base, key), why)
     return out
+
+
+def _auto_promotion(led: Ledger, base: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """`autoPromotion` from autoPromotionEnabled and autoPromotionSeconds (Argo's default: at once)."""
+    enabled = cfg.get("autoPromotionEnabled", True)
+    seconds = cfg.get("autoPromotionSeconds")
+    for key in ("autoPromotionEnabled", "autoPromotionSeconds"):
+        if key in cfg:
+            led.mapped((*base, key))
+    if enabled is False:
+        if seconds is not None:
+            led.dropped((*base, "autoPromotionSeconds"), "ignored by Argo when autoPromotionEnabled is false")
+        return {}
+    after = seconds if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds > 0 else 0
+    return {"autoPromotion": {"after": format_duration(after)}}
 
 
 def _preview_listen(led: Ledger, base: Path, name: str, listen: str, index: Index, used: list[Source]) -> str:

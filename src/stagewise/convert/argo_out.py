@@ -365,56 +365,16 @@ def _ref(ref: dict[str, Any], templates: dict[str, Any]) -> dict[str, Any]:
 
 
 def _strategy(led: Ledger, body: dict[str, Any], name: str) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+    """The Rollout's strategy, the Services it names, and the preview annotation (when the preview needs one)."""
     strategy = body["strategy"]
     listen_port = int(body["listen"].rpartition(":")[2])
     ref_args = _template_args(body, name)
     led.mapped(("spec", "strategy"))
     if "blueGreen" in strategy:
-        cfg = strategy["blueGreen"]
-        out: dict[str, Any] = {"activeService": f"{name}-active", "previewService": f"{name}-preview"}
-        auto = cfg.get("autoPromotion")
-        if auto is None:
-            out["autoPromotionEnabled"] = False
-        elif body_seconds(auto["after"]) > 0:
-            out["autoPromotionSeconds"] = math.ceil(body_seconds(auto["after"]))
-        for key in ("prePromotionAnalysis", "postPromotionAnalysis"):
-            if key in cfg:
-                out[key] = _ref(cfg[key], ref_args)
-        out["scaleDownDelaySeconds"] = math.ceil(body_seconds(cfg["scaleDownDelay"]))
-        preview, preview_port = cfg["preview"], listen_port
-        host = body["listen"].rpartition(":")[0]
-        preview_anno: str | None = None
-        if set(preview) == {"listen"} and preview["listen"].rpartition(":")[0] == host \
-                and preview["listen"] != body["listen"]:
-            preview_port = int(preview["listen"].rpartition(":")[2])
-        else:
-            preview_anno = carry.dump(preview)
-            led.caveat(("spec", "strategy", "blueGreen"), "the preview route is carried in the stagewise.dev/preview "
-                                                          f"annotation; on Kubernetes the Service {name}-preview "
-                                                          "reaches the preview")
-        return ({"blueGreen": out}, [_service(f"{name}-active", name, listen_port),
-                                     _service(f"{name}-preview", name, preview_port)], preview_anno)
-    out = {"stableService": f"{name}-stable", "canaryService": f"{name}-canary"}
+        return _blue_green(led, body, strategy["blueGreen"], name, ref_args)
+    out: dict[str, Any] = {"stableService": f"{name}-stable", "canaryService": f"{name}-canary"}
     if "canary" in strategy:
-        cfg = strategy["canary"]
-        steps, routes = [], []
-        for index, step in enumerate(cfg["steps"]):
-            if "approval" in step:
-                led.caveat(("spec", "strategy", "canary", "steps", index),
-                           "an approval becomes a pause until promoted: Argo Rollouts names no approvers")
-            steps.append(_step(step, ref_args))
-            if "setHeaderRoute" in step:
-                routes.append(step["setHeaderRoute"]["name"])
-        out["steps"] = steps
-        if routes:
-            out["trafficRouting"] = {"managedRoutes": [{"name": r} for r in dict.fromkeys(routes)]}
-            led.caveat(("spec", "strategy", "canary"), "setHeaderRoute needs a traffic router in Argo (Istio, or a "
-                                                       "plugin): add it under trafficRouting")
-        if "analysis" in cfg:
-            background = _ref(cfg["analysis"], ref_args)
-            if cfg["analysis"].get("startingStep"):
-                background["startingStep"] = cfg["analysis"]["startingStep"]
-            out["analysis"] = background
+        out.update(_canary(led, strategy["canary"], ref_args))
     elif "phased" in strategy:
         out["steps"] = _phased_steps(strategy["phased"], body["replicas"], ref_args)
         led.dropped(("spec", "strategy", "phased"), "Argo Rollouts has no phased delivery: the Rollout is a canary "
@@ -425,6 +385,57 @@ def _strategy(led: Ledger, body: dict[str, Any], name: str) -> tuple[dict[str, A
                                                   "steps, which replaces the pods gradually")
     return {"canary": out}, [_service(f"{name}-stable", name, listen_port),
                              _service(f"{name}-canary", name, listen_port)], None
+
+
+def _blue_green(led: Ledger, body: dict[str, Any], cfg: dict[str, Any], name: str,
+                ref_args: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+    listen_port = int(body["listen"].rpartition(":")[2])
+    out: dict[str, Any] = {"activeService": f"{name}-active", "previewService": f"{name}-preview"}
+    auto = cfg.get("autoPromotion")
+    if auto is None:
+        out["autoPromotionEnabled"] = False
+    elif body_seconds(auto["after"]) > 0:
+        out["autoPromotionSeconds"] = math.ceil(body_seconds(auto["after"]))
+    for key in ("prePromotionAnalysis", "postPromotionAnalysis"):
+        if key in cfg:
+            out[key] = _ref(cfg[key], ref_args)
+    out["scaleDownDelaySeconds"] = math.ceil(body_seconds(cfg["scaleDownDelay"]))
+    preview, preview_port = cfg["preview"], listen_port
+    host = body["listen"].rpartition(":")[0]
+    preview_anno: str | None = None
+    if set(preview) == {"listen"} and preview["listen"].rpartition(":")[0] == host \
+            and preview["listen"] != body["listen"]:
+        preview_port = int(preview["listen"].rpartition(":")[2])
+    else:
+        preview_anno = carry.dump(preview)
+        led.caveat(("spec", "strategy", "blueGreen"), "the preview route is carried in the stagewise.dev/preview "
+                                                      f"annotation; on Kubernetes the Service {name}-preview "
+                                                      "reaches the preview")
+    return ({"blueGreen": out}, [_service(f"{name}-active", name, listen_port),
+                                 _service(f"{name}-preview", name, preview_port)], preview_anno)
+
+
+def _canary(led: Ledger, cfg: dict[str, Any], ref_args: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    steps, routes = [], []
+    for index, step in enumerate(cfg["steps"]):
+        if "approval" in step:
+            led.caveat(("spec", "strategy", "canary", "steps", index),
+                       "an approval becomes a pause until promoted: Argo Rollouts names no approvers")
+        steps.append(_step(step, ref_args))
+        if "setHeaderRoute" in step:
+            routes.append(step["setHeaderRoute"]["name"])
+    out["steps"] = steps
+    if routes:
+        out["trafficRouting"] = {"managedRoutes": [{"name": r} for r in dict.fromkeys(routes)]}
+        led.caveat(("spec", "strategy", "canary"), "setHeaderRoute needs a traffic router in Argo (Istio, or a "
+                                                   "plugin): add it under trafficRouting")
+    if "analysis" in cfg:
+        background = _ref(cfg["analysis"], ref_args)
+        if cfg["analysis"].get("startingStep"):
+            background["startingStep"] = cfg["analysis"]["startingStep"]
+        out["analysis"] = background
+    return out
 
 
 def _template_args(body: dict[str, Any], rollout: str) -> dict[str, list[dict[str, Any]]]:

@@ -149,19 +149,31 @@ def _strategy(led: Ledger, index: Index, templates: dict[str, dict[str, Any]], n
         if led.get((*a, key)) is not None:
             led.dropped((*a, key), why)
     weights = _weights(led)
-    iterations = led.get((*a, "iterations"))
     if weights:
-        steps: list[dict[str, Any]] = []
-        for w in weights:
-            steps += [{"setWeight": w}, {"pause": {"duration": format_duration(interval)}}]
-        if led.get((*a, "match")) is not None:
-            led.dropped((*a, "match"), "with weights, Flagger splits all users by weight; the match is unused")
-        canary: dict[str, Any] = {"steps": steps}
-        if names:
-            canary["analysis"] = {"templates": names}
-        led.caveat(a, "each weight is held for one interval while a background analysis judges the candidate; "
-                      "a failed check does not hold the weight back as Flagger's does")
-        return {"canary": canary}
+        return {"canary": _canary(led, weights, interval, names)}
+    return {"blueGreen": _blue_green(led, interval, names)}
+
+
+def _canary(led: Ledger, weights: list[int], interval: float, names: list[str]) -> dict[str, Any]:
+    """Flagger's weights as a canary: each held one interval, judged by a background analysis."""
+    a: Path = ("spec", "analysis")
+    steps: list[dict[str, Any]] = []
+    for w in weights:
+        steps += [{"setWeight": w}, {"pause": {"duration": format_duration(interval)}}]
+    if led.get((*a, "match")) is not None:
+        led.dropped((*a, "match"), "with weights, Flagger splits all users by weight; the match is unused")
+    canary: dict[str, Any] = {"steps": steps}
+    if names:
+        canary["analysis"] = {"templates": names}
+    led.caveat(a, "each weight is held for one interval while a background analysis judges the candidate; "
+                  "a failed check does not hold the weight back as Flagger's does")
+    return canary
+
+
+def _blue_green(led: Ledger, interval: float, names: list[str]) -> dict[str, Any]:
+    """Flagger's iterations (no weights) as a blue-green: the checks run before the switch."""
+    a: Path = ("spec", "analysis")
+    iterations = led.get((*a, "iterations"))
     blue_green: dict[str, Any] = {"preview": _preview(led, a), "autoPromotion": {"after": "0s"}}
     if isinstance(iterations, int) and not isinstance(iterations, bool) and iterations > 0:
         led.mapped((*a, "iterations"))
@@ -170,7 +182,7 @@ def _strategy(led: Ledger, index: Index, templates: dict[str, dict[str, Any]], n
                                                   "duration": format_duration(iterations * interval)}
     else:
         led.caveat(a, "neither weights nor iterations: the candidate is switched to after its pre-promotion checks")
-    return {"blueGreen": blue_green}
+    return blue_green
 
 
 def _weights(led: Ledger) -> list[int]:

@@ -16,7 +16,8 @@ an approval, or a freeze window (`core.gates`); aborting is never held.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -329,120 +330,228 @@ def _finish(d: Delivery, phase: Phase, now: float, message: str) -> list[Event]:
     return [Event(at=now, kind="phase", message=f"{phase.value}: {message}", notice=_NOTICE.get(phase))]
 
 
-def advance(delivery: Delivery, plan: Plan, obs: Observation) -> tuple[Delivery, list[Event]]:
-    """The next state of `delivery`, and what happened; moves at most one step."""
+Moved = tuple[Delivery, list[Event]]
+"""A delivery's next state and what happened on the way."""
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """What one tick of a started delivery sees: its plan, its current step, the world, the hooks' answers;
+    `events` gathers what happened so far (the gates append to it)."""
+
+    plan: Plan
+    step: Step
+    obs: Observation
+    answered: gates.Answered
+    events: list[Event]
+
+
+def advance(delivery: Delivery, plan: Plan, obs: Observation) -> Moved:
+    """The next state of `delivery`, and what happened; moves at most one step.
+
+    A started delivery passes its gates in order (`_GATES`): the first that holds it, or moves it (ends, aborts,
+    enters a step), decides the tick; a step whose gates all pass is done, and the next one is entered (or waited
+    for, when something holds it).
+    """
     if delivery.phase.terminal:
         return delivery, []
     d = evolve(delivery)
-    now = obs.now
     answered = gates.record_answers(d, obs.hook_answers)
     events: list[Event] = list(answered.events)
-
     if d.phase is Phase.PENDING:
         d.failures_base = dict(obs.failures)
-        return _go(d, plan, 0, now, events, obs.windows)
+        return _go(d, plan, 0, obs.now, events, obs.windows)
+    tick = _Tick(plan=plan, step=d.steps(plan)[d.step], obs=obs, answered=answered, events=events)
+    for gate in _GATES:
+        moved = gate(d, tick)
+        if moved is not None:
+            return moved
+    return _next(d, plan, obs.now, events, "", obs.windows)
 
-    aborting = d.phase is Phase.ABORTING
-    steps = d.steps(plan)
-    step = steps[d.step]
 
-    deadline = d.spec.spec.progress_deadline
+def _progress_deadline(d: Delivery, t: _Tick) -> Moved | None:
+    """A delivery that made no progress within its deadline is rolled back; Failed when it is a rollback
+    (a person must act) or a first delivery (nothing to roll back to). A person's or a window's wait is
+    planned waiting, not a stuck delivery; a hook's call that never answers is."""
+    now = t.obs.now
     if d.waiting is not None and not gates.waits_on_a_call(d.waiting.holds):
-        d.progress_at = now  # a person's or a window's wait is planned waiting, not a stuck delivery
-    waiting_on_person = d.paused or (step.manual and d.ready_at is not None and not aborting)
-    if not waiting_on_person and now - d.progress_at > deadline:
-        return _deadline(d, plan, step, obs, events)
+        d.progress_at = now
+    aborting = d.phase is Phase.ABORTING
+    deadline = d.spec.spec.progress_deadline
+    waiting_on_person = d.paused or (t.step.manual and d.ready_at is not None and not aborting)
+    if waiting_on_person or now - d.progress_at <= deadline:
+        return None
+    reason = _stuck_reason(d, t.step, t.obs)
+    if aborting:
+        return d, t.events + _finish(d, Phase.FAILED, now, f"the rollback made no progress for "
+                                     f"{format_duration(deadline)}: {reason}; a person must act")
+    if d.stable is None:
+        return d, t.events + _finish(d, Phase.FAILED, now, f"no progress for {format_duration(deadline)}: "
+                                     f"{reason}; there is no earlier release to roll back to")
+    d2, ev = abort(d, t.plan, now=now, reason=f"progress deadline {format_duration(deadline)} exceeded: {reason}")
+    return d2, t.events + ev
 
-    if not aborting:
-        failed = answered.check_failed or _failed_analysis(d)
-        asked = answered.rollback_asked
-        if (failed or asked) and d.stable is None:
-            return d, events + _finish(d, Phase.FAILED, now, f"{failed or asked}; there is no earlier release "
-                                       "to roll back to")
-        if failed is None and asked is None and d.stable is not None:  # a first delivery waits for its hosts
-            asked = too_many_unreachable(d.spec.spec.platform, obs.unreachable)
-        if failed is not None:
-            d2, ev = abort(d, plan, now=now, reason=failed, notice="analysis-failed")
-            return d2, events + ev
-        if asked is not None:
-            d2, ev = abort(d, plan, now=now, reason=asked)
-            return d2, events + ev
 
-    if not started(d):
-        if d.paused:
-            return d, events
-        return _wait_or_go(d, plan, now, events, obs.windows)
+def _failing(d: Delivery, t: _Tick) -> Moved | None:
+    """A failed analysis (this step's or the background one) or check hook, a rollback hook that asks for it,
+    or more unreachable hosts than the platform allows, roll the delivery back (a first one fails instead)."""
+    if d.phase is Phase.ABORTING:
+        return None
+    failed = t.answered.check_failed or _failed_analysis(d)
+    asked = t.answered.rollback_asked
+    if (failed or asked) and d.stable is None:
+        return d, t.events + _finish(d, Phase.FAILED, t.obs.now, f"{failed or asked}; there is no earlier "
+                                     "release to roll back to")
+    if failed is None and asked is None and d.stable is not None:  # a first delivery waits for its hosts
+        asked = too_many_unreachable(d.spec.spec.platform, t.obs.unreachable)
+    if failed is not None:
+        d2, ev = abort(d, t.plan, now=t.obs.now, reason=failed, notice="analysis-failed")
+        return d2, t.events + ev
+    if asked is not None:
+        d2, ev = abort(d, t.plan, now=t.obs.now, reason=asked)
+        return d2, t.events + ev
+    return None
 
-    bg = plan.background
-    if bg and not aborting and d.step >= bg.starting_step and "background" not in d.analysis:
-        d.analysis["background"] = AnalysisRun(
-            key="background", templates=list(bg.gate.templates), started_at=now,
-            background=True, since=obs.stats, last=obs.stats,
-        )
-        events.append(Event(at=now, kind="analysis", message="background analysis started: "
-                            + ", ".join(bg.gate.templates)))
 
+def _before_first_step(d: Delivery, t: _Tick) -> Moved | None:
+    """A delivery held before its first step (a confirm-rollout hook, a window) enters it once nothing holds
+    it; a person's pause keeps it where it is."""
+    if started(d):
+        return None
     if d.paused:
-        d.phase = Phase.PAUSED
-        return d, events
-    if d.waiting is not None and d.waiting.enter is not None:
-        return _wait_or_go(d, plan, now, events, obs.windows)
+        return d, t.events
+    return _wait_or_go(d, t.plan, t.obs.now, t.events, t.obs.windows)
 
-    # Gate 1: readiness, and instance failures within the step's budget.
+
+def _background_analysis(d: Delivery, t: _Tick) -> None:
+    """The background analysis starts at its step and runs on (it never holds the delivery by itself)."""
+    bg = t.plan.background
+    if bg and d.phase is not Phase.ABORTING and d.step >= bg.starting_step and "background" not in d.analysis:
+        d.analysis["background"] = AnalysisRun(
+            key="background", templates=list(bg.gate.templates), started_at=t.obs.now,
+            background=True, since=t.obs.stats, last=t.obs.stats,
+        )
+        t.events.append(Event(at=t.obs.now, kind="analysis", message="background analysis started: "
+                              + ", ".join(bg.gate.templates)))
+
+
+def _paused(d: Delivery, t: _Tick) -> Moved | None:
+    """A delivery a person paused stays where it is."""
+    if not d.paused:
+        return None
+    d.phase = Phase.PAUSED
+    return d, t.events
+
+
+def _between_steps(d: Delivery, t: _Tick) -> Moved | None:
+    """A delivery waiting to enter its next step (a hook, an approval, a window holds it) enters it once
+    nothing holds it any more."""
+    if d.waiting is None or d.waiting.enter is None:
+        return None
+    return _wait_or_go(d, t.plan, t.obs.now, t.events, t.obs.windows)
+
+
+def _readiness(d: Delivery, t: _Tick) -> Moved | None:
+    """Gate 1: instances ready, and instance failures within the step's budget."""
+    step, obs = t.step, t.obs
     new_failures = obs.failures.get(d.candidate.version, 0) - d.failures_base.get(d.candidate.version, 0)
-    if not aborting and step.max_failures is not None and new_failures > step.max_failures:
-        d2, ev = abort(d, plan, now=now, reason=f"{new_failures} instance(s) of {d.candidate.version} "
+    if d.phase is not Phase.ABORTING and step.max_failures is not None and new_failures > step.max_failures:
+        d2, ev = abort(d, t.plan, now=obs.now, reason=f"{new_failures} instance(s) of {d.candidate.version} "
                        f"failed in this step, more than the {step.max_failures} allowed")
-        return d2, events + ev
+        return d2, t.events + ev
     if d.ready_at is None:
         if step.wait_ready and (obs.held is not None or not _ready(step.world, obs)):
-            return d, events
-        d.ready_at = now
-        d.progress_at = now
-    if aborting:
-        return _timed(d, plan, step, now, events, obs.windows)
-    return _forward_gates(d, plan, step, now, events, obs)
+            return d, t.events
+        d.ready_at = obs.now
+        d.progress_at = obs.now
+    return None
 
 
-def _forward_gates(d: Delivery, plan: Plan, step: Step, now: float, events: list[Event],
-                   obs: Observation) -> tuple[Delivery, list[Event]]:
-    """A forward step's gates once its world is ready: approval, promote, hooks, analysis, pause."""
-    # An approval is a person's decision: `promote` does not skip it.
-    if step.approval is not None:
-        gate = f"approval@{d.step}"
-        hold = gates.step_approval_hold(d, gate, step.approval.approvers, step.approval.count)
-        if hold is not None:
-            return _hold(d, Waiting(enter=None, since=now, holds=[hold]), now, events)
-        if d.waiting is not None:
-            d.waiting = None
-            d.phase = Phase.PROMOTING if step.promoting else Phase.PROGRESSING
-    if d.release_gate:
-        return _next(d, plan, now, events, "promoted", obs.windows)
-    if _checks_pending(d, step):
-        d.progress_at = now  # check hooks conclude by themselves (a call times out): progress
-        return d, events
-    if step.analysis is not None:
-        done, d2, ev = _analysis_gate(d, plan, step, now, obs)
-        if not done:
-            return d2, events + ev
-        events += ev
-    # Gate 3: pause, timed or until a person promotes.
-    if step.manual:
-        if d.phase is not Phase.PAUSED:
-            d.phase = Phase.PAUSED
-            events.append(Event(at=now, kind="phase", message=f"Paused at step {d.step + 1}: "
-                                f"{step.title}; waiting for promote", notice="paused"))
-        return d, events
-    return _timed(d, plan, step, now, events, obs.windows)
+def _approval(d: Delivery, t: _Tick) -> Moved | None:
+    """An approval step waits for its approvers: a person's decision, which `promote` does not skip."""
+    step = t.step
+    if step.approval is None or d.phase is Phase.ABORTING:
+        return None
+    hold = gates.step_approval_hold(d, f"approval@{d.step}", step.approval.approvers, step.approval.count)
+    if hold is not None:
+        return _hold(d, Waiting(enter=None, since=t.obs.now, holds=[hold]), t.obs.now, t.events)
+    if d.waiting is not None:
+        d.waiting = None
+        d.phase = Phase.PROMOTING if step.promoting else Phase.PROGRESSING
+    return None
 
 
-def _timed(d: Delivery, plan: Plan, step: Step, now: float, events: list[Event],
-           windows: Sequence[WindowSpec]) -> tuple[Delivery, list[Event]]:
-    assert d.ready_at is not None  # readiness is gate 1
-    if step.pause and now - d.ready_at < step.pause:
-        d.progress_at = now  # a timed pause is planned waiting, not a stuck delivery
-        return d, events
-    return _next(d, plan, now, events, "", windows)
+def _promoted(d: Delivery, t: _Tick) -> Moved | None:
+    """A forward step a person promoted is done once ready (and approved), whatever its other gates."""
+    if not d.release_gate or d.phase is Phase.ABORTING:
+        return None
+    return _next(d, t.plan, t.obs.now, t.events, "promoted", t.obs.windows)
+
+
+def _checks(d: Delivery, t: _Tick) -> Moved | None:
+    """A forward step waits for its check hooks to pass (a failed one rolls back: `_failing`)."""
+    if d.phase is Phase.ABORTING or not _checks_pending(d, t.step):
+        return None
+    d.progress_at = t.obs.now  # check hooks conclude by themselves (a call times out): progress
+    return d, t.events
+
+
+def _analysis(d: Delivery, t: _Tick) -> Moved | None:
+    """Gate 2: the step's analysis, started on the first tick past readiness and waited for until it passes."""
+    step, now = t.step, t.obs.now
+    if step.analysis is None or d.phase is Phase.ABORTING:
+        return None
+    key = f"step-{d.step}"
+    run = d.analysis.get(key)
+    if run is None:
+        d.analysis[key] = AnalysisRun(
+            key=key, templates=list(step.analysis.templates), started_at=now,
+            duration=step.analysis.duration, since=t.obs.stats, last=t.obs.stats,
+        )
+        t.events.append(Event(at=now, kind="analysis", message=f"analysis started: "
+                              f"{', '.join(step.analysis.templates)}"))
+        return d, t.events
+    outcome = run.verdict.outcome
+    if outcome is Outcome.RUNNING:
+        d.progress_at = now  # a running analysis is progress; only a stuck one (NoData) is not
+        return d, t.events
+    if outcome is Outcome.NO_DATA:
+        return d, t.events  # the judge applies the policy; waiting ends at the deadline
+    if outcome is not Outcome.SUCCESSFUL:
+        d2, ev = abort(d, t.plan, now=now, reason=f"analysis {outcome.value}: {run.verdict.message}",
+                       notice="analysis-failed")
+        return d2, t.events + ev
+    if not run.history or run.history[-1].get("final") is not True:
+        run.history.append({"t": now, "final": True})
+        t.events.append(Event(at=now, kind="analysis", message=f"analysis Successful: {run.verdict.message}"))
+    return None
+
+
+def _manual_pause(d: Delivery, t: _Tick) -> Moved | None:
+    """Gate 3: a pause step without a duration waits until a person promotes."""
+    if not t.step.manual or d.phase is Phase.ABORTING:
+        return None
+    if d.phase is not Phase.PAUSED:
+        d.phase = Phase.PAUSED
+        t.events.append(Event(at=t.obs.now, kind="phase", message=f"Paused at step {d.step + 1}: "
+                              f"{t.step.title}; waiting for promote", notice="paused"))
+    return d, t.events
+
+
+def _timed_pause(d: Delivery, t: _Tick) -> Moved | None:
+    """A step's pause duration, counted from readiness (a rollback step's too)."""
+    if t.step.pause and d.ready_at is not None and t.obs.now - d.ready_at < t.step.pause:
+        d.progress_at = t.obs.now  # a timed pause is planned waiting, not a stuck delivery
+        return d, t.events
+    return None
+
+
+_GATES: tuple[Callable[[Delivery, _Tick], Moved | None], ...] = (
+    _progress_deadline, _failing, _before_first_step, _background_analysis, _paused, _between_steps,
+    _readiness, _approval, _promoted, _checks, _analysis, _manual_pause, _timed_pause,
+)
+"""In order; each may hold the delivery where it is, move it (abort, finish, wait, enter a step) or let it
+pass (None). The forward gates (approval to the manual pause) let a rollback pass."""
 
 
 def _checks_pending(d: Delivery, step: Step) -> bool:
@@ -450,51 +559,6 @@ def _checks_pending(d: Delivery, step: Step) -> bool:
     point, hook_type = (step.hook_point, step.hook_point) if step.hook_point else (f"rollout@{d.step}", "rollout")
     return any(not (state := d.hooks.get(gates.state_key(point, h.name))) or not state.passed
                for h in gates.hooks_of(d, hook_type) if h.http is not None or h.command is not None)
-
-
-def _analysis_gate(d: Delivery, plan: Plan, step: Step, now: float,
-                   obs: Observation) -> tuple[bool, Delivery, list[Event]]:
-    """Gate 2: (passed, the delivery, events): passed once the step's analysis run ended Successful."""
-    assert step.analysis is not None
-    key = f"step-{d.step}"
-    run = d.analysis.get(key)
-    if run is None:
-        d.analysis[key] = AnalysisRun(
-            key=key, templates=list(step.analysis.templates), started_at=now,
-            duration=step.analysis.duration, since=obs.stats, last=obs.stats,
-        )
-        return False, d, [Event(at=now, kind="analysis", message=f"analysis started: "
-                                f"{', '.join(step.analysis.templates)}")]
-    outcome = run.verdict.outcome
-    if outcome is Outcome.RUNNING:
-        d.progress_at = now  # a running analysis is progress; only a stuck one (NoData) is not
-        return False, d, []
-    if outcome is Outcome.NO_DATA:
-        return False, d, []  # the judge applies the policy; waiting ends at the deadline
-    if outcome is not Outcome.SUCCESSFUL:
-        d2, ev = abort(d, plan, now=now, reason=f"analysis {outcome.value}: {run.verdict.message}",
-                       notice="analysis-failed")
-        return False, d2, ev
-    if not run.history or run.history[-1].get("final") is not True:
-        run.history.append({"t": now, "final": True})
-        return True, d, [Event(at=now, kind="analysis", message=f"analysis Successful: {run.verdict.message}")]
-    return True, d, []
-
-
-def _deadline(d: Delivery, plan: Plan, step: Step, obs: Observation,
-              events: list[Event]) -> tuple[Delivery, list[Event]]:
-    now = obs.now
-    deadline = d.spec.spec.progress_deadline
-    reason = _stuck_reason(d, step, obs)
-    if d.phase is Phase.ABORTING:
-        return d, events + _finish(d, Phase.FAILED, now, f"the rollback made no progress for "
-                                   f"{format_duration(deadline)}: {reason}; a person must act")
-    if d.stable is None:
-        return d, events + _finish(d, Phase.FAILED, now, f"no progress for {format_duration(deadline)}: "
-                                   f"{reason}; there is no earlier release to roll back to")
-    d2, ev = abort(d, plan, now=now, reason=f"progress deadline {format_duration(deadline)} exceeded: {reason}")
-    return d2, events + ev
-
 
 def _go(d: Delivery, plan: Plan, target: int, now: float, events: list[Event],
         windows: Sequence[WindowSpec]) -> tuple[Delivery, list[Event]]:

@@ -1,4 +1,4 @@
-"""The Service spec as validated models (the YAML shape of DESIGN.md).
+"""The Service spec as validated models (the YAML shape of docs/architecture.md and the README).
 
 Field names are snake_case in Python and camelCase in YAML, like Kubernetes.
 `stagewise.spec` turns YAML into these models and maps validation errors back

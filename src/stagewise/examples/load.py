@@ -23,7 +23,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -151,37 +151,48 @@ class _Connection:
             if self._reused and nothing:
                 raise _StaleConnection from exc
             raise
-        lines = head[:-4].decode("latin-1").split("\r\n")
-        status_parts = lines[0].split(" ", 2)
-        well_formed = len(status_parts) >= 2 and status_parts[0].startswith("HTTP/1.")
-        if not well_formed or not status_parts[1].isdigit():
-            raise ValueError(f"malformed status line {lines[0][:80]!r}")
-        status = int(status_parts[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        keep_alive = "close" not in headers.get("connection", "").lower() and status_parts[0] != "HTTP/1.0"
+        status, headers, keep_alive = _parse_head(head)
+        keep_alive = await self._read_body(reader, status, headers) and keep_alive
+        if keep_alive:
+            self._reused = True
+        else:
+            await self.close()
+        return status, headers.get("x-version", UNKNOWN_VERSION)
+
+    async def _read_body(self, reader: asyncio.StreamReader, status: int, headers: dict[str, str]) -> bool:
+        """Read (and drop) the response's body; whether the connection can carry another request."""
         if "chunked" in headers.get("transfer-encoding", "").lower():
             while True:
                 size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
                 if size == 0:
                     while await reader.readuntil(b"\r\n") != b"\r\n":
                         pass
-                    break
+                    return True
                 await reader.readexactly(size + 2)
-        elif "content-length" in headers:
+        if "content-length" in headers:
             body = await reader.readexactly(int(headers["content-length"]))
             if status >= 500 and "x-version" not in headers:
                 self.last_refusal = f"{status} {body[:300].decode('utf-8', 'replace').strip()}"
-        elif status not in (204, 304) and not 100 <= status < 200:
+            return True
+        if status not in (204, 304) and not 100 <= status < 200:
             await reader.read()  # the body runs until the server closes
-            keep_alive = False
-        if keep_alive:
-            self._reused = True
-        else:
-            await self.close()
-        return status, headers.get("x-version", UNKNOWN_VERSION)
+            return False
+        return True
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
+    """(status, lower-case headers, keep-alive) of a response head; ValueError for a malformed status line."""
+    lines = head[:-4].decode("latin-1").split("\r\n")
+    status_parts = lines[0].split(" ", 2)
+    well_formed = len(status_parts) >= 2 and status_parts[0].startswith("HTTP/1.")
+    if not well_formed or not status_parts[1].isdigit():
+        raise ValueError(f"malformed status line {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    keep_alive = "close" not in headers.get("connection", "").lower() and status_parts[0] != "HTTP/1.0"
+    return int(status_parts[1]), headers, keep_alive
 
 
 async def run_load(
@@ -200,60 +211,14 @@ async def run_load(
     `rate` paces the total to that many requests per second; `headers_for(i)` gives
     extra headers for the i-th request (0-based), e.g. a user id for cohorts.
     """
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"expected an http:// URL, got {url!r}")
+    traffic = _Traffic(url, rate=rate, headers_for=headers_for, request_timeout=request_timeout)
     if connections < 1 or max_requests < 0 or max_seconds <= 0 or (rate is not None and rate <= 0):
         raise ValueError("connections >= 1, max_requests >= 0, max_seconds > 0 and rate > 0 are required")
-    host, port = parts.hostname, parts.port or 80
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    base = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: stagewise-load\r\n"
-    plain_request = (base + "\r\n").encode("latin-1")
+    traffic.started = time.monotonic()
     report = LoadReport()
-    started = time.monotonic()
     tickets = iter(range(max_requests))
-
-    async def worker() -> None:
-        conn = _Connection(host, port)
-        try:
-            for i in tickets:
-                if rate is not None:
-                    await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
-                if headers_for is None:
-                    request = plain_request
-                else:
-                    extra = "".join(f"{k}: {v}\r\n" for k, v in headers_for(i).items())
-                    request = (base + extra + "\r\n").encode("latin-1")
-                sent = time.monotonic()
-                try:
-                    async with asyncio.timeout(request_timeout):
-                        try:
-                            status, version = await conn.exchange(request)
-                        except _StaleConnection:
-                            status, version = await conn.exchange(request)
-                except (
-                    OSError,
-                    TimeoutError,
-                    asyncio.IncompleteReadError,
-                    asyncio.LimitOverrunError,
-                    ValueError,
-                ) as exc:
-                    await conn.close()
-                    report._socket_error(_error_kind(exc), f"{type(exc).__name__}: {exc}")
-                    await asyncio.sleep(0.005)  # a refusing server must not turn us into a busy loop
-                    continue
-                report._response(status, version, time.monotonic() - sent)
-                if conn.last_refusal is not None and report.refusal_sample is None:
-                    report.refusal_sample = conn.last_refusal
-        finally:
-            await conn.close()
-
-    async def all_of(tasks: list[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            await task
-
-    workers = [asyncio.create_task(worker()) for _ in range(connections)]
-    finished = asyncio.create_task(all_of(workers))
+    workers = [asyncio.create_task(traffic.send(tickets, report)) for _ in range(connections)]
+    finished = asyncio.create_task(_all_of(workers))
     stopped = asyncio.create_task(stop.wait() if stop is not None else asyncio.sleep(math.inf))
     try:
         done, _ = await asyncio.wait(
@@ -263,12 +228,67 @@ async def run_load(
         for task in (*workers, finished, stopped):
             task.cancel()
         outcomes = await asyncio.gather(*workers, finished, stopped, return_exceptions=True)
-    report.duration = time.monotonic() - started
+    report.duration = time.monotonic() - traffic.started
     for outcome in outcomes:
         if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
             raise outcome
     report.stopped_by = "max_requests" if finished in done else "stop" if stopped in done else "max_seconds"
     return report
+
+
+async def _all_of(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        await task
+
+
+class _Traffic:
+    """What every connection of one run sends, and how it paces and counts it."""
+
+    def __init__(self, url: str, *, rate: float | None, headers_for: Callable[[int], dict[str, str]] | None,
+                 request_timeout: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"expected an http:// URL, got {url!r}")
+        self.host, self.port = parts.hostname, parts.port or 80
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.base = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: stagewise-load\r\n"
+        self.plain_request = (self.base + "\r\n").encode("latin-1")
+        self.rate, self.headers_for, self.request_timeout = rate, headers_for, request_timeout
+        self.started = time.monotonic()
+
+    def request(self, i: int) -> bytes:
+        if self.headers_for is None:
+            return self.plain_request
+        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers_for(i).items())
+        return (self.base + extra + "\r\n").encode("latin-1")
+
+    async def send(self, tickets: Iterator[int], report: LoadReport) -> None:
+        """One connection's share: the next request for each ticket it takes, until none is left."""
+        conn = _Connection(self.host, self.port)
+        try:
+            for i in tickets:
+                if self.rate is not None:
+                    await asyncio.sleep(max(0.0, self.started + i / self.rate - time.monotonic()))
+                await self._one(conn, self.request(i), report)
+        finally:
+            await conn.close()
+
+    async def _one(self, conn: _Connection, request: bytes, report: LoadReport) -> None:
+        sent = time.monotonic()
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                try:
+                    status, version = await conn.exchange(request)
+                except _StaleConnection:
+                    status, version = await conn.exchange(request)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            await conn.close()
+            report._socket_error(_error_kind(exc), f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(0.005)  # a refusing server must not turn us into a busy loop
+            return
+        report._response(status, version, time.monotonic() - sent)
+        if conn.last_refusal is not None and report.refusal_sample is None:
+            report.refusal_sample = conn.last_refusal
 
 
 class LoadInBackground:
@@ -338,7 +358,7 @@ class LoadInBackground:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except Exception as exc:  # handed to the caller of stop()/join(), not lost in the thread
+        except Exception as exc:  # noqa: BLE001 -- handed to the caller of stop()/join(), not lost in the thread
             self._error = exc
         finally:
             self._running.set()

@@ -15,14 +15,13 @@ caller decides what a no means.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import time
 from dataclasses import dataclass
 
 import httpx
 
+from stagewise.basics import programs
 from stagewise.core.durations import format_duration
 from stagewise.core.gates_spec import CommandCall, HttpCall
 
@@ -68,27 +67,11 @@ def _transport_words(exc: httpx.HTTPError) -> str:
 
 async def command_call(call: CommandCall, body: bytes, env: dict[str, str] | None = None) -> Answer:
     """Run `call.args` with `body` on stdin; yes on exit status 0."""
-    started = time.monotonic()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *call.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+        ended = await programs.run(call.args, timeout=call.timeout, stdin=body, env={**os.environ, **(env or {})})
     except OSError as exc:
-        return Answer(False, f"cannot run {call.args[0]!r}: {exc.strerror or exc}", "", time.monotonic() - started)
-    try:
-        output, _ = await asyncio.wait_for(proc.communicate(body), timeout=call.timeout)
-    except TimeoutError:
-        await _kill(proc)
-        return Answer(False, f"timed out after {format_duration(call.timeout)}", "", time.monotonic() - started)
-    except asyncio.CancelledError:
-        await asyncio.shield(_kill(proc))  # the caller stops: leave no program behind
-        raise
-    said = one_line(output.decode("utf-8", "replace"))
-    return Answer(proc.returncode == 0, f"exit {proc.returncode}", said, time.monotonic() - started)
-
-
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, 9)
-    with contextlib.suppress(OSError):
-        await proc.communicate()
+        return Answer(False, f"cannot run {call.args[0]!r}: {exc.strerror or exc}", "", 0.0)
+    if ended.timed_out:
+        return Answer(False, f"timed out after {format_duration(call.timeout)}", "", ended.seconds)
+    said = one_line(ended.output.decode("utf-8", "replace"))
+    return Answer(ended.code == 0, f"exit {ended.code}", said, ended.seconds)

@@ -87,7 +87,7 @@ class Verifier:
             return judge(name, pending.template, pending.task.result())
         except ProviderError as exc:
             return Check(template=name, failed=None, words=f"could not measure: {exc}")
-        except Exception as exc:  # a provider's bug must not stop the pipelines: no data, said why
+        except Exception as exc:  # noqa: BLE001 -- a provider's bug must not stop the pipelines: no data, why said
             return Check(template=name, failed=None, words=f"could not measure: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:

@@ -20,17 +20,17 @@ Linux only. It must never run a shell, and never import another driver.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from stagewise.basics import proc as procfs  # `proc` names a process here
+from stagewise.basics import waiting
 from stagewise.errors import PlatformError
 
 LAUNCH_VARIABLE = "STAGEWISE_INSTANCE_LAUNCH"
@@ -65,20 +65,16 @@ _P = TypeVar("_P", bound=Named)
 
 def proc_stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start time) of a process, or None if there is none with that pid."""
-    fields = _stat_fields(pid)
-    return None if fields is None else (fields[0], int(fields[19]))
+    found = _stat(pid)
+    return None if found is None else (found.state, found.start_time)
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None without such a process."""
+def _stat(pid: int) -> procfs.Stat | None:
+    """/proc/PID/stat, or None without such a process; a PlatformError if /proc cannot be read."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+        return procfs.stat(pid)
     except OSError as exc:
         raise PlatformError(f"cannot read /proc/{pid}/stat: {exc}") from exc
-    # The command name in field 2 may hold spaces and parentheses; it ends at the last ')'.
-    return text[text.rindex(")") + 2 :].split()
 
 
 def describe_exit(code: int) -> str:
@@ -129,11 +125,13 @@ def signal_group(proc: Named, sig: signal.Signals, name: str) -> None:
 
 async def wait_gone(procs: Iterable[_P], timeout: float) -> list[_P]:
     """Poll until these processes have exited (reaping ours); returns those still alive."""
-    deadline = time.monotonic() + timeout
-    pending = [p for p in procs if ending(p) is None]
-    while pending and time.monotonic() < deadline:
-        await asyncio.sleep(POLL_INTERVAL)
-        pending = [p for p in pending if ending(p) is None]
+    pending = list(procs)
+
+    def all_gone() -> bool:
+        pending[:] = [p for p in pending if ending(p) is None]
+        return not pending
+
+    await waiting.until(all_gone, timeout=timeout, interval=POLL_INTERVAL)
     return pending
 
 
@@ -158,17 +156,11 @@ def find_launched(token: str) -> tuple[int, int] | None:
     passed over. Processes this user may not read are someone else's.
     """
     needle = f"{LAUNCH_VARIABLE}={token}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            environment = (entry / "environ").read_bytes()
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        if needle not in environment.split(b"\0"):
-            continue
-        fields = _stat_fields(pid)
-        if fields is not None and fields[0] not in "ZX" and int(fields[3]) == pid:
-            return pid, int(fields[19])
+    for pid in procfs.pids():
+        environment = procfs.environ(pid)
+        if environment is None or needle not in environment:
+            continue  # gone meanwhile, not ours to read, or not launched with this token
+        found = _stat(pid)
+        if found is not None and not found.ended and found.session == pid:
+            return pid, found.start_time
     return None

@@ -22,6 +22,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from stagewise.basics import files
 from stagewise.errors import PlatformRefusedError
 
 
@@ -92,9 +93,7 @@ class Artifacts:
         self.store.mkdir(parents=True, exist_ok=True)
         target = self.store / f"{sha}.tar.gz"
         if not target.exists():
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            files.write_atomic(target, data)
         artifact = Artifact(path=target, sha256=sha, size=len(data))
         self._packed[key] = (fingerprint, artifact)
         return artifact

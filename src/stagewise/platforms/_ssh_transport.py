@@ -42,16 +42,15 @@ that outlives its timeout is killed and its host counted unreachable too.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
 import shlex
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from stagewise.basics import programs
 from stagewise.core.platform_spec import HostSpec, SshSpec, split_target
 from stagewise.errors import HostKeyError, HostUnreachableError, PlatformError, PlatformRefusedError
 
@@ -60,6 +59,8 @@ SERVER_ALIVE_COUNT = 3
 """A master whose host stops answering is given up after about 3 s (interval × count)."""
 CONTROL_PERSIST = 120
 """Seconds a master outlives its last command: a restarted controller finds it still open."""
+CLOSE_TIMEOUT = 5.0
+"""Seconds `ssh -O exit` may take to ask a master to exit."""
 SOCKET_PATH_MAX = 107
 """Unix socket paths are limited to 108 bytes with the final NUL."""
 SOCKET_NAME_LENGTH = 1 + 40 + 17
@@ -123,25 +124,16 @@ class Connection:
         """Run a fixed sh `script` with `args` on the host; raises on OpenSSH's own failures (exit 255)."""
         self.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
         remote = " ".join(shlex.quote(a) for a in ["sh", "-c", script, "stagewise", *args])
-        with contextlib.ExitStack() as stack:
-            # an artifact on local disk: opening it does not block for long
-            source = stack.enter_context(open(stdin, "rb")) if stdin is not None else subprocess.DEVNULL  # noqa: ASYNC230
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *self.argv(), remote, stdin=source, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
-            except OSError as exc:
-                raise PlatformRefusedError(f"cannot run ssh (install openssh-client): {exc}") from exc
-            try:
-                out, err = await asyncio.wait_for(proc.communicate(), timeout)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-                raise HostUnreachableError(
-                    self.host.name, f"{self.host.name}: no answer within {timeout:g}s") from None
-        result = Result(status=proc.returncode or 0, stdout=out.decode(errors="replace"),
-                        stderr=err.decode(errors="replace"))
+        # the client runs in a session of its own, killed whole at the limit; a master it starts
+        # (ControlPersist) detaches into its own session and stays for the next command
+        try:
+            ended = await programs.run([*self.argv(), remote], timeout=timeout, stdin=stdin, errors_apart=True)
+        except OSError as exc:
+            raise PlatformRefusedError(f"cannot run ssh (install openssh-client): {exc}") from exc
+        if ended.timed_out:
+            raise HostUnreachableError(self.host.name, f"{self.host.name}: no answer within {timeout:g}s")
+        result = Result(status=ended.code or 0, stdout=ended.output.decode(errors="replace"),
+                        stderr=ended.errors.decode(errors="replace"))
         if result.status == 255:
             raise self.failure(result.stderr)
         return result
@@ -170,16 +162,11 @@ class Connection:
         if self.host.address is not None:
             return self.host.address
         argv = self.argv()
-        proc = await asyncio.create_subprocess_exec(
-            *argv[:1], "-G", *argv[1:], stdin=subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+            ended = await programs.run([*argv[:1], "-G", *argv[1:]], timeout=timeout, errors_apart=True)
+        except OSError:
             return self.hostname
-        for line in out.decode(errors="replace").splitlines():
+        for line in ended.output.decode(errors="replace").splitlines():
             key, _, value = line.partition(" ")
             if key == "hostname" and value:
                 return value.strip()
@@ -189,11 +176,4 @@ class Connection:
         """Ask the master to exit (`ssh -O exit`); instances on the host keep running."""
         argv = self.argv()
         with contextlib.suppress(OSError):
-            proc = await asyncio.create_subprocess_exec(
-                *argv[:1], "-O", "exit", *argv[1:], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+            await programs.run([*argv[:1], "-O", "exit", *argv[1:]], timeout=CLOSE_TIMEOUT)

@@ -2,7 +2,7 @@
 
 Why it is built this way:
 
-- Instances must outlive the controller (DESIGN.md: a controller restart never
+- Instances must outlive the controller (docs/architecture.md: a controller restart never
   drops a request), so each runs in its own session and its record lives on
   disk under `state_dir/instances/<service>/`. A new `LocalPlatform` re-adopts
   them by pid *and* kernel start time, because by then a bare pid may belong to
@@ -34,11 +34,9 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from typing import Any
 
 import httpx
 
+from stagewise.basics import files, ports
 from stagewise.core.spec import ReleaseSpec
 from stagewise.errors import PlatformError, PlatformRefusedError
 from stagewise.platforms import Instance, InstanceState, PlatformView
@@ -71,7 +70,6 @@ KILL_WAIT = 2.0
 """Seconds to wait for a SIGKILLed process to disappear before giving up on it."""
 
 _META = "_service.json"  # service names are DNS labels, so no instance id can collide
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -106,13 +104,10 @@ _INTENT_OWNER = "intent_of"
 
 def _free_port(taken: set[int]) -> int:
     """A loopback port nobody listens on now; not one of ours still coming up."""
-    for _ in range(20):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in taken:
-            return port
-    raise PlatformError("could not find a free loopback port")
+    try:
+        return ports.free_port(avoid=taken)
+    except OSError as exc:
+        raise PlatformError(f"could not find a free loopback port: {exc}") from exc
 
 
 def _rotate(log: Path, max_bytes: int) -> None:
@@ -149,19 +144,7 @@ def _spawn_failure(instance_id: str, program: str, exc: OSError | ValueError) ->
 
 
 def _atomic_write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _last_line(path: Path) -> str | None:
-    try:
-        with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return None
-    return lines[-1].strip()[:300] if lines else None
+    files.write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 class LocalPlatform:
@@ -356,7 +339,7 @@ class LocalPlatform:
     # -- records ---------------------------------------------------------------------------------
 
     def _service_dir(self, service: str) -> Path:
-        if not _SAFE_NAME.fullmatch(service):
+        if not files.is_folder_name(service):
             raise PlatformRefusedError(f"invalid service name {service!r}")
         return self._root / service
 
@@ -450,7 +433,7 @@ class LocalPlatform:
 
     @staticmethod
     def _log_note(record: _Record) -> str:
-        line = _last_line(Path(record.log))
+        line = files.last_line(Path(record.log))
         return f"log {record.log}" + (f", last line: {line}" if line else " (empty)")
 
     @staticmethod

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any
 
 import httpx
 
+from stagewise.basics import files
 from stagewise.core.platform_spec import PlatformSpec
 from stagewise.core.spec import ReleaseSpec
 from stagewise.errors import HostKeyError, HostUnreachableError, PlatformError, PlatformRefusedError
@@ -344,9 +344,7 @@ class SshPlatform:
     def _save_state(self, service: str, data: dict[str, Any]) -> None:
         path = self._state_path(service)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        files.write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
     def _next_seq(self, service: str, state: dict[str, Any]) -> int:
         listed = [i.seq + 1 for h in self.hosts for i in h.listing.get(service, {}).values()]

@@ -12,7 +12,7 @@ controller runs (judges, state machine, planner).
 
 Pure: no clock, no I/O beyond reading a scenario file, randomness only from
 seeded `random.Random`s. It never imports the controller or the drivers
-(the layers of DESIGN.md), nor its sibling, the advisor.
+(the layers of docs/architecture.md), nor its sibling, the advisor.
 """
 
 from stagewise.sim.compare import Comparison, Summary, compare, run_one, service_spec

@@ -9,7 +9,7 @@ written again for speed over plain counters instead of driver calls:
 2. the route table holds every ready instance that stays;
 3. missing instances are started; they join the table once ready.
 
-The simulator may not import the controller (the layers of DESIGN.md), so
+The simulator may not import the controller (the layers of docs/architecture.md), so
 this module repeats those rules; `tests/sim` checks them against the
 controller's `choose_victims`.
 """

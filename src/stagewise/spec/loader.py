@@ -4,7 +4,7 @@ Every way a spec can be wrong — a missing file, a megabyte of noise, a byte th
 is not UTF-8, a tab in the indentation, a typo in a field name, a canary weight
 of 120 — ends as one `SpecError` whose problems each name file:line:column, the
 field in YAML spelling, and what would be right. A user never sees a traceback
-for bad input (CONVENTIONS.md, Errors), so nothing else may escape from here.
+for bad input (docs/architecture.md, Errors), so nothing else may escape from here.
 
 What is valid is decided by `stagewise.core.spec` alone; this module only
 reads, locates and reports.

@@ -8,12 +8,24 @@ every service a tick changed, together: one transaction per tick, however
 many services moved. The controller keeps what it read in memory and asks
 `change_mark` on every tick whether another process wrote since. Tokens (hashes only), the
 audit log and pipelines are kept here too.
-Each backend lives in its own module and imports `stagewise.core` only.
+
+With several controllers on one store, each service is held by one of them
+under a lease (`leases`: service, holder, epoch, expires_at). A store given a
+fence (`fence_with`) checks, inside every write of a service's state and as
+its last statement, that the writer still holds that service at the epoch it
+read it under and that the lease has not expired; otherwise the transaction
+rolls back and `LeaseLostError` says who holds it now. A write by a server
+that does not hold the service (a person's verb) moves the epoch on instead,
+so the holder's decision in flight, made before the verb, cannot overwrite it.
+Each backend lives in its own module and imports `stagewise.core` only:
+SQLite (`sqlite.py`, the default: one file under the state directory) and
+PostgreSQL (`postgresql.py`: one database that several servers can share).
+`open_store` picks one from a location string (`locations.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -23,7 +35,7 @@ from pydantic import BaseModel
 from stagewise.core.delivery import Delivery, Event
 from stagewise.core.pipeline import PipelineRecord, PipelineRelease
 from stagewise.core.service import ServiceRecord
-from stagewise.errors import UnknownDriverError
+from stagewise.store.locations import parse_location
 
 Role = Literal["viewer", "operator", "admin"]
 
@@ -124,6 +136,31 @@ class Write:
     measurements: Sequence[Measurement] = ()
 
 
+class Lease(BaseModel):
+    """Who holds a service, in which term, until when (the store's clock, seconds since the epoch)."""
+
+    service: str
+    holder: str
+    """The controller's name; "" once given up."""
+    epoch: int
+    """Moves on each time the service changes hands (or another server writes a person's verb for it)."""
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a write of a service's state must be checked against, inside its transaction."""
+
+    holder: str
+    epoch: int | None
+    """The epoch the writer holds the service at; None: the writer does not hold it (a person's verb on another
+    server), and the write moves the lease's epoch on."""
+
+
+FenceFor = Callable[[str], Fence | None]
+"""The fence of a write for a service; None: no check (a store no controller shares)."""
+
+
 class Store(Protocol):
     def get_service(self, name: str) -> ServiceRecord | None:
         """The service named `name`; None if there is none (or it was deleted)."""
@@ -153,12 +190,14 @@ class Store(Protocol):
 
     def save_all(self, writes: Sequence[Write]) -> None:
         """Every write in one transaction: each delivery replaced, its events appended with their
-        notifications, its service updated, its measurements added; nothing of it if any part fails."""
+        notifications, its service updated, its measurements added, each checked against its service's fence;
+        nothing of it if any part fails (a refused fence: `LeaseLostError` naming that service)."""
         ...
 
     def change_mark(self) -> int:
-        """A number that changes whenever another process commits to the store, never for this object's own
-        writes; cheap enough to ask on every tick whether what the controller keeps in memory is still so."""
+        """A number that changes whenever another process commits to the store (it may change more often:
+        a store that cannot tell gives a new one every time); cheap enough to ask on every tick whether what
+        the controller keeps in memory is still so."""
         ...
 
     def get_delivery(self, delivery_id: int) -> Delivery | None: ...
@@ -205,12 +244,48 @@ class Store(Protocol):
     def save_pipeline_release(self, release: PipelineRelease) -> None: ...
     def pipeline_releases(self, pipeline: str | None = None, *, active: bool = False,
                           limit: int = 50) -> list[PipelineRelease]: ...
+    # leases: several controllers on one store (controller/leases.py decides, the store only keeps them)
+    def fence_with(self, fence: FenceFor | None) -> None:
+        """Check every later write of a service's state against `fence(service)` (module docstring)."""
+        ...
+
+    def leases(self) -> tuple[float, list[Lease]]:
+        """The store's clock now, and every lease."""
+        ...
+
+    def lease(self, service: str) -> Lease | None: ...
+    def heartbeat(self, holder: str, *, duration: float) -> list[str]:
+        """Note that controller `holder` lives for `duration` more seconds; the names of the live ones."""
+        ...
+
+    def acquire_leases(self, holder: str, services: list[str], *, duration: float) -> dict[str, int]:
+        """Take those of `services` whose lease is free, given up or expired, each at a new epoch; those taken."""
+        ...
+
+    def renew_leases(self, holder: str, *, duration: float) -> dict[str, int]:
+        """Extend every unexpired lease `holder` holds by `duration` from now; service -> epoch of those."""
+        ...
+
+    def release_leases(self, holder: str, services: list[str] | None = None) -> None:
+        """Give up `holder`'s leases of `services` (all, and its heartbeat, when None): free at once."""
+        ...
+
+    def wait_for_changes(self, timeout: float) -> set[str] | None:
+        """Services another process wrote, waiting up to `timeout` seconds for one; None when this store cannot
+        tell (then nothing else writes to it)."""
+        ...
+
     def close(self) -> None: ...
 
 
-def open_store(kind: str, *, state_dir: Path) -> Store:
-    if kind == "sqlite":
-        from stagewise.store.sqlite import SqliteStore
+def open_store(location: str = "sqlite", *, state_dir: Path) -> Store:
+    """The store at `location` (store/locations.py): `sqlite` under `state_dir` (the default), `sqlite:PATH`,
+    or a PostgreSQL connection string such as `postgresql://USER@HOST/DB`; created or migrated as needed."""
+    where = parse_location(location, state_dir=state_dir)
+    if where.kind == "postgresql":
+        from stagewise.store.postgresql import PostgresStore  # psycopg is loaded only by those who use it
 
-        return SqliteStore(state_dir / "stagewise.db")
-    raise UnknownDriverError("store", kind, ["sqlite"])
+        return PostgresStore(where)
+    from stagewise.store.sqlite import SqliteStore
+
+    return SqliteStore(Path(where.target))

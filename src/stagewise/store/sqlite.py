@@ -28,7 +28,7 @@ from types import TracebackType
 
 from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.service import ServiceRecord
-from stagewise.errors import NotFoundError, PermanentError, TemporaryError
+from stagewise.errors import NotFoundError, SchemaTooNewError, StoreBusyError, StoreError
 from stagewise.store import (  # the interface; it imports us lazily
     DeletedService,
     Measurement,
@@ -37,19 +37,7 @@ from stagewise.store import (  # the interface; it imports us lazily
     upgrades,
 )
 from stagewise.store.sqlite_gates import GatesTables, v5_outbox, v6_tokens_and_audit, v7_pipelines, write_events
-
-
-class StoreError(PermanentError):
-    """The state database is unusable as it is: not a database, corrupt, or misused."""
-
-
-class StoreBusyError(TemporaryError):
-    """The state database is locked by another writer, or the disk is full or failing; retry."""
-
-
-class SchemaTooNewError(StoreError):
-    """The state directory was written by a newer stagewise; reading it could misread it."""
-
+from stagewise.store.sqlite_leases import LeaseTables, v8_leases
 
 # --- schema and its forward migrations ---------------------------------------------------
 
@@ -114,7 +102,8 @@ def _v4_typed_specs_and_judge_states(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: tuple[Migration, ...] = (_v1_core_tables, _v2_measurements, _v3_deleted_services,
-                                  _v4_typed_specs_and_judge_states, v5_outbox, v6_tokens_and_audit, v7_pipelines)
+                                  _v4_typed_specs_and_judge_states, v5_outbox, v6_tokens_and_audit, v7_pipelines,
+                                  v8_leases)
 """`MIGRATIONS[n]` takes a database from schema version n to n + 1. Append only: never edit one
 that has shipped, since databases in the field already ran it."""
 
@@ -181,7 +170,7 @@ _TERMINAL = tuple(p.value for p in Phase if p.terminal)
 # --- the store -----------------------------------------------------------------------------
 
 
-class SqliteStore(GatesTables):
+class SqliteStore(GatesTables, LeaseTables):
     """The `Store` protocol over one SQLite file, safe to share between threads.
 
     One connection serves every thread (the server calls from workers), so a lock
@@ -262,6 +251,7 @@ class SqliteStore(GatesTables):
         with self._write() as conn:
             _upsert_service(conn, record)
             _append_events(conn, events, None, record.name)
+            self._fenced(conn, record.name)
 
     def delete_service(self, name: str, *, at: float, events: Sequence[Event] = (),
                        delivery: Delivery | None = None) -> None:
@@ -278,6 +268,7 @@ class SqliteStore(GatesTables):
                 _update_delivery(conn, delivery)
             write_events(conn, events, delivery.id if delivery else None, name,
                          delivery.spec if delivery else None, delivery)
+            self._fenced(conn, name)
 
     def deleted_services(self, name: str) -> list[DeletedService]:
         """The services once named `name` and deleted, oldest first."""
@@ -305,6 +296,7 @@ class SqliteStore(GatesTables):
             write_events(conn, events, stored.id, stored.service, stored.spec, stored)
             if service is not None:
                 _upsert_service(conn, service)
+            self._fenced(conn, stored.service)
         return stored
 
     def save_delivery(self, delivery: Delivery, events: Sequence[Event],
@@ -316,6 +308,7 @@ class SqliteStore(GatesTables):
             write_events(conn, events, delivery.id, delivery.service, delivery.spec, delivery)
             if service is not None:
                 _upsert_service(conn, service)
+            self._fenced(conn, delivery.service)
 
     def save_all(self, writes: Sequence[Write]) -> None:
         """Each write's delivery, events (with their notifications), service and measurements, all in one
@@ -333,6 +326,7 @@ class SqliteStore(GatesTables):
                 if write.record is not None:
                     _upsert_service(conn, write.record)
                 _insert_measurements(conn, write.measurements)
+                self._fenced(conn, write.service)
 
     def change_mark(self) -> int:
         """SQLite's `data_version`: it moves when another connection commits, not for this one's commits."""

@@ -29,6 +29,15 @@ from stagewise.core.pipeline import PipelineRecord, PipelineRelease
 from stagewise.core.spec import ServiceSpec
 from stagewise.errors import ConflictError, NotFoundError
 from stagewise.store import AuditEntry, OutboxItem, SinkHealth, TokenRecord
+from stagewise.store.rows import (
+    AUDIT_COLUMNS,
+    OUTBOX_COLUMNS,
+    TOKEN_COLUMNS,
+    audit_entry,
+    outbox_item,
+    sink_health_of,
+    token,
+)
 
 # --- migrations ---------------------------------------------------------------------------------
 
@@ -98,18 +107,6 @@ def write_events(conn: sqlite3.Connection, events: Sequence[Event], delivery_id:
                  json.dumps({"id": key, **row.payload}), event.at, event.at))
 
 
-_OUTBOX_COLUMNS = ("id, key, service, sink, kind, target, payload, attempts, created_at, next_at, sent_at,"
-                   " gave_up_at, last_error")
-
-
-def _item(row: tuple[object, ...]) -> OutboxItem:
-    (id_, key, service, sink, kind, target, payload, attempts, created_at, next_at, sent_at, gave_up_at,
-     last_error) = row
-    return OutboxItem(id=id_, key=key, service=service, sink=sink, kind=kind, target=json.loads(str(target)),
-                      payload=json.loads(str(payload)), attempts=attempts, created_at=created_at, next_at=next_at,
-                      sent_at=sent_at, gave_up_at=gave_up_at, last_error=last_error)
-
-
 class GatesTables:
     """Methods of `SqliteStore` over the outbox, tokens, audit and pipeline tables."""
 
@@ -123,19 +120,19 @@ class GatesTables:
         """Notifications not sent yet whose next try is due, oldest first."""
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL AND gave_up_at IS NULL"
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL AND gave_up_at IS NULL"
                 " AND next_at <= ? ORDER BY id LIMIT ?", (now, limit)).fetchall()
-        return [_item(r) for r in rows]
+        return [outbox_item(r) for r in rows]
 
     def notifications(self, service: str | None = None, *, after_id: int = 0, limit: int = 200) -> list[OutboxItem]:
-        sql = f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id > ?"
+        sql = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id > ?"
         args: list[object] = [after_id]
         if service is not None:
             sql += " AND service = ?"
             args.append(service)
         with self._read() as conn:
             rows = conn.execute(sql + " ORDER BY id LIMIT ?", [*args, limit]).fetchall()
-        return [_item(r) for r in rows]
+        return [outbox_item(r) for r in rows]
 
     def notification_sent(self, item_id: int, *, at: float) -> None:
         with self._write() as conn:
@@ -165,8 +162,7 @@ class GatesTables:
             errors = dict(conn.execute(
                 "SELECT sink, last_error FROM outbox WHERE id IN (SELECT MAX(id) FROM outbox WHERE service = ?"
                 " AND last_error != '' AND sent_at IS NULL GROUP BY sink)", (service,)).fetchall())
-        return [SinkHealth(sink=r[0], kind=r[1], pending=int(r[2] or 0), given_up=int(r[3] or 0), last_sent_at=r[4],
-                           attempts=int(r[5] or 0), last_error=str(errors.get(r[0], ""))) for r in rows]
+        return sink_health_of(rows, errors)
 
     # --- tokens and audit ---
 
@@ -186,15 +182,13 @@ class GatesTables:
 
     def token_by_hash(self, digest: str) -> TokenRecord | None:
         with self._read() as conn:
-            row = conn.execute("SELECT name, role, hash, created_at, created_by FROM tokens WHERE hash = ?",
-                               (digest,)).fetchone()
-        return None if row is None else TokenRecord(name=row[0], role=row[1], hash=row[2], created_at=row[3],
-                                                    created_by=row[4])
+            row = conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?", (digest,)).fetchone()
+        return None if row is None else token(row)
 
     def list_tokens(self) -> list[TokenRecord]:
         with self._read() as conn:
-            rows = conn.execute("SELECT name, role, hash, created_at, created_by FROM tokens ORDER BY name").fetchall()
-        return [TokenRecord(name=r[0], role=r[1], hash=r[2], created_at=r[3], created_by=r[4]) for r in rows]
+            rows = conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name").fetchall()
+        return [token(r) for r in rows]
 
     def delete_token(self, name: str) -> None:
         with self._write() as conn:
@@ -209,10 +203,9 @@ class GatesTables:
 
     def audit(self, *, after_id: int = 0, limit: int = 200) -> list[AuditEntry]:
         with self._read() as conn:
-            rows = conn.execute("SELECT id, at, actor, role, method, path, status, detail FROM audit WHERE id > ?"
-                                " ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
-        return [AuditEntry(id=r[0], at=r[1], actor=r[2], role=r[3], method=r[4], path=r[5], status=r[6], detail=r[7])
-                for r in rows]
+            rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+                                (after_id, limit)).fetchall()
+        return [audit_entry(r) for r in rows]
 
     # --- pipelines ---
 

@@ -29,19 +29,19 @@ create (everything it removes carries its prefix and is listed in its record).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from stagewise.errors import PlatformRefusedError
+from stagewise.basics import files, waiting
+from stagewise.basics import proc as procfs  # `proc` names an sshd process here
+from stagewise.errors import HostsUnavailableError
 
 REGISTRY = Path("/run/stagewise-test-hosts")
 """One JSON record per live fleet: what to remove if its owner dies."""
@@ -49,10 +49,8 @@ SSHD = "/usr/sbin/sshd"
 SUBNET_PREFIX = "10.77"
 """Fleets take 10.77.X.0/24 for a free X: private, and used here only inside namespaces."""
 SSHD_READY_TIMEOUT = 10.0
-
-
-class HostsUnavailable(PlatformRefusedError):
-    """Test hosts cannot be made here (not root, no sshd, no ip)."""
+KILL_TIMEOUT = 2.0
+"""Seconds to go on killing the processes of a test host's user until none is left."""
 
 
 def unavailable_reason() -> str | None:
@@ -101,27 +99,19 @@ class FleetRecord:
 def _run(*argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(argv, input=input, capture_output=True, text=True, check=False, timeout=30)
     if check and result.returncode != 0:
-        raise HostsUnavailable(f"{' '.join(argv[:4])} failed: {result.stderr.strip() or result.stdout.strip()}")
+        raise HostsUnavailableError(f"{' '.join(argv[:4])} failed: {result.stderr.strip() or result.stdout.strip()}")
     return result
 
 
 def _start_time(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(text[text.rindex(")") + 2:].split()[19])
+    return procfs.start_time(pid)
 
 
 @contextlib.contextmanager
 def _registry_lock() -> Iterator[None]:
     REGISTRY.mkdir(parents=True, exist_ok=True)
-    with open(REGISTRY / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with files.locked(REGISTRY / ".lock"):
+        yield
 
 
 def _sweep_stale() -> None:
@@ -144,7 +134,7 @@ def _free_subnet() -> str:
         candidate = f"{SUBNET_PREFIX}.{secrets.randbelow(254) + 1}"
         if f" {candidate}." not in used:
             return candidate
-    raise HostsUnavailable(f"no free /24 left in {SUBNET_PREFIX}.0.0/16")
+    raise HostsUnavailableError(f"no free /24 left in {SUBNET_PREFIX}.0.0/16")
 
 
 class Fleet:
@@ -153,7 +143,7 @@ class Fleet:
     def __init__(self, count: int, *, base: Path | None = None) -> None:
         reason = unavailable_reason()
         if reason is not None:
-            raise HostsUnavailable(reason)
+            raise HostsUnavailableError(reason)
         self.count = count
         self.prefix = "sw" + secrets.token_hex(3)
         root = Path(base or "/tmp") / f"stagewise-hosts-{self.prefix}"
@@ -259,25 +249,22 @@ class Fleet:
         self._save()
 
     def _wait_sshd(self) -> None:
-        deadline = time.monotonic() + SSHD_READY_TIMEOUT
         pending = list(self.hosts)
-        while pending and time.monotonic() < deadline:
+
+        def all_listen() -> bool:
             for host in list(pending):
                 listening = _run("ip", "netns", "exec", host.netns, "cat", "/proc/net/tcp").stdout
                 if ":0016 00000000:0000 0A" in listening:
                     pending.remove(host)
-            if pending:
-                time.sleep(0.02)
-        if pending:
+            return not pending
+
+        if not waiting.blocking_until(all_listen, timeout=SSHD_READY_TIMEOUT, interval=0.02):
             logs = "; ".join((Path(h.directory) / "sshd.log").read_text()[-300:] for h in pending)
-            raise HostsUnavailable(f"sshd did not listen on {', '.join(h.address for h in pending)}: {logs}")
+            raise HostsUnavailableError(f"sshd did not listen on {', '.join(h.address for h in pending)}: {logs}")
 
     def _save(self) -> None:
         REGISTRY.mkdir(parents=True, exist_ok=True)
-        path = REGISTRY / f"{self.prefix}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.record)))
-        os.replace(tmp, path)
+        files.write_atomic(REGISTRY / f"{self.prefix}.json", json.dumps(asdict(self.record)))
 
     # -- using --------------------------------------------------------------------------------
 
@@ -312,30 +299,26 @@ class Fleet:
 
 
 def _processes_of(uid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of each process that runs as `uid`."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if entry.stat().st_uid != uid:
-                continue
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        found.append((int(entry.name), cmdline))
+    for pid in procfs.pids():
+        argv = procfs.cmdline(pid) if procfs.owner(pid) == uid else None
+        if argv is not None:
+            found.append((pid, " ".join(argv)))
     return found
 
 
 def _kill_uid(uid: int) -> None:
-    """SIGKILL every process of a test host's user, by pid (the user exists only for this fleet)."""
-    for _ in range(50):
+    """SIGKILL every process of a test host's user, by pid (the user exists only for this fleet), until none is left
+    (one may fork while the others are killed)."""
+    def none_left() -> bool:
         pids = [pid for pid, _ in _processes_of(uid)]
-        if not pids:
-            return
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        time.sleep(0.02)
+        return not pids
+
+    waiting.blocking_until(none_left, timeout=KILL_TIMEOUT, interval=0.02)
 
 
 def _remove(record: FleetRecord) -> None:

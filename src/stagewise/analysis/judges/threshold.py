@@ -76,27 +76,10 @@ def judge_threshold(
     totals = list(kept.requests) if kept is not None else [0, 0]
     totals = [totals[0] + seq.counts(baseline)[0], totals[1] + seq.counts(candidate)[0]]
     from_provider = template.gives_values
-
-    value: float | None = None
-    checked = False
     if from_provider:
-        if values is not None:
-            checks.started = True
-            checks.next_at = elapsed
-            value = values[1] if values[1] is not None and math.isfinite(values[1]) else None
-            checks.record(elapsed, failed=None if value is None else not _inside(value, bounds), value=value)
-            checked = True
-        elif duration is not None and elapsed >= duration > checks.last_at and checks.count == 0:
-            checks.started = True
-            checks.last_at = elapsed
-    elif check_due(checks, template, elapsed, duration):
-        if window.requests >= template.min_requests:
-            value = window.error_rate if metric == "error-rate" else window.quantile_ms(template.quantile)
-            checks.record(elapsed, failed=not _inside(value, bounds), value=value)
-            window = ReleaseStats()
-            checked = True
-        else:
-            checks.record(elapsed, failed=None, value=None)
+        checked, value = _check_value(checks, bounds, values, elapsed=elapsed, duration=duration)
+    else:
+        checked, value, window = _check_window(template, checks, bounds, window, elapsed=elapsed, duration=duration)
     outcome, lack = conclude(
         template, checks, requests=None if from_provider else (totals[0], totals[1]),
         elapsed=elapsed, duration=duration,
@@ -113,20 +96,52 @@ def judge_threshold(
     if checked:
         evidence["value"] = value
     if lack:
-        message = lack
         evidence["no_data"] = template.no_data
-    elif outcome is Outcome.FAILED:
-        message = (f"{what} out of range {_range(bounds)} in {checks.failed} of {checks.count} checks "
-                   f"(failureLimit {template.failure_limit}); last {_fmt(checks, template)}")
-    elif outcome is Outcome.SUCCESSFUL:
-        message = f"{what} within {_range(bounds)}: {checks.failed} of {checks.count} checks failed"
-    else:
-        message = (f"{what} {_fmt(checks, template)}, range {_range(bounds)}; "
-                   f"{checks.failed} of {checks.count} checks failed")
+    message = lack or _message(template, outcome, checks, bounds)
     verdict = Verdict(outcome=outcome, message=message, evidence=evidence)
     new_state = ThresholdState(kind=kind, **checks.kept(), window=window,
                                requests=(totals[0], totals[1]), verdict=verdict if seq.finished(outcome) else None)
     return new_state, verdict
+
+
+def _check_value(checks: CheckState, bounds: ThresholdRange, values: tuple[float | None, float | None] | None, *,
+                 elapsed: float, duration: float | None) -> tuple[bool, float | None]:
+    """A provider that gives values (a query, a probe) is checked whenever it gives one: (checked, value)."""
+    if values is not None:
+        checks.started = True
+        checks.next_at = elapsed
+        value = values[1] if values[1] is not None and math.isfinite(values[1]) else None
+        checks.record(elapsed, failed=None if value is None else not _inside(value, bounds), value=value)
+        return True, value
+    if duration is not None and elapsed >= duration > checks.last_at and checks.count == 0:
+        checks.started = True
+        checks.last_at = elapsed
+    return False, None
+
+
+def _check_window(template: AnalysisTemplate, checks: CheckState, bounds: ThresholdRange, window: ReleaseStats, *,
+                  elapsed: float, duration: float | None) -> tuple[bool, float | None, ReleaseStats]:
+    """Counts from the router are checked once per interval, over the window since the last check:
+    (checked, value, the window from now on)."""
+    if not check_due(checks, template, elapsed, duration):
+        return False, None, window
+    if window.requests < template.min_requests:
+        checks.record(elapsed, failed=None, value=None)
+        return False, None, window
+    value = window.error_rate if template.metric == "error-rate" else window.quantile_ms(template.quantile)
+    checks.record(elapsed, failed=not _inside(value, bounds), value=value)
+    return True, value, ReleaseStats()
+
+
+def _message(template: AnalysisTemplate, outcome: Outcome, checks: CheckState, bounds: ThresholdRange) -> str:
+    what = _what(template)
+    if outcome is Outcome.FAILED:
+        return (f"{what} out of range {_range(bounds)} in {checks.failed} of {checks.count} checks "
+                f"(failureLimit {template.failure_limit}); last {_fmt(checks, template)}")
+    if outcome is Outcome.SUCCESSFUL:
+        return f"{what} within {_range(bounds)}: {checks.failed} of {checks.count} checks failed"
+    return (f"{what} {_fmt(checks, template)}, range {_range(bounds)}; "
+            f"{checks.failed} of {checks.count} checks failed")
 
 
 def _inside(value: float, bounds: ThresholdRange) -> bool:

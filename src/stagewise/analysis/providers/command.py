@@ -12,12 +12,10 @@ started at all is a provider error (the spec is wrong), not a failed check.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import time
 
 from stagewise.analysis.providers import Measurement, Target, fill, not_mine
+from stagewise.basics import programs
 from stagewise.core.spec import AnalysisTemplate, CommandTemplate
 from stagewise.errors import ProviderError
 
@@ -36,37 +34,14 @@ class CommandProvider:
         timeout = template.latency_limit or DEFAULT_TIMEOUT
         env = dict(os.environ, STAGEWISE_SERVICE=target.service, STAGEWISE_BASELINE=target.baseline,
                    STAGEWISE_CANDIDATE=target.candidate)
-        started = time.monotonic()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
-            )
+            ended = await programs.run(argv, timeout=timeout, env=env)
         except OSError as exc:
             raise ProviderError(f"cannot run {argv[0]!r}: {exc.strerror or exc}", delay=60.0) from exc
-        timed_out = False
-        try:
-            output, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-        except TimeoutError:
-            timed_out = True
-            output = await _kill(proc)
-        except asyncio.CancelledError:
-            # the run ended (or the controller stops): leave no program behind, no pipe open
-            await asyncio.shield(_kill(proc))
-            raise
-        code = proc.returncode
-        passed = code == 0 and not timed_out
+        passed = ended.code == 0 and not ended.timed_out
         evidence: dict[str, object] = {
-            "provider": "command", "argv": argv, "exit_status": code, "timed_out": timed_out,
-            "seconds": round(time.monotonic() - started, 3),
-            "output": output.decode("utf-8", "replace")[-OUTPUT_KEPT:],
+            "provider": "command", "argv": argv, "exit_status": ended.code, "timed_out": ended.timed_out,
+            "seconds": round(ended.seconds, 3),
+            "output": ended.output.decode("utf-8", "replace")[-OUTPUT_KEPT:],
         }
         return Measurement(values=(None, 0.0 if passed else 1.0), evidence=evidence)
-
-
-async def _kill(proc: asyncio.subprocess.Process) -> bytes:
-    """Kill the program and everything it started (its own session); what it wrote until then."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, 9)
-    output, _ = await proc.communicate()
-    return output

@@ -20,15 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from stagewise.basics import files, proc, waiting
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
 from stagewise.errors import RouterConfigError, RouterError
@@ -40,7 +39,6 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 """Seconds a proxy gets to drain after SIGTERM before SIGKILL."""
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _PROXY_MODULE = "stagewise.routers.builtin.proxy"
 _SRC_DIR = str(Path(__file__).resolve().parents[3])
 
@@ -94,13 +92,7 @@ class BuiltinRouter:
                 if health is not None and self._is_proxy(int(health["pid"]), service):
                     pid = int(health["pid"])
             if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-                if not await process.wait_exit(pid, STOP_TIMEOUT):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                    if not await process.wait_exit(pid, 5.0):
-                        raise RouterError(f"router of {service} (pid {pid}) did not exit")
+                await process.terminate(pid, first=signal.SIGTERM, timeout=STOP_TIMEOUT, name=f"router of {service}")
             client = self._clients.pop(service, None)
             if client is not None:
                 await client.aclose()
@@ -137,7 +129,7 @@ class BuiltinRouter:
                 # the proxy outlives this process: it must hold no descriptor of ours (posix_spawn closes
                 # only close-on-exec ones; a listener left inheritable would stay open with the proxy)
                 file_actions=[
-                    *((os.POSIX_SPAWN_CLOSE, fd) for fd in process.inheritable_descriptors()),
+                    *((os.POSIX_SPAWN_CLOSE, fd) for fd in proc.inheritable_descriptors()),
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
                     (os.POSIX_SPAWN_DUP2, 1, 2),
@@ -146,18 +138,27 @@ class BuiltinRouter:
             )
         except OSError as exc:
             raise RouterError(f"cannot start the router of {service}: {exc}") from exc
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+        return await self._first_health(service, pid)
+
+    async def _first_health(self, service: str, pid: int) -> dict[str, Any]:
+        """The /healthz of a proxy just started as `pid`, once it answers; RouterError if it exits or hangs."""
+        health: dict[str, Any] | None = None
+
+        async def settled() -> bool:
+            nonlocal health
             health = await self._health(service)
-            if health is not None:
-                return health
-            if not process.alive(pid):
+            if health is None and not proc.alive(pid):
                 # it may have lost the lock to a proxy started at the same moment: ask once more
                 health = await self._health(service)
-                if health is not None:
-                    return health
-                raise RouterError(f"router of {service} exited at start: {process.tail(folder / 'router.log')}")
-            await asyncio.sleep(0.05)
+                return True
+            return health is not None
+
+        exited = await waiting.until_awaited(settled, timeout=START_TIMEOUT)
+        if health is not None:
+            return health
+        if exited:
+            log = files.tail(self._folder(service) / "router.log")
+            raise RouterError(f"router of {service} exited at start: {log}")
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         await process.wait_exit(pid, 2.0)
@@ -182,9 +183,7 @@ class BuiltinRouter:
         with contextlib.suppress(FileNotFoundError):
             if path.read_text().strip() == pid:
                 return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(pid + "\n")
-        tmp.replace(path)
+        files.write_atomic(path, pid + "\n")
 
     def _running_pid(self, service: str) -> int | None:
         """The pid in the pid file, if that process is alive and is this service's proxy."""
@@ -192,14 +191,11 @@ class BuiltinRouter:
             pid = int((self._folder(service) / "pid").read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if process.alive(pid) and self._is_proxy(pid, service) else None
+        return pid if proc.alive(pid) and self._is_proxy(pid, service) else None
 
     def _is_proxy(self, pid: int, service: str) -> bool:
         """Whether `pid` runs our proxy on this service's socket (and not a process that reused the pid)."""
-        try:
-            argv = [os.fsdecode(a) for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-        except OSError:
-            return False
+        argv = proc.cmdline(pid) or []
         if _PROXY_MODULE not in argv or "--admin-socket" not in argv[:-1]:
             return False
         sock = argv[argv.index("--admin-socket") + 1]
@@ -208,7 +204,7 @@ class BuiltinRouter:
     # -- files and clients -----------------------------------------------------------
 
     def _folder(self, service: str) -> Path:
-        if not _SERVICE_NAME.fullmatch(service):
+        if not files.is_folder_name(service):
             raise RouterConfigError(f"service name {service!r} cannot name a router directory")
         return self.state_dir / "routers" / service
 

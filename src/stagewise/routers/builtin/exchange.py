@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 
+from stagewise.errors import BadMessageError, ClientGoneError, UpstreamBrokenError, UpstreamSilentError
 from stagewise.routers.builtin.plan import Endpoint
 from stagewise.routers.builtin.pool import Upstream
 from stagewise.routers.builtin.wire import (
     BodyReader,
     Head,
-    HttpError,
     frame_chunk,
     last_chunk,
     parse_head,
@@ -32,20 +32,8 @@ RESPONSE_TIMEOUT = 300.0
 """Longest wait for a response head; a stuck upstream must not hold a connection forever."""
 REPLAY_LIMIT = 256 * 1024
 """Request bodies up to this size can be sent again when a reused connection was stale."""
-STREAM_ERRORS = (HttpError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError)
+STREAM_ERRORS = (BadMessageError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError)
 """What reading a message from a peer can raise when the peer misbehaves or goes away."""
-
-
-class Silent(Exception):
-    """The upstream closed or reset the connection before any response byte."""
-
-
-class Broken(Exception):
-    """The upstream failed while answering, or could not be reached again."""
-
-
-class ClientGone(Exception):
-    """The client went away or sent a malformed body mid-request."""
 
 
 class BodyPump:
@@ -125,22 +113,22 @@ async def exchange(
         task = asyncio.create_task(pump.run(upstream, replay=retried)) if pump is not None else None
         try:
             return upstream, await response_head(upstream.reader), task
-        except (Silent, Broken) as exc:
+        except (UpstreamSilentError, UpstreamBrokenError) as exc:
             failure: Exception = exc
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
         upstream.abort()
         if pump is not None and pump.client_error is not None:
-            raise ClientGone() from pump.client_error
-        stale = isinstance(failure, Silent) and upstream.reused
+            raise ClientGoneError() from pump.client_error
+        stale = isinstance(failure, UpstreamSilentError) and upstream.reused
         if retried or not stale or (pump is not None and pump.kept is None):
-            raise Broken(str(failure)) from failure
+            raise UpstreamBrokenError(str(failure)) from failure
         retried = True
         try:
             upstream = await ep.pool.connect(CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
-            raise Broken(f"could not reconnect: {exc}") from exc
+            raise UpstreamBrokenError(f"could not reconnect: {exc}") from exc
 
 
 async def response_head(reader: asyncio.StreamReader) -> Head:
@@ -153,21 +141,21 @@ async def response_head(reader: asyncio.StreamReader) -> Head:
                     data = await reader.readuntil(b"\r\n\r\n")
                 except asyncio.IncompleteReadError as exc:
                     if answered or exc.partial:
-                        raise Broken("closed the connection mid-response") from exc
-                    raise Silent("closed the connection") from exc
+                        raise UpstreamBrokenError("closed the connection mid-response") from exc
+                    raise UpstreamSilentError("closed the connection") from exc
                 except asyncio.LimitOverrunError as exc:
-                    raise Broken("response head too large") from exc
+                    raise UpstreamBrokenError("response head too large") from exc
                 except OSError as exc:
                     if answered:
-                        raise Broken(str(exc)) from exc
-                    raise Silent(exc.strerror or type(exc).__name__) from exc
+                        raise UpstreamBrokenError(str(exc)) from exc
+                    raise UpstreamSilentError(exc.strerror or type(exc).__name__) from exc
                 answered = True
                 try:
                     head = parse_head(data, request=False)
-                except HttpError as exc:
-                    raise Broken(str(exc)) from exc
+                except BadMessageError as exc:
+                    raise UpstreamBrokenError(str(exc)) from exc
                 status = int(head.start[1])
                 if status >= 200 or status == 101:
                     return head
     except TimeoutError as exc:
-        raise Broken(f"no response within {RESPONSE_TIMEOUT:.0f} s") from exc
+        raise UpstreamBrokenError(f"no response within {RESPONSE_TIMEOUT:.0f} s") from exc

@@ -29,7 +29,8 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-from stagewise.routers.builtin.exchange import CONNECT_TIMEOUT, Broken, Silent, response_head
+from stagewise.errors import BadMessageError, UpstreamBrokenError, UpstreamSilentError
+from stagewise.routers.builtin.exchange import CONNECT_TIMEOUT, response_head
 from stagewise.routers.builtin.fast_upstream import FastUpstream, Pending
 from stagewise.routers.builtin.plan import Endpoint
 from stagewise.routers.builtin.pool import Upstream
@@ -39,7 +40,6 @@ from stagewise.routers.builtin.wire import (
     MAX_HEAD,
     NO_BODY,
     BodyReader,
-    HttpError,
     build_head,
     parse_head,
     request_framing,
@@ -141,7 +141,7 @@ class FastClient(asyncio.Protocol):
             try:
                 head = parse_head(data, request=True)
                 kind, _ = request_framing(head.index)
-            except HttpError:
+            except BadMessageError:
                 self._to_streams()  # the stream path answers with the right status and closes
                 return
             method, target, version = head.start
@@ -267,7 +267,7 @@ async def finish_on_streams(traffic: Traffic, reader: asyncio.StreamReader, writ
     try:
         try:
             head = await response_head(upstream.reader)
-        except (Silent, Broken) as exc:
+        except (UpstreamSilentError, UpstreamBrokenError) as exc:
             upstream.abort()
             why = f"instance {ep.id} failed before answering: {exc}"
             keep = await traffic.refuse(writer, ep.release, pending.started, why, pending.keep_client,

@@ -20,11 +20,12 @@ import asyncio
 import time
 from typing import Protocol, cast
 
+from stagewise.errors import BadMessageError
 from stagewise.routers.builtin.exchange import RESPONSE_TIMEOUT
 from stagewise.routers.builtin.plan import Endpoint
 from stagewise.routers.builtin.pool import Upstream, stream_pair
 from stagewise.routers.builtin.rewrite import plain_response_head, response_head
-from stagewise.routers.builtin.wire import LENGTH, MAX_HEAD, NO_BODY, HttpError, parse_head, response_framing
+from stagewise.routers.builtin.wire import LENGTH, MAX_HEAD, NO_BODY, parse_head, response_framing
 
 
 class Pending:
@@ -137,7 +138,7 @@ class FastUpstream(asyncio.Protocol):
             response = parse_head(head, request=False)
             status = int(response.start[1])
             kind, length = response_framing(pending.method, status, response.index)
-        except HttpError:
+        except BadMessageError:
             self._hand_over()  # the stream path reports the broken upstream with a 502
             return
         if status < 200 or kind not in (LENGTH, NO_BODY):

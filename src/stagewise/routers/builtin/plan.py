@@ -21,18 +21,9 @@ new table keeps its warm connections.
 
 from __future__ import annotations
 
+from stagewise.basics.ports import split_host_port
 from stagewise.core.routes import RouteTable, in_cohort
 from stagewise.routers.builtin.pool import EndpointPool
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """'host:port' or '[v6]:port' → (host, port); ':port' means every interface (host '')."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"address {address!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
 
 
 class Endpoint:
@@ -44,7 +35,7 @@ class Endpoint:
         self.id = id
         self.release = release
         self.address = address
-        host, port = split_address(address)
+        host, port = split_host_port(address)
         self.pool = EndpointPool(host or "127.0.0.1", port)
         self.inflight = 0
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -47,19 +46,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from stagewise.basics import files
+from stagewise.basics.ports import split_host_port
 from stagewise.core.routes import RouteTable
+from stagewise.errors import BadMessageError, ListenerError
 from stagewise.routers.builtin.counters import Counters
 from stagewise.routers.builtin.fast import FastClient, finish_on_streams
 from stagewise.routers.builtin.fast_upstream import Pending
 from stagewise.routers.builtin.output import LOG_MAX_BYTES, log_to
-from stagewise.routers.builtin.plan import Endpoint, RoutePlan, split_address
+from stagewise.routers.builtin.plan import Endpoint, RoutePlan
 from stagewise.routers.builtin.pool import stream_pair
 from stagewise.routers.builtin.streams import CLIENT_IDLE_TIMEOUT, Traffic
 from stagewise.routers.builtin.wire import (
     CHUNKED,
     MAX_HEAD,
     BodyReader,
-    HttpError,
     build_head,
     parse_head,
     plain_response,
@@ -74,10 +75,6 @@ SWEEP_INTERVAL = 5.0
 MAX_TABLE_BYTES = 16 * 1024 * 1024
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
-
-
-class ListenError(Exception):
-    """A listener of the table could not be bound; the table is refused (409)."""
 
 
 class Proxy:
@@ -104,12 +101,12 @@ class Proxy:
     # -- route tables ------------------------------------------------------------
 
     async def apply(self, table: RouteTable) -> None:
-        """Serve `table`; ValueError if it is unusable, ListenError if a listener cannot bind."""
-        split_address(table.listen)
+        """Serve `table`; ValueError if it is unusable, ListenerError if a listener cannot bind."""
+        split_host_port(table.listen)
         if table.preview_listen:
-            split_address(table.preview_listen)
+            split_host_port(table.preview_listen)
         for e in table.endpoints:
-            split_address(e.address)
+            split_host_port(e.address)
         async with self._apply_lock:
             opened: list[asyncio.Server] = []
             try:
@@ -120,7 +117,7 @@ class Proxy:
             except OSError as exc:
                 for server in opened:
                     server.close()
-                raise ListenError(f"cannot listen on {exc.filename}: {exc.strerror or exc}") from exc
+                raise ListenerError(f"cannot listen on {exc.filename}: {exc.strerror or exc}") from exc
             old = self.traffic.plan
             known = old.endpoints if old is not None else {}
             plan = RoutePlan(table, known)
@@ -154,7 +151,7 @@ class Proxy:
     ) -> tuple[str, asyncio.Server]:
         if current is not None and current[0] == address:
             return current
-        host, port = split_address(address)
+        host, port = split_host_port(address)
         loop = asyncio.get_running_loop()
 
         def to_streams(transport: asyncio.Transport, data: bytes, upstream_data: bytes | None,
@@ -205,7 +202,7 @@ class Proxy:
                     path = target.split(b"?", 1)[0].decode("latin-1")
                     status, content_type, payload = await self._answer(method, path, body, public)
                     close = False
-                except HttpError as exc:
+                except BadMessageError as exc:
                     status, content_type, payload, close = exc.status, b"text/plain", str(exc), True
                 if status == 204:
                     writer.write(build_head(b"HTTP/1.1 204 No Content", []))
@@ -231,7 +228,7 @@ class Proxy:
                 await self.apply(table)
             except (ValidationError, ValueError) as exc:
                 return 400, b"text/plain", f"invalid route table: {exc}"
-            except ListenError as exc:
+            except ListenerError as exc:
                 return 409, b"text/plain", str(exc)
             return 204, b"", ""
         if method != b"GET":
@@ -254,7 +251,7 @@ class Proxy:
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the process exit code."""
-        lock = _lock(self.admin_socket)
+        lock = files.hold_lock(Path(f"{self.admin_socket}.lock"))
         if lock is None:
             log.error("another router already serves %s", self.admin_socket)
             return 1
@@ -278,7 +275,7 @@ class Proxy:
         os.chmod(self.admin_socket, 0o600)
         servers = [admin]
         if self.metrics_listen:
-            host, port = split_address(self.metrics_listen)
+            host, port = split_host_port(self.metrics_listen)
             try:
                 metrics = await asyncio.start_server(
                     lambda r, w: self._connection(w, self.admin(r, w, public=True)),
@@ -349,27 +346,16 @@ class Proxy:
 async def _read_body(reader: asyncio.StreamReader, kind: int, length: int) -> bytes:
     """A whole admin request body (route tables are small; traffic bodies never come here)."""
     if length > MAX_TABLE_BYTES:
-        raise HttpError(413, "body too large")
+        raise BadMessageError(413, "body too large")
     body = BodyReader(reader, kind, length)
     parts: list[bytes] = []
     size = 0
     while piece := await body.read():
         size += len(piece)
         if kind == CHUNKED and size > MAX_TABLE_BYTES:
-            raise HttpError(413, "body too large")
+            raise BadMessageError(413, "body too large")
         parts.append(piece)
     return b"".join(parts)
-
-
-def _lock(admin_socket: Path) -> int | None:
-    """Hold `<socket>.lock` for the life of the process; None if another process holds it."""
-    fd = os.open(f"{admin_socket}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.metrics_listen:
         try:
-            split_address(args.metrics_listen)
+            split_host_port(args.metrics_listen)
         except ValueError as exc:
             parser.error(str(exc))
     log_to(args.log_file, args.log_max_bytes)

@@ -24,8 +24,9 @@ import asyncio
 import time
 from typing import Protocol
 
+from stagewise.errors import BadMessageError, ClientGoneError, UpstreamBrokenError
 from stagewise.routers.builtin.counters import Counters
-from stagewise.routers.builtin.exchange import STREAM_ERRORS, BodyPump, Broken, ClientGone, connect, exchange
+from stagewise.routers.builtin.exchange import STREAM_ERRORS, BodyPump, connect, exchange
 from stagewise.routers.builtin.plan import Endpoint, RoutePlan
 from stagewise.routers.builtin.pool import Upstream
 from stagewise.routers.builtin.rewrite import request_headers, response_head
@@ -34,7 +35,6 @@ from stagewise.routers.builtin.wire import (
     LENGTH,
     BodyReader,
     Head,
-    HttpError,
     build_head,
     end_to_end,
     frame_chunk,
@@ -152,7 +152,7 @@ class Traffic:
         try:
             head = parse_head(data, request=True)
             kind, length = request_framing(head.index)
-        except HttpError as exc:
+        except BadMessageError as exc:
             writer.write(plain_response(exc.status, f"stagewise: {exc}", close=True))
             return False
         if plan is None:  # listeners only open after a table, but be explicit
@@ -189,13 +189,13 @@ class Traffic:
         try:
             try:
                 upstream, response, task = await exchange(ep, upstream, upstream_head, pump)
-            except ClientGone as exc:
+            except ClientGoneError as exc:
                 cause = exc.__cause__
-                if isinstance(cause, HttpError):
+                if isinstance(cause, BadMessageError):
                     writer.write(plain_response(cause.status, f"stagewise: {cause}", close=True))
                 self.counters.record(ep.release, error=False, latency_ms=_ms(started))
                 return False
-            except Broken as exc:
+            except UpstreamBrokenError as exc:
                 why = f"instance {ep.id} of service {plan.service} failed before answering: {exc}"
                 return await self.refuse(writer, ep.release, started, why, keep_client, body)
             return await self.relay(
@@ -237,36 +237,9 @@ class Traffic:
 
         body = BodyReader(upstream.reader, r_kind, r_length)
         try:
-            try:
-                while True:
-                    try:
-                        piece = await body.read()
-                    except STREAM_ERRORS as exc:
-                        upstream.abort()
-                        if pending:  # nothing sent yet: the client can still be told
-                            why = f"instance {ep.id} failed mid-response: {exc!r}"
-                            return await self.refuse(writer, ep.release, started, why, False, body)
-                        # the client has part of a response: cut it so it cannot pass for whole
-                        writer.transport.abort()
-                        self.counters.record(ep.release, error=True, latency_ms=_ms(started))
-                        return False
-                    if not piece:
-                        break
-                    if chunk_down:
-                        writer.writelines(frame_chunk(piece))
-                    elif pending:
-                        writer.writelines([pending.pop(), piece])
-                    else:
-                        writer.write(piece)
-                    await writer.drain()
-                if chunk_down:
-                    writer.write(last_chunk(body.trailers))
-                await writer.drain()
-            except OSError:  # the client went away
-                upstream.abort()
-                self.counters.record(ep.release, error=status >= 500, latency_ms=_ms(started))
-                return False
-
+            broken_off = await self._forward_body(writer, ep, upstream, body, pending, chunk_down, status, started)
+            if broken_off is not None:
+                return broken_off
             if task is not None and not task.done() and pump is not None and pump.body.done:
                 await asyncio.wait({task}, timeout=1.0)  # only the last flush upstream is left
         finally:
@@ -282,6 +255,44 @@ class Traffic:
             upstream.close()
         self.counters.record(ep.release, error=status >= 500, latency_ms=_ms(started))
         return keep_client and not self.draining
+
+    async def _forward_body(self, writer: asyncio.StreamWriter, ep: Endpoint, upstream: Upstream, body: BodyReader,
+                            pending: list[bytes], chunk_down: bool, status: int, started: float) -> bool | None:
+        """Copy the response body to the client (after the head in `pending`, if not sent yet).
+
+        None once all of it is sent; else the exchange broke off, counted, and the client connection
+        does not stay open (False).
+        """
+        try:
+            while True:
+                try:
+                    piece = await body.read()
+                except STREAM_ERRORS as exc:
+                    upstream.abort()
+                    if pending:  # nothing sent yet: the client can still be told
+                        why = f"instance {ep.id} failed mid-response: {exc!r}"
+                        return await self.refuse(writer, ep.release, started, why, False, body)
+                    # the client has part of a response: cut it so it cannot pass for whole
+                    writer.transport.abort()
+                    self.counters.record(ep.release, error=True, latency_ms=_ms(started))
+                    return False
+                if not piece:
+                    break
+                if chunk_down:
+                    writer.writelines(frame_chunk(piece))
+                elif pending:
+                    writer.writelines([pending.pop(), piece])
+                else:
+                    writer.write(piece)
+                await writer.drain()
+            if chunk_down:
+                writer.write(last_chunk(body.trailers))
+            await writer.drain()
+        except OSError:  # the client went away
+            upstream.abort()
+            self.counters.record(ep.release, error=status >= 500, latency_ms=_ms(started))
+            return False
+        return None
 
     async def _tunnel(
         self,

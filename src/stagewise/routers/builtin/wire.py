@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from stagewise.errors import BadMessageError
+
 MAX_HEAD = 64 * 1024
 """Longest message head (and chunk-size or trailer line) accepted, in bytes."""
 READ_SIZE = 64 * 1024
@@ -71,14 +73,6 @@ _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 """HTAB, SP, visible ASCII and obs-text (RFC 9110 §5.5): no NUL, no other control character."""
 
 
-class HttpError(Exception):
-    """A message that cannot be handled; `status` is what the client is told."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)
-
-
 @dataclass(slots=True)
 class Head:
     """A parsed message head: start line parts, headers as sent, and a lower-case index."""
@@ -93,31 +87,46 @@ class Head:
 def parse_head(data: bytes, *, request: bool) -> Head:
     """Parse a head that `readuntil(b"\\r\\n\\r\\n")` returned."""
     if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
-        raise HttpError(400, "bare CR or LF in message head")
+        raise BadMessageError(400, "bare CR or LF in message head")
     lines = data[:-4].split(b"\r\n")
-    if request:
-        request_line = _REQUEST_LINE.fullmatch(lines[0])
-        if request_line is None:
-            raise HttpError(400, "malformed request line")
-        method, target, major, minor = request_line.groups()
-        if major != b"1":
-            raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
-        # a later 1.x is served as 1.1, the highest minor version spoken here (RFC 9110 §2.5)
-        start = (method, target, b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1")
-    else:
-        version, _, rest = lines[0].partition(b" ")
-        status, _, reason = rest.partition(b" ")
-        if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
-            raise HttpError(502, "malformed status line from upstream")
-        start = (version, status, reason)
+    start = _request_line(lines[0]) if request else _status_line(lines[0])
+    headers, index = _fields(lines[1:], request=request)
+    if request and b"host" not in index and start[2] != b"HTTP/1.0":
+        raise BadMessageError(400, "no Host header")
+    return Head(start, headers, index)
+
+
+def _request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """(method, target, version) of a request line (RFC 9112 §3)."""
+    request_line = _REQUEST_LINE.fullmatch(line)
+    if request_line is None:
+        raise BadMessageError(400, "malformed request line")
+    method, target, major, minor = request_line.groups()
+    if major != b"1":
+        raise BadMessageError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
+    # a later 1.x is served as 1.1, the highest minor version spoken here (RFC 9110 §2.5)
+    return method, target, b"HTTP/1.0" if minor == b"0" else b"HTTP/1.1"
+
+
+def _status_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """(version, status, reason) of an upstream's status line."""
+    version, _, rest = line.partition(b" ")
+    status, _, reason = rest.partition(b" ")
+    if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
+        raise BadMessageError(502, "malformed status line from upstream")
+    return version, status, reason
+
+
+def _fields(lines: list[bytes], *, request: bool) -> tuple[list[tuple[bytes, bytes]], dict[bytes, bytes]]:
+    """The header fields as sent, and indexed by lower-case name (repeats joined, conflicts refused)."""
     headers: list[tuple[bytes, bytes]] = []
     index: dict[bytes, bytes] = {}
-    for line in lines[1:]:
+    for line in lines:
         name, sep, value = line.partition(b":")
         if not sep or _FIELD_NAME.fullmatch(name) is None:
-            raise HttpError(400, "malformed header line")
+            raise BadMessageError(400, "malformed header line")
         if request and _FIELD_VALUE.fullmatch(value) is None:
-            raise HttpError(400, "control character in a header value")
+            raise BadMessageError(400, "control character in a header value")
         value = value.strip(b" \t")
         headers.append((name, value))
         key = name.lower()
@@ -126,14 +135,12 @@ def parse_head(data: bytes, *, request: bool) -> Head:
             index[key] = value
         elif key == b"content-length":
             if seen != value:
-                raise HttpError(400, "conflicting Content-Length headers")
+                raise BadMessageError(400, "conflicting Content-Length headers")
         elif key == b"host" and request:
-            raise HttpError(400, "more than one Host header")
+            raise BadMessageError(400, "more than one Host header")
         else:
             index[key] = seen + (b"; " if key == b"cookie" else b", ") + value
-    if request and b"host" not in index and start[2] != b"HTTP/1.0":
-        raise HttpError(400, "no Host header")
-    return Head(start, headers, index)
+    return headers, index
 
 
 def tokens(value: bytes | None) -> frozenset[bytes]:
@@ -146,10 +153,10 @@ def tokens(value: bytes | None) -> frozenset[bytes]:
 def _content_length(value: bytes) -> int:
     parts = {p.strip() for p in value.split(b",")}
     if len(parts) != 1:
-        raise HttpError(400, "conflicting Content-Length values")
+        raise BadMessageError(400, "conflicting Content-Length values")
     (text,) = parts
     if not text.isdigit() or len(text) > 18:
-        raise HttpError(400, "invalid Content-Length")
+        raise BadMessageError(400, "invalid Content-Length")
     return int(text)
 
 
@@ -158,9 +165,9 @@ def request_framing(index: dict[bytes, bytes]) -> tuple[int, int]:
     te = index.get(b"transfer-encoding")
     if te is not None:
         if b"content-length" in index:
-            raise HttpError(400, "both Content-Length and Transfer-Encoding")
+            raise BadMessageError(400, "both Content-Length and Transfer-Encoding")
         if te.lower() != b"chunked":
-            raise HttpError(501, "only the chunked transfer coding is supported")
+            raise BadMessageError(501, "only the chunked transfer coding is supported")
         return CHUNKED, 0
     length = index.get(b"content-length")
     if length is None:
@@ -181,8 +188,8 @@ def response_framing(method: bytes, status: int, index: dict[bytes, bytes]) -> t
         return UNTIL_CLOSE, 0
     try:
         n = _content_length(length)
-    except HttpError as exc:
-        raise HttpError(502, f"upstream sent {exc}") from exc
+    except BadMessageError as exc:
+        raise BadMessageError(502, f"upstream sent {exc}") from exc
     return (LENGTH, n) if n else (NO_BODY, 0)
 
 
@@ -209,7 +216,7 @@ class BodyReader:
     async def read(self) -> bytes:
         """The next piece of the body; b"" once it has all been read.
 
-        Raises HttpError for bad framing and IncompleteReadError when the peer
+        Raises BadMessageError for bad framing and IncompleteReadError when the peer
         closes before the body ends.
         """
         if self.done:
@@ -239,7 +246,7 @@ class BodyReader:
                 return data
             if self._left == -2:
                 if await self._reader.readexactly(2) != b"\r\n":
-                    raise HttpError(400, "chunk data not followed by CRLF")
+                    raise BadMessageError(400, "chunk data not followed by CRLF")
                 self._left = -1
             line = await self._line()
             if self._left == -3:
@@ -250,7 +257,7 @@ class BodyReader:
                 continue
             size = line.split(b";", 1)[0].strip(b" \t\r\n")
             if not size or len(size) > 15 or size.lstrip(_HEX_DIGITS):
-                raise HttpError(400, "malformed chunk size")
+                raise BadMessageError(400, "malformed chunk size")
             n = int(size, 16)
             self._left = n if n else -3
 
@@ -258,7 +265,7 @@ class BodyReader:
         try:
             return await self._reader.readuntil(b"\r\n")
         except asyncio.LimitOverrunError:
-            raise HttpError(400, "chunk line too long") from None
+            raise BadMessageError(400, "chunk line too long") from None
 
 
 def frame_chunk(data: bytes) -> list[bytes]:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stagewise.errors import RouterError
+from stagewise.errors import HaproxyCommandError, RouterError
 
 TIMEOUT = 5.0
 """Seconds one batch of commands may take."""
@@ -43,10 +43,6 @@ _FAILURES = (
     "must be",
     "only supported",
 )
-
-
-class ApiError(RouterError):
-    """HAProxy answered a command with an error message."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +97,7 @@ class RuntimeApi:
         if check:
             for command, answer in zip(commands, answers, strict=True):
                 if is_failure(answer):
-                    raise ApiError(f"HAProxy refused {command!r}: {answer.strip()}", delay=5.0)
+                    raise HaproxyCommandError(f"HAProxy refused {command!r}: {answer.strip()}", delay=5.0)
         return answers
 
     async def one(self, command: str, *, check: bool = True) -> str:
@@ -158,7 +154,7 @@ class RuntimeApi:
         answer = await self.one(f"prepare map {map_path}")
         version = answer.rsplit(":", 1)[-1].strip()
         if not version.isdigit():
-            raise ApiError(f"HAProxy answered prepare map {map_path} with {answer!r}", delay=5.0)
+            raise HaproxyCommandError(f"HAProxy answered prepare map {map_path} with {answer!r}", delay=5.0)
         commands = [f"add map @{version} {map_path} {key} {value}" for key, value in entries.items()]
         commands.append(f"commit map @{version} {map_path}")
         await self.run(commands)

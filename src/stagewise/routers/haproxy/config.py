@@ -219,14 +219,32 @@ class Paths:
         return self.folder / name
 
 
+_LOG_FORMAT = 'log-format "swlog %pid %s %ST %[var(txn.sw_t0)] %[date(0,us)] %b %tsc"'
+"""One line per request for the driver's log receiver: worker pid, server, status, start and end in µs."""
+_UNSET = "!{ var(txn.sw_be) -m found }"
+"""No earlier rule has picked the request's backend."""
+
+
 def render(layout: Layout, desired: Desired, paths: Paths, *, threads: int = 1) -> str:
     """The whole configuration file of a managed HAProxy."""
     for path in (paths.folder,):
         if any(c.isspace() for c in str(path)):
             raise RouterConfigError(f"HAProxy cannot use a state directory with spaces: {path}")
-    vars_map = paths.map("vars.map")
-    log_format = 'log-format "swlog %pid %s %ST %[var(txn.sw_t0)] %[date(0,us)] %b %tsc"'
-    lines = [
+    lines = _global_and_defaults(paths, threads)
+    lines += _main_frontend(layout, paths)
+    lines += _side_frontends(layout, paths)
+    for backend in [ALL, *(slot_backend(i) for i in range(layout.slots))]:
+        lines += [f"backend {backend}", "    balance roundrobin"]
+        lines += [
+            f"    server {s.name} {s.address} weight {s.weight}"
+            for (b, _), s in sorted(desired.servers.items()) if b == backend
+        ]
+    lines += [f"backend {NONE}", ""]
+    return "\n".join(lines)
+
+
+def _global_and_defaults(paths: Paths, threads: int) -> list[str]:
+    return [
         "# written by stagewise: changes made here are overwritten",
         "global",
         "    master-worker",
@@ -246,36 +264,54 @@ def render(layout: Layout, desired: Desired, paths: Paths, *, threads: int = 1) 
         "    timeout http-request 15s",
         "    timeout http-keep-alive 60s",
         "    load-server-state-from-file global",
+    ]
+
+
+def _main_frontend(layout: Layout, paths: Paths) -> list[str]:
+    """The service's listener: header routes first, then the cohort, else every server weighted."""
+    lines = [
         "frontend main",
         f"    bind {layout.listen}",
-        f"    {log_format}",
+        f"    {_LOG_FORMAT}",
         "    http-request set-var(txn.sw_t0) date(0,us)",
     ]
-    unset = "!{ var(txn.sw_be) -m found }"
     for i, name in enumerate(layout.header_names):
-        lines.append(f"    http-request set-var(txn.sw_be) req.fhdr({name}),map({paths.map(f'h{i}.map')}) if {unset}")
+        lines.append(f"    http-request set-var(txn.sw_be) req.fhdr({name}),map({paths.map(f'h{i}.map')}) if {_UNSET}")
     if layout.cohort_header or layout.cohort_cookie:
-        has_key = "{ var(txn.sw_key) -m len gt 0 }"
-        if layout.cohort_header:
-            lines.append(f"    http-request set-var(txn.sw_key) req.fhdr({layout.cohort_header}) if {unset}")
-        if layout.cohort_cookie:
-            lines.append(f"    http-request set-var(txn.sw_key) req.cook({layout.cohort_cookie}) if {unset} !{has_key}")
-        lines += [
-            f"    http-request set-var(txn.sw_thr) str(threshold),map({vars_map},0)",
-            f"    http-request set-var(txn.sw_in) var(txn.sw_key),crc32,mod({BUCKETS}),sub(txn.sw_thr) if {unset} "
-            f"{has_key}",
-            f"    http-request set-var(txn.sw_be) str(cohort),map({vars_map}) if {unset} "
-            "{ var(txn.sw_in) -m int lt 0 }",
-            f"    http-request set-var(txn.sw_be) str(stable),map({vars_map}) if {unset}",
-        ]
+        lines += _cohort_rules(layout, paths.map("vars.map"))
     lines += ["    use_backend %[var(txn.sw_be)] if { var(txn.sw_be) -m found }", f"    default_backend {ALL}"]
+    return lines
+
+
+def _cohort_rules(layout: Layout, vars_map: Path) -> list[str]:
+    """A request's cohort from its key's bucket (crc32) against the threshold in vars.map."""
+    has_key = "{ var(txn.sw_key) -m len gt 0 }"
+    lines = []
+    if layout.cohort_header:
+        lines.append(f"    http-request set-var(txn.sw_key) req.fhdr({layout.cohort_header}) if {_UNSET}")
+    if layout.cohort_cookie:
+        lines.append(f"    http-request set-var(txn.sw_key) req.cook({layout.cohort_cookie}) if {_UNSET} !{has_key}")
+    return [
+        *lines,
+        f"    http-request set-var(txn.sw_thr) str(threshold),map({vars_map},0)",
+        f"    http-request set-var(txn.sw_in) var(txn.sw_key),crc32,mod({BUCKETS}),sub(txn.sw_thr) if {_UNSET} "
+        f"{has_key}",
+        f"    http-request set-var(txn.sw_be) str(cohort),map({vars_map}) if {_UNSET} "
+        "{ var(txn.sw_in) -m int lt 0 }",
+        f"    http-request set-var(txn.sw_be) str(stable),map({vars_map}) if {_UNSET}",
+    ]
+
+
+def _side_frontends(layout: Layout, paths: Paths) -> list[str]:
+    """The blue-green preview listener and HAProxy's own Prometheus exporter, when the layout has them."""
+    lines = []
     if layout.preview_listen:
         lines += [
             "frontend preview",
             f"    bind {layout.preview_listen}",
-            f"    {log_format}",
+            f"    {_LOG_FORMAT}",
             "    http-request set-var(txn.sw_t0) date(0,us)",
-            f"    use_backend %[str(preview),map({vars_map},{NONE})]",
+            f"    use_backend %[str(preview),map({paths.map('vars.map')},{NONE})]",
         ]
     if layout.metrics_listen:
         lines += [
@@ -285,14 +321,7 @@ def render(layout: Layout, desired: Desired, paths: Paths, *, threads: int = 1) 
             "    http-request use-service prometheus-exporter if { path /metrics }",
             "    http-request return status 404",
         ]
-    for backend in [ALL, *(slot_backend(i) for i in range(layout.slots))]:
-        lines += [f"backend {backend}", "    balance roundrobin"]
-        lines += [
-            f"    server {s.name} {s.address} weight {s.weight}"
-            for (b, _), s in sorted(desired.servers.items()) if b == backend
-        ]
-    lines += [f"backend {NONE}", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def render_map(entries: dict[str, str]) -> str:

@@ -40,11 +40,11 @@ import asyncio
 import contextlib
 import json
 import math
-import re
 import signal
 import time
 from pathlib import Path
 
+from stagewise.basics import files, waiting
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import ReleaseStats, RouterStats
 from stagewise.errors import RouterConfigError, RouterError
@@ -75,7 +75,8 @@ RELOAD_ASK_AGAIN = 2.5
 """Seconds without a new worker after which a reload is asked for again."""
 OLD_WORKER_TIMEOUT = 5.0
 """After a reload, how long to wait for the old worker to finish its requests."""
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+RECOVER_TIMEOUT = 3.0
+"""How long a master that runs gets for its worker to answer, before it is ended and started anew."""
 _LEAVING = ("DRAIN", "MAINT")
 _POOL = "pool-max-conn -1 pool-purge-delay 5s"
 
@@ -171,7 +172,7 @@ class HaproxyRouter:
         layout = layout_for(table, loaded, slots)
         desired = desired_for(table, layout, slots)
         for name, entries in desired.maps.items():
-            process.write_atomic(paths.map(name), render_map(entries))
+            files.write_atomic(paths.map(name), render_map(entries))
         config = render(layout, desired, paths, threads=self.threads)
         if not running or layout != loaded:
             # the new configuration says everything; a server state saved before it would override its weights
@@ -184,10 +185,10 @@ class HaproxyRouter:
             await self._write_config(paths, config, check=True)
             await self._reload(paths, api)
         else:
-            process.write_atomic(paths.config, config)
+            files.write_atomic(paths.config, config)
             await self._change_at_runtime(api, desired, paths, layout.maps())
-        process.write_atomic(paths.layout, layout.to_json())
-        process.write_atomic(paths.slots, json.dumps(slots))
+        files.write_atomic(paths.layout, layout.to_json())
+        files.write_atomic(paths.slots, json.dumps(slots))
         await self._save_server_state(api, paths)
 
     async def _change_at_runtime(self, api: RuntimeApi, desired: Desired, paths: Paths, maps: list[str]) -> None:
@@ -240,20 +241,18 @@ class HaproxyRouter:
                 await proc.wait()
                 raise RouterError(f"HAProxy did not start within {START_TIMEOUT:.0f} s") from exc
         if code != 0:
-            raise RouterError(f"HAProxy did not start (exit {code}): {process.tail(paths.output)}")
-        deadline = time.monotonic() + START_TIMEOUT
-        api = self._api(paths)
-        while not await self._answers(api):
-            if time.monotonic() > deadline:
-                raise RouterError(f"HAProxy started but its socket did not answer: {process.tail(paths.output)}")
-            await asyncio.sleep(0.02)
+            raise RouterError(f"HAProxy did not start (exit {code}): {files.tail(paths.output)}")
+        if not await waiting.until_awaited(lambda: self._answers(self._api(paths)), timeout=START_TIMEOUT,
+                                           interval=0.02):
+            raise RouterError(f"HAProxy started but its socket did not answer: {files.tail(paths.output)}")
 
     async def _reload(self, paths: Paths, api: RuntimeApi) -> None:
         """Load the new configuration through the master CLI; wait for the new worker, then the old one's end."""
         old = (await api.info())["Pid"]
-        deadline = time.monotonic() + RELOAD_TIMEOUT
         asked = -math.inf
-        while True:
+
+        async def reloaded() -> bool:
+            nonlocal asked
             if time.monotonic() - asked > RELOAD_ASK_AGAIN:
                 # a master still settling after its own start can drop a reload (seen on a loaded
                 # machine, right after the first start): ask again; a reload more is harmless
@@ -261,12 +260,11 @@ class HaproxyRouter:
                 with contextlib.suppress(RouterError):  # not listening yet: the next round asks again
                     await master_command(paths.master, "reload", timeout=RELOAD_ASK_AGAIN)
             with contextlib.suppress(RouterError):
-                if (await api.info())["Pid"] != old:
-                    break
-            if time.monotonic() > deadline:
-                raise RouterError(f"HAProxy did not reload within {RELOAD_TIMEOUT:.0f} s: "
-                                  f"{process.tail(paths.output)}")
-            await asyncio.sleep(0.02)
+                return bool((await api.info())["Pid"] != old)
+            return False
+
+        if not await waiting.until_awaited(reloaded, timeout=RELOAD_TIMEOUT, interval=0.02):
+            raise RouterError(f"HAProxy did not reload within {RELOAD_TIMEOUT:.0f} s: {files.tail(paths.output)}")
         # requests still running on the old worker may go to servers the new configuration dropped:
         # the controller stops those instances once `apply` returns, so wait for the old worker first
         await process.wait_exit(int(old), OLD_WORKER_TIMEOUT)
@@ -276,11 +274,8 @@ class HaproxyRouter:
         pid = process.read_pid(paths.pid)
         if pid is None:
             return False
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            if await self._answers(api):
-                return True
-            await asyncio.sleep(0.05)
+        if await waiting.until_awaited(lambda: self._answers(api), timeout=RECOVER_TIMEOUT):
+            return True
         await process.terminate(pid, first=signal.SIGTERM, timeout=2.0)
         return False
 
@@ -301,7 +296,7 @@ class HaproxyRouter:
     async def _save_server_state(self, api: RuntimeApi, paths: Paths) -> None:
         state = await api.one("show servers state", check=False)
         if state.startswith("1"):
-            process.write_atomic(paths.state, state.rstrip("\n") + "\n")
+            files.write_atomic(paths.state, state.rstrip("\n") + "\n")
 
     # -- external mode -------------------------------------------------------------------
 
@@ -346,7 +341,7 @@ class HaproxyRouter:
                 retired[release_of(s.name)] = (responses + s.responses, errors + s.errors)
                 deleted.add((s.backend, s.name))
         if deleted:
-            process.write_atomic(paths.retired, json.dumps({"boot": boot, "releases": retired}))
+            files.write_atomic(paths.retired, json.dumps({"boot": boot, "releases": retired}))
         return [s for s in now.values() if (s.backend, s.name) not in deleted]
 
     # -- helpers -------------------------------------------------------------------------
@@ -367,7 +362,7 @@ class HaproxyRouter:
         return True
 
     def _paths(self, service: str) -> Paths:
-        if not _SERVICE_NAME.fullmatch(service):
+        if not files.is_folder_name(service):
             raise RouterConfigError(f"service name {service!r} cannot name a router directory")
         return Paths(self.state_dir / "haproxy" / service)
 
@@ -387,15 +382,15 @@ class HaproxyRouter:
 async def master_command(socket: Path, command: str, timeout: float = 5.0) -> str:
     """One command on the master CLI. Its socket refuses connections for a moment after the
     master (re)starts — until its worker is ready — so connecting is retried until `timeout`."""
-    deadline = time.monotonic() + timeout
+    deadline = waiting.Deadline(timeout)
     while True:
         try:
             reader, writer = await asyncio.open_unix_connection(str(socket))
             break
         except OSError as exc:
-            if time.monotonic() > deadline:
+            if deadline.expired:
                 raise RouterError(f"HAProxy's master did not take {command!r}: {exc!r}") from exc
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(deadline.nap(0.02))
     try:
         writer.write(command.encode() + b"\n")
         await writer.drain()

@@ -22,7 +22,6 @@ thread, not a task: the driver may be used from several event loops in turn.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from stagewise.basics import files
 from stagewise.routers.common.tallies import Tallies, Tally
 
 log = logging.getLogger("stagewise.router.haproxy")
@@ -64,11 +64,8 @@ class LogReceiver:
         if self._thread is not None:
             return True
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = files.hold_lock(self.lock_path)
+        if fd is None:
             return False
         self._lock_fd = fd
         self._workers = self._read_persisted()
@@ -155,10 +152,8 @@ class LogReceiver:
         with self._mutex:
             text = json.dumps({pid: {r: t.to_json() for r, t in w.items()} for pid, w in self._workers.items()})
             self._dirty = False
-        tmp = self.persist_path.with_suffix(".tmp")
         try:
-            tmp.write_text(text)
-            tmp.replace(self.persist_path)
+            files.write_atomic(self.persist_path, text)
         except OSError as exc:  # the state directory went away (a test cleaning up): nothing to keep
             log.debug("cannot persist HAProxy latency tallies: %s", exc)
 

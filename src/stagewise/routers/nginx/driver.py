@@ -1,9 +1,12 @@
 """The nginx router: a whole configuration per route table, checked, then a graceful reload.
 
-One nginx per service (`worker_processes 1` by default), run detached as the
-current user with everything under `<state_dir>/nginx/<service>/` — its prefix,
-pid file, logs and temp paths — so it needs no root and touches nothing of a
-system nginx. `apply` renders the table (`config`), and:
+One nginx per service (`worker_processes 1` by default), run detached with its
+prefix, configuration, pid file and counts under `<state_dir>/nginx/<service>/`,
+so it touches nothing of a system nginx. It needs no root: run as another user,
+nginx runs its workers as that user and they write their logs and temp files
+in the same folder. Run as root, its workers run as an unprivileged user and
+write in a folder of their own outside the state directory (`runtime`).
+`apply` renders the table (`config`), and:
 
 - when nothing runs: starts nginx on it (the access log begins anew);
 - when the configuration is unchanged: does nothing (no reload);
@@ -18,26 +21,23 @@ system nginx. `apply` renders the table (`config`), and:
 Counters come from the JSON access log (`logs`), rotated as it is read so
 that a count taken once a request has completed includes it, and in the
 background when it grows past `rotate_bytes`; `boot` names the master (pid and
-start time), which survives reloads. Started as root, nginx runs its workers
-as root too (`user`): they must reopen their logs in our state directory.
+start time), which survives reloads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import os
-import pwd
-import re
 import signal
-import time
 from pathlib import Path
 
+from stagewise.basics import files, proc, waiting
 from stagewise.core.routes import RouteTable
 from stagewise.core.stats import RouterStats
 from stagewise.errors import RouterConfigError, RouterError
 from stagewise.routers.common import process
+from stagewise.routers.nginx import runtime
 from stagewise.routers.nginx.config import Paths, render
 from stagewise.routers.nginx.logs import ROTATE_BYTES, ROTATE_EVERY, AccessLog, Rotator
 
@@ -46,28 +46,35 @@ STOP_TIMEOUT = 10.0
 RELOAD_TIMEOUT = 10.0
 OLD_WORKER_TIMEOUT = 12.0
 """Old workers get `worker_shutdown_timeout` (10 s) to finish; this is a little more."""
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class NginxRouter:
     """Runs and reloads one nginx per service; implements `stagewise.routers.Router`."""
 
     def __init__(self, state_dir: Path, *, workers: int = 1, rotate_bytes: int = ROTATE_BYTES,
-                 rotate_every: float = ROTATE_EVERY) -> None:
+                 rotate_every: float = ROTATE_EVERY, worker_user: str | None = None,
+                 runtime_root: Path = runtime.ROOT) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.workers = workers
+        self.worker_user_name = worker_user
+        """Who the workers run as when nginx starts as root (else `STAGEWISE_NGINX_USER`, else nobody)."""
+        self.runtime_root = runtime_root
         self.rotate_bytes = rotate_bytes
         """The access log is read and emptied in the background once it is this large."""
         self.rotate_every = rotate_every
         self._locks: dict[str, asyncio.Lock] = {}
         self._rotators: dict[str, Rotator] = {}
+        self._workers_as: tuple[runtime.WorkerUser | None] | None = None
 
     async def apply(self, *, table: RouteTable) -> None:
         async with self._lock(table.service):
-            paths = self._paths(table.service)
-            for folder in (paths.folder, paths.temp):
-                folder.mkdir(parents=True, exist_ok=True)
-            config = render(table, paths, workers=self.workers, user=_root_user())
+            paths = self.paths(table.service)
+            user = self._worker_user()
+            paths.folder.mkdir(parents=True, exist_ok=True)
+            if user is not None:
+                runtime.prepare(paths, user)
+            paths.temp.mkdir(mode=0o700, exist_ok=True)
+            config = render(table, paths, workers=self.workers, user=(user.name, user.group) if user else None)
             master = process.read_pid(paths.pid)
             if master is None:
                 await self._check(paths, config)
@@ -85,18 +92,18 @@ class NginxRouter:
 
     async def stats(self, *, service: str) -> RouterStats:
         async with self._lock(service):
-            paths = self._paths(service)
+            paths = self.paths(service)
             master = process.read_pid(paths.pid)
             if master is None:
                 return RouterStats()  # nothing runs, so nothing was counted; the next apply starts it
             boot = _boot(master)
             self._rotate_in_background(service, paths)
-            tallies = await asyncio.to_thread(AccessLog(paths).collect, master, boot)
+            tallies = await asyncio.to_thread(self._access_log(paths).collect, master, boot)
             return RouterStats(boot=boot, releases={r: t.stats() for r, t in sorted(tallies.items())})
 
     async def stop(self, *, service: str) -> None:
         async with self._lock(service):
-            paths = self._paths(service)
+            paths = self.paths(service)
             master = process.read_pid(paths.pid)
             if master is not None:
                 # SIGQUIT: a graceful shutdown, requests in flight finish
@@ -106,6 +113,7 @@ class NginxRouter:
             rotator = self._rotators.pop(service, None)
             if rotator is not None:
                 await asyncio.to_thread(rotator.close)
+            runtime.remove(paths)
 
     async def close(self) -> None:
         rotators, self._rotators = self._rotators, {}
@@ -120,8 +128,18 @@ class NginxRouter:
             return
         if rotator is not None:
             rotator.close()  # its master is gone: it has stopped already
-        self._rotators[service] = Rotator(AccessLog(paths), master, _boot(master), rotate_bytes=self.rotate_bytes,
-                                          every=self.rotate_every)
+        self._rotators[service] = Rotator(self._access_log(paths), master, _boot(master),
+                                          rotate_bytes=self.rotate_bytes, every=self.rotate_every)
+
+    def _access_log(self, paths: Paths) -> AccessLog:
+        user = self._worker_user()
+        return AccessLog(paths, owner=user.owner if user else None)
+
+    def _worker_user(self) -> runtime.WorkerUser | None:
+        """Who the workers run as (None: as this process's user); RouterConfigError for one that cannot be."""
+        if self._workers_as is None:
+            self._workers_as = (runtime.worker_user(self.worker_user_name),)
+        return self._workers_as[0]
 
     # -- the nginx process ----------------------------------------------------------------
 
@@ -134,65 +152,59 @@ class NginxRouter:
 
     async def _start(self, paths: Paths) -> None:
         # workers outlive a master killed with SIGKILL and keep the listeners: end them gracefully first
-        access_log = AccessLog(paths)
+        access_log = self._access_log(paths)
         for log_file in access_log.log_files():
-            for orphan in process.holders(log_file):
+            for orphan in proc.holders(log_file):
                 await process.terminate(orphan, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
         # one log per master: counters start from zero with a new boot
         await asyncio.to_thread(access_log.clear)
+        access_log.make_log()
         # output to a file, not a pipe: the daemon it forks may hold the pipe open long after
         code, _ = await _run(self._command(paths, paths.config), output=paths.output)
         if code != 0:
-            raise RouterError(f"nginx did not start (exit {code}): {process.tail(paths.output)} "
-                              f"{process.tail(paths.error_log)}")
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            master = process.read_pid(paths.pid)
-            if master is not None and process.children(master):
-                return
-            if time.monotonic() > deadline:
-                raise RouterError(f"nginx did not start within {START_TIMEOUT:.0f} s: "
-                                  f"{process.tail(paths.error_log)}")
-            await asyncio.sleep(0.01)
+            raise RouterError(f"nginx did not start (exit {code}): {files.tail(paths.output)} "
+                              f"{files.tail(paths.error_log)}")
+        if not await waiting.until(lambda: _has_workers(paths), timeout=START_TIMEOUT, interval=0.01):
+            raise RouterError(f"nginx did not start within {START_TIMEOUT:.0f} s: {files.tail(paths.error_log)}")
 
     async def _reload(self, paths: Paths, master: int) -> None:
         """SIGHUP; wait for new workers, then for the old ones to finish their requests."""
-        old = set(process.children(master))
+        old = set(proc.children(master))
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGHUP)
-        deadline = time.monotonic() + RELOAD_TIMEOUT
-        while not set(process.children(master)) - old:
-            if time.monotonic() > deadline or not process.alive(master):
-                raise RouterError(f"nginx did not reload: {process.tail(paths.error_log)}")
-            await asyncio.sleep(0.005)
-        deadline = time.monotonic() + OLD_WORKER_TIMEOUT
-        while any(process.alive(pid) for pid in old):
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.005)
+        reloaded = await waiting.until(lambda: set(proc.children(master)) - old or not proc.alive(master),
+                                       timeout=RELOAD_TIMEOUT, interval=0.005)
+        if not reloaded or not proc.alive(master):
+            raise RouterError(f"nginx did not reload: {files.tail(paths.error_log)}")
+        # the old workers finish their requests within worker_shutdown_timeout; past that, carry on
+        await waiting.until(lambda: not any(proc.alive(pid) for pid in old), timeout=OLD_WORKER_TIMEOUT,
+                            interval=0.005)
 
     def _command(self, paths: Paths, config: Path, *flags: str) -> list[str]:
         nginx = process.binary("nginx", "nginx-light")
         return [nginx, *flags, "-p", f"{paths.folder}/", "-c", str(config), "-e", str(paths.error_log)]
 
-    def _paths(self, service: str) -> Paths:
-        if not _SERVICE_NAME.fullmatch(service):
+    def paths(self, service: str) -> Paths:
+        """Where the nginx of `service` keeps its files, and where its workers write."""
+        if not files.is_folder_name(service):
             raise RouterConfigError(f"service name {service!r} cannot name a router directory")
-        return Paths(self.state_dir / "nginx" / service)
+        folder = self.state_dir / "nginx" / service
+        # the workers' own folder when they run as another user: started as root, nginx makes them
+        return Paths(folder, runtime.folder_of(folder, service, self.runtime_root) if os.geteuid() == 0 else None)
 
     def _lock(self, service: str) -> asyncio.Lock:
         return self._locks.setdefault(service, asyncio.Lock())
 
 
 def _boot(master: int) -> str:
-    return f"{master}-{process.start_time(master)}"
+    started = proc.start_time(master)
+    return f"{master}-{'' if started is None else started}"
 
 
-def _root_user() -> tuple[str, str] | None:
-    """(user, group) of this process when it is root, for nginx's workers (else nginx makes them nobody)."""
-    if os.geteuid() != 0:
-        return None
-    return pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
+def _has_workers(paths: Paths) -> bool:
+    """Whether the nginx of the pid file runs with its workers forked."""
+    master = process.read_pid(paths.pid)
+    return master is not None and bool(proc.children(master))
 
 
 async def _run(argv: list[str], output: Path | None = None) -> tuple[int, str]:

@@ -34,25 +34,26 @@ background when the log passes a size, so a log nobody asks about stays
 small too. The tallies belong to one nginx master (`boot`): the driver
 clears the files when it starts a new one.
 
-nginx workers must be able to open the log path themselves to reopen it: the
-driver runs them as the user it runs as (`config.render`'s `user`).
+nginx workers reopen the log by its path, as the user they run as. Started
+as root, they run as an unprivileged user (`runtime.WorkerUser`) that may
+not create files where the log lives: so after each rename this module makes
+the new, empty `access.log` itself, owned by that user (`owner`), before it
+signals anyone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from stagewise.basics import files, proc, waiting
 from stagewise.errors import RouterError
-from stagewise.routers.common import process
 from stagewise.routers.common.tallies import Tallies, Tally
 from stagewise.routers.nginx.config import Paths
 
@@ -65,13 +66,16 @@ ROTATE_EVERY = 1.0
 REOPEN_TIMEOUT = 10.0
 """Longest wait for every nginx process to reopen its log; a worker handles the signal between two events."""
 _SIGNAL_AGAIN = 1.0
+_REOPEN_POLL = 0.002
 
 
 class AccessLog:
-    """The counts of one nginx's access log, kept in `counts.json` beside it."""
+    """The counts of one nginx's access log, kept in `counts.json` in the state folder."""
 
-    def __init__(self, paths: Paths) -> None:
+    def __init__(self, paths: Paths, *, owner: tuple[int, int] | None = None) -> None:
         self.paths = paths
+        self.owner = owner
+        """(uid, gid) of the workers, when they run as another user: the owner of each new access.log."""
 
     def collect(self, master: int, boot: str, *, rotate_bytes: int = 0) -> Tallies:
         """The tallies of every request nginx has answered so far — rotating the log to be sure of it.
@@ -79,7 +83,7 @@ class AccessLog:
         With `rotate_bytes`, only a log at least that large is rotated (the background's way); then the
         tallies returned may lag. Blocking: call it from a thread.
         """
-        with self._locked():
+        with files.locked(self.paths.counts_lock):
             seq, tallies = self._load(boot)
             pending = []
             for n, path in self._rotated():
@@ -94,6 +98,7 @@ class AccessLog:
                 with contextlib.suppress(FileNotFoundError):  # none yet: the reopen below creates it
                     self.paths.access_log.rename(target)
                     pending.append((seq + 1, target))
+                self.make_log()
             self._reopen(master, [path for _, path in pending])
             for n, path in pending:
                 _fold(path, tallies)
@@ -105,11 +110,27 @@ class AccessLog:
 
     def clear(self) -> None:
         """Forget every count and log file (before a new nginx master starts: a new `boot`)."""
-        with self._locked():
+        with files.locked(self.paths.counts_lock):
             for _, path in self._rotated():
                 path.unlink(missing_ok=True)
             for path in (self.paths.access_log, self.paths.counts):
                 path.unlink(missing_ok=True)
+
+    def make_log(self) -> None:
+        """An empty access.log (and error.log) the workers may open, when they run as another user; else nothing.
+
+        nginx's master would create the files on reopening (and hand them over to the workers' user), but a
+        worker signalled directly may try first: it cannot create a file in a folder that is not its own.
+        """
+        if self.owner is None:
+            return
+        for path in (self.paths.access_log, self.paths.error_log):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchown(fd, *self.owner)
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
 
     def log_files(self) -> list[Path]:
         """The access log and its rotated files that exist now."""
@@ -117,19 +138,19 @@ class AccessLog:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _reopen(self, master: int, files: list[Path]) -> None:
-        """Have nginx reopen its logs; return once no nginx process holds any of `files`."""
+    def _reopen(self, master: int, logs: list[Path]) -> None:
+        """Have nginx reopen its logs; return once no nginx process holds any of `logs`."""
         wanted = set()
-        for path in files:
+        for path in logs:
             with contextlib.suppress(FileNotFoundError):
                 st = path.stat()
                 wanted.add((st.st_dev, st.st_ino))
-        held: dict[int, list[str]] = {}
-        """Per process, its descriptors (as /proc paths) that were open on a wanted file at the first look."""
-        deadline = time.monotonic() + REOPEN_TIMEOUT
+        held: dict[int, list[Path]] = {}
+        """Per process, its descriptors that were open on a wanted file at the first look."""
+        deadline = waiting.Deadline(REOPEN_TIMEOUT)
         signalled = -_SIGNAL_AGAIN
         while True:
-            pids = [master, *process.children(master)]
+            pids = [master, *proc.children(master)]
             if time.monotonic() - signalled >= _SIGNAL_AGAIN:
                 # to every process, not only through the master: it passes the signal on over a channel
                 # that a worker about to exit may no longer read; again now and then, in case a worker
@@ -142,28 +163,19 @@ class AccessLog:
                 return  # no log to wait for: the reopen makes one
             for pid in pids:
                 if pid not in held:  # a worker's descriptors are many (its connections): look at all once
-                    held[pid] = _descriptors_on(pid, wanted)
-            holding = [pid for pid, fds in held.items() if fds and _descriptors_on(pid, wanted, fds)]
+                    held[pid] = _descriptors_on(proc.descriptors(pid), wanted)
+            holding = [pid for pid, fds in held.items() if fds and _descriptors_on(fds, wanted)]
             if not holding:
                 return
-            if time.monotonic() > deadline:
+            if deadline.expired:
                 raise RouterError(f"nginx processes {holding} did not reopen their access log within "
-                                  f"{REOPEN_TIMEOUT:.0f} s: {process.tail(self.paths.error_log)}")
-            time.sleep(0.002)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.paths.counts_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+                                  f"{REOPEN_TIMEOUT:.0f} s: {files.tail(self.paths.error_log)}")
+            time.sleep(deadline.nap(_REOPEN_POLL))
 
     def _rotated(self) -> list[tuple[int, Path]]:
         prefix = self.paths.access_log.name + "."
         out = []
-        for path in self.paths.folder.iterdir():
+        for path in self.paths.access_log.parent.iterdir():
             suffix = path.name[len(prefix):] if path.name.startswith(prefix) else ""
             if suffix.isdigit():
                 out.append((int(suffix), path))
@@ -184,7 +196,7 @@ class AccessLog:
 
     def _save(self, boot: str, seq: int, tallies: Tallies) -> None:
         data = {"boot": boot, "seq": seq, "tallies": {r: t.to_json() for r, t in tallies.items()}}
-        process.write_atomic(self.paths.counts, json.dumps(data))
+        files.write_atomic(self.paths.counts, json.dumps(data))
 
 
 class Rotator:
@@ -205,7 +217,7 @@ class Rotator:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            if not process.alive(self.master):
+            if not proc.alive(self.master):
                 return  # the next start makes a new one
             try:
                 self.access_log.collect(self.master, self.boot, rotate_bytes=self.rotate_bytes)
@@ -242,18 +254,15 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _descriptors_on(pid: int, files: set[tuple[int, int]], fds: list[str] | None = None) -> list[str]:
-    """Those of `pid`'s descriptors (all, or `fds`) open on one of `files` (device, inode); none once it exited."""
-    if fds is None:
-        try:
-            fds = [f"/proc/{pid}/fd/{name}" for name in os.listdir(f"/proc/{pid}/fd")]
-        except OSError:
-            return []
+def _descriptors_on(fds: list[Path], wanted: set[tuple[int, int]]) -> list[Path]:
+    """Those of `fds` (a process's /proc descriptors) open on one of `wanted` (device, inode); none once it exited."""
     out = []
     for fd in fds:
+        target = proc.link(fd)
+        if target is None or not target.startswith("/"):
+            continue  # closed meanwhile, or not a file: one of the many sockets
         with contextlib.suppress(OSError):
-            if os.readlink(fd).startswith("/"):  # a file, not one of the many sockets
-                st = os.stat(fd)
-                if (st.st_dev, st.st_ino) in files:
-                    out.append(fd)
+            st = os.stat(fd)
+            if (st.st_dev, st.st_ino) in wanted:
+                out.append(fd)
     return out
