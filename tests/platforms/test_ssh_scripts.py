@@ -110,8 +110,10 @@ def test_a_dead_instance_is_reported_once_with_its_last_line_and_a_stopped_one_a
 
 
 def test_stop_kills_what_ignores_sigterm_after_the_grace(root: Path) -> None:
-    fields = spawn(root, "svc-v1-1", "sh", "-c", "trap '' TERM; while :; do sleep 0.05; done")
+    trapped = root / "trapped"  # written once the trap is set: a SIGTERM before it would end the program at once
+    fields = spawn(root, "svc-v1-1", "sh", "-c", f"trap '' TERM; : > {trapped}; while :; do sleep 0.05; done")
     pid = int(fields[3])
+    assert waiting.blocking_until(trapped.exists, timeout=10), "the program never set its trap"
     started = time.monotonic()
     assert run(root, scripts.STOP, "5", "svc-v1-1").split() == ["G", "svc-v1-1"]
     assert 0.4 <= time.monotonic() - started < 5
