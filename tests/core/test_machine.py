@@ -79,6 +79,38 @@ def test_a_failed_analysis_aborts_and_the_rollback_ends_rolled_back() -> None:
     assert d.abort_world is not None and d.abort_world.weights == {"v1": 80, "v2": 20}
 
 
+def in_a_long_pause(strategy: dict[str, Any]) -> tuple[Delivery, float]:
+    """A delivery at its second step, a pause of five minutes, which began at the time returned."""
+    d, now = delivery(strategy), 0.0
+    while d.ready_at is None or d.step != 1:
+        now += 1
+        d, _ = machine.advance(d, plan_of(d), all_ready(d, now))
+    return d, now
+
+
+def test_a_timed_pause_changes_nothing_while_it_runs_and_longer_than_the_deadline_aborts_nothing() -> None:
+    long_pause = {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "5m"}}, {"setWeight": 60}]}}
+    d, now = in_a_long_pause(long_pause)
+    began = d
+    for tick in range(1, 299):  # a tick a second: the pause outlasts the one-minute deadline
+        later, events = machine.advance(d, plan_of(d), all_ready(d, now + tick))
+        assert later == began and events == [], f"the delivery changed {tick}s into its pause"
+        d = later
+    d, _ = machine.advance(d, plan_of(d), all_ready(d, now + 300))
+    assert d.step == 2 and d.phase is Phase.PROGRESSING and d.progress_at == now + 300
+
+
+def test_the_deadline_counts_from_the_end_of_a_timed_pause() -> None:
+    long_pause = {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "5m"}}, {"setWeight": 60}]}}
+    d, now = in_a_long_pause(long_pause)
+    step = plan_of(d).steps[1]
+    assert machine.progress_since(d, step, now + 100) == now + 100
+    assert machine.progress_since(d, step, now + 1000) == now + 300
+    # the controller was away past the pause's end and a deadline more: the delivery is stuck
+    late, _ = machine.advance(d, plan_of(d), all_ready(d, now + 300 + 61))
+    assert late.phase is Phase.ABORTING and "progress deadline" in (late.abort_reason or "")
+
+
 def test_instances_that_never_get_ready_abort_at_the_deadline_with_the_reason() -> None:
     d = delivery(CANARY)
     now = 0.0

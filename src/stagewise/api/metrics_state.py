@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from stagewise.api.views import traffic_weights
 from stagewise.controller import Controller
-from stagewise.core.delivery import AnalysisRun, Delivery, Phase
+from stagewise.core.delivery import AnalysisRun, Delivery, Phase, progress_since
 from stagewise.core.verdict import Outcome
 from stagewise.errors import StagewiseError
 
@@ -85,7 +85,7 @@ class _Gauges:
         for run in {run.key: run for run in [*ended, *d.analysis.values()]}.values():
             self._add_run(d.service, run)
         if not d.phase.terminal:
-            self.progress.add_metric([d.service], d.progress_at)
+            self.progress.add_metric([d.service], progress_since(d, d.current(plan), controller.clock()))
             self.deadline.add_metric([d.service], d.spec.spec.progress_deadline)
 
     def _add_run(self, service: str, run: AnalysisRun) -> None:

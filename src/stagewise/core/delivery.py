@@ -96,7 +96,8 @@ class Delivery(BaseModel):
     ready_at: float | None = None
     """When the current step's world was first seen ready."""
     progress_at: float = 0.0
-    """Last time the delivery moved; the progress deadline counts from here."""
+    """Last time the delivery moved; the progress deadline counts from here, or from the end of the current
+    step's timed pause while it runs (`progress_since`)."""
     paused: bool = False
     """Paused by a person."""
     release_gate: bool = False
@@ -153,6 +154,18 @@ def evolve(delivery: Delivery) -> Delivery:
     }
     return delivery.model_copy(update={"analysis": runs, "failures_base": dict(delivery.failures_base),
                                        "hooks": dict(delivery.hooks)})
+
+
+def progress_since(delivery: Delivery, step: Step | None, now: float) -> float:
+    """When the delivery's progress deadline counts from at `now`: its last move, or the moment its step's timed
+    pause ran to (`now` while it runs) — a timed pause is planned waiting, not a stuck delivery.
+
+    Counted here rather than written as `progress_at` on every tick of the pause: a delivery that only waits
+    out its pause then has nothing to write.
+    """
+    if step is not None and step.pause and delivery.ready_at is not None:
+        return max(delivery.progress_at, min(now, delivery.ready_at + step.pause))
+    return delivery.progress_at
 
 
 def started(delivery: Delivery) -> bool:
@@ -379,7 +392,7 @@ def _progress_deadline(d: Delivery, t: _Tick) -> Moved | None:
     aborting = d.phase is Phase.ABORTING
     deadline = d.spec.spec.progress_deadline
     waiting_on_person = d.paused or (t.step.manual and d.ready_at is not None and not aborting)
-    if waiting_on_person or now - d.progress_at <= deadline:
+    if waiting_on_person or now - progress_since(d, t.step, now) <= deadline:
         return None
     reason = _stuck_reason(d, t.step, t.obs)
     if aborting:
@@ -541,8 +554,7 @@ def _manual_pause(d: Delivery, t: _Tick) -> Moved | None:
 def _timed_pause(d: Delivery, t: _Tick) -> Moved | None:
     """A step's pause duration, counted from readiness (a rollback step's too)."""
     if t.step.pause and d.ready_at is not None and t.obs.now - d.ready_at < t.step.pause:
-        d.progress_at = t.obs.now  # a timed pause is planned waiting, not a stuck delivery
-        return d, t.events
+        return d, t.events  # planned waiting: the deadline does not count it (`progress_since`)
     return None
 
 

@@ -44,7 +44,7 @@ import random
 from collections import deque
 
 from stagewise.analysis.judges.sequential import GRID_HIGH
-from stagewise.core.delivery import AnalysisRun, Delivery, Observation, Phase, abort
+from stagewise.core.delivery import AnalysisRun, Delivery, Observation, Phase, abort, progress_since
 from stagewise.core.plan import World
 from stagewise.core.spec import BlueGreenStrategy, FullStrategy, ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
@@ -212,7 +212,10 @@ class _Run:
                 self.serving = moved.stable
         self.delivery = moved
         step = moved.current(self.plan)
-        timers = [] if self.refreshing else [moved.progress_at + moved.spec.spec.progress_deadline + 1e-6]
+        since = progress_since(moved, step, t)
+        # while a timed pause runs no deadline runs either (core.delivery.progress_since): its end is the timer
+        pausing = since == t and moved.progress_at < t
+        timers = [] if self.refreshing or pausing else [since + moved.spec.spec.progress_deadline + 1e-6]
         if step is not None and step.pause and moved.ready_at is not None:
             timers.append(moved.ready_at + step.pause)
         self.timer = min(timers, default=math.inf)
