@@ -46,7 +46,7 @@ from stagewise.store.locations import StoreLocation
 from stagewise.store.postgresql_gates import PgGatesTables, write_events
 from stagewise.store.postgresql_leases import PgLeaseTables
 from stagewise.store.postgresql_schema import migrate
-from stagewise.store.rows import EVENT_COLUMNS, stored_event
+from stagewise.store.rows import EVENT_COLUMNS, delivery_json, stored_event
 
 EVENTS_LOCK = 0x7374_6167_6577_0002
 """Held while events (and their outbox rows) are appended, so their ids are committed in the order they grow."""
@@ -193,7 +193,7 @@ class PostgresStore(PgGatesTables, PgLeaseTables):
             assert row is not None  # INSERT ... RETURNING gives its row
             stored = delivery.model_copy(update={"id": int(row[0])})
             # The id only exists once inserted, and the JSON state must carry it too.
-            conn.execute("UPDATE deliveries SET state = %s WHERE id = %s", (stored.model_dump_json(), stored.id))
+            conn.execute("UPDATE deliveries SET state = %s WHERE id = %s", (delivery_json(stored), stored.id))
             write_events(conn, events, stored.id, stored.service, stored.spec, stored)
             if service is not None:
                 _upsert_service(conn, service)
@@ -301,7 +301,7 @@ def _upsert_service(conn: Connection[Any], record: ServiceRecord) -> None:
 
 def _update_delivery(conn: Connection[Any], delivery: Delivery) -> None:
     cursor = conn.execute("UPDATE deliveries SET phase = %s, state = %s, updated_at = %s WHERE id = %s",
-                          (delivery.phase.value, delivery.model_dump_json(), delivery.updated_at, delivery.id))
+                          (delivery.phase.value, delivery_json(delivery), delivery.updated_at, delivery.id))
     if cursor.rowcount != 1:
         raise NotFoundError(f"delivery {delivery.id} of {delivery.service} does not exist; "
                             "create_delivery assigns the id")

@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from stagewise.core.delivery import Delivery
+from stagewise.core.spec import ServiceSpec
 from stagewise.errors import LeaseLostError
 from stagewise.store import AuditEntry, Fence, Lease, OutboxItem, SinkHealth, StoredEvent, TokenRecord
 
@@ -67,3 +69,28 @@ def lease_lost(service: str, fence: Fence, row: tuple[str, int, float] | None, n
         why = "nobody holds it"
     return LeaseLostError(f"{service}: write refused, the lease of epoch {fence.epoch} is lost: {why}",
                           service=service, holder=holder, epoch=int(epoch))
+
+
+SPEC_TEXTS_MAX = 16_384
+"""Specs whose JSON `delivery_json` keeps; past this many it starts afresh (one per delivery in flight)."""
+_spec_texts: dict[int, tuple[ServiceSpec, str]] = {}
+
+
+def delivery_json(delivery: Delivery) -> str:
+    """`delivery.model_dump_json()`, character for character, with its spec's JSON made once per spec.
+
+    A delivery's spec never changes while it is in flight, and it is most of what its JSON costs to make
+    (durations and tags through their own serializers): a delivery written on every tick of its analysis
+    would make it again each time. The spec's text goes where the whole dump puts it, just before
+    `"stable"` (the field after it); a JSON string cannot hold `,"stable":` unescaped, so the first one
+    found is that field's.
+    """
+    spec = delivery.spec
+    kept = _spec_texts.get(id(spec))
+    if kept is None or kept[0] is not spec:
+        if len(_spec_texts) >= SPEC_TEXTS_MAX:
+            _spec_texts.clear()
+        kept = _spec_texts[id(spec)] = (spec, spec.model_dump_json())
+    rest = delivery.model_dump_json(exclude={"spec"})
+    at = rest.index(',"stable":')
+    return f'{rest[:at]},"spec":{kept[1]}{rest[at:]}'

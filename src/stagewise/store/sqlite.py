@@ -36,6 +36,7 @@ from stagewise.store import (  # the interface; it imports us lazily
     Write,
     upgrades,
 )
+from stagewise.store.rows import delivery_json
 from stagewise.store.sqlite_gates import GatesTables, v5_outbox, v6_tokens_and_audit, v7_pipelines, write_events
 from stagewise.store.sqlite_leases import LeaseTables, v8_leases
 
@@ -292,7 +293,7 @@ class SqliteStore(GatesTables, LeaseTables):
             stored = delivery.model_copy(update={"id": cursor.lastrowid})
             # The id only exists once inserted, and the JSON state must carry it too.
             conn.execute("UPDATE deliveries SET state = ? WHERE id = ?",
-                         (stored.model_dump_json(), stored.id))
+                         (delivery_json(stored), stored.id))
             write_events(conn, events, stored.id, stored.service, stored.spec, stored)
             if service is not None:
                 _upsert_service(conn, service)
@@ -410,7 +411,7 @@ def _upsert_service(conn: sqlite3.Connection, record: ServiceRecord) -> None:
 def _update_delivery(conn: sqlite3.Connection, delivery: Delivery) -> None:
     cursor = conn.execute(
         "UPDATE deliveries SET phase = ?, state = ?, updated_at = ? WHERE id = ?",
-        (delivery.phase.value, delivery.model_dump_json(), delivery.updated_at, delivery.id),
+        (delivery.phase.value, delivery_json(delivery), delivery.updated_at, delivery.id),
     )
     if cursor.rowcount != 1:
         raise NotFoundError(f"delivery {delivery.id} of {delivery.service} does not exist; "
