@@ -106,7 +106,11 @@ def build_table(spec: ServiceSpec, world: World, endpoints: list[Instance]) -> R
     )
 
 
-def _victims(world: World, view: PlatformView) -> tuple[dict[str, list[Instance]], list[Instance]]:
+Victims = tuple[dict[str, list[Instance]], list[Instance]]
+"""The observed instances per release, and those a world has no place for."""
+
+
+def _victims(world: World, view: PlatformView) -> Victims:
     """The observed instances per release, and those `world` has no place for."""
     by_release: dict[str, list[Instance]] = {}
     load: dict[str, int] = {}
@@ -150,15 +154,18 @@ async def _serve(router: Router, spec: ServiceSpec, world: World, serving: list[
 
 
 async def serve_ready(*, spec: ServiceSpec, world: World, view: PlatformView, router: Router,
-                      applied: Applied) -> None:
+                      applied: Applied) -> Victims:
     """Route to the instances ready now, in `world` as committed; start and stop nothing.
 
     The controller calls this before it judges a step by those instances: a
     step that is done "once they are ready" is then done only when traffic
     already reaches them, so no one sees Succeeded (or the next step) while
-    the router still serves the table of a moment before.
+    the router still serves the table of a moment before. Returns the instances
+    sorted for `world`: `make_world` on the same world and view need not sort them again.
     """
-    await _serve(router, spec, world, _serving(world, view, _victims(world, view)[1]), applied)
+    victims = _victims(world, view)
+    await _serve(router, spec, world, _serving(world, view, victims[1]), applied)
+    return victims
 
 
 async def make_world(
@@ -170,14 +177,16 @@ async def make_world(
     platform: Platform,
     router: Router,
     applied: Applied,
+    sorted_for: Victims | None = None,
 ) -> bool:
     """One idempotent pass towards `world` for the service of `spec`; whether the world was found settled.
 
     Settled: nothing to stop, nothing to start, no instance still starting and no host out of
-    reach — another pass would do nothing until something changes.
+    reach — another pass would do nothing until something changes. `sorted_for`: what `serve_ready`
+    returned for the same world and view, if it did.
     """
     service = spec.name
-    by_release, victims = _victims(world, view)
+    by_release, victims = sorted_for if sorted_for is not None else _victims(world, view)
     gone = {v.id for v in victims}
     await _serve(router, spec, world, _serving(world, view, victims), applied)
     if victims:

@@ -22,7 +22,7 @@ from functools import cached_property
 
 from stagewise.controller.hooks import HookRunner
 from stagewise.controller.measure import Measurer
-from stagewise.controller.reconcile import Applied, make_world, note_boot, serve_ready
+from stagewise.controller.reconcile import Applied, Victims, make_world, note_boot, serve_ready
 from stagewise.core.delivery import Delivery, Event, Observation, Phase, desired_world
 from stagewise.core.gates_spec import WindowSpec
 from stagewise.core.plan import Plan, World
@@ -52,6 +52,8 @@ class Work:
     stats: RouterStats | None = None
     committed: World | None = None
     """The world of the committed state, which `observe` routes to."""
+    sorted: Victims | None = None
+    """The instances as `observe` sorted them for `committed` (`act` reuses them for the same world)."""
     held: StagewiseError | None = None
     """Why the router could not serve the committed world (the delivery is decided all the same)."""
     write: Write | None = None
@@ -108,7 +110,8 @@ async def observe(work: Work, applied: Applied) -> None:
     work.committed = desired_world(work.active, work.plan)
     if work.committed is not None:
         try:
-            await serve_ready(spec=work.spec, world=work.committed, view=view, router=router, applied=applied)
+            work.sorted = await serve_ready(spec=work.spec, world=work.committed, view=view, router=router,
+                                            applied=applied)
         except StagewiseError as exc:
             work.held = exc  # decided all the same, so that a deadline or a failed analysis still acts
 
@@ -168,8 +171,9 @@ async def act(work: Work, applied: Applied) -> None:
         return
     assert work.view is not None
     platform, router = work.drivers()
+    known = work.sorted if work.world is work.committed else None
     work.settled = await make_world(spec=work.spec, world=work.world, releases=work.releases, view=work.view,
-                                    platform=platform, router=router, applied=applied)
+                                    platform=platform, router=router, applied=applied, sorted_for=known)
 
 
 # --- what a decision implies ------------------------------------------------------------------------------

@@ -33,13 +33,15 @@ class ReleaseStats(BaseModel):
 
     def minus(self, earlier: ReleaseStats) -> ReleaseStats:
         """What happened since `earlier` (the same counters taken before)."""
-        n = max(len(self.latency_buckets), len(earlier.latency_buckets))
-        mine = self.latency_buckets + [0] * (n - len(self.latency_buckets))
-        theirs = earlier.latency_buckets + [0] * (n - len(earlier.latency_buckets))
+        mine, theirs = self.latency_buckets, earlier.latency_buckets
+        if len(mine) != len(theirs):
+            n = max(len(mine), len(theirs))
+            mine, theirs = mine + [0] * (n - len(mine)), theirs + [0] * (n - len(theirs))
         return ReleaseStats(
             requests=max(0, self.requests - earlier.requests),
             errors=max(0, self.errors - earlier.errors),
-            latency_buckets=[max(0, a - b) for a, b in zip(mine, theirs, strict=True)],
+            # a comparison, not max(): a judge takes this on every look of every run
+            latency_buckets=[a - b if a > b else 0 for a, b in zip(mine, theirs, strict=True)],
             latency_sum_ms=max(0.0, self.latency_sum_ms - earlier.latency_sum_ms),
         )
 

@@ -222,10 +222,13 @@ class SteadyRouter:
         self.boot = "steady-1"
         self._served: dict[str, dict[str, float]] = {}
         self._last: dict[str, float] = {}
+        self._shares: dict[str, dict[str, float]] = {}
+        """Each service's split of its traffic, worked out once per table applied."""
 
     async def apply(self, *, table: RouteTable) -> None:
         self._flow(table.service)
         self.tables[table.service] = table
+        self._shares[table.service] = _shares(table)
         self.applies += 1
 
     async def stats(self, *, service: str) -> RouterStats:
@@ -243,6 +246,7 @@ class SteadyRouter:
 
     async def stop(self, *, service: str) -> None:
         self.tables.pop(service, None)
+        self._shares.pop(service, None)
 
     async def close(self) -> None:
         return None
@@ -251,11 +255,11 @@ class SteadyRouter:
         now = self.clock()
         last = self._last.get(service, now)
         self._last[service] = now
-        table = self.tables.get(service)
-        if table is None or now <= last:
+        shares = self._shares.get(service)
+        if shares is None or now <= last:
             return
         served = self._served.setdefault(service, {})
-        for release, share in _shares(table).items():
+        for release, share in shares.items():
             served[release] = served.get(release, 0.0) + self.rate * (now - last) * share
 
 
