@@ -194,6 +194,8 @@ class LatencyProcess:
         self.rho0, self.floor_ms = rho0, floor_ms
         self.ladder = ladder = rungs(floor_ms)
         k = len(ladder)
+        self.at_rungs = slice(ladder[0], ladder[-1] + 1, RUNG_STRIDE) if ladder else slice(0, 0)
+        """The ladder's indexes as a slice (it is a range: `rungs`)."""
         if state is None:
             self.llr = [[0.0] * ODDS_SIZE for _ in ladder]
             self.hist = [[0] * BUCKETS, [0] * BUCKETS]
@@ -244,10 +246,8 @@ class LatencyProcess:
     def add(self, inc_b: list[int], inc_c: list[int]) -> None:
         """One increment's histograms: counted, and folded once it makes a block with both arms."""
         slow_b, slow_c = slower_than(inc_b), slower_than(inc_c)
-        block, self.pending = seq.gather(
-            self.pending,
-            [sum(inc_b), sum(inc_c), *(slow_b[i] for i in self.ladder), *(slow_c[i] for i in self.ladder)],
-        )
+        at = self.at_rungs  # the ladder as a slice: a look takes it twice over every rung
+        block, self.pending = seq.gather(self.pending, [sum(inc_b), sum(inc_c), *slow_b[at], *slow_c[at]])
         if block is not None:
             self.fold_dense(block)
         self.hist = [[a + b for a, b in zip(h, inc, strict=True)] for h, inc in zip(self.hist, (inc_b, inc_c),
