@@ -31,7 +31,7 @@ from stagewise.core.spec import ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
 from stagewise.engine import decide
 from stagewise.errors import StagewiseError
-from stagewise.platforms import Platform, PlatformView
+from stagewise.platforms import InstanceState, Platform, PlatformView
 from stagewise.routers import Router
 from stagewise.store import Measurement, Write
 
@@ -138,11 +138,11 @@ def decide_one(work: Work, aids: Aids) -> None:
         work.world = steady_world(work.record)
         return
     active, plan = work.active, work.plan
-    releases = work.releases
+    ready, live = instance_counts(view, work.releases)
     observation = Observation(
         now=now,
-        ready={r: sum(1 for i in view.instances if i.release == r and i.state == "ready") for r in releases},
-        live={r: sum(1 for i in view.instances if i.release == r) for r in releases},
+        ready=ready,
+        live=live,
         failures=view.failures,
         stats=work.stats,
         unreachable=view.unreachable,
@@ -174,6 +174,18 @@ async def act(work: Work, applied: Applied) -> None:
     known = work.sorted if work.world is work.committed else None
     work.settled = await make_world(spec=work.spec, world=work.world, releases=work.releases, view=work.view,
                                     platform=platform, router=router, applied=applied, sorted_for=known)
+
+
+def instance_counts(view: PlatformView, releases: dict[str, ReleaseSpec]) -> tuple[dict[str, int], dict[str, int]]:
+    """Ready and live (starting or ready) instances of each of `releases`, in one pass over the view."""
+    ready, live = dict.fromkeys(releases, 0), dict.fromkeys(releases, 0)
+    for instance in view.instances:
+        release = instance.release
+        if release in live:
+            live[release] += 1
+            if instance.state == InstanceState.READY:
+                ready[release] += 1
+    return ready, live
 
 
 # --- what a decision implies ------------------------------------------------------------------------------
