@@ -71,6 +71,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from stagewise.analysis.judges import sequential as seq
@@ -196,14 +197,16 @@ class LatencyProcess:
         k = len(ladder)
         self.at_rungs = slice(ladder[0], ladder[-1] + 1, RUNG_STRIDE) if ladder else slice(0, 0)
         """The ladder's indexes as a slice (it is a range: `rungs`)."""
+        self.llr: list[Sequence[float]]
+        """Per rung, one sum per odds ratio; a rung's row is replaced, never changed, so a state's rows are shared."""
         if state is None:
-            self.llr = [[0.0] * ODDS_SIZE for _ in ladder]
+            self.llr = [(0.0,) * ODDS_SIZE for _ in ladder]
             self.hist = [[0] * BUCKETS, [0] * BUCKETS]
             self.log_e = self.max_log_e = 0.0
             self.seen = [0] * (k + 1)
             self.pending: list[int] = []
         else:
-            self.llr = [list(sums) for sums in state.llr]
+            self.llr = list(state.llr)
             self.hist = [list(state.hist[0]), list(state.hist[1])]
             self.log_e, self.max_log_e = state.log_e, state.max_log_e
             self.seen = list(state.seen)
@@ -460,7 +463,7 @@ def _latency_sentence(template: AnalysisTemplate, evidence: dict[str, Any], outc
 
 def _worst(
     per_rung: list[float],
-    llr: list[list[float]],
+    llr: Sequence[Sequence[float]],
     ladder: list[int],
     hist_b: list[int],
     hist_c: list[int],
