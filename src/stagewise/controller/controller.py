@@ -57,7 +57,7 @@ from stagewise.controller.observer import Observer, Unobserved
 from stagewise.controller.outbox import Sender
 from stagewise.controller.reconcile import Applied
 from stagewise.controller.retries import MAX_BACKOFF, Failing, Retries
-from stagewise.controller.schedule import Schedule, next_resync
+from stagewise.controller.schedule import Budget, Schedule, next_resync, only_looks, quiet_until
 from stagewise.controller.shared_windows import SharedWindows
 from stagewise.controller.work import (
     Aids,
@@ -97,6 +97,10 @@ TICK = 0.25
 """Seconds between reconcile passes."""
 RESYNC = 10.0
 """Seconds between two full reconciles of an idle service (nothing in flight, its world as desired)."""
+PAUSE_LOOK = 1.0
+"""Seconds between two reconciles of a delivery that only waits out a timed pause: its instances' health."""
+BUDGET = 0.8
+"""The share of a tick's period its reconciles may take before looks that can wait are put off (`_within_budget`)."""
 CONCURRENCY = 32
 """Services whose drivers are asked side by side at most."""
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -167,6 +171,8 @@ class Controller:
         """Busy services that an event concerned: due again at once when their reconcile ends."""
         self._late: list[Work] = []
         """Observations that ended after their tick: decided on the next one."""
+        self._budget = Budget(BUDGET * tick)
+        """How many services a tick can take in its time (controller/schedule.py)."""
         self._background: set[asyncio.Task[None]] = set()
         self._plans: dict[str, tuple[Delivery, Plan]] = {}
         self._applied = Applied()
@@ -273,7 +279,8 @@ class Controller:
         self._refresh()
         self._follow_leases()
         self._driver_news()
-        works = await self._observe_all(self._schedule.pop_due(self.clock()))
+        started, now = time.perf_counter(), self.clock()
+        works = await self._observe_all(self._within_budget(self._schedule.pop_due(now), now))
         if not works:
             return
         now = self.clock()
@@ -284,6 +291,23 @@ class Controller:
                     decide_one(work, aids)
         self._commit(works, now)
         await self._each(works, self._act_one)
+        self._budget.spent(time.perf_counter() - started, len(works))
+
+    def _within_budget(self, due: list[str], now: float) -> list[str]:
+        """The services due now that this tick takes (`schedule.Budget`): a look that can wait is one whose
+        delivery's only business until the next tick is another look of its judges (`schedule.only_looks`)."""
+        if self.resync_seconds <= 0:
+            return due  # a sweep takes everything
+        horizon = now + self.tick_seconds
+
+        def can_wait(name: str) -> bool:
+            delivery = self._held.delivery(name)
+            return delivery is not None and only_looks(delivery, self.plan(delivery), horizon)
+
+        taken, put_off = self._budget.take(due, can_wait)
+        for name in put_off:
+            self._schedule.at(name, now)
+        return taken
 
     def _refresh(self) -> None:
         """Read the store again if another process wrote to it since (and at first): what differs is due at once."""
@@ -392,6 +416,9 @@ class Controller:
 
     def _commit(self, works: list[Work], now: float) -> None:
         """Commit every decision of the tick in one transaction; tell the observers what changed."""
+        for w in works:
+            if w.looked is not None:
+                self._held.kept(name=w.name, delivery=w.looked)
         changed = [w for w in works if w.write is not None]
         if not changed:
             return
@@ -448,10 +475,18 @@ class Controller:
             self.lock(name).release()
 
     def _next_due(self, work: Work, now: float) -> float:
-        """On the next tick while a delivery is in flight or the world converges; else at the next resync."""
-        if self._held.delivery(work.name) is not None or not work.settled or self.resync_seconds <= 0:
+        """On the next tick while a delivery is in flight or the world converges — one that only waits out its
+        timed pause when the pause ends, looked at every `PAUSE_LOOK` meanwhile; else at the next resync."""
+        if not work.settled or self.resync_seconds <= 0:
             return now
-        return next_resync(work.name, now, self.resync_seconds)
+        delivery = self._held.delivery(work.name)
+        if delivery is None:
+            return next_resync(work.name, now, self.resync_seconds)
+        end = quiet_until(delivery, self.plan(delivery), now)
+        if end is None:
+            return now
+        # a tick early: the tick that ends the pause is the one a sweep would end it on, whenever it decides
+        return min(end - self.tick_seconds, now + PAUSE_LOOK)
 
     def _failed(self, service: str, exc: StagewiseError, *, bug: Exception | None = None) -> float:
         """Hold the service back until its retry is due, and when that is; report the failure if it is news."""

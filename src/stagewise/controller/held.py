@@ -13,8 +13,16 @@ fair share counts them all) but reconciles only those it holds a lease for;
 `load_one` reads one again when its lease is taken or its epoch moved on (a
 write by another server).
 
-It must never hold a state the store did not commit: a decision is put here
-only after its transaction returned.
+It must never hold a state the store did not commit — with one exception:
+what a judge's look changes between two points of an analysis's history
+(its judges' states, the counters they last saw, a Running verdict's
+evidence, the moment of progress) is kept here only (`kept`), and reaches
+the store with the delivery's next write, at the latest with the next point
+a second later (controller/work.py, `judged_only`). Nothing is acted on
+because of it; a controller that dies loses at most that second of looks,
+and its successor folds the counters since the last write in one look — the
+judges are anytime-valid however the counts are cut. Every other decision is
+put here only after its transaction returned.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ class Held:
         self.records: dict[str, ServiceRecord] = {}
         self.active: dict[str, Delivery] = {}
         """The delivery in flight of each service that has one (never a delivery that ended)."""
+        self.ahead: dict[str, Delivery] = {}
+        """For a delivery whose judges looked since its last write: that write (the store has it)."""
 
     def __contains__(self, name: str) -> bool:
         return name in self.records
@@ -50,15 +60,25 @@ class Held:
         if record is not None:
             self.records[name] = record
         if delivery is not None:
+            self.ahead.pop(name, None)
             if delivery.phase.terminal:
                 self.active.pop(name, None)
             else:
                 self.active[name] = delivery
 
+    def kept(self, *, name: str, delivery: Delivery) -> None:
+        """`delivery` differs from the service's committed one only by its judges' looks: held, not written."""
+        committed = self.active.get(name)
+        if committed is None:
+            return
+        self.ahead.setdefault(name, committed)
+        self.active[name] = delivery
+
     def forget(self, name: str) -> None:
         """Drop what is kept of `name` (deleted, or held by another controller now)."""
         self.records.pop(name, None)
         self.active.pop(name, None)
+        self.ahead.pop(name, None)
 
     def load_one(self, store: Store, name: str) -> None:
         """Read `name` from the store again."""
@@ -67,6 +87,7 @@ class Held:
             self.forget(name)
             return
         self.records[name] = record
+        self.ahead.pop(name, None)  # read again because another server wrote: its state wins
         latest = store.latest_delivery(name)
         if latest is not None and not latest.phase.terminal:
             self.active[name] = latest
@@ -80,7 +101,16 @@ class Held:
         for delivery in store.active_deliveries():  # oldest first: a service's latest wins
             if delivery.service in records:
                 active[delivery.service] = delivery
+        for name, committed in list(self.ahead.items()):
+            if active.get(name) == committed:  # nobody else wrote it: the looks since stay
+                active[name] = self.active[name]
+            else:
+                del self.ahead[name]
         changed = {name for name in records.keys() | self.records.keys()
                    if records.get(name) != self.records.get(name) or active.get(name) != self.active.get(name)}
         self.records, self.active = records, active
         return changed
+
+    def unwritten(self) -> list[Delivery]:
+        """The deliveries whose latest looks the store does not have yet."""
+        return [self.active[name] for name in self.ahead if name in self.active]

@@ -5,7 +5,11 @@ services that have nothing to do as for a thousand deliveries in flight.
 Instead each service has one due time, and a tick takes the services due by
 its `now` (controller-runtime's work queue, informers' periodic resync):
 
-- a delivery in flight, or a world still converging, is due on the next tick;
+- a delivery in flight, or a world still converging, is due on the next tick —
+  except one that only waits out a timed pause (`quiet_until`): it is due
+  when its pause ends, and looked at once per `look` meanwhile (its
+  instances' health), as Argo Rollouts requeues a paused Rollout for the
+  pause's remaining time;
 - a failing service is due when its retry is (controller/retries.py);
 - an idle service — nothing in flight, its world as desired — is resynced
   once per `period`, each at its own phase within the period (a fixed hash of
@@ -24,6 +28,11 @@ import heapq
 import itertools
 import math
 import zlib
+from collections.abc import Callable
+
+from stagewise.core.delivery import Delivery, Phase, started
+from stagewise.core.plan import Plan
+from stagewise.core.verdict import Outcome
 
 COMPACT_AT = 4
 """Rebuild the heap once stale entries outnumber live ones this many times."""
@@ -87,6 +96,49 @@ class Schedule:
         heapq.heapify(self._heap)
 
 
+COST_WEIGHT = 0.5
+"""The weight of the last tick in `Budget`'s running estimate of what one service's reconcile takes."""
+
+
+class Budget:
+    """How many of the services due a tick takes, so that it keeps to its time when it can.
+
+    All of them, unless their reconciles would take longer than `seconds` (at
+    what one took on the recent ticks) — then some of those that `can_wait`
+    wait for the next tick, where they are taken first and whatever the
+    budget. Everything else is taken: a step's timer, a verb, a world to
+    converge. So a tick that the looks of a thousand analyses would stretch
+    past its period keeps to it, a look waits one tick at most, and a step is
+    still decided on the tick it is due.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.cost: float | None = None
+        """Seconds one service's reconcile took of the recent ticks' time (a running estimate); None: unknown."""
+        self.waiting: set[str] = set()
+        """Services the last tick put off: taken on this one whatever the budget."""
+
+    def take(self, due: list[str], can_wait: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+        """The services of `due` to take now, and those put off to the next tick."""
+        waited, self.waiting = self.waiting, set()
+        if self.cost is None or len(due) * self.cost <= self.seconds:
+            return due, []
+        taken: list[str] = []
+        may_wait: list[str] = []
+        for name in due:
+            (may_wait if name not in waited and can_wait(name) else taken).append(name)
+        room = max(0, int(self.seconds / self.cost) - len(taken))
+        self.waiting = set(may_wait[room:])
+        return taken + may_wait[:room], may_wait[room:]
+
+    def spent(self, seconds: float, services: int) -> None:
+        """A tick took `seconds` for `services` reconciles."""
+        if services:
+            cost = seconds / services
+            self.cost = cost if self.cost is None else COST_WEIGHT * cost + (1 - COST_WEIGHT) * self.cost
+
+
 def phase_of(service: str) -> float:
     """The service's fixed place within a resync period, in [0, 1): spreads services evenly, same on every run."""
     return zlib.crc32(service.encode()) / 2**32
@@ -96,3 +148,74 @@ def next_resync(service: str, now: float, period: float) -> float:
     """The first time after `now` at the service's phase within `period`: at most one period away."""
     offset = phase_of(service) * period
     return (math.floor((now - offset) / period) + 1) * period + offset
+
+
+_OPEN = (Outcome.RUNNING, Outcome.NO_DATA)
+
+
+def _unattended(delivery: Delivery) -> bool:
+    """Moving forward, ready in its step, with nothing but its own gates to pass: no person's pause or promote,
+    nothing holding it (a hook, an approval, a window), no hooks (their calls and answers come on any tick)."""
+    return (delivery.phase in (Phase.PROGRESSING, Phase.PROMOTING) and not delivery.paused
+            and not delivery.release_gate and delivery.waiting is None and started(delivery)
+            and delivery.ready_at is not None and not delivery.spec.spec.hooks)
+
+
+def _started_its_analyses(delivery: Delivery, plan: Plan) -> bool:
+    """Whether the analyses of the delivery's step (its own, and a background one due by now) have started:
+    each starts on a tick."""
+    step = delivery.current(plan)
+    assert step is not None  # a delivery in progress is in one of its steps
+    background = plan.background
+    if background is not None and delivery.step >= background.starting_step and "background" not in delivery.analysis:
+        return False
+    return step.analysis is None or f"step-{delivery.step}" in delivery.analysis
+
+
+def quiet_until(delivery: Delivery, plan: Plan, now: float) -> float | None:
+    """When the delivery's timed pause ends, if until then every tick would leave it as it is; else None.
+
+    That holds for a delivery moving forward, in a step whose only gate left is
+    its timed pause: ready, no analysis open (the step's, or a background one
+    that will start or runs), no hooks, no approval, nothing holding it, no
+    person's pause. Its progress deadline does not run meanwhile
+    (`core.delivery.progress_since`). What can still move it is news: a
+    person's verb wakes it; an instance that fails is seen when it is next
+    looked at.
+    """
+    if not _unattended(delivery) or any(run.verdict.outcome in _OPEN for run in delivery.analysis.values()):
+        return None
+    step = delivery.current(plan)
+    if step is None or not step.pause or step.manual or step.approval is not None:
+        return None
+    if not _started_its_analyses(delivery, plan):
+        return None
+    assert delivery.ready_at is not None  # unattended
+    end = delivery.ready_at + step.pause
+    return end if now < end else None
+
+
+def only_looks(delivery: Delivery, plan: Plan, horizon: float) -> bool:
+    """Whether until `horizon` all the delivery may do is another look of its analyses' judges.
+
+    Its analyses run (none waits for data: NoData has a deadline), none ends
+    by `horizon`, its step's timed pause does not either, and nothing else can
+    move it (`_unattended`). A look put off to the next tick changes only when
+    the judges see the counts — they are anytime-valid, however the counts are
+    cut — so a tick short of time may put it off (the controller, never twice
+    in a row).
+    """
+    if not _unattended(delivery):
+        return False
+    running = [run for run in delivery.analysis.values() if run.verdict.outcome in _OPEN]
+    if not running or any(run.verdict.outcome is not Outcome.RUNNING for run in running):
+        return False
+    if any(run.duration is not None and run.started_at + run.duration <= horizon for run in running):
+        return False
+    step = delivery.current(plan)
+    if step is None or step.manual or step.approval is not None:
+        return False
+    assert delivery.ready_at is not None  # unattended
+    if step.pause and delivery.ready_at + step.pause <= horizon:
+        return False
+    return _started_its_analyses(delivery, plan)

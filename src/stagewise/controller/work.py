@@ -60,6 +60,8 @@ class Work:
     """What to commit; none when nothing changed."""
     moved: Delivery | None = None
     """The delivery's next state, when it changed."""
+    looked: Delivery | None = None
+    """The delivery's next state when only its judges' looks changed it: kept in memory, not written."""
     world: World | None = None
     """The world to make real once the decision is committed; none: nothing to do."""
     settled: bool = False
@@ -154,10 +156,12 @@ def decide_one(work: Work, aids: Aids) -> None:
     moved = decision.delivery
     events = instance_events + decision.events
     update = service_after(work.record, moved, now)
-    if moved != active or events:
+    if events or update is not None or not judged_only(active, moved):
         work.moved = moved
         work.write = Write(service=work.name, delivery=moved, events=events, record=update,
                            measurements=new_measurements(active, moved))
+    elif moved is not active:
+        work.looked = moved  # held in memory; written with the next point of history (`judged_only`)
     # ended, or not started yet (waiting for a confirm-rollout hook, a window): the steady world applies
     work.world = decision.world if decision.world is not None else steady_world(update or work.record)
     if work.held is not None and work.world == work.committed:
@@ -189,6 +193,45 @@ def instance_counts(view: PlatformView, releases: dict[str, ReleaseSpec]) -> tup
 
 
 # --- what a decision implies ------------------------------------------------------------------------------
+
+_LOOKED = frozenset({"analysis", "progress_at"})
+"""The delivery's fields a judge's look changes (`judged_only` compares the rest)."""
+_RUN_LOOKED = frozenset({"judge_state", "last", "verdict", "history"})
+"""An analysis run's fields a look changes (`judged_only` compares the verdict's outcome and the history's
+length, and the rest in full)."""
+
+
+def judged_only(before: Delivery, after: Delivery) -> bool:
+    """Whether `after` differs from `before` by its judges' looks alone: their states, the counters they saw, a
+    verdict's evidence with the same outcome, the moment of progress a running analysis notes.
+
+    Such a state is not written on every tick: the judges look four times a second, and writing each look was
+    most of a busy tick's cost. It is written with the delivery's next change — at the latest the next point
+    of its analysis's history, one a second (`analysis.judges.runs`), which is what a chart and the event log
+    show — so a crash loses at most a second of looks, which the next look makes up (held.py). Anything else
+    (a step, a phase, a verdict's outcome, a provider's note, an event) is written before it is acted on.
+    """
+    fields = type(after).model_fields
+    for name in fields:
+        if name not in _LOOKED:
+            old, new = getattr(before, name), getattr(after, name)
+            if old is not new and old != new:
+                return False
+    if before.analysis.keys() != after.analysis.keys():
+        return False
+    for key, run in after.analysis.items():
+        old_run = before.analysis[key]
+        if run is old_run:
+            continue
+        if run.verdict.outcome is not old_run.verdict.outcome or len(run.history) != len(old_run.history):
+            return False
+        for name in type(run).model_fields:
+            if name not in _RUN_LOOKED:
+                old, new = getattr(old_run, name), getattr(run, name)
+                if old is not new and old != new:
+                    return False
+    return True
+
 
 
 def new_measurements(before: Delivery, after: Delivery) -> list[Measurement]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from stagewise.analysis.judges.mannwhitney import judge_mannwhitney
-from stagewise.analysis.judges.sequential import judge_error_rate
+from stagewise.analysis.judges.sequential import RUNNING_UNSAID, judge_error_rate
 from stagewise.analysis.judges.sequential_latency import judge_latency
 from stagewise.analysis.judges.sequential_value import judge_value
 from stagewise.analysis.judges.threshold import judge_threshold
@@ -41,7 +41,7 @@ from stagewise.core.stats import ReleaseStats
 from stagewise.core.verdict import Verdict
 from stagewise.errors import UnknownDriverError
 
-__all__ = ["JUDGES", "JudgeFn", "Values", "judge"]
+__all__ = ["JUDGES", "RUNNING_UNSAID", "JudgeFn", "Values", "judge"]
 
 Values = tuple[float | None, float | None]
 """A provider's value for the baseline and the candidate, measured on this tick."""
@@ -70,12 +70,22 @@ def judge(
     elapsed: float,
     duration: float | None,
     values: Values | None = None,
+    brief: bool = False,
 ) -> tuple[JudgeState | None, Verdict]:
-    """Fold one increment into the template's judge; return its new state (None: nothing to keep) and verdict."""
+    """Fold one increment into the template's judge; return its new state (None: nothing to keep) and verdict.
+
+    `brief`: a Running verdict may come without its sentence and evidence (`RUNNING_UNSAID`), for a look
+    whose verdict nobody reads unless it is final (analysis/judges/runs.py); the sequential judges of counts
+    skip writing them then, a third of their look. Any other outcome comes in full.
+    """
     key = f"{template.judge}/{template.metric}"
     fn = JUDGES.get(key)
     if fn is None:
         raise UnknownDriverError("judge", key, list(JUDGES))
+    if brief and key in _BRIEF:
+        said: tuple[JudgeState | None, Verdict] = _BRIEF[key](template, state, baseline, candidate,
+                                                               elapsed=elapsed, duration=duration, brief=True)
+        return said
     return fn(template, state, baseline, candidate, elapsed=elapsed, duration=duration, values=values)
 
 
@@ -126,3 +136,5 @@ JUDGES: dict[str, JudgeFn] = {
     "mannwhitney/latency": judge_mannwhitney,
 }
 """Judge functions by "judge/metric", the names of AnalysisTemplate."""
+_BRIEF: dict[str, Any] = {"sequential/error-rate": judge_error_rate, "sequential/latency": judge_latency}
+"""The judges that can leave a Running verdict unsaid (`judge(brief=True)`)."""

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stagewise.analysis.judges import Values, judge
+from stagewise.analysis.judges import RUNNING_UNSAID, Values, judge
 from stagewise.core.delivery import AnalysisRun, Delivery, Phase, evolve
 from stagewise.core.judge_state import JudgeState, ProviderNote
 from stagewise.core.spec import AnalysisTemplate
@@ -38,6 +38,8 @@ class Measured:
 
 
 HISTORY_POINTS = 600
+POINT_EVERY = 1.0
+"""Seconds between two points of a run's history (the deciding point is always kept)."""
 """Points kept per run for charts; older ones are thinned out."""
 
 
@@ -64,24 +66,62 @@ def judge_runs(
         if run.since is None or run.last is None:
             run.since = run.last = stats
             continue
-        increment = stats.since(run.last)
-        b, c = increment.release(baseline), increment.release(candidate)
-        verdicts = []
-        shares = sequential_metrics(run.templates, d.spec.spec.analysis)
-        for name in run.templates:
-            template = split_alpha(d.spec.spec.analysis[name], shares)
-            if template.provider == "router":
-                state, verdict = judge(template, run.judge_state.get(name), b, c,
-                                       elapsed=now - run.started_at, duration=run.duration)
-            else:
-                state, verdict = _judge_measured(run, name, template, measured.get((run.key, name)), now)
-            if state is not None:
-                run.judge_state[name] = state
-            verdicts.append(named(verdict, name, several=len(run.templates) > 1))
-        run.verdict = combine(verdicts)
+        b, c = _increment(stats, run.last, baseline), _increment(stats, run.last, candidate)
+        _look(d, run, measured, b, c, now)
         run.last = stats
         _record(run, stats, now, baseline, candidate)
     return d
+
+
+def _look(d: Delivery, run: AnalysisRun, measured: Mapping[tuple[str, str], Measured], b: ReleaseStats,
+          c: ReleaseStats, now: float) -> None:
+    """Each of the run's judges looks at the increments `b` and `c`; the run's verdict is what they say together.
+
+    A look between two points of the run's history that finds the run still Running is brief: the judges
+    leave their verdicts unsaid and the run keeps the verdict of its last point, at most a second old
+    (nothing reads it before the next point but the tick's state machine, which wants only the outcome;
+    the state holding it is not written before then either: controller/work.py). A look that finds another
+    outcome tells it in full: the judges that were brief look again, from the same state at the same
+    increments — a judge is a pure function — this time in words.
+    """
+    templates = d.spec.spec.analysis
+    shares = sequential_metrics(run.templates, templates)
+    elapsed = now - run.started_at
+    brief = run.verdict.outcome is Outcome.RUNNING and not _point_due(run, now)
+    verdicts: list[Verdict] = []
+    befores = [run.judge_state.get(name) for name in run.templates]
+    said = True
+    for name, before in zip(run.templates, befores, strict=True):
+        template = split_alpha(templates[name], shares)
+        if template.provider == "router":
+            state, verdict = judge(template, before, b, c, elapsed=elapsed, duration=run.duration, brief=brief)
+            if verdict is RUNNING_UNSAID:
+                said = False
+        else:
+            state, verdict = _judge_measured(run, name, template, measured.get((run.key, name)), now)
+        if state is not None:
+            run.judge_state[name] = state
+        verdicts.append(verdict)
+    if not said and all(v.outcome is Outcome.RUNNING for v in verdicts):
+        return  # still Running: the verdict of the last point stands
+    for i, name in enumerate(run.templates):
+        if verdicts[i] is RUNNING_UNSAID:  # another judge decided: this one's words go with it
+            _, verdicts[i] = judge(split_alpha(templates[name], shares), befores[i], b, c, elapsed=elapsed,
+                                   duration=run.duration)
+    several = len(run.templates) > 1
+    run.verdict = combine([named(v, name, several=several) for v, name in zip(verdicts, run.templates, strict=True)])
+
+
+def _increment(stats: RouterStats, last: RouterStats, release: str) -> ReleaseStats:
+    """What `release` counted since `last` (all of it when the router restarted in between): `stats.since`, for
+    one release."""
+    now = stats.release(release)
+    return now.minus(last.release(release)) if last.boot == stats.boot else now
+
+
+def _point_due(run: AnalysisRun, now: float) -> bool:
+    """Whether a look at `now` adds a point to the run's history (a point a second: `_record`)."""
+    return not run.history or now - run.history[-1]["t"] >= POINT_EVERY
 
 
 def sequential_metrics(names: list[str], templates: Mapping[str, AnalysisTemplate]) -> int:
@@ -140,7 +180,7 @@ def _open(run: AnalysisRun) -> bool:
 
 def _record(run: AnalysisRun, stats: RouterStats, now: float, baseline: str, candidate: str) -> None:
     final = run.verdict.outcome in (Outcome.FAILED, Outcome.SUCCESSFUL)
-    if run.history and now - run.history[-1]["t"] < 1.0 and not final:
+    if not final and not _point_due(run, now):
         return  # thinned to a point a second; the deciding point is always kept, for the charts
     window = stats.since(run.since)
     b, c = window.release(baseline), window.release(candidate)

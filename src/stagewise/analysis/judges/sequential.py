@@ -219,6 +219,15 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds:.1f}".rstrip("0").rstrip(".") + "s"
 
 
+RUNNING_UNSAID = Verdict(outcome=Outcome.RUNNING)
+"""A Running verdict without its sentence and evidence: what a brief look returns (`judges.judge`)."""
+
+
+def still_running(template: AnalysisTemplate, *, log_e: float, elapsed: float, duration: float | None) -> bool:
+    """Whether `decide` says Running: nothing detected at e = exp(log_e), and the analysis not at its end."""
+    return log_e < math.log(1.0 / template.alpha) and (duration is None or elapsed < duration)
+
+
 def finished(outcome: Outcome) -> bool:
     """Failed and Successful are final: later calls repeat them (NoData under `wait` is not)."""
     return outcome in (Outcome.FAILED, Outcome.SUCCESSFUL)
@@ -317,8 +326,9 @@ def judge_error_rate(
     *,
     elapsed: float,
     duration: float | None,
+    brief: bool = False,
 ) -> tuple[ErrorRateState, Verdict]:
-    """Fold one increment into the error-rate e-process and say what it shows.
+    """Fold one increment into the error-rate e-process and say what it shows (`brief`: see `judges.judge`).
 
     State (`ErrorRateState`): the cumulative requests and errors per arm, one
     log-likelihood-ratio sum per ρ1 of the grid, and the largest log e-value
@@ -332,6 +342,8 @@ def judge_error_rate(
     (n_b, e_b), (n_c, e_c) = counts(baseline), counts(candidate)
     process.add(n_b, e_b, n_c, e_c)
     process.max_log_e = max(process.max_log_e, process.log_e)
+    if brief and still_running(template, log_e=process.log_e, elapsed=elapsed, duration=duration):
+        return process.state(None), RUNNING_UNSAID
     verdict = error_rate_verdict(template, process, elapsed=elapsed, duration=duration)
     return process.state(verdict if finished(verdict.outcome) else None), verdict
 

@@ -384,8 +384,9 @@ def judge_latency(
     elapsed: float,
     duration: float | None,
     floor_ms: float | None = None,
+    brief: bool = False,
 ) -> tuple[LatencyState, Verdict]:
-    """Fold one increment's latency histograms into the per-rung e-processes.
+    """Fold one increment's latency histograms into the per-rung e-processes (`brief`: see `judges.judge`).
 
     Requests are counted from the histograms (requests with a latency); the
     split p of each increment is the candidate's share of them.
@@ -395,6 +396,8 @@ def judge_latency(
         return kept, kept.verdict
     process = LatencyProcess(*latency_settings(template, floor_ms), kept)
     process.add(buckets(baseline), buckets(candidate))
+    if brief and seq.still_running(template, log_e=process.log_e, elapsed=elapsed, duration=duration):
+        return process.state(None), seq.RUNNING_UNSAID
     verdict = latency_verdict(template, process, elapsed=elapsed, duration=duration)
     return process.state(verdict if seq.finished(verdict.outcome) else None), verdict
 
