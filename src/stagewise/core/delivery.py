@@ -359,16 +359,17 @@ class _Tick:
     events: list[Event]
 
 
-def advance(delivery: Delivery, plan: Plan, obs: Observation) -> Moved:
+def advance(delivery: Delivery, plan: Plan, obs: Observation, *, fresh: bool = False) -> Moved:
     """The next state of `delivery`, and what happened; moves at most one step.
 
     A started delivery passes its gates in order (`_GATES`): the first that holds it, or moves it (ends, aborts,
     enters a step), decides the tick; a step whose gates all pass is done, and the next one is entered (or waited
-    for, when something holds it).
+    for, when something holds it). `fresh`: `delivery` is a copy made for this tick (`evolve`) that nobody else
+    holds, changed in place instead of copied again.
     """
     if delivery.phase.terminal:
         return delivery, []
-    d = evolve(delivery)
+    d = delivery if fresh else evolve(delivery)
     answered = gates.record_answers(d, obs.hook_answers)
     events: list[Event] = list(answered.events)
     if d.phase is Phase.PENDING:

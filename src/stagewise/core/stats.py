@@ -37,10 +37,10 @@ class ReleaseStats(BaseModel):
         if len(mine) != len(theirs):
             n = max(len(mine), len(theirs))
             mine, theirs = mine + [0] * (n - len(mine)), theirs + [0] * (n - len(theirs))
-        return ReleaseStats(
+        # built from two valid counters: nothing to validate (a judge takes this on every look of every run)
+        return ReleaseStats.model_construct(
             requests=max(0, self.requests - earlier.requests),
             errors=max(0, self.errors - earlier.errors),
-            # a comparison, not max(): a judge takes this on every look of every run
             latency_buckets=[a - b if a > b else 0 for a, b in zip(mine, theirs, strict=True)],
             latency_sum_ms=max(0.0, self.latency_sum_ms - earlier.latency_sum_ms),
         )

@@ -60,7 +60,7 @@ def decide(
     always judges.
     """
     judged = judge_runs(delivery, observation.stats, observation.now, measured) if judge else delivery
-    moved, events = advance(judged, plan, observation)
+    moved, events = advance(judged, plan, observation, fresh=judged is not delivery)
     if moved.phase is Phase.ABORTING and delivery.phase is not Phase.ABORTING:
         plan = compile_plan(moved.spec, moved.stable, abort_world=moved.abort_world)
     world = None if moved.phase.terminal else desired_world(moved, plan)

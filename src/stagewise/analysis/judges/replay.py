@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +107,7 @@ def _sequential_errors(rows: Iterable[Request], template: AnalysisTemplate) -> d
     return _final(template, process.state(), start, t, lines)
 
 
-def block_changes(window: list[dict[int, int]], ladder: list[int]) -> tuple[int, list[tuple[int, int, int]]]:
+def block_changes(window: list[dict[int, int]], ladder: Sequence[int]) -> tuple[int, list[tuple[int, int, int]]]:
     """A block's rungs as `LatencyProcess.fold` takes them, from its per-release bucket counts.
 
     Every request is slower than the rungs below the block's fastest bucket

@@ -99,8 +99,14 @@ def odds_grid(psi0: float) -> tuple[float, ...]:
 
 def rungs(floor_ms: float = DEFAULT_FLOOR_MS) -> list[int]:
     """Indices into LATENCY_BOUNDS_MS of the thresholds tested: at or above the floor, 25 % apart."""
+    return list(_rungs(floor_ms))
+
+
+@functools.lru_cache(maxsize=64)
+def _rungs(floor_ms: float) -> tuple[int, ...]:
+    """`rungs`, worked out once per floor: every look of every latency judge asks."""
     first = next((i for i, b in enumerate(LATENCY_BOUNDS_MS) if b >= floor_ms), len(LATENCY_BOUNDS_MS))
-    return list(range(first, len(LATENCY_BOUNDS_MS), RUNG_STRIDE))
+    return tuple(range(first, len(LATENCY_BOUNDS_MS), RUNG_STRIDE))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -193,7 +199,7 @@ class LatencyProcess:
 
     def __init__(self, rho0: float, floor_ms: float, state: LatencyState | None = None) -> None:
         self.rho0, self.floor_ms = rho0, floor_ms
-        self.ladder = ladder = rungs(floor_ms)
+        self.ladder = ladder = _rungs(floor_ms)
         k = len(ladder)
         self.at_rungs = slice(ladder[0], ladder[-1] + 1, RUNG_STRIDE) if ladder else slice(0, 0)
         """The ladder's indexes as a slice (it is a range: `rungs`)."""
@@ -370,7 +376,7 @@ def latency_state(template: AnalysisTemplate, state: JudgeState | None,
     """`state` if it tests this template's null, else None (another margin or floor: start afresh)."""
     rho0, floor = latency_settings(template, floor_ms)
     kept = state if isinstance(state, LatencyState) else None
-    if kept is not None and (kept.rho0 != rho0 or list(kept.rungs) != rungs(floor)):
+    if kept is not None and (kept.rho0 != rho0 or kept.rungs != _rungs(floor)):
         return None
     return kept
 
@@ -439,7 +445,7 @@ def latency_verdict(
 
 
 def _latency_sentence(template: AnalysisTemplate, evidence: dict[str, Any], outcome: Outcome,
-                      ladder: list[int]) -> str:
+                      ladder: Sequence[int]) -> str:
     n_b, n_c = evidence["requests"]["baseline"], evidence["requests"]["candidate"]
     q_b, q_c = evidence["latency_ms"]["baseline"], evidence["latency_ms"]["candidate"]
     bound = 1.0 / template.alpha
@@ -467,7 +473,7 @@ def _latency_sentence(template: AnalysisTemplate, evidence: dict[str, Any], outc
 def _worst(
     per_rung: list[float],
     llr: Sequence[Sequence[float]],
-    ladder: list[int],
+    ladder: Sequence[int],
     hist_b: list[int],
     hist_c: list[int],
     rho0: float,
