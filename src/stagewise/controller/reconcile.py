@@ -183,12 +183,13 @@ async def make_world(
 
     Settled: nothing to stop, nothing to start, no instance still starting and no host out of
     reach — another pass would do nothing until something changes. `sorted_for`: what `serve_ready`
-    returned for the same world and view, if it did.
+    returned for the same world and view, if it did (it routed them then: they are not routed again).
     """
     service = spec.name
     by_release, victims = sorted_for if sorted_for is not None else _victims(world, view)
     gone = {v.id for v in victims}
-    await _serve(router, spec, world, _serving(world, view, victims), applied)
+    if sorted_for is None:  # otherwise `serve_ready` served this world over this view already
+        await _serve(router, spec, world, _serving(world, view, victims), applied)
     if victims:
         await _drain(router, service, gone)
         await platform.stop(service=service, ids=sorted(gone))
