@@ -85,7 +85,7 @@ from stagewise.errors import (
 from stagewise.notify import Notifier
 from stagewise.platforms import Platform, get_platform
 from stagewise.routers import Router, get_router
-from stagewise.store import Store, open_store
+from stagewise.store import Store, Write, open_store
 from stagewise.store.locations import parse_location
 from stagewise.strategies import compile_plan
 
@@ -229,9 +229,20 @@ class Controller:
         await self._measurer.close()
         await self._hooks.close()
         await self.notifier.close()
+        self._write_looks()
         if self.leases is not None:
             self.leases.release_all()
         self.store.close()
+
+    def _write_looks(self) -> None:
+        """Write the looks held in memory only (held.py): a controller that stops loses none of them."""
+        unwritten = self._held.unwritten()
+        if not unwritten:
+            return
+        try:
+            self.store.save_all([Write(service=d.service, delivery=d) for d in unwritten])
+        except StagewiseError as exc:  # a lease lost meanwhile: its next holder looks again from the last point
+            log.warning("cannot write the last looks of %d analyses: %s", len(unwritten), exc)
 
     # --- the loop -------------------------------------------------------------------------
 

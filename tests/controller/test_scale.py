@@ -1,0 +1,156 @@
+"""What keeps a tick short with many deliveries in flight, and what it must not change.
+
+- A delivery that only waits out a timed pause is reconciled when the pause
+  ends (and once a second meanwhile, for its instances' health), not on
+  every tick: the pause still ends on the tick a sweep would end it on.
+- A judge's look is written with the next point of the analysis's history,
+  not on every tick: a controller that dies loses at most that second, and
+  its successor goes on from the last point to the same end.
+- A tick that would take longer than its budget puts off looks that can
+  wait — one tick at most, never a step's timer or anything else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from stagewise.controller.controller import PAUSE_LOOK
+from stagewise.controller.schedule import Budget
+from stagewise.core.delivery import Delivery, Phase
+from stagewise.core.verdict import Outcome
+from stagewise.platforms import PlatformView
+from stagewise.testing import FakeClock, FakePlatform
+from tests.controller.conftest import World, make_spec
+
+TICK = 0.25
+
+
+class Counting(FakePlatform):
+    """A fake platform that notes, per service, when the controller looked."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock, startup=1.0)
+        self.looked: dict[str, list[float]] = {}
+
+    async def observe(self, **kwargs: Any) -> PlatformView:
+        self.looked.setdefault(kwargs["service"], []).append(self.clock())
+        return await super().observe(**kwargs)
+
+
+async def counted(tmp_path: Path) -> tuple[World, Counting]:
+    world = World(tmp_path)
+    platform = Counting(world.clock)
+    world.platform = platform
+    world.controller.store.close()
+    world.controller = world.new_controller()
+    await world.controller.apply(make_spec("v1", {"full": {}}))
+    assert await world.run() is Phase.SUCCEEDED
+    return world, platform
+
+
+async def test_a_delivery_waiting_out_its_pause_is_looked_at_once_a_second_and_moves_on_when_it_is_due(
+    tmp_path: Path,
+) -> None:
+    world, platform = await counted(tmp_path)
+    await world.controller.apply(make_spec("v2", {"canary": {"steps": [
+        {"setWeight": 25}, {"pause": {"duration": "10s"}}, {"setWeight": 50}]}}))
+    await world.run(seconds=2.5, until=set())  # the canary's instances start and are ready: the pause runs
+    delivery = world.controller.store.latest_delivery("shop")
+    assert delivery is not None and delivery.step == 1 and delivery.ready_at is not None
+    platform.looked["shop"].clear()
+    due = delivery.ready_at + 10
+    while world.clock.now < due + 2 * TICK:
+        await world.controller.tick()
+        world.clock.advance(TICK)
+    looks = platform.looked["shop"]
+    during = [t for t in looks if t < due - TICK]
+    assert len(during) <= (due - delivery.ready_at) / PAUSE_LOOK + 1, looks  # a sweep looks 40 times
+    assert all(b - a <= PAUSE_LOOK for a, b in zip(looks, looks[1:], strict=False)), looks
+    moved = world.controller.store.latest_delivery("shop")
+    assert moved is not None and moved.step == 2
+    done = [e for e in world.controller.store.events("shop") if e.message.startswith("step 2/") and "done: pause" in e.message]
+    assert done and due <= done[-1].at < due + TICK, (done, due)  # on the tick it was due
+
+
+def running(delivery: Delivery | None) -> bool:
+    return delivery is not None and any(r.verdict.outcome is Outcome.RUNNING for r in delivery.analysis.values())
+
+
+async def test_looks_are_written_with_each_point_and_a_successor_goes_on_from_the_last_one(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    await world.controller.apply(make_spec("v1", {"full": {}}))
+    assert await world.run() is Phase.SUCCEEDED
+    world.router.error_rate["v2"] = 0.3
+    await world.controller.apply(make_spec("v2", {"canary": {"steps": [
+        {"setWeight": 50}, {"analysis": {"templates": ["errors"], "duration": "10m"}}]}}))
+    for _ in range(40):
+        await world.controller.tick()
+        world.clock.advance(TICK)
+        held = world.controller._held.delivery("shop")
+        stored = world.controller.store.latest_delivery("shop")
+        if running(held) and held is not None and held.analysis["step-1"].history:
+            assert stored is not None
+            run, kept = held.analysis["step-1"], stored.analysis["step-1"]
+            # memory is ahead of the store by the looks since the last point: less than a second of them
+            assert len(run.history) == len(kept.history)
+            assert kept.last is not None and run.last is not None
+            assert run.history[-1]["t"] <= world.clock.now - TICK < run.history[-1]["t"] + 1.0
+        if stored is not None and stored.phase.terminal:
+            break
+    # a crash between two points: the successor starts from the last point written, and ends the same way
+    await world.restart()
+    assert await world.run() is Phase.ROLLED_BACK
+
+
+async def test_a_controller_that_stops_writes_the_looks_it_held(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    await world.controller.apply(make_spec("v1", {"full": {}}))
+    assert await world.run() is Phase.SUCCEEDED
+    await world.controller.apply(make_spec("v2", {"canary": {"steps": [
+        {"setWeight": 50}, {"analysis": {"templates": ["errors"], "duration": "10m"}}]}}))
+    while not world.controller._held.unwritten():
+        await world.controller.tick()
+        world.clock.advance(TICK)
+    held = world.controller._held.delivery("shop")
+    await world.controller.close()
+    world.controller = world.new_controller()
+    stored = world.controller.store.latest_delivery("shop")
+    assert held is not None and stored == held
+
+
+def test_a_budget_puts_off_only_what_can_wait_and_nothing_twice_in_a_row() -> None:
+    budget = Budget(0.2)
+    due = [f"svc-{i}" for i in range(10)]
+    assert budget.take(due, lambda name: True) == (due, [])  # no cost known yet: everything
+    budget.spent(0.4, 10)  # 40 ms a service: room for 5
+    looks_only = {f"svc-{i}" for i in range(2, 10)}
+    taken, put_off = budget.take(due, looks_only.__contains__)
+    assert taken == ["svc-0", "svc-1", "svc-2", "svc-3", "svc-4"] and put_off == ["svc-5", "svc-6", "svc-7",
+                                                                                   "svc-8", "svc-9"]
+    # the next tick takes those first, whatever its budget; only the others may wait again
+    taken, put_off = budget.take(put_off + taken, looks_only.__contains__)
+    assert taken[:5] == ["svc-5", "svc-6", "svc-7", "svc-8", "svc-9"] and set(put_off) <= {"svc-2", "svc-3", "svc-4"}
+    # nothing that cannot wait is ever put off, even past the budget
+    budget.spent(100.0, 10)
+    assert budget.take(due, lambda name: False) == (due, [])
+
+
+async def test_a_tick_short_of_time_puts_a_look_off_one_tick_at_most(tmp_path: Path) -> None:
+    world, platform = await counted(tmp_path)
+    await world.controller.apply(make_spec("v2", {"canary": {"steps": [
+        {"setWeight": 50}, {"analysis": {"templates": ["errors"], "duration": "10m"}}]}}))
+    await world.run(seconds=3, until=set())
+    assert running(world.controller._held.delivery("shop"))
+    platform.looked["shop"].clear()
+    budget = world.controller._budget
+    for _ in range(12):  # one service that costs more than a tick's budget: its looks can wait, every other tick
+        budget.cost = 10.0
+        await world.controller.tick()
+        world.clock.advance(TICK)
+    looks = platform.looked["shop"]
+    assert [round(b - a, 2) for a, b in zip(looks, looks[1:], strict=False)] == [2 * TICK] * (len(looks) - 1), looks
+    assert len(looks) >= 5
+    budget.cost = None
+    world.router.error_rate["v2"] = 0.3
+    assert await world.run() is Phase.ROLLED_BACK
