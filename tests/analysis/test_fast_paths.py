@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
@@ -70,18 +69,19 @@ def test_a_brief_look_decides_as_a_full_one_and_every_point_says_the_same(
     """A look between two points leaves a Running verdict unsaid: the judges' states, every outcome, the history
     and the verdict at each point (and at the end) are those of looks that always say everything."""
     brief = _looks(errors_from=errors_from, slow_from=slow_from, seconds=20)
-    monkeypatch.setattr(runs, "judge", functools.partial(judge, brief=False))
+    monkeypatch.setattr(runs, "judge", lambda *args, brief, **kwargs: judge(*args, **kwargs))
     full = _looks(errors_from=errors_from, slow_from=slow_from, seconds=20)
     outcomes = set()
-    for b, f in zip(brief, full, strict=True):
+    for look, (b, f) in enumerate(zip(brief, full, strict=True), start=1):
         rb, rf = b.analysis["step-1"], f.analysis["step-1"]
         assert rb.judge_state == rf.judge_state and rb.history == rf.history
         assert rb.verdict.outcome is rf.verdict.outcome
         outcomes.add(rb.verdict.outcome)
-        if not runs._point_due(rb, rb.history[-1]["t"] + 0.25) or rb.verdict.outcome is not Outcome.RUNNING:
+        if rb.history[-1]["t"] == look * 0.25 or rb.verdict.outcome is not Outcome.RUNNING:
             assert rb.verdict == rf.verdict  # a look that made a point, or decided, said everything
     assert brief[-1].analysis["step-1"].verdict == full[-1].analysis["step-1"].verdict
-    stale = [b for b, f in zip(brief, full, strict=True) if b.analysis["step-1"].verdict != f.analysis["step-1"].verdict]
+    stale = [b for b, f in zip(brief, full, strict=True)
+             if b.analysis["step-1"].verdict != f.analysis["step-1"].verdict]
     assert stale, "no look was brief"
     expected = Outcome.SUCCESSFUL if (errors_from, slow_from) == (10**6, 10**6) else Outcome.FAILED
     assert brief[-1].analysis["step-1"].verdict.outcome is expected, outcomes

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,11 @@ async def test_a_delivery_waiting_out_its_pause_is_looked_at_once_a_second_and_m
     looks = platform.looked["shop"]
     during = [t for t in looks if t < due - TICK]
     assert len(during) <= (due - delivery.ready_at) / PAUSE_LOOK + 1, looks  # a sweep looks 40 times
-    assert all(b - a <= PAUSE_LOOK for a, b in zip(looks, looks[1:], strict=False)), looks
+    assert all(b - a <= PAUSE_LOOK for a, b in itertools.pairwise(looks)), looks
     moved = world.controller.store.latest_delivery("shop")
     assert moved is not None and moved.step == 2
-    done = [e for e in world.controller.store.events("shop") if e.message.startswith("step 2/") and "done: pause" in e.message]
+    done = [e for e in world.controller.store.events("shop")
+            if e.message.startswith("step 2/") and "done: pause" in e.message]
     assert done and due <= done[-1].at < due + TICK, (done, due)  # on the tick it was due
 
 
@@ -126,8 +128,8 @@ def test_a_budget_puts_off_only_what_can_wait_and_nothing_twice_in_a_row() -> No
     budget.spent(0.4, 10)  # 40 ms a service: room for 5
     looks_only = {f"svc-{i}" for i in range(2, 10)}
     taken, put_off = budget.take(due, looks_only.__contains__)
-    assert taken == ["svc-0", "svc-1", "svc-2", "svc-3", "svc-4"] and put_off == ["svc-5", "svc-6", "svc-7",
-                                                                                   "svc-8", "svc-9"]
+    assert taken == ["svc-0", "svc-1", "svc-2", "svc-3", "svc-4"]
+    assert put_off == ["svc-5", "svc-6", "svc-7", "svc-8", "svc-9"]
     # the next tick takes those first, whatever its budget; only the others may wait again
     taken, put_off = budget.take(put_off + taken, looks_only.__contains__)
     assert taken[:5] == ["svc-5", "svc-6", "svc-7", "svc-8", "svc-9"] and set(put_off) <= {"svc-2", "svc-3", "svc-4"}
@@ -149,7 +151,7 @@ async def test_a_tick_short_of_time_puts_a_look_off_one_tick_at_most(tmp_path: P
         await world.controller.tick()
         world.clock.advance(TICK)
     looks = platform.looked["shop"]
-    assert [round(b - a, 2) for a, b in zip(looks, looks[1:], strict=False)] == [2 * TICK] * (len(looks) - 1), looks
+    assert [round(b - a, 2) for a, b in itertools.pairwise(looks)] == [2 * TICK] * (len(looks) - 1), looks
     assert len(looks) >= 5
     budget.cost = None
     world.router.error_rate["v2"] = 0.3
