@@ -19,6 +19,8 @@ measures each:
   shared: CPU time is what the controller itself spent);
 - CPU per service: the CPU of a tick over the number of services;
 - store writes: transactions and rows changed per tick;
+- looks put off: analyses whose look a tick short of time left to the next
+  tick (`controller/schedule.py`, `Budget`; one tick at most), per tick;
 - memory: the process's peak resident size (VmHWM), setup included;
 - steps decided on time: each timed pause of a canary is due at the moment
   its world was ready plus its duration; it is decided on time when the
@@ -190,7 +192,7 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
     controller.keep_still()  # as the server's loop does after its first pass
     warm = time.perf_counter() - warm
     writes = Writes(controller.store)
-    walls, cpus, transactions, rows, applies = [], [], [], [], []
+    walls, cpus, transactions, rows, applies, put_off = [], [], [], [], [], []
     watch.lateness.clear()
     watch.late = 0
     measuring = time.perf_counter()
@@ -205,6 +207,7 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
         cpus.append(time.process_time() - c0)
         transactions.append(writes.transactions - w0)
         rows.append(writes.rows() - r0)
+        put_off.append(len(controller._budget.waiting))
         ended, watch.ended = watch.ended, []
         for name in ended:  # the next release at once, through the API's verb, between two ticks
             versions[name] += 1
@@ -216,6 +219,7 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
     return {
         "services": n, "in_flight": len(moving), "ticks": len(walls), "setup_s": setup, "first_tick_s": warm,
         "wall": walls, "cpu": cpus, "transactions": transactions, "rows": rows, "applies": applies,
+        "put_off": put_off,
         "paused_steps": len(watch.lateness), "late_steps": watch.late, "lateness": watch.lateness,
         "lateness_max": max(watch.lateness, default=0.0), "rss": mem["VmRSS"], "peak_rss": mem["VmHWM"],
     }
@@ -241,6 +245,7 @@ def row(r: dict[str, Any]) -> list[str]:
         ms(statistics.median(r["cpu"])), ms(quantile(r["cpu"], 0.99)),
         f"{statistics.median(r['cpu']) / n * 1e6:,.0f} µs",
         f"{statistics.median(r['transactions']):,.0f} / {statistics.median(r['rows']):,.0f}",
+        f"{statistics.median(r['put_off']):,.0f} / {max(r['put_off']):,}",
         f"{r['late_steps']}/{r['paused_steps']}",
         f"{quantile(r['lateness'], 0.99):.2f} s" if r["lateness"] else "-",
         f"{r['lateness_max']:.2f} s",
@@ -249,7 +254,8 @@ def row(r: dict[str, Any]) -> list[str]:
 
 
 HEADER = ["services", "in flight", "ticks", "wall p50", "wall p99", "wall max", "CPU p50", "CPU p99",
-          "CPU/service", "writes/tick tx/rows", "late steps", "late p99", "late max", "memory peak"]
+          "CPU/service", "writes/tick tx/rows", "looks put off p50/max", "late steps", "late p99", "late max",
+          "memory peak"]
 
 
 def table(results: list[dict[str, Any]]) -> str:
