@@ -15,9 +15,10 @@ kill what) is the caller's: these return the check's last value.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -78,6 +79,17 @@ def blocking_until(check: Callable[[], T], *, timeout: float, interval: float = 
         if value or deadline.expired:
             return value
         time.sleep(deadline.nap(interval))
+
+
+async def cancelled(tasks: Iterable[asyncio.Task[Any]], *expected: type[BaseException]) -> None:
+    """Cancel every one of `tasks`, then wait until each has ended; what they raise is dropped if `expected`
+    (their cancellation always is). A close() that stops what it started, so nothing outlives it."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, *expected):
+            await task
 
 
 def _check_interval(interval: float) -> None:

@@ -20,10 +20,10 @@ with a crash is simply asked again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from stagewise.basics import waiting
 from stagewise.core.delivery import Delivery
 from stagewise.core.gate_state import HookAnswer, HookCall
 from stagewise.core.gates import due_calls, trim
@@ -79,11 +79,7 @@ class HookRunner:
     async def close(self) -> None:
         flights = [f for by_key in self._running.values() for f in by_key.values()]
         self._running.clear()
-        for flight in flights:
-            flight.task.cancel()
-        for flight in flights:
-            with contextlib.suppress(asyncio.CancelledError):
-                await flight.task
+        await waiting.cancelled(f.task for f in flights)
 
 
 def _prefix(delivery: Delivery) -> str:

@@ -18,12 +18,12 @@ a wrong number.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
 from stagewise.analysis.judges.checks import interval_of
 from stagewise.analysis.judges.runs import Measured
 from stagewise.analysis.providers import Measurement, Provider, Target, get_provider
+from stagewise.basics import waiting
 from stagewise.core.delivery import Delivery
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import ReleaseStats
@@ -114,9 +114,5 @@ class Measurer:
 
     async def close(self) -> None:
         pending, self._pending = self._pending, {}
-        for p in pending.values():
-            p.task.cancel()
-        for p in pending.values():
-            with contextlib.suppress(asyncio.CancelledError, ProviderError):
-                await p.task
+        await waiting.cancelled((p.task for p in pending.values()), ProviderError)
 

@@ -12,12 +12,12 @@ never holds the pipeline loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stagewise.analysis.judges.checks import interval_of
 from stagewise.analysis.providers import Measurement, Provider, Target, get_provider
+from stagewise.basics import waiting
 from stagewise.core.pipeline import PipelineRelease
 from stagewise.core.spec import AnalysisTemplate, ServiceSpec
 from stagewise.errors import ProviderError
@@ -92,8 +92,4 @@ class Verifier:
 
     async def close(self) -> None:
         pending, self._pending = self._pending, {}
-        for p in pending.values():
-            p.task.cancel()
-        for p in pending.values():
-            with contextlib.suppress(asyncio.CancelledError, ProviderError):
-                await p.task
+        await waiting.cancelled((p.task for p in pending.values()), ProviderError)
