@@ -180,6 +180,10 @@ def active(seen: list[int]) -> list[int]:
     return [r for r, slow in enumerate(seen[1:]) if 0 < slow < seen[0]]
 
 
+_NOTHING_YET = (0.0,) * ODDS_SIZE
+"""A rung's sums before its first event."""
+_NOTHING_YET_LSE = seq.log_sum_exp(_NOTHING_YET)
+"""Their log-sum-exp: log(ODDS_SIZE), as exactly as `seq.log_sum_exp` makes it."""
 RECOUNT = 1024
 """Blocks between two fresh sums of the active rungs' weight (see `LatencyProcess._step`)."""
 Change = tuple[int, int, int]
@@ -206,7 +210,7 @@ class LatencyProcess:
         self.llr: list[Sequence[float]]
         """Per rung, one sum per odds ratio; a rung's row is replaced, never changed, so a state's rows are shared."""
         if state is None:
-            self.llr = [(0.0,) * ODDS_SIZE for _ in ladder]
+            self.llr = [_NOTHING_YET] * k
             self.hist = [[0] * BUCKETS, [0] * BUCKETS]
             self.log_e = self.max_log_e = 0.0
             self.seen = [0] * (k + 1)
@@ -219,6 +223,8 @@ class LatencyProcess:
             self.pending = list(state.pending)
         if state is not None and state.rung_lse is not None and len(state.rung_lse) == len(self.llr):
             self.rung_lse = list(state.rung_lse)  # what the look that made `state` computed from the same sums
+        elif state is None:
+            self.rung_lse = [_NOTHING_YET_LSE] * k
         else:
             self.rung_lse = [seq.log_sum_exp(sums) for sums in self.llr]
         # The active rungs are those with requests on both sides; "slower than T" counts fall as T rises, so
