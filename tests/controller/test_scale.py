@@ -8,15 +8,17 @@
   its successor goes on from the last point to the same end.
 - A tick that would take longer than its budget puts off looks that can
   wait — one tick at most, never a step's timer or anything else.
+- The garbage a tick leaves is collected between two ticks, not within one.
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 from pathlib import Path
 from typing import Any
 
-from stagewise.controller.controller import PAUSE_LOOK
+from stagewise.controller.controller import PAUSE_LOOK, YOUNG_BETWEEN_TICKS
 from stagewise.controller.schedule import Budget
 from stagewise.core.delivery import Delivery, Phase
 from stagewise.core.verdict import Outcome
@@ -156,3 +158,22 @@ async def test_a_tick_short_of_time_puts_a_look_off_one_tick_at_most(tmp_path: P
     budget.cost = None
     world.router.error_rate["v2"] = 0.3
     assert await world.run() is Phase.ROLLED_BACK
+
+
+def test_the_garbage_of_a_tick_is_collected_between_ticks(tmp_path: Path) -> None:
+    controller = World(tmp_path).controller
+    thresholds = gc.get_threshold()
+    try:
+        controller.keep_still()
+        assert gc.get_threshold()[0] > YOUNG_BETWEEN_TICKS  # within a tick, the collector waits longer
+        garbage = [[i] for i in range(YOUNG_BETWEEN_TICKS // 2)]
+        controller.collect_between_ticks()
+        assert gc.get_count()[0] >= YOUNG_BETWEEN_TICKS // 2, "too few new objects to be worth a collection"
+        garbage += [[i] for i in range(YOUNG_BETWEEN_TICKS)]
+        controller.collect_between_ticks()
+        assert gc.get_count()[0] < YOUNG_BETWEEN_TICKS // 2
+        del garbage
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        controller.store.close()
