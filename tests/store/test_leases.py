@@ -44,6 +44,16 @@ def test_a_lease_is_taken_once_renewed_by_its_holder_and_taken_over_at_a_new_epo
     assert store.acquire_leases("c", ["web"], duration=30) == {"web": 3}, "given up: free at once"
 
 
+def test_giving_up_some_leases_frees_only_those_the_holder_holds(store: Store) -> None:
+    assert store.acquire_leases("a", ["web", "api", "db"], duration=30) == {"web": 1, "api": 1, "db": 1}
+    assert store.acquire_leases("b", ["cache"], duration=30) == {"cache": 1}
+    store.release_leases("a", ["web", "db", "cache"])
+    store.release_leases("a", [])
+    holders = {lease.service: lease.holder for lease in store.leases()[1]}
+    assert holders == {"web": "", "api": "a", "db": "", "cache": "b"}
+    assert store.acquire_leases("c", ["web", "api", "db", "cache"], duration=30) == {"web": 2, "db": 2}
+
+
 def test_heartbeats_list_the_live_controllers(store: Store) -> None:
     assert store.heartbeat("a", duration=SHORT) == ["a"]
     assert store.heartbeat("b", duration=30) == ["a", "b"]

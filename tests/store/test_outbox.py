@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from stagewise.core.delivery import Delivery, Event, Phase
+from stagewise.core.pipeline import PipelineRelease
 from stagewise.core.spec import ServiceSpec
-from stagewise.errors import ConflictError, StagewiseError
+from stagewise.errors import ConflictError, NotFoundError, StagewiseError, StoreError
 from stagewise.store import AuditEntry, Store, TokenRecord
 from tests.store.conftest import Backend
 from tests.store.samples import make_service
@@ -94,6 +95,41 @@ def test_tokens_and_the_audit_log(store: Store) -> None:
     assert [(t.name, t.role) for t in store.list_tokens()] == [("alice", "admin")]
     store.record_audit(AuditEntry(at=2, actor="alice", role="admin", method="POST", path="/api/v1/apply", status=200))
     assert [(e.id, e.actor, e.status) for e in store.audit()] == [(1, "alice", 200)]
+
+
+def test_a_token_name_and_a_token_hash_are_each_one_token_s(store: Store) -> None:
+    alice = TokenRecord(name="alice", role="operator", hash="ab" * 32, created_at=1, created_by="admin")
+    bob = alice.model_copy(update={"name": "bob", "hash": "cd" * 32})
+    store.add_token(alice)
+    store.add_token(bob)
+    with pytest.raises(ConflictError):  # a name taken is refused as such, whatever the hash
+        store.add_token(alice.model_copy(update={"hash": bob.hash}))
+    with pytest.raises(StoreError):
+        store.add_token(alice.model_copy(update={"name": "carol"}))
+    assert [t.name for t in store.list_tokens()] == ["alice", "bob"]
+    store.put_token(bob.model_copy(update={"hash": alice.hash, "role": "admin"}))
+    tokens = [(t.name, t.role, t.hash) for t in store.list_tokens()]
+    assert tokens == [("bob", "admin", alice.hash)], "the hash moved to bob, alice's token went"
+    store.delete_token("bob")
+    with pytest.raises(NotFoundError):
+        store.delete_token("bob")
+    assert store.list_tokens() == []
+
+
+def test_pipeline_releases_newest_first_by_pipeline_and_in_flight(store: Store) -> None:
+    def release(pipeline: str, version: str) -> PipelineRelease:
+        return store.create_pipeline_release(PipelineRelease(pipeline=pipeline, version=version, stages=[]))
+
+    shop1, blog1, shop2 = release("shop", "v1"), release("blog", "v1"), release("shop", "v2")
+    assert (shop1.id, blog1.id, shop2.id) == (1, 2, 3)
+    store.save_pipeline_release(shop1.model_copy(update={"phase": "Succeeded"}))
+    assert [r.id for r in store.pipeline_releases()] == [3, 2, 1]
+    assert [r.id for r in store.pipeline_releases("shop")] == [3, 1]
+    assert store.pipeline_releases("shop", active=True) == [shop2]
+    assert [r.id for r in store.pipeline_releases(active=True, limit=1)] == [3]
+    assert [r.phase for r in store.pipeline_releases("shop")] == ["Progressing", "Succeeded"]
+    with pytest.raises(NotFoundError):
+        store.save_pipeline_release(shop1.model_copy(update={"id": 99}))
 
 
 def test_a_v4_database_upgrades_to_the_gates_keeping_its_rows(backend: Backend) -> None:

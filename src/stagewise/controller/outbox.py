@@ -1,7 +1,7 @@
 """Send the outbox: every notification at least once, retried with backoff, never in a delivery's way.
 
 The store writes a notification into its outbox in the same transaction as
-the event it is about (store/sqlite_gates.py), so what was committed is
+the event it is about (store/sql.py), so what was committed is
 never lost. This sender, a task of its own in the controller's process,
 reads what is due, sends each to its sink (stagewise.notify) — a sink gets
 its notifications in the order of their events — and records the outcome:

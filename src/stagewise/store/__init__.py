@@ -19,7 +19,9 @@ that does not hold the service (a person's verb) moves the epoch on instead,
 so the holder's decision in flight, made before the verb, cannot overwrite it.
 Each backend lives in its own module and imports `stagewise.core` only:
 SQLite (`sqlite.py`, the default: one file under the state directory) and
-PostgreSQL (`postgresql.py`: one database that several servers can share).
+PostgreSQL (`postgresql.py`: one database that several servers can share);
+the SQL both run is written once (`sql.py`, `sql_gates.py`), each backend
+keeping what truly differs (transactions, migrations, the lease clock).
 `open_store` picks one from a location string (`locations.py`).
 """
 

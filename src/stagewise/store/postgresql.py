@@ -14,7 +14,9 @@ controller commits a delivery's next state here before it touches the world:
   in step with SQLite's), migrated once however many servers start together,
   and a database written by a newer stagewise is refused.
 
-Connections come from a psycopg pool (the server calls from worker threads),
+The SQL of those reads and writes is SQLite's too, written once in `sql.py`
+and `sql_gates.py`; this module gives it connections, transactions, the
+advisory locks and psycopg's placeholders. Connections come from a psycopg pool (the server calls from worker threads),
 in autocommit mode, so a read is one round trip and a write is BEGIN ... COMMIT.
 After a lost connection the pool's idle connections are checked, so a
 restarted PostgreSQL costs one failed call, not one per pooled connection.
@@ -26,7 +28,6 @@ never show the connection string's password (store/locations.py).
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,18 +39,17 @@ from psycopg import Connection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from stagewise.core.delivery import Delivery, Event, Phase
-from stagewise.core.service import ServiceRecord
-from stagewise.errors import NotFoundError, StoreBusyError, StoreError, StoreUnreachableError
-from stagewise.store import DeletedService, Measurement, StoredEvent, Write
+from stagewise.errors import StoreBusyError, StoreError, StoreUnreachableError
 from stagewise.store.locations import StoreLocation
-from stagewise.store.postgresql_gates import PgGatesTables, write_events
 from stagewise.store.postgresql_leases import PgLeaseTables
 from stagewise.store.postgresql_schema import migrate
-from stagewise.store.rows import EVENT_COLUMNS, delivery_json, stored_event
+from stagewise.store.sql import Rows, SqlTables
+from stagewise.store.sql_gates import SqlGatesTables
 
 EVENTS_LOCK = 0x7374_6167_6577_0002
 """Held while events (and their outbox rows) are appended, so their ids are committed in the order they grow."""
+AUDIT_LOCK = 0x7374_6167_6577_0003
+"""Held while an audit row is appended, so audit ids are committed in the order they grow."""
 
 CONNECT_TIMEOUT = 5
 """Seconds to wait for PostgreSQL to answer a new connection (libpq's connect_timeout)."""
@@ -64,11 +64,20 @@ _UNREACHABLE_CLASSES = ("08", "57")
 _BUSY_CLASSES = ("40", "53", "58")
 _BUSY_STATES = ("55P03",)  # lock_not_available
 
-_TERMINAL = [p.value for p in Phase if p.terminal]
+
+def format_style(sql: str) -> str:
+    """`sql`, written with `?` placeholders (store/sql.py), in psycopg's style: `%s`, and a literal `%` doubled."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
-class PostgresStore(PgGatesTables, PgLeaseTables):
-    """The `Store` protocol over one PostgreSQL database, safe to share between threads and processes."""
+class PostgresStore(SqlTables[Connection[Any]], SqlGatesTables[Connection[Any]], PgLeaseTables):
+    """The `Store` protocol over one PostgreSQL database, safe to share between threads and processes.
+
+    The reads and writes are the shared SQL of `sql.py` and `sql_gates.py`, which reaches the database through
+    the hooks below."""
+
+    _events_lock = EVENTS_LOCK
+    _audit_lock = AUDIT_LOCK
 
     def __init__(self, location: StoreLocation) -> None:
         self._location = location
@@ -139,95 +148,32 @@ class PostgresStore(PgGatesTables, PgLeaseTables):
         with self._translated(), self._pool.connection() as conn:
             yield conn
 
-    # --- services ---
+    def _execute(self, conn: Connection[Any], sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return conn.execute(format_style(sql), args)
 
-    def get_service(self, name: str) -> ServiceRecord | None:
-        with self._read() as conn:
-            row = conn.execute("SELECT record FROM services WHERE name = %s", (name,)).fetchone()
-        return None if row is None else ServiceRecord.model_validate_json(row[0])
+    def _executemany(self, conn: Connection[Any], sql: str, rows: Rows) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(format_style(sql), rows)  # pipelined: one round trip however many rows
 
-    def list_services(self) -> list[ServiceRecord]:
-        with self._read() as conn:
-            rows = conn.execute("SELECT record FROM services ORDER BY name").fetchall()
-        return [ServiceRecord.model_validate_json(r[0]) for r in rows]
+    def _inserted_id(self, conn: Connection[Any], sql: str, args: Sequence[Any]) -> int:
+        row = conn.execute(format_style(sql) + " RETURNING id", args).fetchone()
+        assert row is not None  # INSERT ... RETURNING gives its row
+        return int(row[0])
 
-    def put_service(self, record: ServiceRecord, events: Sequence[Event] = ()) -> None:
-        with self._write(ordered=EVENTS_LOCK if events else None) as conn:
-            _upsert_service(conn, record)
-            write_events(conn, events, None, record.name)
-            self._fenced(conn, record.name)
-
-    def delete_service(self, name: str, *, at: float, events: Sequence[Event] = (),
-                       delivery: Delivery | None = None) -> None:
-        """Forget the service `name`, keeping its record as deleted at `at`; with `delivery` (its
-        last, ended) saved and `events` appended, in one transaction. Its deliveries and events stay."""
-        with self._write(ordered=EVENTS_LOCK if events else None) as conn:
-            row = conn.execute("DELETE FROM services WHERE name = %s RETURNING record, created_at", (name,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no service named {name!r}")
-            conn.execute("INSERT INTO deleted_services (name, record, created_at, deleted_at) VALUES (%s, %s, %s, %s)",
-                         (name, row[0], row[1], at))
-            if delivery is not None:
-                _update_delivery(conn, delivery)
-            write_events(conn, events, delivery.id if delivery else None, name,
-                         delivery.spec if delivery else None, delivery)
-            self._fenced(conn, name)
-
-    def deleted_services(self, name: str) -> list[DeletedService]:
-        """The services once named `name` and deleted, oldest first."""
-        with self._read() as conn:
-            rows = conn.execute("SELECT record, deleted_at FROM deleted_services WHERE name = %s ORDER BY id",
-                                (name,)).fetchall()
-        return [DeletedService(record=ServiceRecord.model_validate_json(r[0]), deleted_at=r[1]) for r in rows]
-
-    # --- deliveries ---
-
-    def create_delivery(self, delivery: Delivery, events: Sequence[Event],
-                        service: ServiceRecord | None = None) -> Delivery:
-        """Insert `delivery` under a new id (any id it carries is ignored); returns it with the id."""
-        with self._write(ordered=EVENTS_LOCK if events else None) as conn:
-            row = conn.execute(
-                "INSERT INTO deliveries (service, phase, state, created_at, updated_at)"
-                " VALUES (%s, %s, '{}', %s, %s) RETURNING id",
-                (delivery.service, delivery.phase.value, delivery.created_at, delivery.updated_at)).fetchone()
-            assert row is not None  # INSERT ... RETURNING gives its row
-            stored = delivery.model_copy(update={"id": int(row[0])})
-            # The id only exists once inserted, and the JSON state must carry it too.
-            conn.execute("UPDATE deliveries SET state = %s WHERE id = %s", (delivery_json(stored), stored.id))
-            write_events(conn, events, stored.id, stored.service, stored.spec, stored)
-            if service is not None:
-                _upsert_service(conn, service)
-            self._fenced(conn, stored.service)
-        return stored
-
-    def save_delivery(self, delivery: Delivery, events: Sequence[Event],
-                      service: ServiceRecord | None = None) -> None:
-        """Replace the delivery's state, append its events (and their notifications) and update its service,
-        atomically."""
-        with self._write(ordered=EVENTS_LOCK if events else None) as conn:
-            _update_delivery(conn, delivery)
-            write_events(conn, events, delivery.id, delivery.service, delivery.spec, delivery)
-            if service is not None:
-                _upsert_service(conn, service)
-            self._fenced(conn, delivery.service)
-
-    def save_all(self, writes: Sequence[Write]) -> None:
-        """Each write's delivery, events, service and measurements in one transaction, each service's part
-        checked against its fence: a refused one (LeaseLostError) leaves nothing of any."""
-        if not writes:
-            return
-        with self._write(ordered=EVENTS_LOCK if any(w.events for w in writes) else None) as conn:
-            for write in writes:
-                delivery = write.delivery
-                if delivery is not None:
-                    _update_delivery(conn, delivery)
-                    write_events(conn, write.events, delivery.id, write.service, delivery.spec, delivery)
-                else:
-                    write_events(conn, write.events, None, write.service)
-                if write.record is not None:
-                    _upsert_service(conn, write.record)
-                _insert_measurements(conn, write.measurements)
-                self._fenced(conn, write.service)
+    def _inserted_ids(self, conn: Connection[Any], sql: str, rows: Rows) -> list[int]:
+        """One pipelined `executemany` (one round trip however many rows); its results' ids come back in order."""
+        if not rows:
+            return []
+        ids = []
+        with conn.cursor() as cur:
+            cur.executemany(format_style(sql) + " RETURNING id", rows, returning=True)
+            while True:
+                row = cur.fetchone()
+                assert row is not None  # INSERT ... RETURNING gives one row per row inserted
+                ids.append(int(row[0]))
+                if not cur.nextset():
+                    break
+        return ids
 
     def change_mark(self) -> int:
         """A new number on every call: this store cannot tell cheaply whether another server wrote (its
@@ -236,81 +182,7 @@ class PostgresStore(PgGatesTables, PgLeaseTables):
             self._marks += 1
             return self._marks
 
-    def get_delivery(self, delivery_id: int) -> Delivery | None:
-        with self._read() as conn:
-            row = conn.execute("SELECT state FROM deliveries WHERE id = %s", (delivery_id,)).fetchone()
-        return None if row is None else Delivery.model_validate_json(row[0])
-
-    def latest_delivery(self, service: str) -> Delivery | None:
-        found = self.deliveries(service, limit=1)
-        return found[0] if found else None
-
-    def active_deliveries(self) -> list[Delivery]:
-        """Deliveries whose phase is not terminal, oldest first: the controller's work list."""
-        with self._read() as conn:
-            rows = conn.execute("SELECT state FROM deliveries WHERE phase <> ALL (%s) ORDER BY id",
-                                (_TERMINAL,)).fetchall()
-        return [Delivery.model_validate_json(r[0]) for r in rows]
-
-    def deliveries(self, service: str, limit: int = 50) -> list[Delivery]:
-        """A service's deliveries, newest first."""
-        with self._read() as conn:
-            rows = conn.execute("SELECT state FROM deliveries WHERE service = %s ORDER BY id DESC LIMIT %s",
-                                (service, limit)).fetchall()
-        return [Delivery.model_validate_json(r[0]) for r in rows]
-
-    # --- events and measurements ---
-
-    def events(self, service: str | None = None, *, delivery_id: int | None = None, after_id: int = 0,
-               limit: int = 200) -> list[StoredEvent]:
-        """Events in the order they were stored, after the event id `after_id` (for following a log)."""
-        # Only the conditions asked for: a generic plan of `(%s IS NULL OR ...)` would not use the indexes.
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id > %(after)s"
-        if service is not None:
-            sql += " AND service = %(service)s"
-        if delivery_id is not None:
-            sql += " AND delivery_id = %(delivery)s"
-        with self._read() as conn:
-            rows = conn.execute(sql + " ORDER BY id LIMIT %(limit)s", {
-                "after": after_id, "service": service, "delivery": delivery_id, "limit": limit}).fetchall()
-        return [stored_event(r) for r in rows]
-
-    def add_measurements(self, rows: list[Measurement]) -> None:
-        with self._write() as conn:
-            _insert_measurements(conn, rows)
-
-    def measurements(self, delivery_id: int) -> list[Measurement]:
-        with self._read() as conn:
-            rows = conn.execute("SELECT delivery_id, at, run, release, metric, value, extra FROM measurements"
-                                " WHERE delivery_id = %s ORDER BY id", (delivery_id,)).fetchall()
-        return [Measurement(delivery_id=r[0], at=r[1], run=r[2], release=r[3], metric=r[4], value=r[5],
-                            extra=json.loads(r[6])) for r in rows]
-
     def close(self) -> None:
         """Close every pooled connection (and the LISTEN one); calls after this fail with StoreError."""
         self._close_listener()
         self._pool.close()
-
-
-def _upsert_service(conn: Connection[Any], record: ServiceRecord) -> None:
-    conn.execute(
-        "INSERT INTO services (name, record, created_at, updated_at) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (name) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at",
-        (record.name, record.model_dump_json(), record.created_at, record.updated_at))
-
-
-def _update_delivery(conn: Connection[Any], delivery: Delivery) -> None:
-    cursor = conn.execute("UPDATE deliveries SET phase = %s, state = %s, updated_at = %s WHERE id = %s",
-                          (delivery.phase.value, delivery_json(delivery), delivery.updated_at, delivery.id))
-    if cursor.rowcount != 1:
-        raise NotFoundError(f"delivery {delivery.id} of {delivery.service} does not exist; "
-                            "create_delivery assigns the id")
-
-
-def _insert_measurements(conn: Connection[Any], rows: Sequence[Measurement]) -> None:
-    if rows:
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO measurements (delivery_id, at, run, release, metric, value, extra)"
-                            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                            [(m.delivery_id, m.at, m.run, m.release, m.metric, m.value, json.dumps(m.extra))
-                             for m in rows])

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import Connection
 
-from stagewise.store import Fence, FenceFor, Lease
+from stagewise.store import Fence, Lease
 from stagewise.store.rows import LEASE_COLUMNS, lease_lost, lease_row
+from stagewise.store.sql import SqlLeases
 
 CHANNEL = "stagewise_changes"
 """The NOTIFY channel a write of a service's state announces the service on."""
@@ -59,21 +60,16 @@ def check_fence(conn: Connection[Any], service: str, fence: Fence | None) -> Non
         raise lease_lost(service, fence, None if row is None else (row[0], int(row[1]), row[2]), now)
 
 
-class PgLeaseTables:
-    """Methods of `PostgresStore` over the leases and controllers tables, and the LISTEN side of CHANNEL."""
+class PgLeaseTables(SqlLeases[Connection[Any]]):
+    """Methods of `PostgresStore` over the leases and controllers tables that read the database's clock, and the
+    LISTEN side of CHANNEL."""
 
-    _fence: FenceFor | None = None
     _listener: Connection[Any] | None = None
     _listener_lock: threading.Lock
 
     if TYPE_CHECKING:
-        def _write(self, *, ordered: int | None = None) -> AbstractContextManager[Connection[Any]]: ...
-        def _read(self) -> AbstractContextManager[Connection[Any]]: ...
         def _translated(self) -> AbstractContextManager[None]: ...
         def _connect(self) -> Connection[Any]: ...
-
-    def fence_with(self, fence: FenceFor | None) -> None:
-        self._fence = fence
 
     def _fenced(self, conn: Connection[Any], service: str) -> None:
         check_fence(conn, service, self._fence(service) if self._fence is not None else None)
@@ -84,11 +80,6 @@ class PgLeaseTables:
             rows = conn.execute(f"SELECT {LEASE_COLUMNS} FROM leases ORDER BY service").fetchall()
         assert now is not None  # a SELECT of an expression gives one row
         return float(now[0]), [lease_row(r) for r in rows]
-
-    def lease(self, service: str) -> Lease | None:
-        with self._read() as conn:
-            r = conn.execute(f"SELECT {LEASE_COLUMNS} FROM leases WHERE service = %s", (service,)).fetchone()
-        return None if r is None else lease_row(r)
 
     def heartbeat(self, holder: str, *, duration: float) -> list[str]:
         with self._write() as conn:
@@ -114,15 +105,6 @@ class PgLeaseTables:
             rows = conn.execute(f"UPDATE leases SET expires_at = {NOW} + %s WHERE holder = %s AND expires_at > {NOW}"
                                 " RETURNING service, epoch", (duration, holder)).fetchall()
         return {r[0]: int(r[1]) for r in rows}
-
-    def release_leases(self, holder: str, services: list[str] | None = None) -> None:
-        with self._write() as conn:
-            if services is None:
-                conn.execute("UPDATE leases SET holder = '', expires_at = 0 WHERE holder = %s", (holder,))
-                conn.execute("DELETE FROM controllers WHERE name = %s", (holder,))
-                return
-            conn.execute("UPDATE leases SET holder = '', expires_at = 0 WHERE holder = %s AND service = ANY(%s)",
-                         (holder, services))
 
     def wait_for_changes(self, timeout: float) -> set[str]:
         """The services written since the last call (by any server, this one too), waiting up to `timeout`

@@ -12,6 +12,10 @@ follow from that:
   migration, and a file written by a newer stagewise is refused rather than
   misread.
 
+The SQL of the reads and writes is PostgreSQL's too, written once in
+`sql.py` and `sql_gates.py`; this module gives it the file, its transactions
+and the schema's migrations.
+
 It must never import another driver or anything above `stagewise.core`, and it
 never lets a `sqlite3` exception escape: callers see the `StagewiseError` tree.
 """
@@ -25,19 +29,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from stagewise.core.delivery import Delivery, Event, Phase
-from stagewise.core.service import ServiceRecord
-from stagewise.errors import NotFoundError, SchemaTooNewError, StoreBusyError, StoreError
-from stagewise.store import (  # the interface; it imports us lazily
-    DeletedService,
-    Measurement,
-    StoredEvent,
-    Write,
-    upgrades,
-)
-from stagewise.store.rows import delivery_json
-from stagewise.store.sqlite_gates import GatesTables, v5_outbox, v6_tokens_and_audit, v7_pipelines, write_events
+from stagewise.errors import SchemaTooNewError, StoreBusyError, StoreError
+from stagewise.store import upgrades
+from stagewise.store.sql import Rows, SqlTables
+from stagewise.store.sql_gates import SqlGatesTables
 from stagewise.store.sqlite_leases import LeaseTables, v8_leases
 
 # --- schema and its forward migrations ---------------------------------------------------
@@ -102,8 +99,50 @@ def _v4_typed_specs_and_judge_states(conn: sqlite3.Connection) -> None:
                 conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (json.dumps(data), row_key))
 
 
+def _v5_outbox(conn: sqlite3.Connection) -> None:
+    """The notification outbox: one row per event and sink, written with the event."""
+    conn.execute(
+        "CREATE TABLE outbox ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,"
+        " event_id INTEGER NOT NULL REFERENCES events (id), service TEXT NOT NULL, sink TEXT NOT NULL,"
+        " kind TEXT NOT NULL, target TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, sent_at REAL, gave_up_at REAL,"
+        " last_error TEXT NOT NULL DEFAULT '')"
+    )
+    conn.execute("CREATE INDEX outbox_due ON outbox (next_at) WHERE sent_at IS NULL AND gave_up_at IS NULL")
+    conn.execute("CREATE INDEX outbox_by_service ON outbox (service, sink, id)")
+
+
+def _v6_tokens_and_audit(conn: sqlite3.Connection) -> None:
+    """API tokens with a name and a role (hashes only), and the audit log of mutating calls."""
+    conn.execute(
+        "CREATE TABLE tokens ("
+        " name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,"
+        " created_at REAL NOT NULL, created_by TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE audit ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,"
+        " method TEXT NOT NULL, path TEXT NOT NULL, status INTEGER NOT NULL, detail TEXT NOT NULL)"
+    )
+
+
+def _v7_pipelines(conn: sqlite3.Connection) -> None:
+    """Pipelines (environments in order) and each release's way through them."""
+    conn.execute(
+        "CREATE TABLE pipelines ("
+        " name TEXT PRIMARY KEY, record TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE pipeline_releases ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT, pipeline TEXT NOT NULL, version TEXT NOT NULL,"
+        " phase TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX pipeline_releases_by_pipeline ON pipeline_releases (pipeline, id)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (_v1_core_tables, _v2_measurements, _v3_deleted_services,
-                                  _v4_typed_specs_and_judge_states, v5_outbox, v6_tokens_and_audit, v7_pipelines,
+                                  _v4_typed_specs_and_judge_states, _v5_outbox, _v6_tokens_and_audit, _v7_pipelines,
                                   v8_leases)
 """`MIGRATIONS[n]` takes a database from schema version n to n + 1. Append only: never edit one
 that has shipped, since databases in the field already ran it."""
@@ -165,17 +204,16 @@ def _translated(where: Path) -> Iterator[None]:
         raise StoreError(f"{where}: {exc}") from exc
 
 
-_TERMINAL = tuple(p.value for p in Phase if p.terminal)
-
-
 # --- the store -----------------------------------------------------------------------------
 
 
-class SqliteStore(GatesTables, LeaseTables):
+class SqliteStore(SqlTables[sqlite3.Connection], SqlGatesTables[sqlite3.Connection], LeaseTables):
     """The `Store` protocol over one SQLite file, safe to share between threads.
 
     One connection serves every thread (the server calls from workers), so a lock
-    serialises its use; SQLite itself still arbitrates between processes.
+    serialises its use; SQLite itself still arbitrates between processes. The reads and
+    writes are the shared SQL of `sql.py` and `sql_gates.py`, which reaches the file
+    through the hooks below.
     """
 
     def __init__(self, path: Path) -> None:
@@ -220,11 +258,13 @@ class SqliteStore(GatesTables, LeaseTables):
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, ordered: int | None = None) -> Iterator[sqlite3.Connection]:
         """One write transaction under the lock, committed on success, rolled back on any error.
 
         IMMEDIATE takes SQLite's write lock up front: a second writer then waits in
         busy_timeout, instead of failing outright when a read lock cannot be upgraded.
+        That one writer at a time also commits appended ids in the order they grow, so
+        `ordered` (a lock to hold for that) is never given here.
         """
         with self._lock, _translated(self._path):
             self._conn.execute("BEGIN IMMEDIATE")
@@ -236,200 +276,27 @@ class SqliteStore(GatesTables, LeaseTables):
         with self._lock, _translated(self._path):
             yield self._conn
 
-    # --- services ---
+    def _execute(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return conn.execute(sql, args)  # `?` is sqlite3's own placeholder
 
-    def get_service(self, name: str) -> ServiceRecord | None:
-        with self._read() as conn:
-            row = conn.execute("SELECT record FROM services WHERE name = ?", (name,)).fetchone()
-        return None if row is None else ServiceRecord.model_validate_json(row[0])
+    def _executemany(self, conn: sqlite3.Connection, sql: str, rows: Rows) -> None:
+        conn.executemany(sql, rows)
 
-    def list_services(self) -> list[ServiceRecord]:
-        with self._read() as conn:
-            rows = conn.execute("SELECT record FROM services ORDER BY name").fetchall()
-        return [ServiceRecord.model_validate_json(r[0]) for r in rows]
+    def _inserted_id(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
+        cursor = conn.execute(sql, args)
+        assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
+        return cursor.lastrowid
 
-    def put_service(self, record: ServiceRecord, events: Sequence[Event] = ()) -> None:
-        with self._write() as conn:
-            _upsert_service(conn, record)
-            _append_events(conn, events, None, record.name)
-            self._fenced(conn, record.name)
-
-    def delete_service(self, name: str, *, at: float, events: Sequence[Event] = (),
-                       delivery: Delivery | None = None) -> None:
-        """Forget the service `name`, keeping its record as deleted at `at`; with `delivery` (its
-        last, ended) saved and `events` appended, in one transaction. Its deliveries and events stay."""
-        with self._write() as conn:
-            row = conn.execute("SELECT record, created_at FROM services WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no service named {name!r}")
-            conn.execute("INSERT INTO deleted_services (name, record, created_at, deleted_at) VALUES (?, ?, ?, ?)",
-                         (name, row[0], row[1], at))
-            conn.execute("DELETE FROM services WHERE name = ?", (name,))
-            if delivery is not None:
-                _update_delivery(conn, delivery)
-            write_events(conn, events, delivery.id if delivery else None, name,
-                         delivery.spec if delivery else None, delivery)
-            self._fenced(conn, name)
-
-    def deleted_services(self, name: str) -> list[DeletedService]:
-        """The services once named `name` and deleted, oldest first."""
-        with self._read() as conn:
-            rows = conn.execute("SELECT record, deleted_at FROM deleted_services WHERE name = ? ORDER BY id",
-                                (name,)).fetchall()
-        return [DeletedService(record=ServiceRecord.model_validate_json(r[0]), deleted_at=r[1]) for r in rows]
-
-    # --- deliveries ---
-
-    def create_delivery(self, delivery: Delivery, events: Sequence[Event],
-                        service: ServiceRecord | None = None) -> Delivery:
-        """Insert `delivery` under a new id (any id it carries is ignored); returns it with the id."""
-        with self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO deliveries (service, phase, state, created_at, updated_at)"
-                " VALUES (?, ?, '{}', ?, ?)",
-                (delivery.service, delivery.phase.value, delivery.created_at, delivery.updated_at),
-            )
-            assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
-            stored = delivery.model_copy(update={"id": cursor.lastrowid})
-            # The id only exists once inserted, and the JSON state must carry it too.
-            conn.execute("UPDATE deliveries SET state = ? WHERE id = ?",
-                         (delivery_json(stored), stored.id))
-            write_events(conn, events, stored.id, stored.service, stored.spec, stored)
-            if service is not None:
-                _upsert_service(conn, service)
-            self._fenced(conn, stored.service)
-        return stored
-
-    def save_delivery(self, delivery: Delivery, events: Sequence[Event],
-                      service: ServiceRecord | None = None) -> None:
-        """Replace the delivery's state, append its events (and their notifications) and update its service,
-        atomically."""
-        with self._write() as conn:
-            _update_delivery(conn, delivery)
-            write_events(conn, events, delivery.id, delivery.service, delivery.spec, delivery)
-            if service is not None:
-                _upsert_service(conn, service)
-            self._fenced(conn, delivery.service)
-
-    def save_all(self, writes: Sequence[Write]) -> None:
-        """Each write's delivery, events (with their notifications), service and measurements, all in one
-        transaction: a tick's changes to every service land together, with one sync to disk."""
-        if not writes:
-            return
-        with self._write() as conn:
-            for write in writes:
-                delivery = write.delivery
-                if delivery is not None:
-                    _update_delivery(conn, delivery)
-                    write_events(conn, write.events, delivery.id, write.service, delivery.spec, delivery)
-                else:
-                    write_events(conn, write.events, None, write.service)
-                if write.record is not None:
-                    _upsert_service(conn, write.record)
-                _insert_measurements(conn, write.measurements)
-                self._fenced(conn, write.service)
+    def _inserted_ids(self, conn: sqlite3.Connection, sql: str, rows: Rows) -> list[int]:
+        # executemany tells no ids: one statement per row (a call into the library each, no round trip).
+        return [self._inserted_id(conn, sql, row) for row in rows]
 
     def change_mark(self) -> int:
         """SQLite's `data_version`: it moves when another connection commits, not for this one's commits."""
         with self._read() as conn:
             return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def get_delivery(self, delivery_id: int) -> Delivery | None:
-        with self._read() as conn:
-            row = conn.execute("SELECT state FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-        return None if row is None else Delivery.model_validate_json(row[0])
-
-    def latest_delivery(self, service: str) -> Delivery | None:
-        found = self.deliveries(service, limit=1)
-        return found[0] if found else None
-
-    def active_deliveries(self) -> list[Delivery]:
-        """Deliveries whose phase is not terminal, oldest first: the controller's work list."""
-        marks = ", ".join("?" * len(_TERMINAL))
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT state FROM deliveries WHERE phase NOT IN ({marks}) ORDER BY id", _TERMINAL
-            ).fetchall()
-        return [Delivery.model_validate_json(r[0]) for r in rows]
-
-    def deliveries(self, service: str, limit: int = 50) -> list[Delivery]:
-        """A service's deliveries, newest first."""
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT state FROM deliveries WHERE service = ? ORDER BY id DESC LIMIT ?", (service, limit)
-            ).fetchall()
-        return [Delivery.model_validate_json(r[0]) for r in rows]
-
-    # --- events and measurements ---
-
-    def events(self, service: str | None = None, *, delivery_id: int | None = None, after_id: int = 0,
-               limit: int = 200) -> list[StoredEvent]:
-        """Events in the order they were stored, after the event id `after_id` (for following a log)."""
-        sql = "SELECT id, delivery_id, service, at, kind, message FROM events WHERE id > ?"
-        args: list[object] = [after_id]
-        if service is not None:
-            sql += " AND service = ?"
-            args.append(service)
-        if delivery_id is not None:
-            sql += " AND delivery_id = ?"
-            args.append(delivery_id)
-        sql += " ORDER BY id LIMIT ?"
-        args.append(limit)
-        with self._read() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        return [StoredEvent(id=r[0], delivery_id=r[1], service=r[2], at=r[3], kind=r[4], message=r[5])
-                for r in rows]
-
-    def add_measurements(self, rows: list[Measurement]) -> None:
-        with self._write() as conn:
-            _insert_measurements(conn, rows)
-
-    def measurements(self, delivery_id: int) -> list[Measurement]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT delivery_id, at, run, release, metric, value, extra FROM measurements"
-                " WHERE delivery_id = ? ORDER BY id",
-                (delivery_id,),
-            ).fetchall()
-        return [Measurement(delivery_id=r[0], at=r[1], run=r[2], release=r[3], metric=r[4], value=r[5],
-                            extra=json.loads(r[6])) for r in rows]
-
     def close(self) -> None:
         """Close the connection; SQLite checkpoints the WAL into the main file on the last close."""
         with self._lock:
             self._conn.close()
-
-
-def _upsert_service(conn: sqlite3.Connection, record: ServiceRecord) -> None:
-    conn.execute(
-        "INSERT INTO services (name, record, created_at, updated_at) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (name) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at",
-        (record.name, record.model_dump_json(), record.created_at, record.updated_at),
-    )
-
-
-def _update_delivery(conn: sqlite3.Connection, delivery: Delivery) -> None:
-    cursor = conn.execute(
-        "UPDATE deliveries SET phase = ?, state = ?, updated_at = ? WHERE id = ?",
-        (delivery.phase.value, delivery_json(delivery), delivery.updated_at, delivery.id),
-    )
-    if cursor.rowcount != 1:
-        raise NotFoundError(f"delivery {delivery.id} of {delivery.service} does not exist; "
-                            "create_delivery assigns the id")
-
-
-def _insert_measurements(conn: sqlite3.Connection, rows: Sequence[Measurement]) -> None:
-    if rows:
-        conn.executemany(
-            "INSERT INTO measurements (delivery_id, at, run, release, metric, value, extra)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(m.delivery_id, m.at, m.run, m.release, m.metric, m.value, json.dumps(m.extra)) for m in rows],
-        )
-
-
-def _append_events(conn: sqlite3.Connection, events: Sequence[Event], delivery_id: int | None,
-                   service: str) -> None:
-    conn.executemany(
-        "INSERT INTO events (delivery_id, service, at, kind, message) VALUES (?, ?, ?, ?, ?)",
-        [(delivery_id, service, e.at, e.kind, e.message) for e in events],
-    )

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
 
-from stagewise.store import Fence, FenceFor, Lease
+from stagewise.store import Fence, Lease
 from stagewise.store.rows import LEASE_COLUMNS, lease_lost, lease_row
+from stagewise.store.sql import SqlLeases
 
 
 def v8_leases(conn: sqlite3.Connection) -> None:
@@ -46,17 +45,8 @@ def check_fence(conn: sqlite3.Connection, service: str, fence: Fence | None) -> 
         raise lease_lost(service, fence, row, time.time())
 
 
-class LeaseTables:
-    """Methods of `SqliteStore` over the leases and controllers tables."""
-
-    _fence: FenceFor | None = None
-
-    if TYPE_CHECKING:
-        def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
-        def _read(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    def fence_with(self, fence: FenceFor | None) -> None:
-        self._fence = fence
+class LeaseTables(SqlLeases[sqlite3.Connection]):
+    """Methods of `SqliteStore` over the leases and controllers tables that read this machine's clock."""
 
     def _fenced(self, conn: sqlite3.Connection, service: str) -> None:
         check_fence(conn, service, self._fence(service) if self._fence is not None else None)
@@ -65,11 +55,6 @@ class LeaseTables:
         with self._read() as conn:
             rows = conn.execute(f"SELECT {LEASE_COLUMNS} FROM leases ORDER BY service").fetchall()
         return time.time(), [lease_row(r) for r in rows]
-
-    def lease(self, service: str) -> Lease | None:
-        with self._read() as conn:
-            r = conn.execute(f"SELECT {LEASE_COLUMNS} FROM leases WHERE service = ?", (service,)).fetchone()
-        return None if r is None else lease_row(r)
 
     def heartbeat(self, holder: str, *, duration: float) -> list[str]:
         now = time.time()
@@ -99,15 +84,6 @@ class LeaseTables:
             rows = conn.execute("UPDATE leases SET expires_at = ? WHERE holder = ? AND expires_at > ?"
                                 " RETURNING service, epoch", (now + duration, holder, now)).fetchall()
         return {r[0]: int(r[1]) for r in rows}
-
-    def release_leases(self, holder: str, services: list[str] | None = None) -> None:
-        with self._write() as conn:
-            if services is None:
-                conn.execute("UPDATE leases SET holder = '', expires_at = 0 WHERE holder = ?", (holder,))
-                conn.execute("DELETE FROM controllers WHERE name = ?", (holder,))
-                return
-            conn.executemany("UPDATE leases SET holder = '', expires_at = 0 WHERE holder = ? AND service = ?",
-                             [(holder, s) for s in services])
 
     def wait_for_changes(self, timeout: float) -> set[str] | None:
         """None: a SQLite file is one server's (nothing else writes to tell it of)."""
