@@ -131,9 +131,9 @@ class Writes:
         write = store._write
 
         @contextmanager
-        def counting() -> Iterator[Any]:
+        def counting(**kwargs: Any) -> Iterator[Any]:
             self.transactions += 1
-            with write() as conn:
+            with write(**kwargs) as conn:
                 yield conn
 
         store._write = counting
