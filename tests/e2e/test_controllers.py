@@ -30,13 +30,11 @@ import psycopg
 import pytest
 
 from stagewise.examples.load import LoadInBackground
-from tests.e2e.conftest import SERVICE, Stagewise, spec_json
+from tests.e2e.conftest import LEASE, SERVICE, Stagewise, spec_json
 from tests.e2e.test_crash import PLANS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-LEASE = (3.0, 2.0, 0.5)
-"""Duration, renew deadline, retry: Argo's 15 s / 10 s / 2 s, five times shorter."""
 TERMINAL = {"Succeeded", "RolledBack", "Failed"}
 
 
