@@ -30,7 +30,7 @@ import psycopg
 import pytest
 
 from stagewise.examples.load import LoadInBackground
-from tests.e2e.conftest import LEASE, SERVICE, Stagewise, spec_json
+from tests.e2e.conftest import LEASE, SERVICE, TICK, Stagewise, spec_json
 from tests.e2e.test_crash import PLANS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -55,7 +55,7 @@ class Group:
                 self.procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "stagewise", "server", "--state", str(self.sw.state), "--listen",
                      "127.0.0.1:0", "--store", self.store, "--name", name, "--lease", ",".join(map(str, LEASE)),
-                     "--log-level", "info"],
+                     "--tick", str(TICK), "--log-level", "info"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         for name in names:
             self._wait_answering(name)
