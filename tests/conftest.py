@@ -1,3 +1,4 @@
-"""Fixtures every test folder may use: a real PostgreSQL (`pg_cluster`, `pg_url`) from tests/pg.py."""
+"""Plugins of every test folder: a real PostgreSQL (`pg_cluster`, `pg_url`) from tests/pg.py, and how the tests
+are shared among xdist workers (tests/scheduling.py)."""
 
-pytest_plugins = ("tests.pg",)
+pytest_plugins = ("tests.pg", "tests.scheduling")

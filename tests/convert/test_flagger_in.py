@@ -102,3 +102,16 @@ def test_every_flagger_webhook_type_has_its_hook() -> None:
         assert entry == {"type": kind, "name": "h", "http": {"url": "http://x/", "timeout": "1m30s"}}
         json.dumps(entry)
     assert hook_entry({"name": "h", "type": "pre-promotion", "url": "http://x/"}) is None
+
+
+def test_a_webhook_a_hook_cannot_call_as_it_is_is_dropped_or_keeps_the_default_timeout() -> None:
+    """Flagger takes any string as a webhook's url and any duration as its timeout; a hook calls only http:// or
+    https:// URLs and waits at most 300 s. Neither may be written into a spec that the loader then refuses: a
+    webhook with another url is dropped in words at its place, one with a longer timeout keeps the default."""
+    text = (CANARY.replace("%s", "false").replace('url: "http://gate/"', 'url: "1h"')
+            .replace("timeout: 5s", "timeout: 1h"))
+    output = to_stagewise([("canary.yaml", text)]).outputs[0]
+    spec = YAML(typ="safe").load(output.text)["spec"]
+    assert spec["hooks"] == [{"type": "rollout", "name": "load-test", "http": {"url": "http://loadtester/"},
+                              "metadata": {"cmd": "hey -z 1m"}}]
+    assert any("webhooks" in str(n) and "http:// or https:// url" in str(n) for n in output.notes), output.notes

@@ -30,13 +30,11 @@ import psycopg
 import pytest
 
 from stagewise.examples.load import LoadInBackground
-from tests.e2e.conftest import SERVICE, Stagewise, spec_json
+from tests.e2e.conftest import LEASE, SERVICE, TICK, Stagewise, spec_json
 from tests.e2e.test_crash import PLANS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-LEASE = (3.0, 2.0, 0.5)
-"""Duration, renew deadline, retry: Argo's 15 s / 10 s / 2 s, five times shorter."""
 TERMINAL = {"Succeeded", "RolledBack", "Failed"}
 
 
@@ -50,14 +48,20 @@ class Group:
         self.urls: dict[str, str] = {}
         self.token = ""
 
-    def start(self, name: str) -> None:
-        with open(self.sw.root / f"server-{name}.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "stagewise", "server", "--state", str(self.sw.state), "--listen",
-                 "127.0.0.1:0", "--store", self.store, "--name", name, "--lease", ",".join(map(str, LEASE)),
-                 "--log-level", "info"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs[name] = proc
+    def start(self, *names: str) -> None:
+        """Start the servers `names` together, and wait until each answers."""
+        for name in names:
+            with open(self.sw.root / f"server-{name}.log", "wb") as log:
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "stagewise", "server", "--state", str(self.sw.state), "--listen",
+                     "127.0.0.1:0", "--store", self.store, "--name", name, "--lease", ",".join(map(str, LEASE)),
+                     "--tick", str(TICK), "--log-level", "info"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        for name in names:
+            self._wait_answering(name)
+
+    def _wait_answering(self, name: str) -> None:
+        proc = self.procs[name]
         deadline = time.monotonic() + 30
         address = self.sw.state / "servers" / f"{proc.pid}.json"
         while time.monotonic() < deadline:
@@ -113,15 +117,16 @@ class Group:
         return "\n".join(f"--- {n}\n{self.log(n)[-2500:]}" for n in self.procs)
 
     def cleanup(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        running = [proc for proc in self.procs.values() if proc.poll() is None]
+        for proc in running:  # all told at once: each gives up its leases and stops while the others do
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.terminate()
+        for proc in running:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         self.sw.cleanup()
 
 
@@ -149,8 +154,7 @@ CASES = [(name, step) for name, (_, steps) in PLANS.items() for step in range(1,
 @pytest.mark.parametrize(("name", "kill_at"), CASES, ids=[f"{n}-step{s}" for n, s in CASES])
 def test_killing_the_holder_changes_nothing_users_see(group: Group, pg_url: str, name: str, kill_at: int) -> None:
     strategy, steps = PLANS[name]
-    for server in ("c1", "c2", "c3"):
-        group.start(server)
+    group.start("c1", "c2", "c3")
     group.apply("c1", "v1", {"full": {}})
     group.wait("c2", lambda s: s["phase"] == "Succeeded", "v1 installed")
     load = LoadInBackground(group.sw.url, connections=4, rate=200, max_seconds=120, max_requests=40_000,
@@ -188,8 +192,7 @@ def test_killing_the_holder_changes_nothing_users_see(group: Group, pg_url: str,
 
 def test_a_holder_stopped_in_a_write_and_resumed_after_a_takeover_has_the_write_refused(
         group: Group, pg_url: str) -> None:
-    for server in ("c1", "c2"):
-        group.start(server)
+    group.start("c1", "c2")
     group.apply("c1", "v1", {"full": {}})
     group.wait("c1", lambda s: s["phase"] == "Succeeded", "v1 installed")
     group.apply("c1", "v2", {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}})

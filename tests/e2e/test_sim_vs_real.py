@@ -19,7 +19,7 @@ from stagewise.sim import simulate
 from stagewise.sim.result import RunResult
 from stagewise.sim.scenario import Fleet, Latency, ReleaseBehaviour, Traffic
 from stagewise.spec import load_spec_text
-from tests.e2e.conftest import Stagewise, spec_json
+from tests.e2e.conftest import TICK, Stagewise, spec_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -53,7 +53,7 @@ def deliver_for_real(sw: Stagewise, version: str) -> tuple[str, str, LoadReport]
 def deliver_simulated(sw: Stagewise, version: str, stable: ReleaseSpec, seed: int) -> RunResult:
     return simulate(spec(sw, version), stable, traffic=Traffic(rate=RATE, users=500),
                     fleet=Fleet(replicas=2, startup=0.8, startup_jitter=0.3), behaviours=BEHAVIOURS, human=None,
-                    seed=seed, tick=0.25, horizon=120)
+                    seed=seed, tick=TICK, horizon=120)
 
 
 def test_the_simulator_reaches_the_outcome_of_a_real_canary(stagewise: Stagewise) -> None:
