@@ -4,6 +4,8 @@ database upgrades keeping its rows."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -142,3 +144,28 @@ def test_a_v4_database_upgrades_to_the_gates_keeping_its_rows(backend: Backend) 
     finally:
         store.close()
     assert backend.version() == backend.schema.SCHEMA_VERSION >= 7
+
+
+def test_servers_starting_together_each_put_the_same_token(backend: Backend) -> None:
+    """Several servers on one database put the server's token at once (they read one token file): none fails.
+
+    With PostgreSQL, two inserts of one name and one hash at once met on the hash's unique index, which the upsert
+    on the name does not cover: one server failed to start."""
+    stores = [backend.open() for _ in range(4)]
+    try:
+        for round_ in range(20):
+            token = TokenRecord(name=f"server-{round_}", role="admin", hash=f"{round_:02d}" * 32, created_at=round_,
+                                created_by="server")
+            start = threading.Barrier(len(stores))
+
+            def put(store: Store, token: TokenRecord = token, start: threading.Barrier = start) -> None:
+                start.wait()
+                store.put_token(token)
+
+            with ThreadPoolExecutor(len(stores)) as pool:
+                for done in [pool.submit(put, s) for s in stores]:
+                    done.result()  # raises what the thread raised
+        assert len(stores[0].list_tokens()) == 20
+    finally:
+        for s in stores:
+            s.close()

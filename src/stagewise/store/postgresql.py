@@ -50,6 +50,9 @@ EVENTS_LOCK = 0x7374_6167_6577_0002
 """Held while events (and their outbox rows) are appended, so their ids are committed in the order they grow."""
 AUDIT_LOCK = 0x7374_6167_6577_0003
 """Held while an audit row is appended, so audit ids are committed in the order they grow."""
+TOKENS_LOCK = 0x7374_6167_6577_0004
+"""Held while a token is put: servers starting together put the same token at once, and the upsert on its name
+does not cover the unique index on its hash (the second insert of one hash failed instead of updating)."""
 
 CONNECT_TIMEOUT = 5
 """Seconds to wait for PostgreSQL to answer a new connection (libpq's connect_timeout)."""
@@ -78,6 +81,7 @@ class PostgresStore(SqlTables[Connection[Any]], SqlGatesTables[Connection[Any]],
 
     _events_lock = EVENTS_LOCK
     _audit_lock = AUDIT_LOCK
+    _tokens_lock = TOKENS_LOCK
 
     def __init__(self, location: StoreLocation) -> None:
         self._location = location
@@ -137,7 +141,8 @@ class PostgresStore(SqlTables[Connection[Any]], SqlGatesTables[Connection[Any]],
     @contextmanager
     def _write(self, *, ordered: int | None = None) -> Iterator[Connection[Any]]:
         """One transaction, committed on success, rolled back on any error; `ordered`: an advisory lock to hold
-        (EVENTS_LOCK when it appends events), so rows appended under it commit in the order of their ids."""
+        (EVENTS_LOCK when it appends events, so rows appended under it commit in the order of their ids; TOKENS_LOCK
+        when it puts a token, so that writers of one token go one after another)."""
         with self._translated(), self._pool.connection() as conn, conn.transaction():
             if ordered is not None:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (ordered,))

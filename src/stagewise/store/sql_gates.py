@@ -45,6 +45,9 @@ class SqlGatesTables(SqlBackend[Conn]):
     _audit_lock: ClassVar[int | None] = None
     """The lock (`_write`'s `ordered`) an audit row is appended under, so audit ids commit in the order they
     grow; None where the database lets one writer in at a time."""
+    _tokens_lock: ClassVar[int | None] = None
+    """The lock a token is put under, so that of servers putting the same token at once each waits for the one
+    before; None where the database lets one writer in at a time."""
 
     # --- outbox ---
 
@@ -101,8 +104,9 @@ class SqlGatesTables(SqlBackend[Conn]):
     def put_token(self, token: TokenRecord) -> None:
         """Add or replace the token named `token.name` (the server's own admin token, when its file changed).
 
-        An upsert, not a delete and an insert: servers starting together on one database each put theirs."""
-        with self._write() as conn:
+        An upsert, not a delete and an insert, under `_tokens_lock`: servers starting together on one database each
+        put theirs, one after another."""
+        with self._write(ordered=self._tokens_lock) as conn:
             self._execute(conn, "DELETE FROM tokens WHERE hash = ? AND name != ?", (token.hash, token.name))
             self._execute(conn, INSERT_TOKEN + " ON CONFLICT (name) DO UPDATE SET role = excluded.role,"
                                 " hash = excluded.hash, created_at = excluded.created_at,"
