@@ -68,15 +68,15 @@ class FleetStagewise(Stagewise):
     def __init__(self, root: Path, router: str, fleet: Fleet) -> None:
         super().__init__(root, router)
         self.fleet = fleet
+        self.artifacts = make_artifacts(root)
+        self.host_root = f"~/.sw-{secrets.token_hex(4)}"
+        self.platform_options: dict[str, Any] = {}
 
     @staticmethod
     def _tick(options: tuple[str, ...]) -> list[str]:
         """The server's own tick (0.25 s), not the shorter one of the other end-to-end servers: the crash test
         kills the server at every step, the last included, and finds a step standing only for that long."""
         return []
-        self.artifacts = make_artifacts(root)
-        self.host_root = f"~/.sw-{secrets.token_hex(4)}"
-        self.platform_options: dict[str, Any] = {}
 
     def platform(self, **options: Any) -> dict[str, Any]:
         return {
