@@ -286,8 +286,9 @@ async def test_started_as_root_the_workers_run_unprivileged_and_write_only_their
     try:
         await nginx.apply(table=table(port, pick(upstreams, "a1")))
         assert uids(master(nginx)) == (0, 0), "the master binds the ports and reads the configuration: root"
+        # the master forks its workers after it answers the reload: wait for both, as a user would look again
+        assert await wait_until(lambda: len(proc.children(master(nginx))) == 2), proc.children(master(nginx))
         workers = proc.children(master(nginx))
-        assert len(workers) == 2
         # a worker drops root right after it is forked, before it takes its first request
         assert await wait_until(lambda: all(uids(w) == (worker.pw_uid,) * 2 for w in workers)), (
             f"workers as {[uids(w) for w in workers]}, not {worker.pw_name}")
