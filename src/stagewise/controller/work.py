@@ -233,7 +233,6 @@ def judged_only(before: Delivery, after: Delivery) -> bool:
     return True
 
 
-
 def new_measurements(before: Delivery, after: Delivery) -> list[Measurement]:
     """Rows for the analysis points taken this tick: requests, errors and latency per release."""
     rows: list[Measurement] = []
