@@ -184,6 +184,31 @@ async def test_counters_per_release_grow_through_removals(haproxy: HaproxyRouter
         await other.close()
 
 
+async def test_latency_lines_wait_in_the_pipe_while_no_controller_reads(haproxy: HaproxyRouter,
+                                                                        upstreams: Any) -> None:
+    """A controller that reads late, busy or restarting, loses no line: a datagram socket queued ten and HAProxy
+    dropped the rest, so a box short of CPU for a moment lost latency lines (and this test 290 of 300)."""
+    port = free_port()
+    await haproxy.apply(table=table(port, upstreams))
+    await haproxy.close()  # the controller goes away; HAProxy runs on
+    assert (await versions(port, 300)).total() == 300
+    successor = HaproxyRouter(haproxy.state_dir)
+    try:
+        assert await wait_until_async(lambda: _latency_count(successor, 300))
+        stats = await successor.stats(service="shop")
+        assert sum(sum(s.latency_buckets) for s in stats.releases.values()) == 300, "each line once"
+        # the pipe outlives a restart of HAProxy too: the new master is handed the same pipe
+        master = process.read_pid(haproxy.state_dir / "haproxy" / "shop" / "haproxy.pid")
+        assert master is not None
+        os.kill(master, signal.SIGKILL)
+        assert await wait_until(lambda: not proc.alive(master))
+        await successor.apply(table=table(port, upstreams))
+        assert (await versions(port, 20)).total() == 20
+        assert await wait_until_async(lambda: _latency_count(successor, 20))
+    finally:
+        await successor.close()
+
+
 async def test_a_removed_server_is_drained_before_it_is_deleted(haproxy: HaproxyRouter, upstreams: Any) -> None:
     port = free_port()
     await haproxy.apply(table=table(port, pick(upstreams, "a1")))

@@ -206,7 +206,11 @@ class Paths:
         self.master = folder / "master.sock"
         """The master CLI: reload, show proc."""
         self.log = folder / "log.sock"
-        """Where HAProxy sends one log line per request; the driver listens."""
+        """Where an HAProxy not started with the pipe sends one log line per request; the driver listens."""
+        self.pipe = folder / "log.pipe"
+        """The named pipe a managed HAProxy writes one log line per request to; the driver reads it."""
+        self.log_fd = folder / "log.fd"
+        """The descriptor of the pipe in the running HAProxy (`log fd@<n>`), kept for its reloads."""
         self.state = folder / "server-state"
         self.pid = folder / "haproxy.pid"
         self.layout = folder / "layout.json"
@@ -225,12 +229,13 @@ _UNSET = "!{ var(txn.sw_be) -m found }"
 """No earlier rule has picked the request's backend."""
 
 
-def render(layout: Layout, desired: Desired, paths: Paths, *, threads: int = 1) -> str:
-    """The whole configuration file of a managed HAProxy."""
+def render(layout: Layout, desired: Desired, paths: Paths, *, threads: int = 1, log_fd: int | None = None) -> str:
+    """The whole configuration file of a managed HAProxy; its log lines go to descriptor `log_fd` (the pipe
+    it was started with), else to the datagram socket."""
     for path in (paths.folder,):
         if any(c.isspace() for c in str(path)):
             raise RouterConfigError(f"HAProxy cannot use a state directory with spaces: {path}")
-    lines = _global_and_defaults(paths, threads)
+    lines = _global_and_defaults(paths, threads, log_fd)
     lines += _main_frontend(layout, paths)
     lines += _side_frontends(layout, paths)
     for backend in [ALL, *(slot_backend(i) for i in range(layout.slots))]:
@@ -243,7 +248,8 @@ def render(layout: Layout, desired: Desired, paths: Paths, *, threads: int = 1) 
     return "\n".join(lines)
 
 
-def _global_and_defaults(paths: Paths, threads: int) -> list[str]:
+def _global_and_defaults(paths: Paths, threads: int, log_fd: int | None) -> list[str]:
+    target = paths.log if log_fd is None else f"fd@{log_fd}"
     return [
         "# written by stagewise: changes made here are overwritten",
         "global",
@@ -251,7 +257,7 @@ def _global_and_defaults(paths: Paths, threads: int) -> list[str]:
         f"    nbthread {threads}",
         f"    stats socket {paths.admin} mode 600 level admin expose-fd listeners",
         f"    server-state-file {paths.state}",
-        f"    log {paths.log} len 1024 format raw local0 info",
+        f"    log {target} len 1024 format raw local0 info",
         "defaults",
         "    mode http",
         "    log global",

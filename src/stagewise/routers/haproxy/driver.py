@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ from stagewise.routers.haproxy.config import (
     render_map,
     server_name,
 )
-from stagewise.routers.haproxy.logs import LogReceiver
+from stagewise.routers.haproxy.logs import LogReceiver, open_pipe
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -173,20 +174,28 @@ class HaproxyRouter:
         desired = desired_for(table, layout, slots)
         for name, entries in desired.maps.items():
             files.write_atomic(paths.map(name), render_map(entries))
-        config = render(layout, desired, paths, threads=self.threads)
         if not running or layout != loaded:
             # the new configuration says everything; a server state saved before it would override its weights
             with contextlib.suppress(FileNotFoundError):
                 paths.state.unlink()
-        if not running:
-            await self._write_config(paths, config, check=True)
-            await self._start(paths)
-        elif layout != loaded:
-            await self._write_config(paths, config, check=True)
-            await self._reload(paths, api)
-        else:
-            files.write_atomic(paths.config, config)
-            await self._change_at_runtime(api, desired, paths, layout.maps())
+        # a new HAProxy is handed the log pipe; a running one keeps the descriptor it was started with
+        pipe = None if running else open_pipe(paths.pipe)
+        try:
+            config = render(layout, desired, paths, threads=self.threads,
+                            log_fd=_read_log_fd(paths) if pipe is None else pipe)
+            if pipe is not None:
+                await self._write_config(paths, config, check=True)
+                files.write_atomic(paths.log_fd, str(pipe))
+                await self._start(paths, pipe)
+            elif layout != loaded:
+                await self._write_config(paths, config, check=True)
+                await self._reload(paths, api)
+            else:
+                files.write_atomic(paths.config, config)
+                await self._change_at_runtime(api, desired, paths, layout.maps())
+        finally:
+            if pipe is not None:
+                os.close(pipe)  # HAProxy holds it now
         files.write_atomic(paths.layout, layout.to_json())
         files.write_atomic(paths.slots, json.dumps(slots))
         await self._save_server_state(api, paths)
@@ -222,8 +231,9 @@ class HaproxyRouter:
             await api.replace_map(str(paths.map(name)), desired.maps[name])
         await api.run(last + drains)
 
-    async def _start(self, paths: Paths) -> None:
-        """Start a detached master-worker HAProxy on the configuration and wait until it answers."""
+    async def _start(self, paths: Paths, pipe: int) -> None:
+        """Start a detached master-worker HAProxy on the configuration, holding the log pipe `pipe` (the
+        descriptor the configuration names), and wait until it answers."""
         haproxy = process.binary("haproxy", "haproxy")
         for path in (paths.admin, paths.master):
             with contextlib.suppress(FileNotFoundError):
@@ -233,7 +243,7 @@ class HaproxyRouter:
             # close_fds: the daemon outlives us and must hold no descriptor of ours (a listener of the
             # API server, say); the default already, said here because it matters
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=output,
-                                                        stderr=output, close_fds=True)
+                                                        stderr=output, close_fds=True, pass_fds=(pipe,))
             try:
                 code = await asyncio.wait_for(proc.wait(), START_TIMEOUT)
             except TimeoutError as exc:
@@ -409,6 +419,15 @@ def _read_json(path: Path) -> dict[str, int]:
     except (OSError, ValueError):
         return {}
     return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _read_log_fd(paths: Paths) -> int | None:
+    """The log pipe's descriptor in the running HAProxy; None for one started before there was a pipe (it
+    keeps logging to the datagram socket)."""
+    try:
+        return int(paths.log_fd.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _read_layout(paths: Paths) -> Layout | None:

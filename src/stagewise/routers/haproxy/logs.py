@@ -1,18 +1,31 @@
-"""Per-request latency from HAProxy: its log lines, received on a Unix datagram socket.
+"""Per-request latency from HAProxy: its log lines, read from a pipe (or a datagram socket).
 
 `show stat` counts responses per server but has no latency distribution, so
-the managed HAProxy sends one line per request (`swlog <pid> <server> <status>
-<t0 µs> <t1 µs> <backend> <termination state>`, see `config.render`) to `log.sock`, where the
-driver inside the controller process listens.
+HAProxy writes one line per request (`swlog <pid> <server> <status> <t0 µs>
+<t1 µs> <backend> <termination state>`, see `config.render`), which the driver
+inside the controller process reads and tallies.
+
+A managed HAProxy writes them to `log.pipe`, a named pipe handed to it as a
+descriptor (`log fd@<n>`). HAProxy writes a pipe without blocking and drops a
+line only when the pipe is full: at 1 MiB (`PIPE_SIZE`, some ten thousand
+lines) that is a controller far behind, not one busy for a moment. A datagram
+socket, by contrast, queues ten datagrams by default (`net.unix.max_dgram_qlen`)
+and HAProxy drops the rest: a controller box short of CPU for a few
+milliseconds lost lines that way. The pipe lives as long as HAProxy holds it,
+so lines written while no controller reads wait there for the next one.
+
+An external HAProxy cannot be handed a descriptor; it is told to send its lines
+to the datagram socket `log.sock`, which the receiver listens on too.
 
 The controller may be restarted at any moment while HAProxy runs on; so:
 
-- one process owns the socket at a time, by an exclusive lock on
-  `log.sock.lock` (a second driver object, say a test reading stats, reads
-  the owner's persisted tallies instead of stealing the socket);
+- one process reads at a time, by an exclusive lock on `log.sock.lock` (a
+  second driver object, say a test reading stats, reads the owner's persisted
+  tallies instead);
 - the owner persists its tallies to `latency.json` twice a second, and a new
   owner starts from them: counts keep growing within one HAProxy worker
-  (`boot`), and lines sent while no controller listened are simply lost.
+  (`boot`). Lines the old owner read after its last persist are lost; lines
+  it had not read are still in the pipe.
 
 Tallies are kept per HAProxy worker pid, so a reload (a new worker, counters
 from zero in `show stat`) starts new tallies too. The receiver is a daemon
@@ -22,10 +35,13 @@ thread, not a task: the driver may be used from several event loops in turn.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import select
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -38,17 +54,43 @@ log = logging.getLogger("stagewise.router.haproxy")
 PERSIST_EVERY = 0.5
 KEEP_WORKERS = 4
 """Tallies of this many most recent HAProxy workers are kept."""
+PIPE_SIZE = 1 << 20
+"""The pipe's capacity (Linux's `fs.pipe-max-size` by default, which any user may ask for)."""
+MAX_LINE = 1024
+"""HAProxy cuts a log line at this length (`len`/`maxlen` in the configuration)."""
+
+
+def open_pipe(path: Path) -> int:
+    """The named pipe at `path` (made if missing, mode 0600), open to read and write without blocking, at
+    `PIPE_SIZE` where the system allows it.
+
+    Both ends at once: HAProxy is handed this descriptor, so the pipe always has a reader and a line
+    written while no controller reads waits in it, instead of failing with EPIPE; and a receiver
+    holding it never sees end-of-file when HAProxy stops."""
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(path, 0o600)
+    if not stat.S_ISFIFO(os.stat(path).st_mode):
+        path.unlink()  # not ours to keep: a pipe is made in its place
+        os.mkfifo(path, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # above the system's limit: the default 64 KiB
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return fd
 
 
 class LogReceiver:
-    """Listens on `<folder>/log.sock` (when it can take the lock) and tallies latency per worker and release."""
+    """Reads `<folder>/log.pipe` and `<folder>/log.sock` (when it can take the lock) and tallies latency per
+    worker and release."""
 
     def __init__(self, folder: Path) -> None:
         self.socket_path = folder / "log.sock"
+        self.pipe_path = folder / "log.pipe"
         self.lock_path = folder / "log.sock.lock"
         self.persist_path = folder / "latency.json"
         self._lock_fd: int | None = None
         self._sock: socket.socket | None = None
+        self._pipe: int | None = None
+        self._partial = b""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._mutex = threading.Lock()
@@ -75,7 +117,7 @@ class LogReceiver:
         sock.bind(str(self.socket_path))
         os.chmod(self.socket_path, 0o600)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        sock.settimeout(0.2)
+        sock.setblocking(False)
         self._sock = sock
         self._stop.clear()
         self._thread = threading.Thread(target=self._receive, name=f"haproxy-log {self.socket_path}", daemon=True)
@@ -91,6 +133,9 @@ class LogReceiver:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._pipe is not None:
+            os.close(self._pipe)
+            self._pipe = None
         if self._lock_fd is not None:
             self._persist()
             os.close(self._lock_fd)
@@ -111,18 +156,49 @@ class LogReceiver:
         assert sock is not None
         last_persist = time.monotonic()
         while not self._stop.is_set():
+            if self._pipe is None and self.pipe_path.exists():
+                # made by the driver when it starts HAProxy; lines written before this wait in it
+                with contextlib.suppress(OSError):
+                    self._pipe = open_pipe(self.pipe_path)
+            sources: list[int] = [sock.fileno()] if self._pipe is None else [sock.fileno(), self._pipe]
             try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                data = b""
-            except OSError:
-                return
-            if data:
-                self._take(data)
+                ready, _, _ = select.select(sources, [], [], 0.2)
+            except (OSError, ValueError):
+                return  # closed under us
+            if sock.fileno() in ready:
+                self._take_datagrams(sock)
+            if self._pipe is not None and self._pipe in ready:
+                self._take_pipe(self._pipe)
             now = time.monotonic()
             if self._dirty and now - last_persist >= PERSIST_EVERY:
                 self._persist()
                 last_persist = now
+
+    def _take_datagrams(self, sock: socket.socket) -> None:
+        """Every datagram waiting (one or more lines each)."""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:  # nothing more waiting (or the socket closed under us)
+                return
+            self._take(data)
+
+    def _take_pipe(self, fd: int) -> None:
+        """What the pipe holds, in whole lines; a line cut by the read waits for its end."""
+        chunks = [self._partial]
+        for _ in range(PIPE_SIZE >> 16):  # at most what the pipe held, so that the socket and persisting get turns
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:  # nothing more waiting
+                break
+            chunks.append(data)
+            if len(data) < 1 << 16:
+                break
+        text = b"".join(chunks)
+        end = text.rfind(b"\n") + 1
+        self._partial = text[end:][-MAX_LINE:]  # no line is longer; a longer rest is no line of ours
+        if end:
+            self._take(text[:end])
 
     def _take(self, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
