@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -218,6 +219,7 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
             applies.append(time.perf_counter() - t0)
     mem = memory()
     await controller.close()
+    shutil.rmtree(state, ignore_errors=True)
     return {
         "services": n, "in_flight": len(moving), "ticks": len(walls), "setup_s": setup, "first_tick_s": warm,
         "wall": walls, "cpu": cpus, "transactions": transactions, "rows": rows, "applies": applies,
