@@ -19,6 +19,7 @@ import pwd
 import shutil
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -84,6 +85,25 @@ async def test_weights_headers_and_preview(nginx: NginxRouter, upstreams: Any) -
     assert await versions(preview, 10) == {"v2": 10}
     await nginx.apply(table=table(port, upstreams))  # no weights: every endpoint alike
     assert await versions(port, 100) == {"v1": 50, "v2": 50}
+
+
+async def test_a_pid_file_naming_another_process_is_not_taken_for_nginx(nginx: NginxRouter, upstreams: Any) -> None:
+    """A pid file outlives its nginx (a SIGKILL, a reboot) and its number may be another process's by now: that
+    process is never signalled (a reload would send it SIGHUP) nor taken for nginx — the next apply starts one."""
+    folder = nginx.state_dir / "nginx" / "shop"
+    folder.mkdir(parents=True)
+    other = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        (folder / "nginx.pid").write_text(f"{other.pid}\n")
+        port = free_port()
+        await nginx.apply(table=table(port, upstreams))
+        assert (await versions(port, 10)).total() == 10
+        assert master(nginx) != other.pid
+        await nginx.stop(service="shop")
+        assert other.poll() is None, "the process the stale pid file named was signalled"
+    finally:
+        other.kill()
+        other.wait()
 
 
 async def test_cohort_is_sticky_and_only_grows(nginx: NginxRouter, upstreams: Any) -> None:

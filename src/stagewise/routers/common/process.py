@@ -33,6 +33,22 @@ def read_pid(path: Path) -> int | None:
     return pid if proc.alive(pid) else None
 
 
+def daemon_pid(path: Path) -> int | None:
+    """The pid in the pid file of a daemon a driver started, if that process runs and is that daemon: its command
+    line names the pid file's folder (`haproxy/<service>/`, `nginx/<service>/`, however the state directory
+    was spelled when it started).
+
+    A pid file outlives its process (a SIGKILL, a reboot), and the number in it may since be another
+    process's: one that must never be signalled, nor taken for the daemon (the next apply starts a new one).
+    """
+    pid = read_pid(path)
+    if pid is None:
+        return None
+    args = proc.cmdline(pid)
+    mark = f"/{path.parent.parent.name}/{path.parent.name}/"
+    return pid if args is not None and any(mark in f"/{arg}" for arg in args) else None
+
+
 async def wait_exit(pid: int, timeout: float) -> bool:
     """Whether `pid` has exited (reaped, if it was our child) within `timeout` seconds."""
     return await waiting.until(lambda: not proc.alive(pid), timeout=timeout, interval=EXIT_POLL)

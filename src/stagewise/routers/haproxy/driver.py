@@ -150,7 +150,7 @@ class HaproxyRouter:
                 await api.run([f"set server {s.backend}/{s.name} state maint" for s in servers], check=False)
                 await api.run([f"del server {s.backend}/{s.name}" for s in servers], check=False)
                 return
-            pid = process.read_pid(paths.pid)
+            pid = process.daemon_pid(paths.pid)
             if pid is not None:
                 # SIGUSR1 to the master: a soft stop, the workers finish the requests they have
                 await process.terminate(pid, first=signal.SIGUSR1, timeout=STOP_TIMEOUT)
@@ -281,7 +281,7 @@ class HaproxyRouter:
 
     async def _recover(self, paths: Paths, api: RuntimeApi) -> bool:
         """A master that runs but whose worker does not answer: give it a moment, else end it."""
-        pid = process.read_pid(paths.pid)
+        pid = process.daemon_pid(paths.pid)
         if pid is None:
             return False
         if await waiting.until_awaited(lambda: self._answers(api), timeout=RECOVER_TIMEOUT):

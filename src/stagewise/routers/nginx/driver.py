@@ -75,7 +75,7 @@ class NginxRouter:
                 runtime.prepare(paths, user)
             paths.temp.mkdir(mode=0o700, exist_ok=True)
             config = render(table, paths, workers=self.workers, user=(user.name, user.group) if user else None)
-            master = process.read_pid(paths.pid)
+            master = process.daemon_pid(paths.pid)
             if master is None:
                 await self._check(paths, config)
                 paths.candidate.replace(paths.config)
@@ -93,7 +93,7 @@ class NginxRouter:
     async def stats(self, *, service: str) -> RouterStats:
         async with self._lock(service):
             paths = self.paths(service)
-            master = process.read_pid(paths.pid)
+            master = process.daemon_pid(paths.pid)
             if master is None:
                 return RouterStats()  # nothing runs, so nothing was counted; the next apply starts it
             boot = _boot(master)
@@ -104,7 +104,7 @@ class NginxRouter:
     async def stop(self, *, service: str) -> None:
         async with self._lock(service):
             paths = self.paths(service)
-            master = process.read_pid(paths.pid)
+            master = process.daemon_pid(paths.pid)
             if master is not None:
                 # SIGQUIT: a graceful shutdown, requests in flight finish
                 await process.terminate(master, first=signal.SIGQUIT, timeout=STOP_TIMEOUT)
@@ -122,7 +122,7 @@ class NginxRouter:
 
     def _rotate_in_background(self, service: str, paths: Paths) -> None:
         """Keep a `Rotator` on the running master's log (a new one for a new master)."""
-        master = process.read_pid(paths.pid)
+        master = process.daemon_pid(paths.pid)
         rotator = self._rotators.get(service)
         if master is None or (rotator is not None and rotator.master == master):
             return
@@ -203,7 +203,7 @@ def _boot(master: int) -> str:
 
 def _has_workers(paths: Paths) -> bool:
     """Whether the nginx of the pid file runs with its workers forked."""
-    master = process.read_pid(paths.pid)
+    master = process.daemon_pid(paths.pid)
     return master is not None and bool(proc.children(master))
 
 
