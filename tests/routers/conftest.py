@@ -15,6 +15,7 @@ import hashlib
 import shutil
 import socket
 import socketserver
+import subprocess
 import tempfile
 import threading
 import time
@@ -351,3 +352,18 @@ async def raw_client(port: int) -> AsyncIterator[RawClient]:
         yield c
     finally:
         await c.close()
+
+
+@contextlib.contextmanager
+def stale_pid_file(pid_file: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A pid file whose number another process has by now (a daemon killed, or a reboot, and the pid reused):
+    a `sleep` of this test's own, which must still run when the test is done with the router."""
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    other = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        pid_file.write_text(f"{other.pid}\n")
+        yield other
+        assert other.poll() is None, "the process the stale pid file named was signalled"
+    finally:
+        other.kill()
+        other.wait()

@@ -34,7 +34,7 @@ from stagewise.routers.haproxy.api import RuntimeApi
 from stagewise.routers.haproxy.config import cohort_bucket_crc32
 from stagewise.routers.haproxy.driver import master_command
 from tests.routers.balancers import Client, each_user, slow_request, table, versions
-from tests.routers.conftest import Upstream, short_dir, wait_until
+from tests.routers.conftest import Upstream, short_dir, stale_pid_file, wait_until
 from tests.routers.programs import need
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -298,21 +298,13 @@ async def test_a_pid_file_naming_another_process_is_not_taken_for_haproxy(haprox
     """A pid file outlives its HAProxy (a SIGKILL, a reboot) and its number may be another process's by now: that
     process is never signalled (the recovery of a master that does not answer would end it) nor taken for
     HAProxy — the next apply starts one."""
-    folder = haproxy.state_dir / "haproxy" / "shop"
-    folder.mkdir(parents=True)
-    other = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
-    try:
-        (folder / "haproxy.pid").write_text(f"{other.pid}\n")
+    with stale_pid_file(haproxy.state_dir / "haproxy" / "shop" / "haproxy.pid"):
         port = free_port()
         started = time.monotonic()
         await haproxy.apply(table=table(port, upstreams))
         assert time.monotonic() - started < 5.0, "started at once, not after waiting for the other process"
         assert (await versions(port, 10)).total() == 10
         await haproxy.stop(service="shop")
-        assert other.poll() is None, "the process the stale pid file named was signalled"
-    finally:
-        other.kill()
-        other.wait()
 
 
 async def test_stats_of_a_service_with_no_haproxy_are_empty(haproxy: HaproxyRouter) -> None:

@@ -19,7 +19,6 @@ import pwd
 import shutil
 import signal
 import stat
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from stagewise.errors import PermanentError, RouterConfigError, TemporaryError
 from stagewise.routers.common import process
 from stagewise.routers.nginx import NginxRouter
 from tests.routers.balancers import Client, each_user, slow_request, table, versions
-from tests.routers.conftest import Upstream, short_dir, wait_until
+from tests.routers.conftest import Upstream, short_dir, stale_pid_file, wait_until
 from tests.routers.programs import need
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -90,20 +89,12 @@ async def test_weights_headers_and_preview(nginx: NginxRouter, upstreams: Any) -
 async def test_a_pid_file_naming_another_process_is_not_taken_for_nginx(nginx: NginxRouter, upstreams: Any) -> None:
     """A pid file outlives its nginx (a SIGKILL, a reboot) and its number may be another process's by now: that
     process is never signalled (a reload would send it SIGHUP) nor taken for nginx — the next apply starts one."""
-    folder = nginx.state_dir / "nginx" / "shop"
-    folder.mkdir(parents=True)
-    other = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
-    try:
-        (folder / "nginx.pid").write_text(f"{other.pid}\n")
+    with stale_pid_file(nginx.state_dir / "nginx" / "shop" / "nginx.pid") as other:
         port = free_port()
         await nginx.apply(table=table(port, upstreams))
         assert (await versions(port, 10)).total() == 10
         assert master(nginx) != other.pid
         await nginx.stop(service="shop")
-        assert other.poll() is None, "the process the stale pid file named was signalled"
-    finally:
-        other.kill()
-        other.wait()
 
 
 async def test_cohort_is_sticky_and_only_grows(nginx: NginxRouter, upstreams: Any) -> None:
