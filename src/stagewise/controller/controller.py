@@ -61,6 +61,7 @@ from stagewise.controller.schedule import Budget, Schedule, next_resync, only_lo
 from stagewise.controller.shared_windows import SharedWindows
 from stagewise.controller.work import (
     Aids,
+    KnownReleases,
     Work,
     act,
     decide_one,
@@ -178,6 +179,7 @@ class Controller:
         """How many services a tick can take in its time (controller/schedule.py)."""
         self._background: set[asyncio.Task[None]] = set()
         self._plans: dict[str, tuple[Delivery, Plan]] = {}
+        self._releases = KnownReleases()
         self._applied = Applied()
         self._retries = Retries()
         self._measurer = Measurer()
@@ -441,7 +443,7 @@ class Controller:
             lock.release()
             return None
         self._busy.add(name)
-        return Work(name=name, record=record, active=self._held.delivery(name))
+        return Work(name=name, record=record, active=self._held.delivery(name), known=self._releases)
 
     async def _observe(self, work: Work) -> None:
         spec = work.spec
@@ -770,6 +772,7 @@ class Controller:
         self._held.forget(name)
         self._schedule.drop(name)
         self._plans.pop(name, None)
+        self._releases.forget(name)
         self._measurer.forget(name)
         self._hooks.forget(name)
         self._applied.forget(name)

@@ -71,6 +71,8 @@ class Work:
     """The exception behind `error` when it was a bug."""
     news: list[Event] = field(default_factory=list)
     """Events of the service outside any delivery (its stable release's instances)."""
+    known: KnownReleases | None = None
+    """The controller's releases of each service, kept from tick to tick (none: made afresh)."""
 
     @property
     def spec(self) -> ServiceSpec:
@@ -79,7 +81,8 @@ class Work:
     @cached_property
     def releases(self) -> dict[str, ReleaseSpec]:
         """The releases the platform runs for the service (its record and delivery do not change within a tick)."""
-        return releases_of(self.record, self.active)
+        return releases_of(self.record, self.active) if self.known is None else self.known.of(self.record,
+                                                                                                self.active)
 
     def drivers(self) -> tuple[Platform, Router]:
         assert self.platform is not None and self.router is not None  # found before observing
@@ -271,6 +274,33 @@ def releases_of(record: ServiceRecord, active: Delivery | None) -> dict[str, Rel
             out[active.stable.version] = with_version(active.stable)
         out[active.candidate.version] = with_version(active.candidate)
     return out
+
+
+class KnownReleases:
+    """Each service's `releases_of`, kept while its releases stay the same objects.
+
+    A delivery in flight is a new object after every look of its judges, but its releases are the
+    same objects until it ends, and `{version}` in them was replaced once already: making the dict
+    again on every tick was a twentieth of an idle look. The dict given out is shared: read only.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[ReleaseSpec | None, ReleaseSpec | None, ReleaseSpec | None,
+                                    dict[str, ReleaseSpec]]] = {}
+
+    def of(self, record: ServiceRecord, active: Delivery | None) -> dict[str, ReleaseSpec]:
+        stable, was, candidate = record.stable, None, None
+        if active is not None:
+            was, candidate = active.stable, active.candidate
+        kept = self._kept.get(record.name)
+        if kept is not None and kept[0] is stable and kept[1] is was and kept[2] is candidate:
+            return kept[3]
+        releases = releases_of(record, active)
+        self._kept[record.name] = (stable, was, candidate, releases)
+        return releases
+
+    def forget(self, name: str) -> None:
+        self._kept.pop(name, None)
 
 
 VERSION_PLACEHOLDER = "{version}"

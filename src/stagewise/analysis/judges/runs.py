@@ -141,7 +141,20 @@ def split_alpha(template: AnalysisTemplate, shares: int) -> AnalysisTemplate:
     """
     if shares <= 1 or template.judge != "sequential":
         return template
-    return template.model_copy(update={"alpha": template.alpha / shares})
+    # made once per template: a run's templates are its spec's, the same objects on every look
+    kept = _split.get((id(template), shares))
+    if kept is None or kept[0] is not template:
+        if len(_split) >= SPLIT_MAX:
+            _split.clear()
+        split = template.model_copy(update={"alpha": template.alpha / shares})
+        kept = _split[(id(template), shares)] = (template, split)
+    return kept[1]
+
+
+SPLIT_MAX = 16_384
+"""Templates whose split `split_alpha` keeps (a spec's templates live as long as its delivery); past this many
+it starts afresh."""
+_split: dict[tuple[int, int], tuple[AnalysisTemplate, AnalysisTemplate]] = {}
 
 
 def named(verdict: Verdict, name: str, *, several: bool) -> Verdict:
