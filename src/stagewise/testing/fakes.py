@@ -36,6 +36,9 @@ class FakePlatform:
         self.seq = 0
         self.starts = 0
         self.stops = 0
+        self._views: dict[str, tuple[tuple[tuple[Instance, ...], tuple[tuple[str, int], ...]], PlatformView]] = {}
+        """Each service's last view, and what it was made of: given again while none of that changed (an
+        instance replaced, added or removed, by the platform or by a test's hand, makes a new one)."""
 
     async def observe(self, *, service: str, releases: dict[str, ReleaseSpec]) -> PlatformView:
         now = self.clock()
@@ -49,10 +52,16 @@ class FakePlatform:
                 events.append(f"instance {iid} exited with status 1")
             elif inst.state is InstanceState.STARTING and now - inst.started_at >= self.startup:
                 current[iid] = inst.model_copy(update={"state": InstanceState.READY, "ready_at": now})
+        failures = self.failures.get(service, {})
+        seen = (tuple(current.values()), tuple(failures.items()))
+        kept = self._views.get(service)
+        if not events and kept is not None and kept[0] == seen:
+            return kept[1]  # nothing moved since: the same view (the controller only reads it)
         # built from instances it made itself: nothing to validate (a benchmark asks thousands of times a second)
-        return PlatformView.model_construct(instances=sorted(current.values(), key=lambda i: i.seq),
-                                            failures=dict(self.failures.get(service, {})), events=events,
-                                            hosts=[], unreachable={})
+        view = PlatformView.model_construct(instances=sorted(current.values(), key=lambda i: i.seq),
+                                            failures=dict(failures), events=events, hosts=[], unreachable={})
+        self._views[service] = (seen, view)
+        return view
 
     async def start(self, *, service: str, release: ReleaseSpec, count: int) -> list[Instance]:
         out = []
