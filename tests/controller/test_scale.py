@@ -7,7 +7,9 @@
   not on every tick: a controller that dies loses at most that second, and
   its successor goes on from the last point to the same end.
 - A tick that would take longer than its budget puts off looks that can
-  wait — one tick at most, never a step's timer or anything else.
+  wait — two ticks in a row at most, never a step's timer or anything
+  else; a tick that runs long all the same decides such looks last, while
+  it has time, and puts off the rest.
 - The garbage a tick leaves is collected between two ticks, not within one.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stagewise.controller.controller import PAUSE_LOOK, YOUNG_BETWEEN_TICKS
-from stagewise.controller.schedule import Budget
+from stagewise.controller.schedule import DECIDING, PUT_OFF_MAX, Budget
 from stagewise.core.delivery import Delivery, Phase
 from stagewise.core.verdict import Outcome
 from stagewise.platforms import PlatformView
@@ -123,7 +125,8 @@ async def test_a_controller_that_stops_writes_the_looks_it_held(tmp_path: Path) 
     assert held is not None and stored == held
 
 
-def test_a_budget_puts_off_only_what_can_wait_and_nothing_twice_in_a_row() -> None:
+def test_a_budget_puts_off_only_what_can_wait_and_nothing_more_than_two_ticks_in_a_row() -> None:
+    assert PUT_OFF_MAX == 2
     budget = Budget(0.2)
     due = [f"svc-{i}" for i in range(10)]
     assert budget.take(due, lambda name: True) == (due, [])  # no cost known yet: everything
@@ -132,15 +135,29 @@ def test_a_budget_puts_off_only_what_can_wait_and_nothing_twice_in_a_row() -> No
     taken, put_off = budget.take(due, looks_only.__contains__)
     assert taken == ["svc-0", "svc-1", "svc-2", "svc-3", "svc-4"]
     assert put_off == ["svc-5", "svc-6", "svc-7", "svc-8", "svc-9"]
-    # the next tick takes those first, whatever its budget; only the others may wait again
+    # once more: those put off may wait a second tick, and the others may wait too
     taken, put_off = budget.take(put_off + taken, looks_only.__contains__)
-    assert taken[:5] == ["svc-5", "svc-6", "svc-7", "svc-8", "svc-9"] and set(put_off) <= {"svc-2", "svc-3", "svc-4"}
+    assert taken == ["svc-0", "svc-1", "svc-5", "svc-6", "svc-7"]
+    assert put_off == ["svc-8", "svc-9", "svc-2", "svc-3", "svc-4"]
+    # the third tick takes those put off twice first, whatever its budget
+    taken, put_off = budget.take(put_off + taken, looks_only.__contains__)
+    assert taken[:2] == ["svc-8", "svc-9"] and not {"svc-8", "svc-9"} & set(put_off)
+    assert not budget.may_wait("svc-8") and budget.may_wait("svc-2")
+    # a look put off within a tick (`put_off`) counts the same
+    budget.put_off(["svc-0"])
+    budget.take([], looks_only.__contains__)
+    assert budget.may_wait("svc-0")  # put off once
+    budget.put_off(["svc-0"])
+    budget.take([], looks_only.__contains__)
+    assert not budget.may_wait("svc-0")  # twice in a row
     # nothing that cannot wait is ever put off, even past the budget
     budget.spent(100.0, 10)
     assert budget.take(due, lambda name: False) == (due, [])
+    # a tick decides looks that can wait while it has spent less than its share of the budget
+    assert budget.deciding(0.0) and budget.deciding(DECIDING * 0.2 - 0.001) and not budget.deciding(DECIDING * 0.2)
 
 
-async def test_a_tick_short_of_time_puts_a_look_off_one_tick_at_most(tmp_path: Path) -> None:
+async def test_a_tick_short_of_time_puts_a_look_off_two_ticks_at_most(tmp_path: Path) -> None:
     world, platform = await counted(tmp_path)
     await world.controller.apply(make_spec("v2", {"canary": {"steps": [
         {"setWeight": 50}, {"analysis": {"templates": ["errors"], "duration": "10m"}}]}}))
@@ -148,14 +165,39 @@ async def test_a_tick_short_of_time_puts_a_look_off_one_tick_at_most(tmp_path: P
     assert running(world.controller._held.delivery("shop"))
     platform.looked["shop"].clear()
     budget = world.controller._budget
-    for _ in range(12):  # one service that costs more than a tick's budget: its looks can wait, every other tick
+    for _ in range(12):  # one service that costs more than a tick's budget: its looks can wait, two ticks in three
         budget.cost = 10.0
         await world.controller.tick()
         world.clock.advance(TICK)
     looks = platform.looked["shop"]
-    assert [round(b - a, 2) for a, b in itertools.pairwise(looks)] == [2 * TICK] * (len(looks) - 1), looks
-    assert len(looks) >= 5
+    assert [round(b - a, 2) for a, b in itertools.pairwise(looks)] == [3 * TICK] * (len(looks) - 1), looks
+    assert len(looks) >= 4
     budget.cost = None
+    world.router.error_rate["v2"] = 0.3
+    assert await world.run() is Phase.ROLLED_BACK
+
+
+async def test_a_tick_that_runs_long_decides_looks_that_can_wait_last_and_puts_off_the_rest(tmp_path: Path) -> None:
+    world, platform = await counted(tmp_path)
+    await world.controller.apply(make_spec("v2", {"canary": {"steps": [
+        {"setWeight": 50}, {"analysis": {"templates": ["errors"], "duration": "10m"}}]}}))
+    await world.run(seconds=3, until=set())
+    controller, budget = world.controller, world.controller._budget
+    assert running(controller._held.delivery("shop"))
+    platform.looked["shop"].clear()
+    budget.seconds = 0.0  # every tick has spent its budget already when it comes to the looks
+    seen = []
+    for _ in range(9):
+        budget.cost = None  # and the estimate before it foresaw nothing: the look is observed, then put off
+        before = controller._held.delivery("shop")
+        await controller.tick()
+        after = controller._held.delivery("shop")
+        assert after is not None and before is not None
+        seen.append(after.analysis["step-1"].last != before.analysis["step-1"].last)
+        world.clock.advance(TICK)
+    assert seen == [False, False, True] * 3  # judged on every third tick: put off twice, then taken
+    assert len(platform.looked["shop"]) == 9  # observed on every one: put off within the tick
+    budget.seconds = 0.8 * TICK
     world.router.error_rate["v2"] = 0.3
     assert await world.run() is Phase.ROLLED_BACK
 

@@ -323,13 +323,44 @@ class Controller:
             return
         now = self.clock()
         aids = Aids(now=now, hooks=self._hooks, measurer=self._measurer, windows=self.windows.current())
+        looks = self._looks_that_can_wait(works, now)
         for work in works:
-            if work.error is None:
+            if work.error is None and work.name not in looks:
                 with failing_alone(work):
                     decide_one(work, aids)
+        for work in works:  # last, while the tick has time: the others wait (`Budget.deciding`)
+            if work.name in looks:
+                if not self._budget.deciding(time.perf_counter() - started):
+                    self._put_off(work)
+                    continue
+                with failing_alone(work):
+                    decide_one(work, aids)
+        works = [w for w in works if w.name not in self._budget.waiting]
         self._commit(works, now)
         await self._each(works, self._act_one)
         self._budget.spent(time.perf_counter() - started, len(works))
+
+    def _looks_that_can_wait(self, works: list[Work], now: float) -> set[str]:
+        """The services among `works` whose only business this tick is a look of their judges, and that may
+        wait (`schedule.only_looks`, `Budget.may_wait`)."""
+        if self.resync_seconds <= 0:
+            return set()  # a sweep decides everything
+        horizon = now + self.tick_seconds
+        return {w.name for w in works
+                if w.error is None and w.active is not None and w.plan is not None and self._budget.may_wait(w.name)
+                and only_looks(w.active, w.plan, horizon)}
+
+    def _put_off(self, work: Work) -> None:
+        """Leave a look that can wait, observed but not decided, to the next tick (`Budget`)."""
+        name = work.name
+        try:
+            self._budget.put_off([name])
+            if name in self._held:
+                self._schedule.at(name, float("-inf") if name in self._woken else self.clock())
+            self._woken.discard(name)
+        finally:
+            self._busy.discard(name)
+            self.lock(name).release()
 
     def _within_budget(self, due: list[str], now: float) -> list[str]:
         """The services due now that this tick takes (`schedule.Budget`): a look that can wait is one whose

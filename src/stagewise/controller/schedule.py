@@ -28,7 +28,7 @@ import heapq
 import itertools
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from stagewise.core.delivery import Delivery, Phase, started
 from stagewise.core.plan import Plan
@@ -98,6 +98,11 @@ class Schedule:
 
 COST_WEIGHT = 0.5
 """The weight of the last tick in `Budget`'s running estimate of what one service's reconcile takes."""
+PUT_OFF_MAX = 2
+"""Ticks in a row a look may be put off at most: it is taken on the next one, whatever the budget."""
+DECIDING = 0.6
+"""The share of the budget after which a tick decides no more looks that can wait (`Budget.deciding`): committing
+and acting on what it decided take the rest."""
 
 
 class Budget:
@@ -105,11 +110,13 @@ class Budget:
 
     All of them, unless their reconciles would take longer than `seconds` (at
     what one took on the recent ticks) — then some of those that `can_wait`
-    wait for the next tick, where they are taken first and whatever the
-    budget. Everything else is taken: a step's timer, a verb, a world to
-    converge. So a tick that the looks of a thousand analyses would stretch
-    past its period keeps to it, a look waits one tick at most, and a step is
-    still decided on the tick it is due.
+    wait for the next tick. And a tick whose reconciles cost more than that
+    estimate (many deliveries changing step together) decides the looks that
+    can wait last, and only while it has spent less than `DECIDING` of its
+    budget: the others are put off too (`put_off`). Everything else is taken:
+    a step's timer, a verb, a world to converge. So a tick that the looks of a
+    thousand analyses would stretch past its period keeps to it, a look waits
+    `PUT_OFF_MAX` ticks at most, and a step is still decided on the tick it is due.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -117,20 +124,35 @@ class Budget:
         self.cost: float | None = None
         """Seconds one service's reconcile took of the recent ticks' time (a running estimate); None: unknown."""
         self.waiting: set[str] = set()
-        """Services the last tick put off: taken on this one whatever the budget."""
+        """Services the last tick put off."""
+        self._in_a_row: dict[str, int] = {}
+        """Ticks in a row each service was put off, up to the last one."""
 
     def take(self, due: list[str], can_wait: Callable[[str], bool]) -> tuple[list[str], list[str]]:
-        """The services of `due` to take now, and those put off to the next tick."""
-        waited, self.waiting = self.waiting, set()
+        """The services of `due` to take now, and those put off to the next tick; a tick calls it first."""
+        self._in_a_row = {name: self._in_a_row.get(name, 0) + 1 for name in self.waiting}
+        self.waiting = set()
         if self.cost is None or len(due) * self.cost <= self.seconds:
             return due, []
         taken: list[str] = []
         may_wait: list[str] = []
         for name in due:
-            (may_wait if name not in waited and can_wait(name) else taken).append(name)
+            (may_wait if self.may_wait(name) and can_wait(name) else taken).append(name)
         room = max(0, int(self.seconds / self.cost) - len(taken))
-        self.waiting = set(may_wait[room:])
+        self.put_off(may_wait[room:])
         return taken + may_wait[:room], may_wait[room:]
+
+    def may_wait(self, name: str) -> bool:
+        """Whether `name` may be put off on this tick (if it can wait): not `PUT_OFF_MAX` ticks in a row yet."""
+        return self._in_a_row.get(name, 0) < PUT_OFF_MAX
+
+    def put_off(self, names: Iterable[str]) -> None:
+        """This tick leaves `names` to the next one."""
+        self.waiting.update(names)
+
+    def deciding(self, spent: float) -> bool:
+        """Whether a tick that has spent `spent` seconds so far still decides looks that can wait."""
+        return spent < DECIDING * self.seconds
 
     def spent(self, seconds: float, services: int) -> None:
         """A tick took `seconds` for `services` reconciles."""
