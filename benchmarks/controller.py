@@ -21,7 +21,7 @@ measures each tick:
 - CPU per service: the CPU of a tick over the number of services;
 - store writes: transactions and rows changed per tick;
 - looks put off: analyses whose look a tick short of time left to the next
-  tick (`controller/schedule.py`, `Budget`; one tick at most), per tick;
+  tick (`controller/schedule.py`, `Budget`; two ticks in a row at most), per tick;
 - memory: the process's peak resident size (VmHWM), setup included;
 - steps decided on time: each timed pause of a canary is due at the moment
   its world was ready plus its duration; it is decided on time when the

@@ -224,8 +224,8 @@ def only_looks(delivery: Delivery, plan: Plan, horizon: float) -> bool:
     by `horizon`, its step's timed pause does not either, and nothing else can
     move it (`_unattended`). A look put off to the next tick changes only when
     the judges see the counts — they are anytime-valid, however the counts are
-    cut — so a tick short of time may put it off (the controller, never twice
-    in a row).
+    cut — so a tick short of time may put it off (`Budget`: two ticks in a row
+    at most).
     """
     if not _unattended(delivery):
         return False
