@@ -1,5 +1,6 @@
 """What only the SQLite store has: a file under the state directory, its pragmas (WAL, FULL sync, foreign keys,
-a busy timeout), a file that is not a database, and the file's integrity after a writer was killed.
+a busy timeout), checkpoints beside the controller, a file that is not a database, and the file's integrity
+after a writer was killed.
 
 Everything both backends promise is checked on SQLite too, by the contract suite (test_contract.py).
 """
@@ -7,15 +8,18 @@ Everything both backends promise is checked on SQLite too, by the contract suite
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from stagewise.basics import waiting
 from stagewise.errors import StoreError
-from stagewise.store import open_store
-from stagewise.store.sqlite import SqliteStore
+from stagewise.store import Write, open_store
+from stagewise.store.sqlite import CHECKPOINT_BACKSTOP, SqliteStore
+from tests.store.samples import make_delivery, make_service
 from tests.store.test_contract import run_writer_until_killed
 
 pytestmark = pytest.mark.timeout(30)
@@ -82,3 +86,23 @@ def test_a_writer_killed_mid_loop_leaves_the_file_intact(db: Path) -> None:
     run_writer_until_killed(f"sqlite:{db}")
     with raw(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_controllers_writes_are_checkpointed_beside_it_not_within_its_commits(store: SqliteStore,
+                                                                                   db: Path) -> None:
+    deliveries = []
+    for i in range(200):
+        store.put_service(make_service(f"svc-{i}"))
+        deliveries.append(store.create_delivery(make_delivery(f"svc-{i}"), []))
+    store.close()  # the last close checkpoints: the file holds all of that, and the WAL is empty
+    with SqliteStore(db) as again:
+        mark, size = again.change_mark(), db.stat().st_size
+        padded = [d.model_copy(update={"message": f"{i}" * 20_000}) for i, d in enumerate(deliveries)]
+        again.save_all([Write(service=d.service, delivery=d) for d in padded])  # 4 MB: past SQLite's own 1,000 pages
+        with raw(db) as conn:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # another connection: its own
+        assert again._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == CHECKPOINT_BACKSTOP
+        assert waiting.blocking_until(lambda: db.stat().st_size > size + 4_000_000, timeout=10)  # while open
+        assert again.change_mark() == mark  # a checkpoint moves no content: nothing to read again
+        assert [d.message for d in again.active_deliveries()] == [d.message for d in padded]
+    assert not [t for t in threading.enumerate() if t.name.startswith("checkpoint ")]  # closed with the store

@@ -12,6 +12,10 @@ follow from that:
   migration, and a file written by a newer stagewise is refused rather than
   misread.
 
+Once the controller writes its ticks here (`save_all`), the WAL is copied
+back into the file by a thread of its own (`Checkpointer`), not within the
+commit that must return before the controller acts.
+
 The SQL of the reads and writes is PostgreSQL's too, written once in
 `sql.py` and `sql_gates.py`; this module gives it the file, its transactions
 and the schema's migrations.
@@ -23,8 +27,10 @@ never lets a `sqlite3` exception escape: callers see the `StagewiseError` tree.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,10 +38,12 @@ from types import TracebackType
 from typing import Any
 
 from stagewise.errors import SchemaTooNewError, StoreBusyError, StoreError
-from stagewise.store import upgrades
+from stagewise.store import Write, upgrades
 from stagewise.store.sql import Rows, SqlTables
 from stagewise.store.sql_gates import SqlGatesTables
 from stagewise.store.sqlite_leases import LeaseTables, v8_leases
+
+log = logging.getLogger(__name__)
 
 # --- schema and its forward migrations ---------------------------------------------------
 
@@ -206,6 +214,59 @@ def _translated(where: Path) -> Iterator[None]:
 
 # --- the store -----------------------------------------------------------------------------
 
+CHECKPOINT_BACKSTOP = 16_384
+"""WAL pages after which a committing connection checkpoints by itself once the checkpointer runs (SQLite's
+own default is 1,000): only if the checkpointer falls that far behind, or could not start."""
+
+
+class Checkpointer:
+    """Copies the WAL back into the database file from a thread and a connection of its own.
+
+    SQLite does it within the commit that takes the WAL past 1,000 pages (4 MB): a tick that writes a
+    thousand deliveries paid for writing them twice, and for a second fsync, before it could act on
+    any. Here the copy runs beside the controller, on the other core, after each of its commits
+    (`nudge`); a PASSIVE checkpoint never waits for a writer nor makes one wait, and the database's
+    content, and so `change_mark`, does not move.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._due = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"checkpoint {path.name}", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """Checkpoint once more, soon."""
+        self._due.set()
+
+    def stop(self) -> None:
+        """Let the thread end, after the checkpoint under way if any."""
+        self._stopping = True
+        self._due.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("%s: cannot checkpoint beside the controller (%s): commits do it themselves", self._path,
+                        exc)
+            return
+        try:
+            while True:
+                self._due.wait()
+                self._due.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the next nudge tries again; commits stay safe meanwhile
+                    log.warning("%s: checkpoint failed: %s", self._path, exc)
+        finally:
+            conn.close()
+
 
 class SqliteStore(SqlTables[sqlite3.Connection], SqlGatesTables[sqlite3.Connection], LeaseTables):
     """The `Store` protocol over one SQLite file, safe to share between threads.
@@ -235,6 +296,8 @@ class SqliteStore(SqlTables[sqlite3.Connection], SqlGatesTables[sqlite3.Connecti
             conn.close()
             raise
         self._conn = conn
+        self._checkpointer: Checkpointer | None = None
+        self._stop_checkpointer: weakref.finalize[[], SqliteStore] | None = None
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         # Wait for another process's write instead of failing at once.
@@ -296,7 +359,20 @@ class SqliteStore(SqlTables[sqlite3.Connection], SqlGatesTables[sqlite3.Connecti
         with self._read() as conn:
             return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
+    def save_all(self, writes: Sequence[Write]) -> None:
+        """`SqlTables.save_all`, then a checkpoint beside the caller (`Checkpointer`, started by the first call:
+        the controller's ticks are what write in bulk)."""
+        super().save_all(writes)
+        if self._checkpointer is None:
+            with self._lock, _translated(self._path):
+                self._conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_BACKSTOP}")
+            self._checkpointer = Checkpointer(self._path)
+            self._stop_checkpointer = weakref.finalize(self, self._checkpointer.stop)
+        self._checkpointer.nudge()
+
     def close(self) -> None:
         """Close the connection; SQLite checkpoints the WAL into the main file on the last close."""
+        if self._stop_checkpointer is not None:
+            self._stop_checkpointer()
         with self._lock:
             self._conn.close()
