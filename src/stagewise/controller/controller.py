@@ -220,7 +220,10 @@ class Controller:
         return self._retries.everyone_failing()
 
     def lock(self, service: str) -> asyncio.Lock:
-        return self._locks.setdefault(service, asyncio.Lock())
+        lock = self._locks.get(service)
+        if lock is None:
+            lock = self._locks[service] = asyncio.Lock()
+        return lock
 
     async def close(self) -> None:
         background, self._background = list(self._background), set()
@@ -593,8 +596,9 @@ class Controller:
         cached = self._plans.get(delivery.service)
         if cached is not None:
             seen, plan = cached
-            if (seen.id, seen.attempt) == (delivery.id, delivery.attempt) and seen.spec is delivery.spec \
-                    and seen.stable is delivery.stable and seen.abort_world == delivery.abort_world:
+            if seen.spec is delivery.spec and seen.stable is delivery.stable and seen.id == delivery.id \
+                    and seen.attempt == delivery.attempt and (seen.abort_world is delivery.abort_world
+                                                              or seen.abort_world == delivery.abort_world):
                 return plan
         plan = compile_plan(delivery.spec, delivery.stable, abort_world=delivery.abort_world)
         self._plans[delivery.service] = (delivery, plan)

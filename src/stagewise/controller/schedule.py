@@ -172,13 +172,16 @@ def next_resync(service: str, now: float, period: float) -> float:
     return (math.floor((now - offset) / period) + 1) * period + offset
 
 
-_OPEN = (Outcome.RUNNING, Outcome.NO_DATA)
+_OPEN = frozenset({Outcome.RUNNING, Outcome.NO_DATA})
+_RUNNING = Outcome.RUNNING
+_MOVING = frozenset({Phase.PROGRESSING, Phase.PROMOTING})
+"""(Members as globals: looked up on their Enum class, for every delivery due on every tick, they cost 4×.)"""
 
 
 def _unattended(delivery: Delivery) -> bool:
     """Moving forward, ready in its step, with nothing but its own gates to pass: no person's pause or promote,
     nothing holding it (a hook, an approval, a window), no hooks (their calls and answers come on any tick)."""
-    return (delivery.phase in (Phase.PROGRESSING, Phase.PROMOTING) and not delivery.paused
+    return (delivery.phase in _MOVING and not delivery.paused
             and not delivery.release_gate and delivery.waiting is None and started(delivery)
             and delivery.ready_at is not None and not delivery.spec.spec.hooks)
 
@@ -230,7 +233,7 @@ def only_looks(delivery: Delivery, plan: Plan, horizon: float) -> bool:
     if not _unattended(delivery):
         return False
     running = [run for run in delivery.analysis.values() if run.verdict.outcome in _OPEN]
-    if not running or any(run.verdict.outcome is not Outcome.RUNNING for run in running):
+    if not running or any(run.verdict.outcome is not _RUNNING for run in running):
         return False
     if any(run.duration is not None and run.started_at + run.duration <= horizon for run in running):
         return False

@@ -82,6 +82,10 @@ class Observation(BaseModel):
     """Windows shared by every service (the server's windows file), besides the spec's own."""
 
 
+_ROLLING_BACK = frozenset({Phase.ABORTING, Phase.FAILED, Phase.ROLLED_BACK})
+"""Phases whose steps are the plan's rollback."""
+
+
 class Delivery(BaseModel):
     id: int = 0
     service: str
@@ -135,7 +139,7 @@ class Delivery(BaseModel):
         return "full" if self.stable is None else self.spec.spec.strategy.name
 
     def steps(self, plan: Plan) -> tuple[Step, ...]:
-        return plan.rollback if self.phase in (Phase.ABORTING, Phase.FAILED, Phase.ROLLED_BACK) else plan.steps
+        return plan.rollback if self.phase in _ROLLING_BACK else plan.steps
 
     def current(self, plan: Plan) -> Step | None:
         steps = self.steps(plan)
