@@ -11,6 +11,7 @@
   else; a tick that runs long all the same decides such looks last, while
   it has time, and puts off the rest.
 - The garbage a tick leaves is collected between two ticks, not within one.
+- `apply` reads the service from memory unless another process wrote since.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from stagewise.controller.controller import PAUSE_LOOK, YOUNG_BETWEEN_TICKS
 from stagewise.controller.schedule import DECIDING, PUT_OFF_MAX, Budget
 from stagewise.core.delivery import Delivery, Phase
 from stagewise.core.verdict import Outcome
+from stagewise.errors import ConflictError
 from stagewise.platforms import PlatformView
+from stagewise.store import open_store
 from stagewise.testing import FakeClock, FakePlatform
 from tests.controller.conftest import World, make_spec
 
@@ -219,3 +224,27 @@ def test_the_garbage_of_a_tick_is_collected_between_ticks(tmp_path: Path) -> Non
         gc.unfreeze()
         gc.set_threshold(*thresholds)
         controller.store.close()
+
+
+async def test_apply_reads_the_service_from_memory_unless_another_process_wrote_since(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    await world.controller.apply(make_spec("v1", {"full": {}}))
+    assert await world.run() is Phase.SUCCEEDED
+    controller, reads = world.controller, list[str]()
+    store = controller.store
+    read = store.get_service
+    store.get_service = lambda name: reads.append(name) or read(name)  # type: ignore[method-assign]
+    # another process starts a delivery of v3 while this controller is between ticks
+    with open_store(state_dir=tmp_path) as other:
+        record = other.get_service("shop")
+        assert record is not None
+        other.create_delivery(Delivery(service="shop", spec=make_spec("v3", {"full": {}}), stable=record.stable,
+                                       created_at=world.clock.now, updated_at=world.clock.now), [])
+    with pytest.raises(ConflictError, match=r"\(v1 → v3\) is Pending"):
+        await controller.apply(make_spec("v2", {"full": {}}))
+    assert reads == ["shop"]  # the store moved: read from it
+    await controller.tick()  # reads the store again (`_refresh`): memory and store agree once more
+    reads.clear()
+    with pytest.raises(ConflictError, match=r"\(v1 → v3\) is"):
+        await controller.apply(make_spec("v2", {"full": {}}))
+    assert reads == []  # nobody else wrote since: from memory, which knows of v3 now

@@ -612,6 +612,14 @@ class Controller:
         self._wake(name)
         self.changed.set()
 
+    def _committed(self, name: str) -> tuple[ServiceRecord | None, Delivery | None]:
+        """The service's record and its latest delivery (or None when none is in flight), as committed: from
+        memory while the store says no other process wrote since it was read (`change_mark`), else from the
+        store — always with several controllers, whose leases move services between them."""
+        if self.leases is None and self._mark is not None and self.store.change_mark() == self._mark:
+            return self._held.record(name), self._held.delivery(name)
+        return self.store.get_service(name), self.store.latest_delivery(name)
+
     async def apply(self, spec: ServiceSpec, *, actor: str = "",
                     override_freeze: str | None = None) -> tuple[str, Delivery | None]:
         """Store `spec`; start a delivery when its release differs from the stable one.
@@ -622,8 +630,7 @@ class Controller:
         name = spec.name
         async with self.lock(name):
             now = self.clock()
-            record = self.store.get_service(name)
-            latest = self.store.latest_delivery(name)
+            record, latest = self._committed(name)
             by = f" by {actor}" if actor else ""
             overridden = [] if override_freeze is None else [
                 Event(at=now, kind="user", message=f"freeze windows overridden{by}: {override_freeze}")]
