@@ -81,8 +81,9 @@ class Work:
     @cached_property
     def releases(self) -> dict[str, ReleaseSpec]:
         """The releases the platform runs for the service (its record and delivery do not change within a tick)."""
-        return releases_of(self.record, self.active) if self.known is None else self.known.of(self.record,
-                                                                                                self.active)
+        if self.known is not None:
+            return self.known.of(self.record, self.active)
+        return releases_of(self.record, self.active)
 
     def drivers(self) -> tuple[Platform, Router]:
         assert self.platform is not None and self.router is not None  # found before observing
@@ -285,7 +286,7 @@ class KnownReleases:
 
     A delivery in flight is a new object after every look of its judges, but its releases are the
     same objects until it ends, and `{version}` in them was replaced once already: making the dict
-    again on every tick was a twentieth of an idle look. The dict given out is shared: read only.
+    again cost about 8 µs of every reconcile. The dict given out is shared: read only.
     """
 
     def __init__(self) -> None:
