@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 from pathlib import Path
@@ -224,6 +225,31 @@ def test_the_garbage_of_a_tick_is_collected_between_ticks(tmp_path: Path) -> Non
         gc.unfreeze()
         gc.set_threshold(*thresholds)
         controller.store.close()
+
+
+async def test_a_tick_that_waits_on_a_slow_driver_puts_no_look_off(tmp_path: Path) -> None:
+    world, platform = await counted(tmp_path)
+    await world.controller.apply(make_spec("v2", {"canary": {"steps": [
+        {"setWeight": 50}, {"analysis": {"templates": ["errors"], "duration": "10m"}}]}}))
+    await world.run(seconds=3, until=set())
+    controller = world.controller
+    assert running(controller._held.delivery("shop"))
+    observe = platform.observe
+
+    async def slow(**kwargs: Any) -> PlatformView:  # a host far away: 0.15 s, past the budget's 60%
+        await asyncio.sleep(0.15)
+        return await observe(**kwargs)
+
+    platform.observe = slow  # type: ignore[method-assign]
+    seen = []
+    for _ in range(4):
+        before = controller._held.delivery("shop")
+        await controller.tick()
+        after = controller._held.delivery("shop")
+        assert after is not None and before is not None
+        seen.append(after.analysis["step-1"].last != before.analysis["step-1"].last)
+        world.clock.advance(TICK)
+    assert seen == [True] * 4 and not controller._budget.waiting  # waiting is not work: judged on every tick
 
 
 async def test_apply_reads_the_service_from_memory_unless_another_process_wrote_since(tmp_path: Path) -> None:

@@ -101,7 +101,8 @@ RESYNC = 10.0
 PAUSE_LOOK = 1.0
 """Seconds between two reconciles of a delivery that only waits out a timed pause: its instances' health."""
 BUDGET = 0.8
-"""The share of a tick's period its reconciles may take before looks that can wait are put off (`_within_budget`)."""
+"""The share of a tick's period its reconciles may take (of the controller's CPU: waiting on a driver is not
+lightened by putting a look off) before looks that can wait are put off (`_within_budget`)."""
 CONCURRENCY = 32
 """Services whose drivers are asked side by side at most."""
 GC_THRESHOLDS = (200_000, 20, 100)
@@ -320,7 +321,7 @@ class Controller:
         self._refresh()
         self._follow_leases()
         self._driver_news()
-        started, now = time.perf_counter(), self.clock()
+        started, cpu, now = time.perf_counter(), time.thread_time(), self.clock()
         works = await self._observe_all(self._within_budget(self._schedule.pop_due(now), now))
         if not works:
             return
@@ -333,7 +334,7 @@ class Controller:
                     decide_one(work, aids)
         for work in works:  # last, while the tick has time: the others wait (`Budget.deciding`)
             if work.name in looks:
-                if not self._budget.deciding(time.perf_counter() - started):
+                if not self._budget.deciding(time.thread_time() - cpu):
                     self._put_off(work)
                     continue
                 with failing_alone(work):

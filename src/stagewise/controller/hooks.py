@@ -47,6 +47,8 @@ class HookRunner:
 
     def collect(self, delivery: Delivery, plan: Plan, now: float) -> list[HookAnswer]:
         """The answers that came back since the last tick; and start the calls due now."""
+        if not delivery.spec.spec.hooks and delivery.service not in self._running:
+            return []  # no hook, no call in flight: nothing to collect or start
         running = self._running.setdefault(delivery.service, {})
         answers = []
         for key, flight in list(running.items()):

@@ -108,12 +108,14 @@ and acting on what it decided take the rest."""
 class Budget:
     """How many of the services due a tick takes, so that it keeps to its time when it can.
 
-    All of them, unless their reconciles would take longer than `seconds` (at
-    what one took on the recent ticks) — then some of those that `can_wait`
-    wait for the next tick. And a tick whose reconciles cost more than that
-    estimate (many deliveries changing step together) decides the looks that
-    can wait last, and only while it has spent less than `DECIDING` of its
-    budget: the others are put off too (`put_off`). Everything else is taken:
+    All of them, unless their reconciles would take longer than `seconds` of
+    the controller's CPU (at what one took on the recent ticks; time spent
+    waiting on drivers is not counted: putting a look off would not save it)
+    — then some of those that `can_wait` wait for the next tick. And a tick
+    whose reconciles cost more than that estimate (many deliveries changing
+    step together) decides the looks that can wait last, and only while it
+    has spent less than `DECIDING` of its budget: the others are put off too
+    (`put_off`). Everything else is taken:
     a step's timer, a verb, a world to converge. So a tick that the looks of a
     thousand analyses would stretch past its period keeps to it, a look waits
     `PUT_OFF_MAX` ticks at most, and a step is still decided on the tick it is due.
@@ -122,7 +124,7 @@ class Budget:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.cost: float | None = None
-        """Seconds one service's reconcile took of the recent ticks' time (a running estimate); None: unknown."""
+        """CPU seconds one service's reconcile took on the recent ticks (a running estimate); None: unknown."""
         self.waiting: set[str] = set()
         """Services the last tick put off."""
         self._in_a_row: dict[str, int] = {}
@@ -151,11 +153,11 @@ class Budget:
         self.waiting.update(names)
 
     def deciding(self, spent: float) -> bool:
-        """Whether a tick that has spent `spent` seconds so far still decides looks that can wait."""
+        """Whether a tick that has spent `spent` CPU seconds so far still decides looks that can wait."""
         return spent < DECIDING * self.seconds
 
     def spent(self, seconds: float, services: int) -> None:
-        """A tick took `seconds` for `services` reconciles."""
+        """A tick took `seconds` of CPU for `services` reconciles."""
         if services:
             cost = seconds / services
             self.cost = cost if self.cost is None else COST_WEIGHT * cost + (1 - COST_WEIGHT) * self.cost

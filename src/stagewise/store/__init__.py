@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from stagewise.core.delivery import Delivery, Event
 from stagewise.core.pipeline import PipelineRecord, PipelineRelease
@@ -59,7 +59,8 @@ class Measurement(BaseModel):
     release: str
     metric: str
     value: float
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """(A factory, not `{}`: pydantic deep-copies a mutable default for each of the rows a tick writes.)"""
 
 
 class DeletedService(BaseModel):
