@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,32 @@ async def counted(tmp_path: Path) -> tuple[World, Counting]:
     await world.controller.apply(make_spec("v1", {"full": {}}))
     assert await world.run() is Phase.SUCCEEDED
     return world, platform
+
+
+async def analysing(tmp_path: Path) -> tuple[World, Counting]:
+    """`counted`, then a canary of v2 whose analysis of ten minutes runs; the looks so far forgotten."""
+    world, platform = await counted(tmp_path)
+    await world.controller.apply(make_spec("v2", {"canary": {"steps": [
+        {"setWeight": 50}, {"analysis": {"templates": ["errors"], "duration": "10m"}}]}}))
+    await world.run(seconds=3, until=set())
+    assert running(world.controller._held.delivery("shop"))
+    platform.looked["shop"].clear()
+    return world, platform
+
+
+async def judged_per_tick(world: World, ticks: int, *, before: Callable[[], None] | None = None) -> list[bool]:
+    """Tick `ticks` times (calling `before` ahead of each); for each, whether the analysis's judges looked."""
+    controller, seen = world.controller, []
+    for _ in range(ticks):
+        if before is not None:
+            before()
+        was = controller._held.delivery("shop")
+        await controller.tick()
+        now = controller._held.delivery("shop")
+        assert was is not None and now is not None
+        seen.append(now.analysis["step-1"].last != was.analysis["step-1"].last)
+        world.clock.advance(TICK)
+    return seen
 
 
 async def test_a_delivery_waiting_out_its_pause_is_looked_at_once_a_second_and_moves_on_when_it_is_due(
@@ -164,12 +191,7 @@ def test_a_budget_puts_off_only_what_can_wait_and_nothing_more_than_two_ticks_in
 
 
 async def test_a_tick_short_of_time_puts_a_look_off_two_ticks_at_most(tmp_path: Path) -> None:
-    world, platform = await counted(tmp_path)
-    await world.controller.apply(make_spec("v2", {"canary": {"steps": [
-        {"setWeight": 50}, {"analysis": {"templates": ["errors"], "duration": "10m"}}]}}))
-    await world.run(seconds=3, until=set())
-    assert running(world.controller._held.delivery("shop"))
-    platform.looked["shop"].clear()
+    world, platform = await analysing(tmp_path)
     budget = world.controller._budget
     for _ in range(12):  # one service that costs more than a tick's budget: its looks can wait, two ticks in three
         budget.cost = 10.0
@@ -184,24 +206,15 @@ async def test_a_tick_short_of_time_puts_a_look_off_two_ticks_at_most(tmp_path: 
 
 
 async def test_a_tick_that_runs_long_decides_looks_that_can_wait_last_and_puts_off_the_rest(tmp_path: Path) -> None:
-    world, platform = await counted(tmp_path)
-    await world.controller.apply(make_spec("v2", {"canary": {"steps": [
-        {"setWeight": 50}, {"analysis": {"templates": ["errors"], "duration": "10m"}}]}}))
-    await world.run(seconds=3, until=set())
-    controller, budget = world.controller, world.controller._budget
-    assert running(controller._held.delivery("shop"))
-    platform.looked["shop"].clear()
+    world, platform = await analysing(tmp_path)
+    budget = world.controller._budget
     budget.seconds = 0.0  # every tick has spent its budget already when it comes to the looks
-    seen = []
-    for _ in range(9):
+
+    def blind() -> None:
         budget.cost = None  # and the estimate before it foresaw nothing: the look is observed, then put off
-        before = controller._held.delivery("shop")
-        await controller.tick()
-        after = controller._held.delivery("shop")
-        assert after is not None and before is not None
-        seen.append(after.analysis["step-1"].last != before.analysis["step-1"].last)
-        world.clock.advance(TICK)
-    assert seen == [False, False, True] * 3  # judged on every third tick: put off twice, then taken
+
+    judged = await judged_per_tick(world, 9, before=blind)
+    assert judged == [False, False, True] * 3  # judged on every third tick: put off twice, then taken
     assert len(platform.looked["shop"]) == 9  # observed on every one: put off within the tick
     budget.seconds = 0.8 * TICK
     world.router.error_rate["v2"] = 0.3
@@ -228,12 +241,7 @@ def test_the_garbage_of_a_tick_is_collected_between_ticks(tmp_path: Path) -> Non
 
 
 async def test_a_tick_that_waits_on_a_slow_driver_puts_no_look_off(tmp_path: Path) -> None:
-    world, platform = await counted(tmp_path)
-    await world.controller.apply(make_spec("v2", {"canary": {"steps": [
-        {"setWeight": 50}, {"analysis": {"templates": ["errors"], "duration": "10m"}}]}}))
-    await world.run(seconds=3, until=set())
-    controller = world.controller
-    assert running(controller._held.delivery("shop"))
+    world, platform = await analysing(tmp_path)
     observe = platform.observe
 
     async def slow(**kwargs: Any) -> PlatformView:  # a host far away: 0.15 s, past the budget's 60%
@@ -241,15 +249,8 @@ async def test_a_tick_that_waits_on_a_slow_driver_puts_no_look_off(tmp_path: Pat
         return await observe(**kwargs)
 
     platform.observe = slow  # type: ignore[method-assign]
-    seen = []
-    for _ in range(4):
-        before = controller._held.delivery("shop")
-        await controller.tick()
-        after = controller._held.delivery("shop")
-        assert after is not None and before is not None
-        seen.append(after.analysis["step-1"].last != before.analysis["step-1"].last)
-        world.clock.advance(TICK)
-    assert seen == [True] * 4 and not controller._budget.waiting  # waiting is not work: judged on every tick
+    assert await judged_per_tick(world, 4) == [True] * 4  # waiting is not work: judged on every tick
+    assert not world.controller._budget.waiting
 
 
 async def test_apply_reads_the_service_from_memory_unless_another_process_wrote_since(tmp_path: Path) -> None:
