@@ -19,7 +19,7 @@ from stagewise.controller import Controller
 from stagewise.core import gates
 from stagewise.core.delivery import AnalysisRun, Delivery, Phase
 from stagewise.core.service import ServiceRecord
-from stagewise.core.verdict import Outcome
+from stagewise.core.verdict import OPEN
 from stagewise.errors import NotFoundError, ServiceDeletedError
 
 EVENTS_SHOWN = 60
@@ -128,7 +128,7 @@ def run_card(run: AnalysisRun, *, uid: str = "", ended: bool = False) -> dict[st
                         "figures": figures(evidence)})
     title = "background analysis" if run.background else f"analysis at step {_step_number(run.key)}"
     outcome = run.verdict.outcome.value
-    if ended and run.verdict.outcome in (Outcome.RUNNING, Outcome.NO_DATA):
+    if ended and run.verdict.outcome in OPEN:
         outcome = "Stopped"
         metrics = [{**m, "outcome": "Stopped"} if m["outcome"] in ("Running", "NoData") else m for m in metrics]
     return {"key": uid or run.key, "title": title, "templates": run.templates, "outcome": outcome,

@@ -27,15 +27,11 @@ from stagewise.basics import waiting
 from stagewise.core.delivery import Delivery
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import ReleaseStats
-from stagewise.core.verdict import Outcome
+from stagewise.core.verdict import OPEN
 from stagewise.errors import ProviderError
 
 Key = tuple[str, int, int, str, str]
 """(service, delivery id, attempt, run key, template name)."""
-
-
-_OPEN = frozenset({Outcome.RUNNING, Outcome.NO_DATA})
-"""(A set of members: looked up on their Enum class, for every delivery on every tick, they cost 4×.)"""
 
 
 @dataclass
@@ -66,7 +62,7 @@ class Measurer:
         target_base = (delivery.service, delivery.stable.version, delivery.candidate.version)
         live: set[Key] = set()
         for run in delivery.analysis.values():
-            if run.verdict.outcome not in _OPEN:
+            if run.verdict.outcome not in OPEN:
                 continue
             for name in run.templates:
                 template = delivery.spec.spec.analysis[name]

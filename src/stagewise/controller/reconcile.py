@@ -24,7 +24,7 @@ from stagewise.core.spec import BlueGreenStrategy, ReleaseSpec, ServiceSpec
 from stagewise.platforms import Instance, InstanceState, Platform, PlatformView
 from stagewise.routers import Router
 
-_READY = InstanceState.READY
+READY = InstanceState.READY
 """As a global: looked up on its Enum class, for every instance of every service on every tick, it cost 4×."""
 DRAIN_TIMEOUT = 5.0
 """Longest wait for requests in flight on a removed instance before it is stopped anyway."""
@@ -68,8 +68,8 @@ def choose_victims(instances: list[Instance], want: int, *, load: dict[str, int]
         return -load.get(i.host, 0), host_order.get(i.host, 0), -i.seq
 
     ordered = sorted(instances, key=rank)
-    not_ready = [i for i in ordered if i.state is not _READY]
-    ready = [i for i in ordered if i.state is _READY]
+    not_ready = [i for i in ordered if i.state is not READY]
+    ready = [i for i in ordered if i.state is READY]
     return (not_ready + ready)[: len(instances) - want]
 
 
@@ -137,7 +137,7 @@ def _serving(world: World, view: PlatformView, victims: list[Instance]) -> list[
     gone = {v.id for v in victims}
     return [
         i for i in view.instances
-        if i.state is _READY and i.id not in gone and world.instances.get(i.release, 0) > 0
+        if i.state is READY and i.id not in gone and world.instances.get(i.release, 0) > 0
     ]
 
 
@@ -201,7 +201,7 @@ async def make_world(
         if want > have and release in releases:
             await platform.start(service=service, release=releases[release], count=want - have)
             started = True
-    starting = any(i.state is not _READY for i in view.instances)
+    starting = any(i.state is not READY for i in view.instances)
     return not (victims or started or starting or view.unreachable)
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 
 from stagewise.core.delivery import Delivery, Phase, started
 from stagewise.core.plan import Plan
-from stagewise.core.verdict import Outcome
+from stagewise.core.verdict import OPEN, Outcome
 
 COMPACT_AT = 4
 """Rebuild the heap once stale entries outnumber live ones this many times."""
@@ -174,7 +174,6 @@ def next_resync(service: str, now: float, period: float) -> float:
     return (math.floor((now - offset) / period) + 1) * period + offset
 
 
-_OPEN = frozenset({Outcome.RUNNING, Outcome.NO_DATA})
 _RUNNING = Outcome.RUNNING
 _MOVING = frozenset({Phase.PROGRESSING, Phase.PROMOTING})
 """(Members as globals: looked up on their Enum class, for every delivery due on every tick, they cost 4×.)"""
@@ -210,7 +209,7 @@ def quiet_until(delivery: Delivery, plan: Plan, now: float) -> float | None:
     person's verb wakes it; an instance that fails is seen when it is next
     looked at.
     """
-    if not _unattended(delivery) or any(run.verdict.outcome in _OPEN for run in delivery.analysis.values()):
+    if not _unattended(delivery) or any(run.verdict.outcome in OPEN for run in delivery.analysis.values()):
         return None
     step = delivery.current(plan)
     if step is None or not step.pause or step.manual or step.approval is not None:
@@ -234,7 +233,7 @@ def only_looks(delivery: Delivery, plan: Plan, horizon: float) -> bool:
     """
     if not _unattended(delivery):
         return False
-    running = [run for run in delivery.analysis.values() if run.verdict.outcome in _OPEN]
+    running = [run for run in delivery.analysis.values() if run.verdict.outcome in OPEN]
     if not running or any(run.verdict.outcome is not _RUNNING for run in running):
         return False
     if any(run.duration is not None and run.started_at + run.duration <= horizon for run in running):

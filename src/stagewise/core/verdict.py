@@ -17,6 +17,11 @@ class Outcome(StrEnum):
     NO_DATA = "NoData"
 
 
+OPEN = frozenset({Outcome.RUNNING, Outcome.NO_DATA})
+"""The outcomes of an analysis not decided yet. (A set of members: a member looked up on its Enum class costs
+four times a global, and this is asked of every run of every delivery on every tick.)"""
+
+
 class Verdict(BaseModel):
     model_config = ConfigDict(frozen=True)
 

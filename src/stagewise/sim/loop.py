@@ -48,7 +48,7 @@ from stagewise.core.delivery import AnalysisRun, Delivery, Observation, Phase, a
 from stagewise.core.plan import World
 from stagewise.core.spec import BlueGreenStrategy, FullStrategy, ReleaseSpec, ServiceSpec
 from stagewise.core.stats import RouterStats
-from stagewise.core.verdict import Outcome
+from stagewise.core.verdict import OPEN, Outcome
 from stagewise.engine import decide
 from stagewise.sim.result import RunResult, Sample
 from stagewise.sim.scenario import Fleet as FleetModel
@@ -61,7 +61,6 @@ MAX_QUIET = 600.0
 """Longest time the judges go unfed while an analysis is open."""
 NO_DATA_EVERY = 5.0
 """How often a judge waiting for data (NoData) is fed."""
-_OPEN = (Outcome.RUNNING, Outcome.NO_DATA)
 
 
 def simulate(
@@ -236,7 +235,7 @@ class _Run:
         d = self.delivery
         if d.phase is Phase.ABORTING:
             return False
-        open_runs = [run for run in d.analysis.values() if run.verdict.outcome in _OPEN]
+        open_runs = [run for run in d.analysis.values() if run.verdict.outcome in OPEN]
         if not open_runs:
             return False
         if self.exact or self.one_sided or t - self.last_look >= MAX_QUIET:

@@ -21,7 +21,7 @@ from stagewise.core.delivery import AnalysisRun, Delivery, Phase, evolve
 from stagewise.core.judge_state import JudgeState, ProviderNote
 from stagewise.core.spec import AnalysisTemplate
 from stagewise.core.stats import ReleaseStats, RouterStats
-from stagewise.core.verdict import Outcome, Verdict, combine
+from stagewise.core.verdict import OPEN, Outcome, Verdict, combine
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,8 @@ HISTORY_POINTS = 600
 """Points kept per run for charts; older ones are thinned out."""
 POINT_EVERY = 1.0
 """Seconds between two points of a run's history (the deciding point is always kept)."""
-_OPEN = frozenset({Outcome.RUNNING, Outcome.NO_DATA})
 _DECIDED = frozenset({Outcome.FAILED, Outcome.SUCCESSFUL})
-"""(Sets of members: a member looked up on its Enum class costs four times a global, on every look.)"""
+"""(A set of members, as `verdict.OPEN` is.)"""
 
 
 def judge_runs(
@@ -191,7 +190,7 @@ def _judge_measured(
 
 
 def _open(run: AnalysisRun) -> bool:
-    return run.verdict.outcome in _OPEN
+    return run.verdict.outcome in OPEN
 
 
 def _record(run: AnalysisRun, stats: RouterStats, now: float, baseline: str, candidate: str) -> None:
