@@ -332,8 +332,9 @@ def _enter(d: Delivery, index: int, now: float) -> None:
     d.progress_at = now
     left = [run.model_copy(update={"judge_state": {}, "notes": {}, "since": None, "last": None})
             for run in d.analysis.values() if not run.background]
-    d.past_analysis = [*d.past_analysis, *left]
-    d.analysis = {k: run for k, run in d.analysis.items() if run.background}
+    if left:  # else the same list: its JSON is kept while it is (store/rows.py)
+        d.past_analysis = [*d.past_analysis, *left]
+        d.analysis = {k: run for k, run in d.analysis.items() if run.background}
 
 
 _NOTICE = {Phase.SUCCEEDED: "succeeded", Phase.ROLLED_BACK: "rolled-back", Phase.FAILED: "failed"}

@@ -8,10 +8,12 @@ select the same columns in the same order, so turning a row into an
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from stagewise.core.delivery import Delivery
+from pydantic import TypeAdapter
+
+from stagewise.core.delivery import AnalysisRun, Delivery
 from stagewise.core.spec import ServiceSpec
 from stagewise.errors import LeaseLostError
 from stagewise.store import AuditEntry, Fence, Lease, OutboxItem, SinkHealth, StoredEvent, TokenRecord
@@ -71,26 +73,46 @@ def lease_lost(service: str, fence: Fence, row: tuple[str, int, float] | None, n
                           service=service, holder=holder, epoch=int(epoch))
 
 
-SPEC_TEXTS_MAX = 16_384
-"""Specs whose JSON `delivery_json` keeps; past this many it starts afresh (one per delivery in flight)."""
+TEXTS_MAX = 16_384
+"""Specs and lists of past analyses whose JSON `delivery_json` keeps (one each per delivery in flight); past this
+many of either it starts that one afresh."""
 _spec_texts: dict[int, tuple[ServiceSpec, str]] = {}
+_past_texts: dict[int, tuple[list[AnalysisRun], str]] = {}
 
 
 def delivery_json(delivery: Delivery) -> str:
-    """`delivery.model_dump_json()`, character for character, with its spec's JSON made once per spec.
+    """The JSON of `delivery.model_dump_json()` (its fields in another order), with the JSON of its spec and of its
+    past analyses made once each.
 
-    A delivery's spec never changes while it is in flight, and it is most of what its JSON costs to make
-    (durations and tags through their own serializers): a delivery written on every tick of its analysis
-    would make it again each time. The spec's text goes where the whole dump puts it, just before
-    `"stable"` (the field after it); a JSON string cannot hold `,"stable":` unescaped, so the first one
-    found is that field's.
+    Neither changes while the delivery is in flight — a run that ends makes a new list of past ones, never
+    changes the list — and they are most of what its JSON costs to make (the spec's durations and tags through
+    their own serializers, each past run's verdict in words): a delivery written on every step of its plan would
+    make them again each time. They go last, the rest in the order the dump gives.
     """
-    spec = delivery.spec
-    kept = _spec_texts.get(id(spec))
-    if kept is None or kept[0] is not spec:
-        if len(_spec_texts) >= SPEC_TEXTS_MAX:
-            _spec_texts.clear()
-        kept = _spec_texts[id(spec)] = (spec, spec.model_dump_json())
-    rest = delivery.model_dump_json(exclude={"spec"})
-    at = rest.index(',"stable":')
-    return f'{rest[:at]},"spec":{kept[1]}{rest[at:]}'
+    rest = delivery.model_dump_json(exclude=_KEPT)
+    past = delivery.past_analysis
+    return (f'{rest[:-1]},"spec":{_kept(_spec_texts, delivery.spec, _dump)},'
+            f'"past_analysis":{_kept(_past_texts, past, _past_json) if past else "[]"}}}')
+
+
+_KEPT = {"spec", "past_analysis"}
+_PAST = TypeAdapter(list[AnalysisRun])
+T = TypeVar("T")
+
+
+def _dump(spec: ServiceSpec) -> str:
+    return spec.model_dump_json()
+
+
+def _past_json(runs: list[AnalysisRun]) -> str:
+    return _PAST.dump_json(runs).decode()
+
+
+def _kept(texts: dict[int, tuple[T, str]], value: T, dump: Callable[[T], str]) -> str:
+    """The JSON of `value` from `texts` (by identity), made by `dump` and kept there if it is not in it yet."""
+    kept = texts.get(id(value))
+    if kept is None or kept[0] is not value:
+        if len(texts) >= TEXTS_MAX:
+            texts.clear()
+        kept = texts[id(value)] = (value, dump(value))
+    return kept[1]
