@@ -85,3 +85,27 @@ def test_a_brief_look_decides_as_a_full_one_and_every_point_says_the_same(
     assert stale, "no look was brief"
     expected = Outcome.SUCCESSFUL if (errors_from, slow_from) == (10**6, 10**6) else Outcome.FAILED
     assert brief[-1].analysis["step-1"].verdict.outcome is expected, outcomes
+
+
+def test_a_look_in_a_hurry_leaves_a_point_due_to_a_later_look_one_period_at_most_and_never_the_deciding_one() -> None:
+    """`points=False` (a look the controller took in a tick short of time): a point of history comes once the last
+    is two periods old, not one; the judges' states are those of looks that take every point; the deciding
+    point is kept."""
+    steady = _looks(errors_from=10**6, slow_from=10**6, seconds=20)
+    start = steady[0].analysis["step-1"].since
+    d = steady[0].model_copy(update={"analysis": {"step-1": AnalysisRun(
+        key="step-1", templates=["errors", "latency"], started_at=0.0, duration=20.0, since=start, last=start)}})
+    for look in range(1, 24):  # 5.75 s of looks in a hurry
+        d = judge_runs(d, _stats(look, errors_from=10**6, slow_from=10**6), look * 0.25, points=False)
+        assert d.analysis["step-1"].judge_state == steady[look - 1].analysis["step-1"].judge_state
+    hurried = [p["t"] for p in d.analysis["step-1"].history]
+    assert hurried == [0.25, 2.25, 4.25], hurried
+    assert [p["t"] for p in steady[22].analysis["step-1"].history] == [0.25, 1.25, 2.25, 3.25, 4.25, 5.25]
+    failing = d
+    for look in range(24, 80):
+        failing = judge_runs(failing, _stats(look, errors_from=24, slow_from=10**6), look * 0.25, points=False)
+        if failing.analysis["step-1"].verdict.outcome is Outcome.FAILED:
+            break
+    run = failing.analysis["step-1"]
+    assert run.verdict.outcome is Outcome.FAILED and run.history[-1]["outcome"] == "Failed"
+    assert run.history[-1]["t"] - run.history[-2]["t"] < 2.0  # the deciding point, whatever the hurry

@@ -6,10 +6,9 @@
 - A judge's look is written with the next point of the analysis's history,
   not on every tick: a controller that dies loses at most that second, and
   its successor goes on from the last point to the same end.
-- A tick that would take longer than its budget puts off looks that can
-  wait — two ticks in a row at most, never a step's timer or anything
-  else; a tick that runs long all the same decides such looks last, while
-  it has time, and puts off the rest.
+- A tick takes the looks that can wait last, while it has time, and puts
+  off the rest unobserved — two ticks in a row at most, never a step's
+  timer or anything else.
 - The garbage a tick leaves is collected between two ticks, not within one.
 - `apply` reads the service from memory unless another process wrote since.
 """
@@ -112,6 +111,13 @@ async def test_a_delivery_waiting_out_its_pause_is_looked_at_once_a_second_and_m
     assert done and due <= done[-1].at < due + TICK, (done, due)  # on the tick it was due
 
 
+def history(world: World) -> list[dict[str, Any]]:
+    """The points of history of the analysis `analysing` started."""
+    delivery = world.controller._held.delivery("shop")
+    assert delivery is not None
+    return delivery.analysis["step-1"].history
+
+
 def running(delivery: Delivery | None) -> bool:
     return delivery is not None and any(r.verdict.outcome is Outcome.RUNNING for r in delivery.analysis.values())
 
@@ -158,67 +164,38 @@ async def test_a_controller_that_stops_writes_the_looks_it_held(tmp_path: Path) 
     assert held is not None and stored == held
 
 
-def test_a_budget_puts_off_only_what_can_wait_and_nothing_more_than_two_ticks_in_a_row() -> None:
+def test_a_budget_lets_a_look_wait_two_ticks_in_a_row_at_most_and_only_while_the_tick_has_spent_its_share() -> None:
     assert PUT_OFF_MAX == 2
     budget = Budget(0.2)
-    due = [f"svc-{i}" for i in range(10)]
-    assert budget.take(due, lambda name: True) == (due, [])  # no cost known yet: everything
-    budget.spent(0.4, 10)  # 40 ms a service: room for 5
-    looks_only = {f"svc-{i}" for i in range(2, 10)}
-    taken, put_off = budget.take(due, looks_only.__contains__)
-    assert taken == ["svc-0", "svc-1", "svc-2", "svc-3", "svc-4"]
-    assert put_off == ["svc-5", "svc-6", "svc-7", "svc-8", "svc-9"]
-    # once more: those put off may wait a second tick, and the others may wait too
-    taken, put_off = budget.take(put_off + taken, looks_only.__contains__)
-    assert taken == ["svc-0", "svc-1", "svc-5", "svc-6", "svc-7"]
-    assert put_off == ["svc-8", "svc-9", "svc-2", "svc-3", "svc-4"]
-    # the third tick takes those put off twice first, whatever its budget
-    taken, put_off = budget.take(put_off + taken, looks_only.__contains__)
-    assert taken[:2] == ["svc-8", "svc-9"] and not {"svc-8", "svc-9"} & set(put_off)
-    assert not budget.may_wait("svc-8") and budget.may_wait("svc-2")
-    # a look put off within a tick (`put_off`) counts the same
+    budget.next_tick()
+    assert budget.may_wait("svc-0")
+    budget.put_off(["svc-0", "svc-1"])
+    budget.next_tick()
+    assert budget.may_wait("svc-0") and budget.may_wait("svc-1")  # put off once
     budget.put_off(["svc-0"])
-    budget.take([], looks_only.__contains__)
-    assert budget.may_wait("svc-0")  # put off once
-    budget.put_off(["svc-0"])
-    budget.take([], looks_only.__contains__)
-    assert not budget.may_wait("svc-0")  # twice in a row
-    # nothing that cannot wait is ever put off, even past the budget
-    budget.spent(100.0, 10)
-    assert budget.take(due, lambda name: False) == (due, [])
-    # a tick decides looks that can wait while it has spent less than its share of the budget
+    budget.next_tick()
+    assert not budget.may_wait("svc-0")  # twice in a row: taken on this tick, whatever its budget
+    assert budget.may_wait("svc-1")  # taken on the last tick: it may wait again
+    budget.next_tick()
+    assert budget.may_wait("svc-0")
+    # a tick takes looks that can wait while it has spent less than its share of the budget
     assert budget.deciding(0.0) and budget.deciding(DECIDING * 0.2 - 0.001) and not budget.deciding(DECIDING * 0.2)
 
 
-async def test_a_tick_short_of_time_puts_a_look_off_two_ticks_at_most(tmp_path: Path) -> None:
+async def test_a_tick_short_of_time_puts_a_look_off_unobserved_two_ticks_at_most_and_never_anything_else(
+    tmp_path: Path,
+) -> None:
     world, platform = await analysing(tmp_path)
-    budget = world.controller._budget
-    for _ in range(12):  # one service that costs more than a tick's budget: its looks can wait, two ticks in three
-        budget.cost = 10.0
-        await world.controller.tick()
-        world.clock.advance(TICK)
+    world.controller._budget.seconds = 0.0  # every tick has spent its budget before it comes to the looks
+    points = [p["t"] for p in history(world)[-1:]]
+    judged = await judged_per_tick(world, 15)
+    assert judged == [False, False, True] * 5  # judged on every third tick: put off twice, then taken
     looks = platform.looked["shop"]
-    assert [round(b - a, 2) for a, b in itertools.pairwise(looks)] == [3 * TICK] * (len(looks) - 1), looks
-    assert len(looks) >= 4
-    budget.cost = None
+    assert [round(b - a, 2) for a, b in itertools.pairwise(looks)] == [3 * TICK] * 4, looks  # observed then only
+    points += [p["t"] for p in history(world) if p["t"] > points[0]]
+    assert len(points) >= 2 and all(b - a >= 2.0 for a, b in itertools.pairwise(points)), points  # in a hurry
     world.router.error_rate["v2"] = 0.3
-    assert await world.run() is Phase.ROLLED_BACK
-
-
-async def test_a_tick_that_runs_long_decides_looks_that_can_wait_last_and_puts_off_the_rest(tmp_path: Path) -> None:
-    world, platform = await analysing(tmp_path)
-    budget = world.controller._budget
-    budget.seconds = 0.0  # every tick has spent its budget already when it comes to the looks
-
-    def blind() -> None:
-        budget.cost = None  # and the estimate before it foresaw nothing: the look is observed, then put off
-
-    judged = await judged_per_tick(world, 9, before=blind)
-    assert judged == [False, False, True] * 3  # judged on every third tick: put off twice, then taken
-    assert len(platform.looked["shop"]) == 9  # observed on every one: put off within the tick
-    budget.seconds = 0.8 * TICK
-    world.router.error_rate["v2"] = 0.3
-    assert await world.run() is Phase.ROLLED_BACK
+    assert await world.run() is Phase.ROLLED_BACK  # the failing look, then every step of the rollback: taken
 
 
 def test_the_garbage_of_a_tick_is_collected_between_ticks(tmp_path: Path) -> None:

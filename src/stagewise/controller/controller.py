@@ -57,7 +57,7 @@ from stagewise.controller.observer import Observer, Unobserved
 from stagewise.controller.outbox import Sender
 from stagewise.controller.reconcile import Applied
 from stagewise.controller.retries import MAX_BACKOFF, Failing, Retries
-from stagewise.controller.schedule import Budget, Schedule, next_resync, only_looks, quiet_until
+from stagewise.controller.schedule import PUT_OFF_MAX, Budget, Schedule, next_resync, only_looks, quiet_until
 from stagewise.controller.shared_windows import SharedWindows
 from stagewise.controller.work import (
     Aids,
@@ -101,8 +101,8 @@ RESYNC = 10.0
 PAUSE_LOOK = 1.0
 """Seconds between two reconciles of a delivery that only waits out a timed pause: its instances' health."""
 BUDGET = 0.8
-"""The share of a tick's period its reconciles may take (of the controller's CPU: waiting on a driver is not
-lightened by putting a look off) before looks that can wait are put off (`_within_budget`)."""
+"""The share of a tick's period its reconciles may take, of the controller's CPU (waiting on a driver is not
+lightened by putting a look off): `schedule.Budget`."""
 CONCURRENCY = 32
 """Services whose drivers are asked side by side at most."""
 GC_THRESHOLDS = (200_000, 20, 100)
@@ -177,7 +177,7 @@ class Controller:
         self._late: list[Work] = []
         """Observations that ended after their tick: decided on the next one."""
         self._budget = Budget(BUDGET * tick)
-        """How many services a tick can take in its time (controller/schedule.py)."""
+        """Which looks that can wait a tick takes in its time (controller/schedule.py)."""
         self._background: set[asyncio.Task[None]] = set()
         self._plans: dict[str, tuple[Delivery, Plan]] = {}
         self._releases = KnownReleases()
@@ -317,36 +317,58 @@ class Controller:
             gc.collect(2)
 
     async def tick(self) -> None:
-        """One reconcile pass over the services due now: observe each, decide each, commit all, act on each."""
+        """One reconcile pass over the services due now: observe and decide each — the looks that can wait last,
+        while the tick has time (`Budget`) — then commit all, then act on each."""
         self._refresh()
         self._follow_leases()
         self._driver_news()
-        started, cpu, now = time.perf_counter(), time.thread_time(), self.clock()
-        works = await self._observe_all(self._within_budget(self._schedule.pop_due(now), now))
-        if not works:
+        cpu, until, now = time.thread_time(), time.perf_counter() + self.tick_seconds, self.clock()
+        self._budget.next_tick()
+        musts, looks = self._needs(self._schedule.pop_due(now), now)
+        works = await self._observe_all(musts, until)
+        late, self._late = self._late, []
+        if not works and not late and not looks:
             return
         now = self.clock()
         aids = Aids(now=now, hooks=self._hooks, measurer=self._measurer, windows=self.windows.current())
-        looks = self._looks_that_can_wait(works, now)
-        for work in works:
-            if work.error is None and work.name not in looks:
+        waits = self._looks_that_can_wait(late, now)
+        for work in works + late:
+            if work.error is None and work.name not in waits:
+                if self._budget.waited(work.name) >= PUT_OFF_MAX:  # a look put off twice, taken now whatever
+                    work.points = self._budget.deciding(time.thread_time() - cpu)  # its point can wait, though
                 with failing_alone(work):
                     decide_one(work, aids)
-        for work in works:  # last, while the tick has time: the others wait (`Budget.deciding`)
-            if work.name in looks:
+        for work in late:  # observed on an earlier tick, and a look that can wait: as those below
+            if work.name in waits:
                 if not self._budget.deciding(time.thread_time() - cpu):
                     self._put_off(work)
                     continue
                 with failing_alone(work):
                     decide_one(work, aids)
-        works = [w for w in works if w.name not in self._budget.waiting]
+        works += [w for w in late if w.name not in self._budget.waiting]
+        works += await self._observe_all(looks, until, looking=(aids, cpu))
         self._commit(works, now)
         await self._each(works, self._act_one)
-        self._budget.spent(time.perf_counter() - started, len(works))
+
+    def _needs(self, due: list[str], now: float) -> tuple[list[str], list[str]]:
+        """The services of `due` that this tick takes whatever its budget, and the looks that can wait: those whose
+        delivery's only business until the next tick is another look of its judges (`schedule.only_looks`), not
+        put off twice in a row yet (`Budget.may_wait`) — those put off on the last tick first, so that a look
+        waits one tick where it can, not two."""
+        if self.resync_seconds <= 0:
+            return due, []  # a sweep takes everything
+        horizon, musts, looks = now + self.tick_seconds, list[str](), list[str]()
+        for name in due:
+            delivery = self._held.delivery(name)
+            can_wait = delivery is not None and self._budget.may_wait(name) \
+                and only_looks(delivery, self.plan(delivery), horizon)
+            (looks if can_wait else musts).append(name)
+        looks.sort(key=self._budget.waited, reverse=True)  # those put off on the last tick first
+        return musts, looks
 
     def _looks_that_can_wait(self, works: list[Work], now: float) -> set[str]:
-        """The services among `works` whose only business this tick is a look of their judges, and that may
-        wait (`schedule.only_looks`, `Budget.may_wait`)."""
+        """The services among `works` (observed on an earlier tick) whose only business this tick is a look of
+        their judges, and that may wait (as `_needs`)."""
         if self.resync_seconds <= 0:
             return set()  # a sweep decides everything
         horizon = now + self.tick_seconds
@@ -354,33 +376,23 @@ class Controller:
                 if w.error is None and w.active is not None and w.plan is not None and self._budget.may_wait(w.name)
                 and only_looks(w.active, w.plan, horizon)}
 
+    def _put_off_unobserved(self, name: str) -> None:
+        """Leave a look that can wait to the next tick, not begun (`Budget`)."""
+        self._budget.put_off([name])
+        if name in self._held:
+            self._schedule.at(name, self.clock())
+
     def _put_off(self, work: Work) -> None:
         """Leave a look that can wait, observed but not decided, to the next tick (`Budget`)."""
         name = work.name
+        self._budget.put_off([name])
         try:
-            self._budget.put_off([name])
             if name in self._held:
                 self._schedule.at(name, float("-inf") if name in self._woken else self.clock())
             self._woken.discard(name)
         finally:
             self._busy.discard(name)
             self.lock(name).release()
-
-    def _within_budget(self, due: list[str], now: float) -> list[str]:
-        """The services due now that this tick takes (`schedule.Budget`): a look that can wait is one whose
-        delivery's only business until the next tick is another look of its judges (`schedule.only_looks`)."""
-        if self.resync_seconds <= 0:
-            return due  # a sweep takes everything
-        horizon = now + self.tick_seconds
-
-        def can_wait(name: str) -> bool:
-            delivery = self._held.delivery(name)
-            return delivery is not None and only_looks(delivery, self.plan(delivery), horizon)
-
-        taken, put_off = self._budget.take(due, can_wait)
-        for name in put_off:
-            self._schedule.at(name, now)
-        return taken
 
     def _refresh(self) -> None:
         """Read the store again if another process wrote to it since (and at first): what differs is due at once."""
@@ -430,8 +442,10 @@ class Controller:
 
     # --- a tick's parts ---------------------------------------------------------------------
 
-    async def _each(self, items: Sequence[Work] | Sequence[str], step: Callable[..., Awaitable[None]]) -> None:
-        """`step` over `items`, CONCURRENCY at a time; back after a tick's time at most, the slow ones going on."""
+    async def _each(self, items: Sequence[Work] | Sequence[str], step: Callable[..., Awaitable[None]],
+                    until: float | None = None) -> None:
+        """`step` over `items`, CONCURRENCY at a time; back after a tick's time at most (or at `until`, on the
+        `perf_counter` clock), the slow ones going on."""
         if not items:
             return
         queue = iter(items)
@@ -441,26 +455,44 @@ class Controller:
                 await step(item)
 
         tasks = [asyncio.create_task(worker()) for _ in range(min(CONCURRENCY, len(items)))]
-        _, pending = await asyncio.wait(tasks, timeout=self.tick_seconds)
+        timeout = self.tick_seconds if until is None else max(0.0, until - time.perf_counter())
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:  # a slow router or host: its service finishes on its own
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _observe_all(self, names: list[str]) -> list[Work]:
-        """Observe the services `names`; with the observations that ended after the last tick, the work to decide."""
+    async def _observe_all(self, names: list[str], until: float, *,
+                           looking: tuple[Aids, float] | None = None) -> list[Work]:
+        """Observe the services `names`: the work to decide (an observation that ends past the tick's time, `until`
+        on the `perf_counter` clock, is decided on the next tick).
+
+        `looking`: they are looks that can wait, each observed and decided in turn while the tick has time
+        (`Budget.deciding`) — the tick's aids, and the controller's CPU clock when it began — and the others
+        put off unobserved.
+        """
         tick, works = _Tick(), list[Work]()
 
         async def observe_one(name: str) -> None:
+            if looking is not None and name not in self._busy \
+                    and not self._budget.deciding(time.thread_time() - looking[1]):
+                self._put_off_unobserved(name)
+                return
             work = await self._begin(name)
-            if work is not None:
+            if work is None:
+                return
+            with failing_alone(work):
+                await self._observe(work)
+            if tick.closed:
+                self._late.append(work)
+                return
+            if looking is not None and work.error is None:
                 with failing_alone(work):
-                    await self._observe(work)
-                (self._late if tick.closed else works).append(work)
+                    decide_one(work, looking[0])
+            works.append(work)
 
-        await self._each(names, observe_one)
+        await self._each(names, observe_one, until)
         tick.closed = True
-        late, self._late = self._late, []
-        return late + works
+        return works
 
     async def _begin(self, name: str) -> Work | None:
         """Take the service for this tick (its lock, until `_settle`); None when it is not to be reconciled now."""

@@ -18,8 +18,9 @@ what a judge's look changes between two points of an analysis's history
 (its judges' states, the counters they last saw, a Running verdict's
 evidence, the moment of progress) is kept here only (`kept`), and reaches
 the store with the delivery's next write, at the latest with the next point
-a second later (controller/work.py, `judged_only`). Nothing is acted on
-because of it; a controller that dies loses at most that second of looks,
+a second later, two in a tick short of time (controller/work.py,
+`judged_only`). Nothing is acted on because of it; a controller that dies
+loses at most those seconds of looks,
 and its successor folds the counters since the last write in one look — the
 judges are anytime-valid however the counts are cut. Every other decision is
 put here only after its transaction returned.

@@ -28,7 +28,7 @@ import heapq
 import itertools
 import math
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from stagewise.core.delivery import Delivery, Phase, started
 from stagewise.core.plan import Plan
@@ -96,53 +96,43 @@ class Schedule:
         heapq.heapify(self._heap)
 
 
-COST_WEIGHT = 0.5
-"""The weight of the last tick in `Budget`'s running estimate of what one service's reconcile takes."""
 PUT_OFF_MAX = 2
 """Ticks in a row a look may be put off at most: it is taken on the next one, whatever the budget."""
 DECIDING = 0.6
-"""The share of the budget after which a tick decides no more looks that can wait (`Budget.deciding`): committing
+"""The share of the budget after which a tick takes no more looks that can wait (`Budget.deciding`): committing
 and acting on what it decided take the rest."""
 
 
 class Budget:
-    """How many of the services due a tick takes, so that it keeps to its time when it can.
+    """Which of the looks that can wait a tick takes, so that it keeps to its time when it can.
 
-    All of them, unless their reconciles would take longer than `seconds` of
-    the controller's CPU (at what one took on the recent ticks; time spent
-    waiting on drivers is not counted: putting a look off would not save it)
-    — then some of those that `can_wait` wait for the next tick. And a tick
-    whose reconciles cost more than that estimate (many deliveries changing
-    step together) decides the looks that can wait last, and only while it
-    has spent less than `DECIDING` of its budget: the others are put off too
-    (`put_off`). Everything else is taken:
-    a step's timer, a verb, a world to converge. So a tick that the looks of a
-    thousand analyses would stretch past its period keeps to it, a look waits
+    A tick takes first what cannot wait — a step's timer, a verb, a world to
+    converge, a look put off `PUT_OFF_MAX` ticks in a row — and then the looks
+    that can, those put off on the last tick first, one after another (each
+    observed, then decided) while it has
+    spent less than `DECIDING` of `seconds` of the controller's CPU (time spent
+    waiting on drivers is not counted: putting a look off would not save it).
+    The others wait for the next tick, unobserved (`put_off`). So a tick that
+    the looks of a thousand analyses would stretch past its period keeps to it,
+    and so does one where many deliveries change step together, a look waits
     `PUT_OFF_MAX` ticks at most, and a step is still decided on the tick it is due.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.cost: float | None = None
-        """CPU seconds one service's reconcile took on the recent ticks (a running estimate); None: unknown."""
         self.waiting: set[str] = set()
         """Services the last tick put off."""
         self._in_a_row: dict[str, int] = {}
         """Ticks in a row each service was put off, up to the last one."""
 
-    def take(self, due: list[str], can_wait: Callable[[str], bool]) -> tuple[list[str], list[str]]:
-        """The services of `due` to take now, and those put off to the next tick; a tick calls it first."""
+    def next_tick(self) -> None:
+        """A tick begins: those the last one put off have waited one more tick in a row; the others none."""
         self._in_a_row = {name: self._in_a_row.get(name, 0) + 1 for name in self.waiting}
         self.waiting = set()
-        if self.cost is None or len(due) * self.cost <= self.seconds:
-            return due, []
-        taken: list[str] = []
-        may_wait: list[str] = []
-        for name in due:
-            (may_wait if self.may_wait(name) and can_wait(name) else taken).append(name)
-        room = max(0, int(self.seconds / self.cost) - len(taken))
-        self.put_off(may_wait[room:])
-        return taken + may_wait[:room], may_wait[room:]
+
+    def waited(self, name: str) -> int:
+        """Ticks in a row `name` was put off, up to the last one."""
+        return self._in_a_row.get(name, 0)
 
     def may_wait(self, name: str) -> bool:
         """Whether `name` may be put off on this tick (if it can wait): not `PUT_OFF_MAX` ticks in a row yet."""
@@ -153,14 +143,8 @@ class Budget:
         self.waiting.update(names)
 
     def deciding(self, spent: float) -> bool:
-        """Whether a tick that has spent `spent` CPU seconds so far still decides looks that can wait."""
+        """Whether a tick that has spent `spent` CPU seconds so far still takes looks that can wait."""
         return spent < DECIDING * self.seconds
-
-    def spent(self, seconds: float, services: int) -> None:
-        """A tick took `seconds` of CPU for `services` reconciles."""
-        if services:
-            cost = seconds / services
-            self.cost = cost if self.cost is None else COST_WEIGHT * cost + (1 - COST_WEIGHT) * self.cost
 
 
 def phase_of(service: str) -> float:

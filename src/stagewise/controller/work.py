@@ -73,6 +73,9 @@ class Work:
     """Events of the service outside any delivery (its stable release's instances)."""
     known: KnownReleases | None = None
     """The controller's releases of each service, kept from tick to tick (none: made afresh)."""
+    points: bool = True
+    """Whether the judges' look may add a point to their history (`engine.decide`): not when the look was put
+    off as often as it may be and comes in a tick short of time."""
 
     @property
     def spec(self) -> ServiceSpec:
@@ -156,7 +159,7 @@ def decide_one(work: Work, aids: Aids) -> None:
         hook_answers=aids.hooks.collect(active, plan, now),
         windows=list(aids.windows),
     )
-    decision = decide(active, plan, observation, measured=aids.measurer.collect(active, now))
+    decision = decide(active, plan, observation, measured=aids.measurer.collect(active, now), points=work.points)
     moved = decision.delivery
     events = instance_events + decision.events
     update = service_after(work.record, moved, now)
@@ -211,8 +214,9 @@ def judged_only(before: Delivery, after: Delivery) -> bool:
 
     Such a state is not written on every tick: the judges look four times a second, and writing each look was
     most of a busy tick's cost. It is written with the delivery's next change — at the latest the next point
-    of its analysis's history, one a second (`analysis.judges.runs`), which is what a chart and the event log
-    show — so a crash loses at most a second of looks, which the next look makes up (held.py). Anything else
+    of its analysis's history, one a second (`analysis.judges.runs`; two, for a look in a hurry), which is what a
+    chart and the event log show — so a crash loses at most those seconds of looks, which the next look makes up
+    (held.py). Anything else
     (a step, a phase, a verdict's outcome, a provider's note, an event) is written before it is acted on.
     """
     fields = type(after).model_fields

@@ -50,6 +50,7 @@ def decide(
     *,
     measured: Mapping[tuple[str, str], Measured] | None = None,
     judge: bool = True,
+    points: bool = True,
 ) -> Decision:
     """The next state of `delivery` given what was observed at `observation.now`.
 
@@ -57,9 +58,10 @@ def decide(
     this tick, keyed by (run key, template name). `judge=False` leaves the
     analysis runs unjudged on this tick: the simulator skips the judges while
     nothing it observed can change a verdict (sim/loop.py); the controller
-    always judges.
+    always judges. `points=False`: the judges look in a hurry, leaving a
+    point of their history to a later look (`judge_runs`).
     """
-    judged = judge_runs(delivery, observation.stats, observation.now, measured) if judge else delivery
+    judged = judge_runs(delivery, observation.stats, observation.now, measured, points=points) if judge else delivery
     moved, events = advance(judged, plan, observation, fresh=judged is not delivery)
     if moved.phase is Phase.ABORTING and delivery.phase is not Phase.ABORTING:
         plan = compile_plan(moved.spec, moved.stable, abort_world=moved.abort_world)

@@ -40,7 +40,8 @@ class Measured:
 HISTORY_POINTS = 600
 """Points kept per run for charts; older ones are thinned out."""
 POINT_EVERY = 1.0
-"""Seconds between two points of a run's history (the deciding point is always kept)."""
+"""Seconds between two points of a run's history (the deciding point is always kept); a look told to hurry
+(`judge_runs(points=False)`) adds one only once the last is twice as old."""
 _DECIDED = frozenset({Outcome.FAILED, Outcome.SUCCESSFUL})
 """(A set of members, as `verdict.OPEN` is.)"""
 
@@ -50,10 +51,13 @@ def judge_runs(
     stats: RouterStats | None,
     now: float,
     measured: Mapping[tuple[str, str], Measured] | None = None,
+    *,
+    points: bool = True,
 ) -> Delivery:
     """The delivery with every undecided analysis run judged on `stats` and what providers `measured`.
 
-    `measured` is keyed by (run key, template name).
+    `measured` is keyed by (run key, template name). `points=False`: a look in a hurry, which leaves a point of
+    history due to a later look, unless the last is two periods old or the look decides (`_point_due`).
     """
     if stats is None or delivery.stable is None or delivery.phase is Phase.ABORTING:
         return delivery
@@ -62,6 +66,7 @@ def judge_runs(
         return delivery
     d = evolve(delivery)
     baseline, candidate = d.stable.version if d.stable else "", d.candidate.version
+    every = POINT_EVERY if points else 2 * POINT_EVERY
     for run in d.analysis.values():
         if not _open(run):
             continue
@@ -69,19 +74,19 @@ def judge_runs(
             run.since = run.last = stats
             continue
         b, c = _increment(stats, run.last, baseline), _increment(stats, run.last, candidate)
-        _look(d, run, measured, b, c, now)
+        _look(d, run, measured, b, c, now, every)
         run.last = stats
-        _record(run, stats, now, baseline, candidate)
+        _record(run, stats, now, baseline, candidate, every)
     return d
 
 
 def _look(d: Delivery, run: AnalysisRun, measured: Mapping[tuple[str, str], Measured], b: ReleaseStats,
-          c: ReleaseStats, now: float) -> None:
+          c: ReleaseStats, now: float, every: float) -> None:
     """Each of the run's judges looks at the increments `b` and `c`; the run's verdict is what they say together.
 
     A look between two points of the run's history that finds the run still Running is brief: the judges
-    leave their verdicts unsaid and the run keeps the verdict of its last point, at most a second old
-    (nothing reads it before the next point but the tick's state machine, which wants only the outcome;
+    leave their verdicts unsaid and the run keeps the verdict of its last point, at most a second old (two, in
+    a hurry: nothing reads it before the next point but the tick's state machine, which wants only the outcome;
     the state holding it is not written before then either: controller/work.py). A look that finds another
     outcome tells it in full: the judges that were brief look again, from the same state at the same
     increments — a judge is a pure function — this time in words.
@@ -89,7 +94,7 @@ def _look(d: Delivery, run: AnalysisRun, measured: Mapping[tuple[str, str], Meas
     templates = d.spec.spec.analysis
     shares = sequential_metrics(run.templates, templates)
     elapsed = now - run.started_at
-    brief = run.verdict.outcome is Outcome.RUNNING and not _point_due(run, now)
+    brief = run.verdict.outcome is Outcome.RUNNING and not _point_due(run, now, every)
     verdicts: list[Verdict] = []
     befores = [run.judge_state.get(name) for name in run.templates]
     said = True
@@ -121,9 +126,9 @@ def _increment(stats: RouterStats, last: RouterStats, release: str) -> ReleaseSt
     return now.minus(last.release(release)) if last.boot == stats.boot else now
 
 
-def _point_due(run: AnalysisRun, now: float) -> bool:
-    """Whether a look at `now` adds a point to the run's history (a point a second: `_record`)."""
-    return not run.history or now - run.history[-1]["t"] >= POINT_EVERY
+def _point_due(run: AnalysisRun, now: float, every: float) -> bool:
+    """Whether a look at `now` adds a point to the run's history (one `every` seconds: `_record`)."""
+    return not run.history or now - run.history[-1]["t"] >= every
 
 
 def sequential_metrics(names: list[str], templates: Mapping[str, AnalysisTemplate]) -> int:
@@ -193,12 +198,13 @@ def _open(run: AnalysisRun) -> bool:
     return run.verdict.outcome in OPEN
 
 
-def _record(run: AnalysisRun, stats: RouterStats, now: float, baseline: str, candidate: str) -> None:
+def _record(run: AnalysisRun, stats: RouterStats, now: float, baseline: str, candidate: str,
+            every: float) -> None:
     final = run.verdict.outcome in _DECIDED
-    if not final and not _point_due(run, now):
+    if not final and not _point_due(run, now, every):
         return  # thinned to a point a second; the deciding point is always kept, for the charts
-    window = stats.since(run.since)
-    b, c = window.release(baseline), window.release(candidate)
+    assert run.since is not None  # set by the run's first look
+    b, c = _increment(stats, run.since, baseline), _increment(stats, run.since, candidate)  # since the run began
     run.history.append({
         "t": round(now, 3),
         "baseline": _point(b),
