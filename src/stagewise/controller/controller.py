@@ -57,7 +57,7 @@ from stagewise.controller.observer import Observer, Unobserved
 from stagewise.controller.outbox import Sender
 from stagewise.controller.reconcile import Applied
 from stagewise.controller.retries import MAX_BACKOFF, Failing, Retries
-from stagewise.controller.schedule import PUT_OFF_MAX, Budget, Schedule, next_resync, only_looks, quiet_until
+from stagewise.controller.schedule import Budget, Schedule, next_resync, only_looks, quiet_until
 from stagewise.controller.shared_windows import SharedWindows
 from stagewise.controller.work import (
     Aids,
@@ -334,7 +334,7 @@ class Controller:
         waits = self._looks_that_can_wait(late, now)
         for work in works + late:
             if work.error is None and work.name not in waits:
-                if self._budget.waited(work.name) >= PUT_OFF_MAX:  # a look put off twice, taken now whatever
+                if not self._budget.may_wait(work.name):  # a look put off twice, taken now whatever
                     work.points = self._budget.deciding(time.thread_time() - cpu)  # its point can wait, though
                 with failing_alone(work):
                     decide_one(work, aids)
@@ -360,8 +360,7 @@ class Controller:
         horizon, musts, looks = now + self.tick_seconds, list[str](), list[str]()
         for name in due:
             delivery = self._held.delivery(name)
-            can_wait = delivery is not None and self._budget.may_wait(name) \
-                and only_looks(delivery, self.plan(delivery), horizon)
+            can_wait = delivery is not None and self._can_wait(name, delivery, self.plan(delivery), horizon)
             (looks if can_wait else musts).append(name)
         looks.sort(key=self._budget.waited, reverse=True)  # those put off on the last tick first
         return musts, looks
@@ -372,9 +371,13 @@ class Controller:
         if self.resync_seconds <= 0:
             return set()  # a sweep decides everything
         horizon = now + self.tick_seconds
-        return {w.name for w in works
-                if w.error is None and w.active is not None and w.plan is not None and self._budget.may_wait(w.name)
-                and only_looks(w.active, w.plan, horizon)}
+        return {w.name for w in works if w.error is None and w.active is not None and w.plan is not None
+                and self._can_wait(w.name, w.active, w.plan, horizon)}
+
+    def _can_wait(self, name: str, delivery: Delivery, plan: Plan, horizon: float) -> bool:
+        """Whether the service's look may be put off: its only business until `horizon` is another look of its
+        judges (`schedule.only_looks`), and it was not put off twice in a row yet (`Budget.may_wait`)."""
+        return self._budget.may_wait(name) and only_looks(delivery, plan, horizon)
 
     def _put_off_unobserved(self, name: str) -> None:
         """Leave a look that can wait to the next tick, not begun (`Budget`)."""

@@ -109,12 +109,11 @@ class Budget:
     A tick takes first what cannot wait — a step's timer, a verb, a world to
     converge, a look put off `PUT_OFF_MAX` ticks in a row — and then the looks
     that can, those put off on the last tick first, one after another (each
-    observed, then decided) while it has
-    spent less than `DECIDING` of `seconds` of the controller's CPU (time spent
-    waiting on drivers is not counted: putting a look off would not save it).
-    The others wait for the next tick, unobserved (`put_off`). So a tick that
-    the looks of a thousand analyses would stretch past its period keeps to it,
-    and so does one where many deliveries change step together, a look waits
+    observed, then decided) while it has spent less than `DECIDING` of
+    `seconds` of the controller's CPU (time spent waiting on drivers is not
+    counted: putting a look off would not save it). The others wait for the
+    next tick, unobserved (`put_off`). So a tick that the looks of a thousand
+    analyses would stretch past its period keeps to it, a look waits
     `PUT_OFF_MAX` ticks at most, and a step is still decided on the tick it is due.
     """
 

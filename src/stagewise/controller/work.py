@@ -216,8 +216,8 @@ def judged_only(before: Delivery, after: Delivery) -> bool:
     most of a busy tick's cost. It is written with the delivery's next change — at the latest the next point
     of its analysis's history, one a second (`analysis.judges.runs`; two, for a look in a hurry), which is what a
     chart and the event log show — so a crash loses at most those seconds of looks, which the next look makes up
-    (held.py). Anything else
-    (a step, a phase, a verdict's outcome, a provider's note, an event) is written before it is acted on.
+    (held.py). Anything else (a step, a phase, a verdict's outcome, a provider's note, an event) is written before
+    it is acted on.
     """
     fields = type(after).model_fields
     for name in fields:

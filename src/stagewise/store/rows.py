@@ -78,6 +78,9 @@ TEXTS_MAX = 16_384
 many of either it starts that one afresh."""
 _spec_texts: dict[int, tuple[ServiceSpec, str]] = {}
 _past_texts: dict[int, tuple[list[AnalysisRun], str]] = {}
+_KEPT = {"spec", "past_analysis"}
+_PAST = TypeAdapter(list[AnalysisRun])
+T = TypeVar("T")
 
 
 def delivery_json(delivery: Delivery) -> str:
@@ -91,17 +94,8 @@ def delivery_json(delivery: Delivery) -> str:
     """
     rest = delivery.model_dump_json(exclude=_KEPT)
     past = delivery.past_analysis
-    return (f'{rest[:-1]},"spec":{_kept(_spec_texts, delivery.spec, _dump)},'
+    return (f'{rest[:-1]},"spec":{_kept(_spec_texts, delivery.spec, ServiceSpec.model_dump_json)},'
             f'"past_analysis":{_kept(_past_texts, past, _past_json) if past else "[]"}}}')
-
-
-_KEPT = {"spec", "past_analysis"}
-_PAST = TypeAdapter(list[AnalysisRun])
-T = TypeVar("T")
-
-
-def _dump(spec: ServiceSpec) -> str:
-    return spec.model_dump_json()
 
 
 def _past_json(runs: list[AnalysisRun]) -> str:
