@@ -393,7 +393,10 @@ def test_seq_only_grows_across_stops_and_restarts(tmp_path: Path) -> None:
     run(main)
 
 
-# Listens on $LISTEN_PORT, then writes numbered lines of 100 bytes, slowly enough that rotation interleaves.
+# Listens on $LISTEN_PORT, then writes numbered lines of 100 bytes, slowly enough that rotation interleaves. Each
+# line is one write, as a logger's is: `print` makes two (the text, then its newline) when Python runs unbuffered
+# (PYTHONUNBUFFERED, which the instance inherits from a test worker), and a rotation between them would start the
+# live log with a bare newline.
 CHATTY = textwrap.dedent(
     """
     import os, socket, time
@@ -401,7 +404,7 @@ CHATTY = textwrap.dedent(
     s.bind(("127.0.0.1", int(os.environ["LISTEN_PORT"])))
     s.listen()
     for i in range(100_000):
-        print(f"{i:08d} " + "x" * 90, flush=True)
+        os.write(1, (f"{i:08d} " + "x" * 90 + "\\n").encode())
         if i % 200 == 0:
             time.sleep(0.01)
     time.sleep(60)
