@@ -9,6 +9,8 @@ Then the audit log must name the caller of every mutating call, allowed or refus
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +128,22 @@ def test_a_token_is_shown_once_stored_hashed_and_stops_working_when_dropped(tmp_
         assert client.delete("/api/v1/tokens/admin", headers=admin).status_code == 409
         assert client.delete("/api/v1/tokens/alice", headers=admin).json()["name"] == "alice"
         assert client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {made['token']}"}).status_code == 401
+
+
+def test_servers_sharing_a_state_directory_and_started_together_agree_on_one_admin_token(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    racer = ("import os, sys, time\n"
+             "from pathlib import Path\n"
+             "from stagewise.api.server import ensure_token\n"
+             "Path(sys.argv[3]).touch()\n"
+             "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+             "print(ensure_token(Path(sys.argv[1])))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", racer, str(tmp_path / "state"), str(go), str(tmp_path / f"r{n}")],
+                              stdout=subprocess.PIPE, text=True) for n in range(8)]
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("r*"))) < len(procs) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until every racer has imported and waits for the start
+    go.touch()
+    tokens = {proc.communicate(timeout=30)[0].strip() for proc in procs}
+    assert tokens == {read_token(tmp_path / "state")}
+    assert (tmp_path / "state" / "token").stat().st_mode & 0o777 == 0o600

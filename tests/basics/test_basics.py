@@ -112,6 +112,29 @@ def test_readers_never_see_half_a_file_while_writers_race(tmp_path: Path) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["counts.json"]
 
 
+def test_write_new_makes_a_file_whole_once_and_one_writer_of_many_wins(tmp_path: Path) -> None:
+    target = tmp_path / "token"
+    start = threading.Barrier(8)
+    won: list[str] = []
+
+    def make(text: str) -> None:
+        start.wait()
+        if files.write_new(target, text * 10_000, mode=0o600):
+            won.append(text)
+
+    writers = [threading.Thread(target=make, args=(str(n),)) for n in range(8)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert len(won) == 1
+    assert target.read_text() == won[0] * 10_000
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert not files.write_new(target, "again")
+    assert target.read_text() == won[0] * 10_000
+    assert [p.name for p in tmp_path.iterdir()] == ["token"]
+
+
 def test_tail_and_last_line(tmp_path: Path) -> None:
     log = tmp_path / "out.log"
     assert files.tail(log) == "(no output)" and files.last_line(log) is None

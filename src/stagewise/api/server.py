@@ -64,12 +64,22 @@ def read_token(state_dir: Path) -> str | None:
 
 
 def ensure_token(state_dir: Path) -> str:
+    """The admin token of the servers of `state_dir`, made (mode 0600) if there is none.
+
+    Servers sharing the directory and started together agree on one: the first to make the file wins, and
+    the others read it.
+    """
     token = read_token(state_dir)
     if token:
         return token
     state_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    files.write_atomic(state_dir / "token", token + "\n", mode=0o600)
+    if files.write_new(state_dir / "token", token + "\n", mode=0o600):
+        return token
+    made = read_token(state_dir)
+    if made:
+        return made
+    files.write_atomic(state_dir / "token", token + "\n", mode=0o600)  # an empty file is no token: replaced
     return token
 
 

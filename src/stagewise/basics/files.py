@@ -44,6 +44,28 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o666) -> None:
         raise
 
 
+def write_new(path: Path, data: str | bytes, *, mode: int = 0o666) -> bool:
+    """Make `path` whole with `data` unless it exists: whether this call made it.
+
+    Of writers racing to make one file (servers sharing a state directory, started together), exactly one
+    wins, and a reader sees no file or the winner's whole content: the data goes to a temporary file first,
+    which is then linked to `path` (a link, unlike a rename, fails when the name exists).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    payload = data.encode() if isinstance(data, str) else data
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(payload)
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return True
+
+
 def tail(path: Path, size: int = 2000) -> str:
     """The last `size` bytes of a log, as text; "(no output)" when there is none or it cannot be read."""
     try:
