@@ -31,17 +31,8 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o666) -> None:
     The temporary name is unique to the writer, so two writers of one file (two threads, two
     processes) never write into each other's temporary file: the last rename wins, whole.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    payload = data.encode() if isinstance(data, str) else data
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(payload)
+    with _beside(path, data, mode) as tmp:
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def write_new(path: Path, data: str | bytes, *, mode: int = 0o666) -> bool:
@@ -51,19 +42,28 @@ def write_new(path: Path, data: str | bytes, *, mode: int = 0o666) -> bool:
     wins, and a reader sees no file or the winner's whole content: the data goes to a temporary file first,
     which is then linked to `path` (a link, unlike a rename, fails when the name exists).
     """
+    with _beside(path, data, mode) as tmp:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _beside(path: Path, data: str | bytes, mode: int) -> Iterator[Path]:
+    """A temporary file beside `path`, named for this writer alone, holding `data`; gone after the block
+    (unless the block renamed it)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     payload = data.encode() if isinstance(data, str) else data
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(payload)
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
+        yield tmp
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    return True
 
 
 def tail(path: Path, size: int = 2000) -> str:
