@@ -13,19 +13,24 @@ followed by the next release at once, through `apply`, so the share stays in
 flight); the others are idle: their stable release serves, nothing moves.
 
 The benchmark calls `tick()` every 0.25 s (at once when a tick overran), and
-after each, as the server's loop does, `collect_between_ticks()`; it
-measures each tick:
+after each, as the server's loop does, `collect_between_ticks()` (in the gap
+before the next tick, when it fits there); it measures each tick:
 
 - wall time (median, p99, max) and CPU time of the process (the machine is
   shared: CPU time is what the controller itself spent);
 - CPU per service: the CPU of a tick over the number of services;
 - store writes: transactions and rows changed per tick;
-- looks put off: analyses whose look a tick short of time left to the next
-  tick (`controller/schedule.py`, `Budget`; two ticks in a row at most), per tick;
+- looks put off: looks (of an analysis's judges, or at a step's instances
+  not ready yet) that a tick short of time left to the next tick
+  (`controller/schedule.py`, `Budget`; two ticks in a row at most), per tick;
 - memory: the process's peak resident size (VmHWM), setup included;
 - steps decided on time: each timed pause of a canary is due at the moment
   its world was ready plus its duration; it is decided on time when the
-  tick that ends it began at most one tick (0.25 s) after that moment.
+  tick that ends it began at most one tick (0.25 s) after that moment;
+- ready seen: for each step that waits for its instances, the seconds from
+  the moment they were all ready (or the step began, if later) to the
+  decision that saw them ready — a tick at most, three when looks at them
+  were put off (p99 and max).
 
 Default scenarios: 100, 1,000 and 10,000 services with half in flight, and
 the goals' own cases — 1,000 all in flight, 10,000 all idle. A scenario
@@ -51,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from stagewise.controller import Controller
-from stagewise.core.delivery import Delivery, Event
+from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ServiceSpec
 from stagewise.errors import StagewiseError
@@ -85,10 +90,12 @@ def spec(name: str, index: int, version: int) -> ServiceSpec:
 
 
 class Watch:
-    """Told of every committed change: re-applies what succeeded, and times each timed pause's end."""
+    """Told of every committed change: re-applies what succeeded, times each timed pause's end, and how long
+    each step took to see its instances ready."""
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, platform: FakePlatform) -> None:
         self.controller = controller
+        self.platform = platform
         self.ended: list[str] = []
         self.tick_started = 0.0
         """When the tick under way began (wall clock)."""
@@ -96,12 +103,18 @@ class Watch:
         """Seconds from each timed pause's due time to the decision that ended it."""
         self.late = 0
         """Pauses whose ending tick began more than a tick after they were due."""
+        self.ready_seen: list[float] = []
+        """Seconds from the moment each step's instances were ready (or it began, if later) to the decision that
+        saw them ready."""
 
     def delivery_changed(self, *, before: Delivery | None, after: Delivery, events: Sequence[Event],
                          now: float) -> None:
         if after.phase.terminal and (before is None or not before.phase.terminal):
             self.ended.append(after.service)
-        if before is None or before.phase.terminal or before.ready_at is None:
+        if before is None or before.phase.terminal:
+            return
+        if before.ready_at is None:
+            self._seen_ready(before, after, now)
             return
         if (before.step, before.phase) == (after.step, after.phase):
             return
@@ -112,6 +125,16 @@ class Watch:
         self.lateness.append(now - due)
         if self.tick_started - due > TICK:
             self.late += 1
+
+    def _seen_ready(self, before: Delivery, after: Delivery, now: float) -> None:
+        moving = (Phase.PROGRESSING, Phase.PROMOTING)
+        if before.phase not in moving or before.waiting is not None:
+            return
+        if after.ready_at is None and (after.step == before.step or after.phase not in (*moving, Phase.SUCCEEDED)):
+            return  # not seen ready: something else changed
+        instances = self.platform.instances.get(before.service, {}).values()
+        ready = max((i.started_at + self.platform.startup for i in instances), default=0.0)
+        self.ready_seen.append(now - max(ready, before.progress_at))
 
     def service_events(self, *, service: str, events: Sequence[Event]) -> None:
         return None
@@ -178,7 +201,7 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
     router = SteadyRouter(time.time, rate=100)
     controller = Controller(state, clock=time.time, tick=TICK, routers={"builtin": router},
                             platforms={"local": platform})
-    watch = Watch(controller)
+    watch = Watch(controller, platform)
     controller.observer = watch
     started = time.perf_counter()
     moving = await populate(controller, platform, n, share)
@@ -197,6 +220,7 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
     walls, cpus, transactions, rows, applies, put_off = [], [], [], [], [], []
     watch.lateness.clear()
     watch.late = 0
+    watch.ready_seen.clear()
     measuring = time.perf_counter()
     next_at = time.perf_counter()
     while len(walls) < ticks and (time.perf_counter() - measuring < budget or len(walls) < 3):
@@ -210,7 +234,7 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
         transactions.append(writes.transactions - w0)
         rows.append(writes.rows() - r0)
         put_off.append(len(controller._budget.waiting))
-        controller.collect_between_ticks()  # as the server's loop does after each tick
+        controller.collect_between_ticks(until=next_at)  # as the server's loop does after each tick
         ended, watch.ended = watch.ended, []
         for name in ended:  # the next release at once, through the API's verb, between two ticks
             versions[name] += 1
@@ -225,7 +249,8 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
         "wall": walls, "cpu": cpus, "transactions": transactions, "rows": rows, "applies": applies,
         "put_off": put_off,
         "paused_steps": len(watch.lateness), "late_steps": watch.late, "lateness": watch.lateness,
-        "lateness_max": max(watch.lateness, default=0.0), "rss": mem["VmRSS"], "peak_rss": mem["VmHWM"],
+        "lateness_max": max(watch.lateness, default=0.0), "ready_seen": watch.ready_seen,
+        "rss": mem["VmRSS"], "peak_rss": mem["VmHWM"],
     }
 
 
@@ -253,13 +278,14 @@ def row(r: dict[str, Any]) -> list[str]:
         f"{r['late_steps']}/{r['paused_steps']}",
         f"{quantile(r['lateness'], 0.99):.2f} s" if r["lateness"] else "-",
         f"{r['lateness_max']:.2f} s",
+        f"{quantile(r['ready_seen'], 0.99):.2f} / {max(r['ready_seen']):.2f} s" if r["ready_seen"] else "-",
         f"{r['peak_rss'] / 2**20:,.0f} MiB",
     ]
 
 
 HEADER = ["services", "in flight", "ticks", "wall p50", "wall p99", "wall max", "CPU p50", "CPU p99",
           "CPU/service", "writes/tick tx/rows", "looks put off p50/max", "late steps", "late p99", "late max",
-          "memory peak"]
+          "ready seen p99/max", "memory peak"]
 
 
 def table(results: list[dict[str, Any]]) -> str:

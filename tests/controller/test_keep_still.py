@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stagewise.controller import Controller
-from stagewise.controller.controller import GC_THRESHOLDS
+from stagewise.controller.collector import GC_THRESHOLDS
 
 
 @pytest.fixture

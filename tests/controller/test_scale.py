@@ -8,8 +8,11 @@
   its successor goes on from the last point to the same end.
 - A tick takes the looks that can wait last, while it has time, and puts
   off the rest unobserved — two ticks in a row at most, never a step's
-  timer or anything else.
-- The garbage a tick leaves is collected between two ticks, not within one.
+  timer, a rollback or anything else. A look can wait when it is a look of
+  an analysis's judges, or at the instances of a step not ready yet.
+- The garbage a tick leaves is collected between two ticks, not within one:
+  a young collection after each, a middle one after every third, each in
+  the gap before the next tick when it fits there.
 - `apply` reads the service from memory unless another process wrote since.
 """
 
@@ -18,14 +21,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stagewise.controller.controller import PAUSE_LOOK, YOUNG_BETWEEN_TICKS
-from stagewise.controller.schedule import DECIDING, PUT_OFF_MAX, Budget
+from stagewise.controller.collector import GC_THRESHOLDS, WAIT_MAX, Collector
+from stagewise.controller.controller import PAUSE_LOOK
+from stagewise.controller.schedule import DECIDING, PUT_OFF_MAX, Budget, can_wait, only_waits_ready
 from stagewise.core.delivery import Delivery, Phase
 from stagewise.core.verdict import Outcome
 from stagewise.errors import ConflictError
@@ -198,23 +204,100 @@ async def test_a_tick_short_of_time_puts_a_look_off_unobserved_two_ticks_at_most
     assert await world.run() is Phase.ROLLED_BACK  # the failing look, then every step of the rollback: taken
 
 
-def test_the_garbage_of_a_tick_is_collected_between_ticks(tmp_path: Path) -> None:
+async def test_a_tick_short_of_time_puts_off_a_look_at_instances_not_ready_two_ticks_at_most_never_a_rollbacks(
+    tmp_path: Path,
+) -> None:
+    world, platform = await counted(tmp_path)
+    controller = world.controller
+    controller._budget.seconds = 0.0  # every tick has spent its budget before it comes to the looks
+    await controller.apply(make_spec("v2", {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "1h"}}]}}))
+    looked = platform.looked["shop"]
+    looked.clear()
+    while (delivery := controller._held.delivery("shop")) is None or delivery.step == 0:
+        await controller.tick()
+        world.clock.advance(TICK)
+    entered, *looks = looked  # the step entered (it starts the instances of v2), then the looks at them
+    assert [round(t - entered, 2) for t in looks] == [3 * TICK, 6 * TICK], looked  # put off twice, then taken
+    started = max(i.started_at for i in platform.instances["shop"].values() if i.release == "v2")
+    assert 0 <= looks[-1] - (started + platform.startup) <= 2 * TICK  # seen ready two ticks late at most
+    done = [e.at for e in controller.store.events("shop") if e.message.startswith("step 1/5 done: setWeight")]
+    assert done == [looks[-1]]  # the step went on on that look
+    await controller.act("shop", "abort")
+    looked.clear()
+    phase = await world.run(until={Phase.ROLLED_BACK})
+    assert phase is Phase.ROLLED_BACK
+    assert all(round(b - a, 2) == TICK for a, b in itertools.pairwise(looked)), looked  # a rollback: every tick
+
+
+async def test_only_a_step_left_alone_waiting_for_its_instances_before_its_deadline_may_put_its_look_off(
+    tmp_path: Path,
+) -> None:
+    world, _ = await counted(tmp_path)
+    controller = world.controller
+    await controller.apply(make_spec("v2", {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "1h"}}]}}))
+    await controller.tick()  # the step entered: its instances start
+    delivery = controller._held.delivery("shop")
+    assert delivery is not None and delivery.step == 0 and delivery.ready_at is None
+    plan, soon = controller.plan(delivery), world.clock.now + TICK
+    assert only_waits_ready(delivery, plan, soon) and can_wait(delivery, plan, soon)
+    deadline = delivery.progress_at + delivery.spec.spec.progress_deadline
+    assert only_waits_ready(delivery, plan, deadline) and not only_waits_ready(delivery, plan, deadline + 0.01)
+    for changed in ({"paused": True}, {"phase": Phase.ABORTING}, {"ready_at": world.clock.now}):
+        assert not only_waits_ready(delivery.model_copy(update=changed), plan, soon), changed
+
+
+class Node:
+    """Garbage only a collection frees: it refers to itself."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_garbage_of_a_tick_is_collected_between_ticks_young_after_each_middle_after_every_third(
+    tmp_path: Path,
+) -> None:
     controller = World(tmp_path).controller
     thresholds = gc.get_threshold()
+    collected: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            collected.append(info["generation"])
+
     try:
         controller.keep_still()
-        assert gc.get_threshold()[0] > YOUNG_BETWEEN_TICKS  # within a tick, the collector waits longer
-        garbage = [[i] for i in range(YOUNG_BETWEEN_TICKS // 2)]
-        controller.collect_between_ticks()
-        assert gc.get_count()[0] >= YOUNG_BETWEEN_TICKS // 2, "too few new objects to be worth a collection"
-        garbage += [[i] for i in range(YOUNG_BETWEEN_TICKS)]
-        controller.collect_between_ticks()
-        assert gc.get_count()[0] < YOUNG_BETWEEN_TICKS // 2
-        del garbage
+        assert gc.get_threshold() == GC_THRESHOLDS and GC_THRESHOLDS[0] >= 100_000  # within a tick: rarely
+        gc.callbacks.append(note)
+        for _ in range(6):
+            garbage = weakref.ref(Node())  # a tick's garbage
+            assert garbage() is not None
+            controller.collect_between_ticks()
+            assert garbage() is None
+        assert collected == [0, 0, 1, 0, 0, 1]
     finally:
+        if note in gc.callbacks:
+            gc.callbacks.remove(note)
         gc.unfreeze()
         gc.set_threshold(*thresholds)
         controller.store.close()
+
+
+def test_a_collection_waits_for_a_gap_before_the_next_tick_long_enough_for_it_four_ticks_in_a_row_at_most() -> None:
+    thresholds = gc.get_threshold()
+    try:
+        gc.collect()
+        gc.set_threshold(*GC_THRESHOLDS)
+        collector = Collector()
+        assert collector.between_ticks() == 0  # no next tick said: at once
+        assert collector.between_ticks(until=time.perf_counter() + 1) == 0  # it fits in the gap
+        collector.took = dict.fromkeys(range(3), 0.05)  # 50 ms per tick of garbage, in any generation
+        garbage = weakref.ref(Node())
+        waits = [collector.between_ticks(until=time.perf_counter() + 0.01) for _ in range(WAIT_MAX + 1)]
+        assert waits[:WAIT_MAX] == [None] * WAIT_MAX and waits[-1] is not None  # then in whatever gap there is
+        assert garbage() is None and collector.waited == 0
+        assert collector.took[waits[-1]] < 0.05  # what it took, per tick of garbage
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 async def test_a_tick_that_waits_on_a_slow_driver_puts_no_look_off(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from stagewise.controller import lifecycle
+from stagewise.controller.collector import GC_THRESHOLDS, Collector
 from stagewise.controller.held import Held
 from stagewise.controller.hooks import HookRunner
 from stagewise.controller.leases import LeaseKeeper, LeaseSettings, default_name, follow_changes
@@ -57,7 +58,7 @@ from stagewise.controller.observer import Observer, Unobserved
 from stagewise.controller.outbox import Sender
 from stagewise.controller.reconcile import Applied
 from stagewise.controller.retries import MAX_BACKOFF, Failing, Retries
-from stagewise.controller.schedule import Budget, Schedule, next_resync, only_looks, quiet_until
+from stagewise.controller.schedule import Budget, Schedule, can_wait, next_resync, quiet_until
 from stagewise.controller.shared_windows import SharedWindows
 from stagewise.controller.work import (
     Aids,
@@ -100,18 +101,13 @@ RESYNC = 10.0
 """Seconds between two full reconciles of an idle service (nothing in flight, its world as desired)."""
 PAUSE_LOOK = 1.0
 """Seconds between two reconciles of a delivery that only waits out a timed pause: its instances' health."""
-BUDGET = 0.8
+BUDGET = 0.7
 """The share of a tick's period its reconciles may take, of the controller's CPU (waiting on a driver is not
-lightened by putting a look off): `schedule.Budget`."""
+lightened by putting a look off): `schedule.Budget`. The rest is for what runs between two ticks — the
+garbage collection, the API's calls (a burst of `apply`), notifications — so that the next tick begins on
+time and a step due meanwhile is decided within a tick."""
 CONCURRENCY = 32
 """Services whose drivers are asked side by side at most."""
-GC_THRESHOLDS = (200_000, 20, 100)
-"""The collector's thresholds once the first pass is done (Python's own: 700, 10, 10): allocations before
-a young collection, young collections before a middle one, middle ones before a full one. The first is a
-safety net: the loop collects between ticks (`YOUNG_BETWEEN_TICKS`) long before it is reached."""
-YOUNG_BETWEEN_TICKS = 10_000
-"""New objects after which the collector runs between two ticks (`collect_between_ticks`) rather than within one."""
-
 
 @runtime_checkable
 class Notifying(Protocol):
@@ -146,9 +142,7 @@ class Controller:
         name: str | None = None,
         leases: LeaseSettings | None = None,
     ) -> None:
-        self.state_dir = state_dir
-        self.clock = clock
-        self.tick_seconds = tick
+        self.state_dir, self.clock, self.tick_seconds = state_dir, clock, tick
         self.resync_seconds = resync
         """Seconds between two full reconciles of an idle service; 0: on every tick (a sweep over every service)."""
         self.store: Store = open_store(store, state_dir=state_dir)  # `--store`: sqlite, sqlite:PATH or PostgreSQL
@@ -179,6 +173,7 @@ class Controller:
         self._budget = Budget(BUDGET * tick)
         """Which looks that can wait a tick takes in its time (controller/schedule.py)."""
         self._background: set[asyncio.Task[None]] = set()
+        self._collector = Collector()  # the garbage of the ticks, collected between them (controller/collector.py)
         self._plans: dict[str, tuple[Delivery, Plan]] = {}
         self._releases = KnownReleases()
         self._applied = Applied()
@@ -269,7 +264,7 @@ class Controller:
                     self.keep_still()
                 spent = time.perf_counter() - started
                 self.observer.pass_finished(seconds=spent)
-                self.collect_between_ticks()
+                self.collect_between_ticks(until=started + self.tick_seconds)
                 spent = time.perf_counter() - started
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, self.tick_seconds - spent))
@@ -296,25 +291,12 @@ class Controller:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
 
-    def collect_between_ticks(self) -> None:
-        """Collect the garbage of the last tick now, between two ticks, rather than in the middle of the next:
-        the server's loop calls it after each tick (once `keep_still` raised the collector's thresholds).
-
-        A young collection over the tens of thousands of objects a busy tick leaves took a tenth of a tick,
-        in whichever tick it fell. Here it runs once `YOUNG_BETWEEN_TICKS` new objects are waiting, and goes
-        as deep as the collector itself would (its counts of collections per generation and its thresholds
-        for the older ones); the thresholds stay, so a run of ticks with no time between still collects.
-        """
-        young, middle, old = gc.get_count()
-        if young < YOUNG_BETWEEN_TICKS:
-            return
-        _, middle_every, old_every = gc.get_threshold()
-        if middle + 1 < middle_every:
-            gc.collect(0)
-        elif old + 1 < old_every:
-            gc.collect(1)
-        else:
-            gc.collect(2)
+    def collect_between_ticks(self, until: float | None = None) -> None:
+        """Collect the garbage of the last ticks now, between two ticks, rather than in the middle of the next,
+        unless the next tick, due at `until` (on the `perf_counter` clock), comes too soon for it
+        (controller/collector.py): the server's loop calls it after each tick, once `keep_still` raised the
+        collector's thresholds."""
+        self._collector.between_ticks(until)
 
     async def tick(self) -> None:
         """One reconcile pass over the services due now: observe and decide each — the looks that can wait last,
@@ -352,22 +334,22 @@ class Controller:
 
     def _needs(self, due: list[str], now: float) -> tuple[list[str], list[str]]:
         """The services of `due` that this tick takes whatever its budget, and the looks that can wait: those whose
-        delivery's only business until the next tick is another look of its judges (`schedule.only_looks`), not
-        put off twice in a row yet (`Budget.may_wait`) — those put off on the last tick first, so that a look
-        waits one tick where it can, not two."""
+        delivery's only business until the next tick is another look, of its judges or at its instances not ready
+        yet (`_can_wait`) — those put off on the last tick first, so that a look waits one tick where it can, not
+        two."""
         if self.resync_seconds <= 0:
             return due, []  # a sweep takes everything
         horizon, musts, looks = now + self.tick_seconds, list[str](), list[str]()
         for name in due:
             delivery = self._held.delivery(name)
-            can_wait = delivery is not None and self._can_wait(name, delivery, self.plan(delivery), horizon)
-            (looks if can_wait else musts).append(name)
+            may_wait = delivery is not None and self._can_wait(name, delivery, self.plan(delivery), horizon)
+            (looks if may_wait else musts).append(name)
         looks.sort(key=self._budget.waited, reverse=True)  # those put off on the last tick first
         return musts, looks
 
     def _looks_that_can_wait(self, works: list[Work], now: float) -> set[str]:
-        """The services among `works` (observed on an earlier tick) whose only business this tick is a look of
-        their judges, and that may wait (as `_needs`)."""
+        """The services among `works` (observed on an earlier tick) whose only business this tick is another look,
+        and that may wait (as `_needs`)."""
         if self.resync_seconds <= 0:
             return set()  # a sweep decides everything
         horizon = now + self.tick_seconds
@@ -375,9 +357,10 @@ class Controller:
                 and self._can_wait(w.name, w.active, w.plan, horizon)}
 
     def _can_wait(self, name: str, delivery: Delivery, plan: Plan, horizon: float) -> bool:
-        """Whether the service's look may be put off: its only business until `horizon` is another look of its
-        judges (`schedule.only_looks`), and it was not put off twice in a row yet (`Budget.may_wait`)."""
-        return self._budget.may_wait(name) and only_looks(delivery, plan, horizon)
+        """Whether the service's look may be put off: its only business until `horizon` is another look, of its
+        judges or at its instances not ready yet (`schedule.can_wait`), and it was not put off twice in a row
+        yet (`Budget.may_wait`)."""
+        return self._budget.may_wait(name) and can_wait(delivery, plan, horizon)
 
     def _put_off_unobserved(self, name: str) -> None:
         """Leave a look that can wait to the next tick, not begun (`Budget`)."""

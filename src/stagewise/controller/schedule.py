@@ -108,7 +108,8 @@ class Budget:
 
     A tick takes first what cannot wait — a step's timer, a verb, a world to
     converge, a look put off `PUT_OFF_MAX` ticks in a row — and then the looks
-    that can, those put off on the last tick first, one after another (each
+    that can (`can_wait`: of an analysis's judges, or at instances a step waits
+    to see ready), those put off on the last tick first, one after another (each
     observed, then decided) while it has spent less than `DECIDING` of
     `seconds` of the controller's CPU (time spent waiting on drivers is not
     counted: putting a look off would not save it). The others wait for the
@@ -162,12 +163,17 @@ _MOVING = frozenset({Phase.PROGRESSING, Phase.PROMOTING})
 """(Members as globals: looked up on their Enum class, for every delivery due on every tick, they cost 4×.)"""
 
 
-def _unattended(delivery: Delivery) -> bool:
-    """Moving forward, ready in its step, with nothing but its own gates to pass: no person's pause or promote,
-    nothing holding it (a hook, an approval, a window), no hooks (their calls and answers come on any tick)."""
+def _left_alone(delivery: Delivery) -> bool:
+    """Moving forward with nothing but its own gates to pass: no person's pause or promote, nothing holding it
+    (a hook, an approval, a window), no hooks (their calls and answers come on any tick)."""
     return (delivery.phase in _MOVING and not delivery.paused
             and not delivery.release_gate and delivery.waiting is None and started(delivery)
-            and delivery.ready_at is not None and not delivery.spec.spec.hooks)
+            and not delivery.spec.spec.hooks)
+
+
+def _unattended(delivery: Delivery) -> bool:
+    """Left alone (`_left_alone`), and ready in its step."""
+    return delivery.ready_at is not None and _left_alone(delivery)
 
 
 def _started_its_analyses(delivery: Delivery, plan: Plan) -> bool:
@@ -202,6 +208,32 @@ def quiet_until(delivery: Delivery, plan: Plan, now: float) -> float | None:
     assert delivery.ready_at is not None  # unattended
     end = delivery.ready_at + step.pause
     return end if now < end else None
+
+
+def can_wait(delivery: Delivery, plan: Plan, horizon: float) -> bool:
+    """Whether all the delivery may do until `horizon` is another look: of its judges (`only_looks`), or at its
+    instances, that its step waits to see ready (`only_waits_ready`). A tick short of time may put such a look
+    off to the next tick (`Budget`: two ticks in a row at most)."""
+    return only_looks(delivery, plan, horizon) or only_waits_ready(delivery, plan, horizon)
+
+
+def only_waits_ready(delivery: Delivery, plan: Plan, horizon: float) -> bool:
+    """Whether until `horizon` all the delivery may do is see the instances of its step ready.
+
+    It moves forward, left alone (`_left_alone`), in a step that waits for its instances and for no person,
+    not ready yet, with no analysis open, and its progress deadline does not pass by `horizon`. A look put
+    off to the next tick sees them ready a tick later at most: the step goes on (or its timed pause begins)
+    that much later, and nothing else changes — an instance that fails, or a host out of reach, is seen on
+    that look too. A rollback (phase Aborting) is never put off.
+    """
+    if delivery.ready_at is not None or not _left_alone(delivery):
+        return False
+    if any(run.verdict.outcome in OPEN for run in delivery.analysis.values()):
+        return False
+    step = delivery.current(plan)
+    if step is None or not step.wait_ready or step.manual or step.approval is not None:
+        return False
+    return horizon - delivery.progress_at <= delivery.spec.spec.progress_deadline
 
 
 def only_looks(delivery: Delivery, plan: Plan, horizon: float) -> bool:
