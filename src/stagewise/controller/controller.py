@@ -316,7 +316,7 @@ class Controller:
         waits = self._looks_that_can_wait(late, now)
         for work in works + late:
             if work.error is None and work.name not in waits:
-                if not self._budget.may_wait(work.name):  # a look put off twice, taken now whatever
+                if not self._budget.may_wait(work.name):  # a look put off three times, taken now whatever
                     work.points = self._budget.deciding(time.thread_time() - cpu)  # its point can wait, though
                 with failing_alone(work):
                     decide_one(work, aids)
@@ -358,8 +358,8 @@ class Controller:
 
     def _can_wait(self, name: str, delivery: Delivery, plan: Plan, horizon: float) -> bool:
         """Whether the service's look may be put off: its only business until `horizon` is another look, of its
-        judges or at its instances not ready yet (`schedule.can_wait`), and it was not put off twice in a row
-        yet (`Budget.may_wait`)."""
+        judges or at its instances not ready yet (`schedule.can_wait`), and it was not put off `PUT_OFF_MAX`
+        ticks in a row yet (`Budget.may_wait`)."""
         return self._budget.may_wait(name) and can_wait(delivery, plan, horizon)
 
     def _put_off_unobserved(self, name: str) -> None:

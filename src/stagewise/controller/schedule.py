@@ -96,8 +96,10 @@ class Schedule:
         heapq.heapify(self._heap)
 
 
-PUT_OFF_MAX = 2
-"""Ticks in a row a look may be put off at most: it is taken on the next one, whatever the budget."""
+PUT_OFF_MAX = 3
+"""Ticks in a row a look may be put off at most: it is taken on the next one, whatever the budget. With a
+thousand analyses in flight on one controller, their looks then take a quarter of them per tick, not a
+third (two): the judges see the counts three quarters of a second later at most."""
 DECIDING = 0.6
 """The share of the budget after which a tick takes no more looks that can wait (`Budget.deciding`): committing
 and acting on what it decided take the rest."""
@@ -213,7 +215,7 @@ def quiet_until(delivery: Delivery, plan: Plan, now: float) -> float | None:
 def can_wait(delivery: Delivery, plan: Plan, horizon: float) -> bool:
     """Whether all the delivery may do until `horizon` is another look: of its judges (`only_looks`), or at its
     instances, that its step waits to see ready (`only_waits_ready`). A tick short of time may put such a look
-    off to the next tick (`Budget`: two ticks in a row at most)."""
+    off to the next tick (`Budget`: `PUT_OFF_MAX` ticks in a row at most)."""
     return only_looks(delivery, plan, horizon) or only_waits_ready(delivery, plan, horizon)
 
 
@@ -222,8 +224,8 @@ def only_waits_ready(delivery: Delivery, plan: Plan, horizon: float) -> bool:
 
     It moves forward, left alone (`_left_alone`), in a step that waits for its instances and for no person,
     not ready yet, with no analysis open, and its progress deadline does not pass by `horizon`. A look put
-    off to the next tick sees them ready a tick later at most: the step goes on (or its timed pause begins)
-    that much later, and nothing else changes — an instance that fails, or a host out of reach, is seen on
+    off to the next tick sees them ready a tick later: the step goes on (or its timed pause begins) that
+    much later, and nothing else changes — an instance that fails, or a host out of reach, is seen on
     that look too. A rollback (phase Aborting) is never put off.
     """
     if delivery.ready_at is not None or not _left_alone(delivery):
@@ -243,8 +245,8 @@ def only_looks(delivery: Delivery, plan: Plan, horizon: float) -> bool:
     by `horizon`, its step's timed pause does not either, and nothing else can
     move it (`_unattended`). A look put off to the next tick changes only when
     the judges see the counts — they are anytime-valid, however the counts are
-    cut — so a tick short of time may put it off (`Budget`: two ticks in a row
-    at most).
+    cut — so a tick short of time may put it off (`Budget`: `PUT_OFF_MAX` ticks
+    in a row at most).
     """
     if not _unattended(delivery):
         return False
