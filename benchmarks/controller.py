@@ -22,14 +22,15 @@ before the next tick, when it fits there); it measures each tick:
 - store writes: transactions and rows changed per tick;
 - looks put off: looks (of an analysis's judges, or at a step's instances
   not ready yet) that a tick short of time left to the next tick
-  (`controller/schedule.py`, `Budget`; three ticks in a row at most), per tick;
+  (`controller/schedule.py`, `Budget`), per tick; and for each look put off,
+  the ticks in a row it waited (three while the ticks have time, six at most);
 - memory: the process's peak resident size (VmHWM), setup included;
 - steps decided on time: each timed pause of a canary is due at the moment
   its world was ready plus its duration; it is decided on time when the
   tick that ends it began at most one tick (0.25 s) after that moment;
 - ready seen: for each step that waits for its instances, the seconds from
   the moment they were all ready (or the step began, if later) to the
-  decision that saw them ready — a tick at most, four when looks at them
+  decision that saw them ready — a tick at most, seven when looks at them
   were put off (p99 and max).
 
 Default scenarios: 100, 1,000 and 10,000 services with half in flight, and
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from stagewise.controller import Controller
+from stagewise.controller.schedule import next_beat
 from stagewise.core.delivery import Delivery, Event, Phase
 from stagewise.core.service import ServiceRecord
 from stagewise.core.spec import ServiceSpec
@@ -221,7 +223,7 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
     controller.keep_still()  # as the server's loop does after its first pass
     warm = time.perf_counter() - warm
     writes = Writes(controller.store)
-    walls, cpus, transactions, rows, applies, put_off = [], [], [], [], [], []
+    walls, cpus, transactions, rows, applies, put_off, waited = [], [], [], [], [], [], list[int]()
     watch.lateness.clear()
     watch.late = 0
     watch.ready_seen.clear()
@@ -229,15 +231,17 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
     next_at = time.perf_counter()
     while len(walls) < ticks and (time.perf_counter() - measuring < budget or len(walls) < 3):
         await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-        next_at = time.perf_counter() + TICK
         watch.tick_started = time.time()
         t0, c0, w0, r0 = time.perf_counter(), time.process_time(), writes.transactions, writes.rows()
+        waiting = controller._budget.waiting
         await controller.tick()
+        waited += [controller._budget.waited(name) for name in waiting - controller._budget.waiting]
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
         transactions.append(writes.transactions - w0)
         rows.append(writes.rows() - r0)
         put_off.append(len(controller._budget.waiting))
+        next_at = next_beat(next_at, time.perf_counter(), TICK)  # as the server's loop
         controller.collect_between_ticks(until=next_at)  # as the server's loop does after each tick
         ended, watch.ended = watch.ended, []
         for name in ended:  # the next release at once, through the API's verb, between two ticks
@@ -251,7 +255,7 @@ async def one(n: int, share: float, ticks: int, budget: float) -> dict[str, Any]
     return {
         "services": n, "in_flight": len(moving), "ticks": len(walls), "setup_s": setup, "first_tick_s": warm,
         "wall": walls, "cpu": cpus, "transactions": transactions, "rows": rows, "applies": applies,
-        "put_off": put_off,
+        "put_off": put_off, "waited": waited,
         "paused_steps": len(watch.lateness), "late_steps": watch.late, "lateness": watch.lateness,
         "lateness_max": max(watch.lateness, default=0.0), "ready_seen": watch.ready_seen,
         "rss": mem["VmRSS"], "peak_rss": mem["VmHWM"],
@@ -279,6 +283,7 @@ def row(r: dict[str, Any]) -> list[str]:
         f"{statistics.median(r['cpu']) / n * 1e6:,.0f} µs",
         f"{statistics.median(r['transactions']):,.0f} / {statistics.median(r['rows']):,.0f}",
         f"{statistics.median(r['put_off']):,.0f} / {max(r['put_off']):,}",
+        f"{quantile(r['waited'], 0.99):.0f} / {max(r['waited'])}" if r["waited"] else "-",
         f"{r['late_steps']}/{r['paused_steps']}",
         f"{quantile(r['lateness'], 0.99):.2f} s" if r["lateness"] else "-",
         f"{r['lateness_max']:.2f} s",
@@ -288,7 +293,8 @@ def row(r: dict[str, Any]) -> list[str]:
 
 
 HEADER = ["services", "in flight", "ticks", "wall p50", "wall p99", "wall max", "CPU p50", "CPU p99",
-          "CPU/service", "writes/tick tx/rows", "looks put off p50/max", "late steps", "late p99", "late max",
+          "CPU/service", "writes/tick tx/rows", "looks put off p50/max",
+          "put off ticks p99/max", "late steps", "late p99", "late max",
           "ready seen p99/max", "memory peak"]
 
 

@@ -31,7 +31,16 @@ import pytest
 
 from stagewise.controller.collector import GC_THRESHOLDS, WAIT_MAX, Collector
 from stagewise.controller.controller import PAUSE_LOOK
-from stagewise.controller.schedule import DECIDING, PUT_OFF_MAX, Budget, can_wait, only_waits_ready
+from stagewise.controller.schedule import (
+    DECIDING,
+    OVERDUE,
+    PUT_OFF_LONGEST,
+    PUT_OFF_MAX,
+    Budget,
+    can_wait,
+    next_beat,
+    only_waits_ready,
+)
 from stagewise.core.delivery import Delivery, Phase
 from stagewise.core.verdict import Outcome
 from stagewise.errors import ConflictError
@@ -170,50 +179,79 @@ async def test_a_controller_that_stops_writes_the_looks_it_held(tmp_path: Path) 
     assert held is not None and stored == held
 
 
-def test_a_budget_lets_a_look_wait_three_ticks_in_a_row_at_most_and_only_while_the_tick_has_spent_its_share() -> None:
-    assert PUT_OFF_MAX == 3
+def test_a_budget_lets_a_look_wait_six_ticks_in_a_row_at_most() -> None:
+    assert (PUT_OFF_MAX, PUT_OFF_LONGEST) == (3, 6)
     budget = Budget(0.2)
     budget.next_tick()
-    assert budget.may_wait("svc-0")
     budget.put_off(["svc-0", "svc-1"])
     budget.next_tick()
     assert budget.may_wait("svc-0") and budget.may_wait("svc-1")  # put off once
-    budget.put_off(["svc-0"])
-    budget.next_tick()
-    assert budget.may_wait("svc-0")  # twice
-    budget.put_off(["svc-0"])
-    budget.next_tick()
-    assert not budget.may_wait("svc-0")  # three times in a row: taken on this tick, whatever its budget
-    assert budget.may_wait("svc-1")  # taken on the last tick: it may wait again
+    for _ in range(PUT_OFF_LONGEST - 1):
+        assert budget.may_wait("svc-0")
+        budget.put_off(["svc-0"])
+        budget.next_tick()
+    assert budget.waited("svc-0") == PUT_OFF_LONGEST
+    assert not budget.may_wait("svc-0")  # six times in a row: taken on this tick, whatever its budget
+    assert budget.may_wait("svc-1") and budget.waited("svc-1") == 0  # taken meanwhile: it may wait again
     budget.next_tick()
     assert budget.may_wait("svc-0")
+
+
+def test_a_budget_gives_a_look_put_off_three_times_more_of_the_tick_and_counts_what_committing_will_take() -> None:
+    budget = Budget(0.2)
+    for _ in range(PUT_OFF_MAX):
+        budget.put_off(["late"])
+        budget.next_tick()
     # a tick takes looks that can wait while it has spent less than its share of the budget
     assert budget.deciding(0.0) and budget.deciding(DECIDING * 0.2 - 0.001) and not budget.deciding(DECIDING * 0.2)
+    assert budget.deciding(DECIDING * 0.2, "fresh") is False
+    assert budget.deciding(OVERDUE * 0.2 - 0.001, "late") and not budget.deciding(OVERDUE * 0.2, "late")
+    # committing a write costs 2 ms and acting on a service 1 ms: learnt from the ticks, then counted ahead
+    for _ in range(40):
+        budget.next_tick()
+        for writes in (True, False):
+            budget.took(writes=writes)
+        budget.ended(committing=0.002, acting=0.002)
+    assert budget.per_write == pytest.approx(0.002, rel=1e-3) and budget.per_service == pytest.approx(0.001, rel=1e-3)
+    budget.next_tick()
+    assert budget.deciding(DECIDING * 0.2 - 0.004)
+    budget.took(writes=True)  # 3 ms to come
+    assert not budget.deciding(DECIDING * 0.2 - 0.0029) and budget.deciding(DECIDING * 0.2 - 0.0031)
 
 
-async def test_a_tick_short_of_time_puts_a_look_off_unobserved_three_ticks_at_most_and_never_anything_else(
+def test_the_ticks_keep_to_a_beat_that_a_late_wake_up_does_not_move() -> None:
+    due, begun = 0.0, []
+    for _ in range(8):
+        now = due + 0.003  # each sleep wakes 3 ms late
+        begun.append(now)
+        due = next_beat(due, now + 0.1, 0.25)  # a tick of 0.1 s
+    assert begun == pytest.approx([0.003 + 0.25 * i for i in range(8)])  # 3 ms late each, not 3 ms more each
+    assert next_beat(1.0, 1.4, 0.25) == 1.4  # a tick that ran past its period: the next at once
+
+
+async def test_a_tick_short_of_time_puts_a_look_off_unobserved_six_ticks_at_most_and_never_anything_else(
     tmp_path: Path,
 ) -> None:
     world, platform = await analysing(tmp_path)
     world.controller._budget.seconds = 0.0  # every tick has spent its budget before it comes to the looks
     points = [p["t"] for p in history(world)[-1:]]
-    judged = await judged_per_tick(world, 16)
-    assert judged == [False, False, False, True] * 4  # judged on every fourth tick: put off three times, then taken
+    judged = await judged_per_tick(world, 21)
+    assert judged == ([False] * 6 + [True]) * 3  # judged on every seventh tick: put off six times, then taken
     looks = platform.looked["shop"]
-    assert [round(b - a, 2) for a, b in itertools.pairwise(looks)] == [4 * TICK] * 3, looks  # observed then only
+    assert [round(b - a, 2) for a, b in itertools.pairwise(looks)] == [7 * TICK] * 2, looks  # observed then only
     points += [p["t"] for p in history(world) if p["t"] > points[0]]
     assert len(points) >= 2 and all(b - a >= 2.0 for a, b in itertools.pairwise(points)), points  # in a hurry
     world.router.error_rate["v2"] = 0.3
     assert await world.run() is Phase.ROLLED_BACK  # the failing look, then every step of the rollback: taken
 
 
-async def test_a_tick_short_of_time_puts_off_a_look_at_instances_not_ready_three_ticks_at_most_not_a_rollbacks(
+async def test_a_tick_short_of_time_puts_off_a_look_at_instances_not_ready_six_ticks_at_most_not_a_rollbacks(
     tmp_path: Path,
 ) -> None:
     world, platform = await counted(tmp_path)
     controller = world.controller
     controller._budget.seconds = 0.0  # every tick has spent its budget before it comes to the looks
-    platform.startup = 1.5  # ready between two looks
+    platform.startup = 2.0  # ready between two looks
     await controller.apply(make_spec("v2", {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "1h"}}]}}))
     looked = platform.looked["shop"]
     looked.clear()
@@ -221,9 +259,9 @@ async def test_a_tick_short_of_time_puts_off_a_look_at_instances_not_ready_three
         await controller.tick()
         world.clock.advance(TICK)
     entered, *looks = looked  # the step entered (it starts the instances of v2), then the looks at them
-    assert [round(t - entered, 2) for t in looks] == [4 * TICK, 8 * TICK], looked  # put off three times, then taken
+    assert [round(t - entered, 2) for t in looks] == [7 * TICK, 14 * TICK], looked  # put off six times, then taken
     started = max(i.started_at for i in platform.instances["shop"].values() if i.release == "v2")
-    assert 0 <= looks[-1] - (started + platform.startup) <= 3 * TICK  # seen ready three ticks late at most
+    assert 0 <= looks[-1] - (started + platform.startup) <= 6 * TICK  # seen ready six ticks late at most
     done = [e.at for e in controller.store.events("shop") if e.message.startswith("step 1/5 done: setWeight")]
     assert done == [looks[-1]]  # the step went on on that look
     await controller.act("shop", "abort")

@@ -58,7 +58,7 @@ from stagewise.controller.observer import Observer, Unobserved
 from stagewise.controller.outbox import Sender
 from stagewise.controller.reconcile import Applied
 from stagewise.controller.retries import MAX_BACKOFF, Failing, Retries
-from stagewise.controller.schedule import Budget, Schedule, can_wait, next_resync, quiet_until
+from stagewise.controller.schedule import Budget, Schedule, can_wait, next_beat, next_resync, quiet_until
 from stagewise.controller.shared_windows import SharedWindows
 from stagewise.controller.work import (
     Aids,
@@ -251,10 +251,14 @@ class Controller:
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick every `tick_seconds` (at once when a tick took longer) until `stop` is set."""
+        """Tick every `tick_seconds`, on a fixed beat (`next_beat`), until `stop` is set.
+
+        A tick due one period after the last began, not after the last was due, would start later by the
+        moment its sleep woke late, each tick a little more: a step due just after a tick began would then be
+        decided more than a tick later."""
         sender = asyncio.create_task(self.sender.run(stop))
         others = asyncio.create_task(follow_changes(self.store, self.changed, stop))
-        first = True
+        first, due = True, time.perf_counter()
         try:
             while not stop.is_set():
                 started = time.perf_counter()
@@ -262,12 +266,11 @@ class Controller:
                 if first:
                     first = False
                     self.keep_still()
-                spent = time.perf_counter() - started
-                self.observer.pass_finished(seconds=spent)
-                self.collect_between_ticks(until=started + self.tick_seconds)
-                spent = time.perf_counter() - started
+                self.observer.pass_finished(seconds=time.perf_counter() - started)
+                due = next_beat(due, time.perf_counter(), self.tick_seconds)
+                self.collect_between_ticks(until=due)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, self.tick_seconds - spent))
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, due - time.perf_counter()))
         finally:
             stop.set()
             await sender
@@ -316,27 +319,27 @@ class Controller:
         waits = self._looks_that_can_wait(late, now)
         for work in works + late:
             if work.error is None and work.name not in waits:
-                if not self._budget.may_wait(work.name):  # a look put off three times, taken now whatever
+                if not self._budget.may_wait(work.name):  # a look put off six times, taken now whatever
                     work.points = self._budget.deciding(time.thread_time() - cpu)  # its point can wait, though
-                with failing_alone(work):
-                    decide_one(work, aids)
+                self._decide(work, aids)
         for work in late:  # observed on an earlier tick, and a look that can wait: as those below
             if work.name in waits:
-                if not self._budget.deciding(time.thread_time() - cpu):
+                if not self._budget.deciding(time.thread_time() - cpu, work.name):
                     self._put_off(work)
                     continue
-                with failing_alone(work):
-                    decide_one(work, aids)
+                self._decide(work, aids)
         works += [w for w in late if w.name not in self._budget.waiting]
         works += await self._observe_all(looks, until, looking=(aids, cpu))
+        committing = time.thread_time()
         self._commit(works, now)
+        acting = time.thread_time()
         await self._each(works, self._act_one)
+        self._budget.ended(committing=acting - committing, acting=time.thread_time() - acting)
 
     def _needs(self, due: list[str], now: float) -> tuple[list[str], list[str]]:
         """The services of `due` that this tick takes whatever its budget, and the looks that can wait: those whose
         delivery's only business until the next tick is another look, of its judges or at its instances not ready
-        yet (`_can_wait`) — those put off on the last tick first, so that a look waits one tick where it can, not
-        two."""
+        yet (`_can_wait`) — those put off longest first, so that a look waits one tick where it can, not two."""
         if self.resync_seconds <= 0:
             return due, []  # a sweep takes everything
         horizon, musts, looks = now + self.tick_seconds, list[str](), list[str]()
@@ -344,7 +347,7 @@ class Controller:
             delivery = self._held.delivery(name)
             may_wait = delivery is not None and self._can_wait(name, delivery, self.plan(delivery), horizon)
             (looks if may_wait else musts).append(name)
-        looks.sort(key=self._budget.waited, reverse=True)  # those put off on the last tick first
+        looks.sort(key=self._budget.waited, reverse=True)  # those put off longest first
         return musts, looks
 
     def _looks_that_can_wait(self, works: list[Work], now: float) -> set[str]:
@@ -358,7 +361,7 @@ class Controller:
 
     def _can_wait(self, name: str, delivery: Delivery, plan: Plan, horizon: float) -> bool:
         """Whether the service's look may be put off: its only business until `horizon` is another look, of its
-        judges or at its instances not ready yet (`schedule.can_wait`), and it was not put off `PUT_OFF_MAX`
+        judges or at its instances not ready yet (`schedule.can_wait`), and it was not put off `PUT_OFF_LONGEST`
         ticks in a row yet (`Budget.may_wait`)."""
         return self._budget.may_wait(name) and can_wait(delivery, plan, horizon)
 
@@ -460,7 +463,7 @@ class Controller:
 
         async def observe_one(name: str) -> None:
             if looking is not None and name not in self._busy \
-                    and not self._budget.deciding(time.thread_time() - looking[1]):
+                    and not self._budget.deciding(time.thread_time() - looking[1], name):
                 self._put_off_unobserved(name)
                 return
             work = await self._begin(name)
@@ -472,8 +475,7 @@ class Controller:
                 self._late.append(work)
                 return
             if looking is not None and work.error is None:
-                with failing_alone(work):
-                    decide_one(work, looking[0])
+                self._decide(work, looking[0])
             works.append(work)
 
         await self._each(names, observe_one, until)
@@ -497,6 +499,12 @@ class Controller:
             return None
         self._busy.add(name)
         return Work(name=name, record=record, active=self._held.delivery(name), known=self._releases)
+
+    def _decide(self, work: Work, aids: Aids) -> None:
+        """Decide the service observed (`decide_one`), and count it in the tick's budget."""
+        with failing_alone(work):
+            decide_one(work, aids)
+        self._budget.took(writes=work.write is not None)
 
     async def _observe(self, work: Work) -> None:
         spec = work.spec

@@ -97,33 +97,53 @@ class Schedule:
 
 
 PUT_OFF_MAX = 3
-"""Ticks in a row a look may be put off at most: it is taken on the next one, whatever the budget. With a
-thousand analyses in flight on one controller, their looks then take a quarter of them per tick, not a
-third (two): the judges see the counts three quarters of a second later at most."""
-DECIDING = 0.6
-"""The share of the budget after which a tick takes no more looks that can wait (`Budget.deciding`): committing
-and acting on what it decided take the rest."""
+"""Ticks in a row a look is put off while the ticks have time for it (`OVERDUE`): with a thousand analyses in
+flight on one controller, their looks then take a quarter of them per tick, and the judges see the counts three
+quarters of a second later at most."""
+PUT_OFF_LONGEST = 6
+"""Ticks in a row a look may be put off at most: it is taken on the next one, whatever the budget. Only a burst
+of steps that takes the whole budget for ticks (a hundred deliveries applied at once) makes a look wait past
+`PUT_OFF_MAX`: the judges then see the counts a second and a half later at most."""
+DECIDING = 0.75
+"""The share of the budget after which a tick takes no more looks that can wait (`Budget.deciding`), with what
+committing and acting on what it took will cost counted in; the rest is a margin for that estimate."""
+OVERDUE = 0.9
+"""The share of the budget up to which a tick takes a look put off `PUT_OFF_MAX` ticks in a row already."""
+TAIL_WEIGHT = 0.2
+"""The weight of the last tick in `Budget.per_service`."""
 
 
 class Budget:
     """Which of the looks that can wait a tick takes, so that it keeps to its time when it can.
 
     A tick takes first what cannot wait — a step's timer, a verb, a world to
-    converge, a look put off `PUT_OFF_MAX` ticks in a row — and then the looks
-    that can (`can_wait`: of an analysis's judges, or at instances a step waits
-    to see ready), those put off on the last tick first, one after another (each
-    observed, then decided) while it has spent less than `DECIDING` of
-    `seconds` of the controller's CPU (time spent waiting on drivers is not
-    counted: putting a look off would not save it). The others wait for the
-    next tick, unobserved (`put_off`). So a tick that the looks of a thousand
-    analyses would stretch past its period keeps to it, a look waits
-    `PUT_OFF_MAX` ticks at most, and a step is still decided on the tick it is due.
+    converge, a look put off `PUT_OFF_LONGEST` ticks in a row — and then the
+    looks that can (`can_wait`: of an analysis's judges, or at instances a step
+    waits to see ready), those put off longest first, one after another (each
+    observed, then decided) while the tick's CPU — spent so far, and what
+    committing and acting on the services it took will take (`per_service`) —
+    stays under `DECIDING` of `seconds`; under `OVERDUE` for a look put off
+    `PUT_OFF_MAX` ticks in a row already. Time spent waiting on drivers is not
+    counted: putting a look off would not save it. The others wait for the next
+    tick, unobserved (`put_off`). So a tick that the looks of a thousand
+    analyses would stretch past its period keeps to it: a look waits
+    `PUT_OFF_MAX` ticks while the ticks have time for it, `PUT_OFF_LONGEST` at
+    most when a burst of steps takes it all, and a step is still decided on the
+    tick it is due.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.waiting: set[str] = set()
         """Services the last tick put off."""
+        self.taken = 0
+        """Services this tick decided so far."""
+        self.writing = 0
+        """Of those, services with something to write."""
+        self.per_service = 0.0
+        """CPU seconds acting on a service decided took, on the last ticks (a moving average)."""
+        self.per_write = 0.0
+        """CPU seconds committing a service's write took, on the last ticks (a moving average)."""
         self._in_a_row: dict[str, int] = {}
         """Ticks in a row each service was put off, up to the last one."""
 
@@ -131,22 +151,46 @@ class Budget:
         """A tick begins: those the last one put off have waited one more tick in a row; the others none."""
         self._in_a_row = {name: self._in_a_row.get(name, 0) + 1 for name in self.waiting}
         self.waiting = set()
+        self.taken = self.writing = 0
 
     def waited(self, name: str) -> int:
         """Ticks in a row `name` was put off, up to the last one."""
         return self._in_a_row.get(name, 0)
 
     def may_wait(self, name: str) -> bool:
-        """Whether `name` may be put off on this tick (if it can wait): not `PUT_OFF_MAX` ticks in a row yet."""
-        return self._in_a_row.get(name, 0) < PUT_OFF_MAX
+        """Whether `name` may be put off on this tick (if it can wait): not `PUT_OFF_LONGEST` ticks in a row yet."""
+        return self._in_a_row.get(name, 0) < PUT_OFF_LONGEST
 
     def put_off(self, names: Iterable[str]) -> None:
         """This tick leaves `names` to the next one."""
         self.waiting.update(names)
 
-    def deciding(self, spent: float) -> bool:
-        """Whether a tick that has spent `spent` CPU seconds so far still takes looks that can wait."""
-        return spent < DECIDING * self.seconds
+    def deciding(self, spent: float, name: str | None = None) -> bool:
+        """Whether a tick that has spent `spent` CPU seconds so far still takes a look that can wait (`name`'s:
+        more time for one put off `PUT_OFF_MAX` ticks in a row already), counting what committing and acting on
+        the services it took will take."""
+        share = OVERDUE if name is not None and self.waited(name) >= PUT_OFF_MAX else DECIDING
+        return spent + self.taken * self.per_service + self.writing * self.per_write < share * self.seconds
+
+    def took(self, *, writes: bool) -> None:
+        """The tick decided one more service; with something to write, or not."""
+        self.taken += 1
+        self.writing += writes
+
+    def ended(self, *, committing: float, acting: float) -> None:
+        """Committing the writes of the services the tick decided took `committing` CPU seconds, and acting on
+        them `acting`."""
+        if self.writing:
+            self.per_write += TAIL_WEIGHT * (committing / self.writing - self.per_write)
+        if self.taken:
+            self.per_service += TAIL_WEIGHT * (acting / self.taken - self.per_service)
+
+
+def next_beat(due: float, now: float, period: float) -> float:
+    """When the tick after the one due at `due` is due, the last having ended at `now`: one `period` later, on
+    the beat — a sleep that wakes late does not delay the ticks after it — or at once, when the last ran past
+    its period (the beat starts again from there)."""
+    return max(due + period, now)
 
 
 def phase_of(service: str) -> float:
@@ -215,7 +259,7 @@ def quiet_until(delivery: Delivery, plan: Plan, now: float) -> float | None:
 def can_wait(delivery: Delivery, plan: Plan, horizon: float) -> bool:
     """Whether all the delivery may do until `horizon` is another look: of its judges (`only_looks`), or at its
     instances, that its step waits to see ready (`only_waits_ready`). A tick short of time may put such a look
-    off to the next tick (`Budget`: `PUT_OFF_MAX` ticks in a row at most)."""
+    off to the next tick (`Budget`: `PUT_OFF_LONGEST` ticks in a row at most)."""
     return only_looks(delivery, plan, horizon) or only_waits_ready(delivery, plan, horizon)
 
 
@@ -245,8 +289,8 @@ def only_looks(delivery: Delivery, plan: Plan, horizon: float) -> bool:
     by `horizon`, its step's timed pause does not either, and nothing else can
     move it (`_unattended`). A look put off to the next tick changes only when
     the judges see the counts — they are anytime-valid, however the counts are
-    cut — so a tick short of time may put it off (`Budget`: `PUT_OFF_MAX` ticks
-    in a row at most).
+    cut — so a tick short of time may put it off (`Budget`: `PUT_OFF_LONGEST`
+    ticks in a row at most).
     """
     if not _unattended(delivery):
         return False
