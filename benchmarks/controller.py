@@ -128,7 +128,8 @@ class Watch:
         if step is None or not step.pause or step.manual:
             return
         due = before.ready_at + step.pause
-        self.lateness.append(now - due)
+        decided = max((e.at for e in events), default=now)  # a tick decides a pause that ended meanwhile later
+        self.lateness.append(decided - due)
         if self.tick_started - due > TICK:
             self.late += 1
 

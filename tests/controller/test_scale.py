@@ -2,12 +2,13 @@
 
 - A delivery that only waits out a timed pause is reconciled when the pause
   ends (and once a second meanwhile, for its instances' health), not on
-  every tick: the pause still ends on the tick a sweep would end it on.
+  every tick: the pause still ends on the tick a sweep would end it on — or
+  on the tick before, if it ended while that tick ran.
 - A judge's look is written with the next point of the analysis's history,
   not on every tick: a controller that dies loses at most that second, and
   its successor goes on from the last point to the same end.
 - A tick takes the looks that can wait last, while it has time, and puts
-  off the rest unobserved — three ticks in a row at most, never a step's
+  off the rest unobserved — six ticks in a row at most, never a step's
   timer, a rollback or anything else. A look can wait when it is a look of
   an analysis's judges, or at the instances of a step not ready yet.
 - The garbage a tick leaves is collected between two ticks, not within one:
@@ -41,6 +42,7 @@ from stagewise.controller.schedule import (
     next_beat,
     only_waits_ready,
 )
+from stagewise.controller.work import Work
 from stagewise.core.delivery import Delivery, Phase
 from stagewise.core.verdict import Outcome
 from stagewise.errors import ConflictError
@@ -269,6 +271,37 @@ async def test_a_tick_short_of_time_puts_off_a_look_at_instances_not_ready_six_t
     phase = await world.run(until={Phase.ROLLED_BACK})
     assert phase is Phase.ROLLED_BACK
     assert all(round(b - a, 2) == TICK for a, b in itertools.pairwise(looked)), looked  # a rollback: every tick
+
+
+async def test_a_timed_pause_that_ends_while_a_tick_runs_ends_on_that_tick_and_never_before_its_time(
+    tmp_path: Path,
+) -> None:
+    world, _ = await counted(tmp_path)
+    controller, clock = world.controller, world.clock
+    await controller.apply(make_spec("v2", {"canary": {"steps": [
+        {"setWeight": 50}, {"pause": {"duration": "1s"}}, {"setWeight": 80}, {"pause": {"duration": "1h"}}]}}))
+    while (delivery := controller._held.delivery("shop")) is None or delivery.ready_at is None or delivery.step < 1:
+        await controller.tick()
+        clock.advance(TICK)
+    due = delivery.ready_at + 1.0
+    observe_all = controller._observe_all
+
+    async def slow_looks(names: list[str], until: float, **kwargs: Any) -> list[Work]:
+        works = await observe_all(names, until, **kwargs)
+        if "looking" in kwargs:
+            clock.advance(0.1)  # the looks that can wait take a tenth of a second of the tick
+        return works
+
+    controller._observe_all = slow_looks  # type: ignore[method-assign]
+    clock.now = due - 0.2  # decided 0.2 s before the pause ends, and the tick ends 0.1 s before
+    await controller.tick()
+    assert controller._held.delivery("shop") == delivery
+    clock.now = due - 0.05  # decided before the pause ends, and the tick ends after: it ends on this tick
+    await controller.tick()
+    moved = controller._held.delivery("shop")
+    assert moved is not None and moved.step == 2
+    done = [e.at for e in controller.store.events("shop") if e.message.startswith("step 2/7 done: pause")]
+    assert done == [pytest.approx(due + 0.05)]
 
 
 async def test_only_a_step_left_alone_waiting_for_its_instances_before_its_deadline_may_put_its_look_off(

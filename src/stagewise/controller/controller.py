@@ -44,6 +44,7 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -330,11 +331,31 @@ class Controller:
                 self._decide(work, aids)
         works += [w for w in late if w.name not in self._budget.waiting]
         works += await self._observe_all(looks, until, looking=(aids, cpu))
+        self._paused_until_now(works, aids)
         committing = time.thread_time()
         self._commit(works, now)
         acting = time.thread_time()
         await self._each(works, self._act_one)
         self._budget.ended(committing=acting - committing, acting=time.thread_time() - acting)
+
+    def _paused_until_now(self, works: list[Work], aids: Aids) -> None:
+        """Decide again, at the clock's time, the deliveries whose timed pause ended since the tick decided them.
+
+        A delivery whose pause ends within a tick is taken by the tick before (`_next_due`), and goes on on
+        that tick if the pause ended before it decided; otherwise on the next tick — which a burst of API
+        calls between the two can delay past a period, and the step is then decided more than a tick after
+        its time. Deciding again before the commit makes it the tick during which the pause ended. Only a
+        delivery that waits out its timed pause and nothing else (`quiet_until`): it asks no hook and no
+        provider, so a decision again asks nothing twice; nothing is decided before its time.
+        """
+        now, again = self.clock(), None
+        for work in works:
+            if work.error is None and work.write is None and work.active is not None and work.plan is not None:
+                end = quiet_until(work.active, work.plan, aids.now)
+                if end is not None and end <= now:
+                    again = again or replace(aids, now=now)
+                    with failing_alone(work):
+                        decide_one(work, again)
 
     def _needs(self, due: list[str], now: float) -> tuple[list[str], list[str]]:
         """The services of `due` that this tick takes whatever its budget, and the looks that can wait: those whose
