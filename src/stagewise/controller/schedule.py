@@ -110,7 +110,7 @@ committing and acting on what it took will cost counted in; the rest is a margin
 OVERDUE = 0.9
 """The share of the budget up to which a tick takes a look put off `PUT_OFF_MAX` ticks in a row already."""
 TAIL_WEIGHT = 0.2
-"""The weight of the last tick in `Budget.per_service`."""
+"""The weight of the last tick in `Budget.per_write` and `Budget.per_service`."""
 
 
 class Budget:
@@ -121,11 +121,11 @@ class Budget:
     looks that can (`can_wait`: of an analysis's judges, or at instances a step
     waits to see ready), those put off longest first, one after another (each
     observed, then decided) while the tick's CPU — spent so far, and what
-    committing and acting on the services it took will take (`per_service`) —
-    stays under `DECIDING` of `seconds`; under `OVERDUE` for a look put off
-    `PUT_OFF_MAX` ticks in a row already. Time spent waiting on drivers is not
-    counted: putting a look off would not save it. The others wait for the next
-    tick, unobserved (`put_off`). So a tick that the looks of a thousand
+    committing and acting on the services it took will take (`per_write`,
+    `per_service`) — stays under `DECIDING` of `seconds`; under `OVERDUE` for a
+    look put off `PUT_OFF_MAX` ticks in a row already. Time spent waiting on
+    drivers is not counted: putting a look off would not save it. The others
+    wait for the next tick, unobserved (`put_off`). So a tick that the looks of a thousand
     analyses would stretch past its period keeps to it: a look waits
     `PUT_OFF_MAX` ticks while the ticks have time for it, `PUT_OFF_LONGEST` at
     most when a burst of steps takes it all, and a step is still decided on the
